@@ -1,0 +1,47 @@
+# Two commands on a fresh machine: `make serve` (set up + serve the demo models), `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+DEMO ?= demo_models
+REST_PORT ?= 8080
+GRPC_PORT ?= 9090
+EXTRAS ?= xgboost,lightgbm
+
+.PHONY: serve test install install-test demo lint protos bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(VENV)/.installed: $(PY) pyproject.toml
+	$(PIP) install -q -e '.[$(EXTRAS)]'
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP) install -q -e '.[$(EXTRAS),test]'
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+demo: install
+	$(PY) -m serving.demo $(DEMO)
+
+serve: demo
+	$(VENV)/bin/serving --model_config_file=$(abspath $(DEMO))/model_config.pbtxt \
+		--rest_api_port=$(REST_PORT) --port=$(GRPC_PORT) --model_config_file_poll_wait_seconds=5
+
+test: install-test
+	$(VENV)/bin/ruff check serving processors protos tests benchmarks
+	$(VENV)/bin/mypy
+	$(PY) -m pytest
+
+protos: install-test
+	$(PY) protos/generate.py
+
+bench: install-test
+	$(PY) benchmarks/http_latency.py
+
+clean:
+	rm -rf $(VENV) $(DEMO) build *.egg-info

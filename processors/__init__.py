@@ -1,0 +1,1 @@
+"""Processors: one module per framework, each a `serving.processor.Processor` subclass."""

@@ -1,0 +1,154 @@
+"""The server process: reads the model configuration, serves HTTP, polls for changes, drains on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import signal
+import time
+
+from .dataplane import DataPlane
+from .http.protocol import HttpConnection, HttpLimits
+from .http.routes import RestApi
+from .model_config import ConfigError, ModelSpec, read_model_config_file
+from .repository import ModelManager
+from .settings import Settings
+
+log = logging.getLogger("serving")
+
+
+def initial_specs(settings: Settings) -> list[ModelSpec]:
+    """The models to serve at start-up: the config file, or the single-model flags."""
+    if settings.model_config_file:
+        specs = read_model_config_file(settings.model_config_file)
+    elif settings.model_base_path:
+        specs = [
+            ModelSpec(
+                name=settings.model_name,
+                base_path=os.path.abspath(settings.model_base_path),
+                platform=settings.model_platform or None,
+            )
+        ]
+    else:
+        raise ConfigError("Either --model_config_file or --model_base_path (or env MODEL_BASE_PATH) must be set")
+    return [dataclasses.replace(s, device=settings.device) for s in specs]
+
+
+class Server:
+    """Everything one serving process runs; `start()` then `wait_stopped()`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.manager = ModelManager(
+            load_threads=settings.load_threads,
+            allow_version_labels_for_unavailable_models=settings.allow_version_labels_for_unavailable_models,
+        )
+        self.dataplane = DataPlane(settings.worker_threads)
+        self.specs: list[ModelSpec] = []
+        self.connections: set[HttpConnection] = set()
+        self.http: asyncio.Server | None = None
+        self.tasks: list[asyncio.Task[None]] = []
+        self.stopping = asyncio.Event()
+
+    def default_model(self) -> str | None:
+        return self.specs[0].name if self.specs else None
+
+    async def start(self) -> None:
+        self.specs = initial_specs(self.settings)  # a bad config stops the start here, before any port opens
+        s = self.settings
+        api = RestApi(
+            self.manager, self.dataplane, timeout_s=s.rest_api_timeout_in_ms / 1000, default_model=self.default_model
+        )
+        limits = HttpLimits(s.rest_api_max_body_bytes, s.rest_api_read_timeout_seconds, s.rest_api_idle_timeout_seconds)
+        loop = asyncio.get_running_loop()
+        self.http = await loop.create_server(
+            lambda: HttpConnection(api, limits, self.connections), s.host, s.rest_api_port, backlog=1024
+        )
+        log.info("HTTP (TF Serving REST API) listening on %s:%d", s.host, s.rest_api_port)
+        self.tasks.append(asyncio.create_task(self._sweep_connections()))
+        await self.manager.apply(self.specs)
+        if s.file_system_poll_wait_seconds > 0:
+            self.tasks.append(asyncio.create_task(self._poll_files(s.file_system_poll_wait_seconds)))
+        if s.model_config_file and s.model_config_file_poll_wait_seconds > 0:
+            self.tasks.append(asyncio.create_task(self._poll_config(s.model_config_file_poll_wait_seconds)))
+
+    async def _sweep_connections(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for conn in list(self.connections):
+                conn.check_timeouts(now)
+
+    async def _poll_files(self, every: int) -> None:
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.manager.poll()
+            except Exception:  # noqa: BLE001 - polling must go on
+                log.exception("file system poll failed")
+
+    async def _poll_config(self, every: int) -> None:
+        while True:
+            await asyncio.sleep(every)
+            try:
+                specs = [dataclasses.replace(x, device=self.settings.device)
+                         for x in read_model_config_file(self.settings.model_config_file)]
+            except ConfigError as e:
+                log.error("model config file not applied, still serving the previous one: %s", e)
+                continue
+            if specs == self.specs:
+                continue
+            log.info("model config file changed: applying it")
+            self.specs = specs
+            try:
+                await self.manager.apply(specs)
+            except ConfigError as e:
+                log.error("model config applied in part: %s", e)
+
+    async def stop(self) -> None:
+        """Stop accepting, answer every request already received, then unload."""
+        log.info("draining: no new connections; finishing requests in flight")
+        if self.http is not None:
+            self.http.close()
+        for task in self.tasks:
+            task.cancel()
+        deadline = time.monotonic() + self.settings.drain_timeout_seconds
+        for conn in list(self.connections):
+            conn.shutdown()
+        while any(c.pending for c in self.connections) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.close()
+        await self.manager.shutdown()
+        self.dataplane.shutdown()
+        log.info("stopped")
+
+
+async def serve(settings: Settings) -> int:
+    server = Server(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, server.stopping.set)
+    try:
+        await server.start()
+    except ConfigError as e:
+        log.error("%s", e)
+        await server.stop()
+        return 1
+    except OSError as e:
+        log.error("cannot listen: %s", e)
+        return 1
+    await server.stopping.wait()
+    await server.stop()
+    return 0
+
+
+def run(settings: Settings) -> int:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency; plain asyncio still works
+        return asyncio.run(serve(settings))
+    return uvloop.run(serve(settings))

@@ -1,0 +1,1 @@
+"""Wire codecs: bytes of one protocol <-> named numpy arrays. The engine core never sees a wire format."""

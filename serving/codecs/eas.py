@@ -1,0 +1,45 @@
+"""The cloud processor (EAS) JSON body for tabular models: a list of rows in, a list of outputs out.
+
+Rows are lists of feature values (`[[1.0, 2.0], ...]`) or objects keyed by feature name
+(`[{"f0": 1.0, "f1": 2.0}, ...]`); a TF Serving style object (`{"instances": ...}` / `{"inputs": ...}`)
+is accepted too. The answer is one entry per row: the value(s) of the single output, or an object of
+the outputs when there are several.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ..errors import invalid_argument
+from ..signature import Signature
+from . import tfserving
+from .arrays import column_matrix, to_array
+from .jsonutil import dumps, dumps_with_nonfinite, finite
+
+
+def decode_json(doc: Any, sig: Signature) -> dict[str, np.ndarray]:
+    if isinstance(doc, dict):
+        inputs, _ = tfserving.decode_predict(doc, sig)
+        return inputs
+    if not isinstance(doc, list) or not doc:
+        raise invalid_argument("expected a non-empty JSON list of rows, e.g. [[1.0, 2.0], [3.0, 4.0]]")
+    sole = sig.sole_input()
+    if isinstance(doc[0], dict):
+        if sole is not None and sole.columns:
+            return {sole.name: column_matrix(doc, sole, "request")}
+        return tfserving.decode_rows(doc, sig)
+    if sole is None:
+        raise invalid_argument(f"the model takes several inputs ({', '.join(sig.inputs)}): send a list of objects")
+    return {sole.name: to_array(doc, sole)}
+
+
+def encode_json(outputs: Mapping[str, np.ndarray]) -> bytes:
+    if len(outputs) == 1:
+        doc: Any = np.ascontiguousarray(next(iter(outputs.values())))
+    else:
+        rows = len(next(iter(outputs.values())))
+        doc = [{n: a[i] for n, a in outputs.items()} for i in range(rows)]
+    return dumps(doc) if all(finite(a) for a in outputs.values()) else dumps_with_nonfinite(doc)

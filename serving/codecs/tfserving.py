@@ -1,0 +1,182 @@
+"""TF Serving's REST JSON: predict requests (row `instances` / columnar `inputs`), responses, status and
+metadata documents, errors. Rules and messages follow tensorflow_serving/util/json_tensor.cc.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ..errors import invalid_argument
+from ..repository import Servable
+from ..signature import STRING, Signature, TensorSpec, tf_dtype_name
+from .arrays import column_matrix, encode_strings, is_b64, to_array
+from .jsonutil import dumps, dumps_with_nonfinite, finite, short
+
+
+def signature_name(doc: Any) -> str:
+    """The request's `signature_name` ('' when absent); the document must be an object."""
+    if not isinstance(doc, dict):
+        raise invalid_argument(f"JSON Value: {short(doc)} Is not object")
+    name = doc.get("signature_name", "")
+    if not isinstance(name, str):
+        raise invalid_argument(
+            f"JSON Value: {short(doc)} not formatted correctly. 'signature_name' key must be a string value."
+        )
+    return name
+
+
+def decode_predict(doc: dict[str, Any], sig: Signature) -> tuple[dict[str, np.ndarray], bool]:
+    """Named input arrays from a predict request, and whether it used the row format."""
+    instances, inputs = doc.get("instances"), doc.get("inputs")
+    if "instances" in doc:
+        if "inputs" in doc:
+            raise invalid_argument(
+                f"JSON Value: {short(doc)} Not formatted correctly expecting only one of 'inputs' or "
+                "'instances' keys to exist "
+            )
+        if not isinstance(instances, list):
+            raise invalid_argument(f"JSON Value: {short(doc)} Excepting 'instances' to be an list/array")
+        if not instances:
+            raise invalid_argument(f"JSON Value: {short(doc)} No values in 'instances' array")
+        return decode_rows(instances, sig), True
+    if "inputs" in doc:
+        return decode_columns(inputs, sig), False
+    raise invalid_argument("Missing 'inputs' or 'instances' key")
+
+
+def _is_object(v: Any) -> bool:
+    return isinstance(v, dict) and not is_b64(v)
+
+
+def decode_rows(instances: list[Any], sig: Signature) -> dict[str, np.ndarray]:
+    """The row format: one element per instance; objects name the inputs (or a tabular model's features)."""
+    sole = sig.sole_input()
+    if not _is_object(instances[0]):
+        if sole is None:
+            raise invalid_argument(
+                "instances is a plain list, but expecting list of objects as multiple input tensors "
+                "required as per tensorinfo_map"
+            )
+        return {sole.name: to_array(instances, sole)}
+    names = set(sig.inputs)
+    first_keys = instances[0].keys()
+    if sole is not None and sole.columns and first_keys != names:
+        return {sole.name: column_matrix(instances, sole, "'instances' list")}
+    for i, item in enumerate(instances):
+        if not _is_object(item):
+            raise invalid_argument(f"Expecting object but got list at item {i} of input list")
+        if item.keys() != names:
+            raise invalid_argument(
+                f"Failed to process element: {i} of 'instances' list. JSON object: {short(item)} keys must "
+                f"be equal to: {','.join(sorted(names))}"
+            )
+    return {name: to_array([item[name] for item in instances], spec) for name, spec in sig.inputs.items()}
+
+
+def decode_columns(inputs: Any, sig: Signature) -> dict[str, np.ndarray]:
+    """The columnar format: `inputs` is the sole tensor, or an object of named tensors."""
+    sole = sig.sole_input()
+    if not _is_object(inputs):
+        if sole is None:
+            raise invalid_argument(
+                "inputs is a plain value/list, but expecting an object as multiple input tensors required "
+                "as per tensorinfo_map"
+            )
+        return {sole.name: to_array(inputs, sole)}
+    if sole is not None and sole.columns and sole.name not in inputs:
+        return {sole.name: _columns_object(inputs, sole)}
+    out = {}
+    for name, spec in sig.inputs.items():
+        if name not in inputs:
+            raise invalid_argument(f"Missing named input: {name} in 'inputs' object.")
+        out[name] = to_array(inputs[name], spec)
+    return out
+
+
+def _columns_object(inputs: dict[str, Any], spec: TensorSpec) -> np.ndarray:
+    """{"f0": [..rows..], "f1": [...]} for a tabular input with named features."""
+    columns = spec.columns or ()
+    missing = [c for c in columns if c not in inputs]
+    if missing:
+        raise invalid_argument(f"Missing named input: {missing[0]} in 'inputs' object.")
+    unknown = sorted(set(inputs) - set(columns))
+    if unknown:
+        raise invalid_argument(f"'inputs' object: unknown feature(s) {', '.join(unknown[:10])}")
+    column_spec = TensorSpec(spec.name, spec.dtype, (-1,))
+    return np.stack([to_array(inputs[c], column_spec) for c in columns], axis=-1)
+
+
+def _jsonable(name: str, array: np.ndarray) -> Any:
+    if array.dtype == STRING or array.dtype.kind in "SU":
+        return encode_strings(array, as_b64=name.endswith("_bytes"))
+    return np.ascontiguousarray(array)  # orjson writes C-contiguous arrays only
+
+
+def encode_predict(outputs: Mapping[str, np.ndarray], row_format: bool) -> bytes:
+    """`{"predictions": ...}` (row format) or `{"outputs": ...}` (columnar), as TF Serving writes them."""
+    safe = all(finite(a) for a in outputs.values())
+    items = {name: _jsonable(name, a) for name, a in outputs.items()}
+    if row_format:
+        if len(items) == 1:
+            doc: dict[str, Any] = {"predictions": next(iter(items.values()))}
+        else:
+            sizes = {len(a) if a.ndim else -1 for a in outputs.values()}
+            if len(sizes) != 1 or -1 in sizes:
+                raise invalid_argument(
+                    "Tensors with different 0th dimensions cannot be returned in the row format "
+                    "('instances'); use the columnar format ('inputs')"
+                )
+            rows = next(iter(sizes))
+            doc = {"predictions": [{n: v[i] for n, v in items.items()} for i in range(rows)]}
+    else:
+        doc = {"outputs": next(iter(items.values())) if len(items) == 1 else items}
+    return dumps(doc) if safe else dumps_with_nonfinite(doc)
+
+
+def encode_status(servables: list[Servable]) -> bytes:
+    return dumps({
+        "model_version_status": [
+            {
+                "version": str(s.version),
+                "state": s.state.value,
+                "status": {
+                    "error_code": s.error.code.name if s.error else "OK",
+                    "error_message": s.error.message if s.error else "",
+                },
+            }
+            for s in servables
+        ]
+    })
+
+
+def _tensor_info(spec: TensorSpec) -> dict[str, Any]:
+    return {
+        "dtype": tf_dtype_name(spec.dtype),
+        "tensor_shape": {"dim": [{"size": str(d), "name": ""} for d in spec.shape], "unknown_rank": False},
+        "name": spec.name,
+    }
+
+
+def signature_def(sig: Signature) -> dict[str, Any]:
+    return {
+        "inputs": {n: _tensor_info(s) for n, s in sig.inputs.items()},
+        "outputs": {n: _tensor_info(s) for n, s in sig.outputs.items()},
+        "method_name": sig.method_name,
+        "defaults": {},
+    }
+
+
+def encode_metadata(servable: Servable) -> bytes:
+    assert servable.processor is not None
+    sigs = servable.processor.signatures
+    return dumps({
+        "model_spec": {"name": servable.model, "signature_name": "", "version": str(servable.version)},
+        "metadata": {"signature_def": {"signature_def": {n: signature_def(s) for n, s in sigs.items()}}},
+    })
+
+
+def encode_error(message: str) -> bytes:
+    return dumps({"error": message})

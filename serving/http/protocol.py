@@ -1,0 +1,319 @@
+"""HTTP/1.1 on httptools as an asyncio.Protocol: keep-alive, pipelining (answers in request order),
+bounded bodies (413), gzip request bodies, flow control, read/idle time-outs. No ASGI layer: the
+connection hands each complete request to a handler that answers at once or with a future.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+import httptools
+
+log = logging.getLogger(__name__)
+
+JSON = b"application/json"
+STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
+STATUS_LINES[450] = b"HTTP/1.1 450 Queue Full\r\n"
+STATUS_LINES[499] = b"HTTP/1.1 499 Client Closed Request\r\n"
+MAX_PIPELINE = 64
+
+
+@dataclass(slots=True)
+class Response:
+    status: int
+    body: bytes
+    content_type: bytes = JSON
+
+
+class Deferred:
+    """A response still being computed: `future` resolves, then `finish(future)` makes the Response."""
+
+    __slots__ = ("future", "finish", "deadline", "on_timeout")
+
+    def __init__(
+        self,
+        future: asyncio.Future[Any],
+        finish: Callable[[asyncio.Future[Any]], Response],
+        deadline: float,
+        on_timeout: Callable[[], Response],
+    ) -> None:
+        self.future, self.finish, self.deadline, self.on_timeout = future, finish, deadline, on_timeout
+
+
+@dataclass(slots=True)
+class Request:
+    method: str
+    path: str
+    query: str
+    headers: dict[bytes, bytes]
+    body: bytes
+
+
+Handler = Callable[[Request], "Response | Deferred"]
+
+
+@dataclass
+class HttpLimits:
+    max_body_bytes: int = 64 * 1024 * 1024
+    read_timeout_s: float = 30.0  # a started request must arrive whole within this
+    idle_timeout_s: float = 75.0  # a keep-alive connection with nothing to do is closed after this
+
+
+KEPT_HEADERS = {b"content-encoding", b"content-type", b"authorization", b"content-md5", b"date", b"expect"}
+
+
+class _Slot:
+    __slots__ = ("data", "close", "timer")
+
+    def __init__(self) -> None:
+        self.data: bytes | None = None
+        self.close = False
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class HttpConnection(asyncio.Protocol):
+    """One client connection. Per-connection state here; per-request state reset at message begin."""
+
+    def __init__(self, handler: Handler, limits: HttpLimits, registry: set[HttpConnection]) -> None:
+        self.handler, self.limits, self.registry = handler, limits, registry
+        self.loop = asyncio.get_running_loop()
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.pending: collections.deque[_Slot] = collections.deque()
+        self.reading_paused = self.writing_paused = False
+        self.closing = False
+        self.last_activity = time.monotonic()
+        self.request_started: float | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.url = b""
+        self.headers: dict[bytes, bytes] = {}
+        self.body: list[bytes] = []
+        self.body_size = 0
+        self.too_big = False
+
+    # ---- asyncio.Protocol ----
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.registry.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.registry.discard(self)
+        for slot in self.pending:
+            if slot.timer is not None:
+                slot.timer.cancel()
+        self.pending.clear()
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+        self._pause_reading()
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        self._maybe_resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        self.last_activity = time.monotonic()
+        if self.closing:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(400, b'{"error": "protocol upgrades are not supported"}')
+        except httptools.HttpParserError as e:
+            self._fail(400, b'{"error": "malformed HTTP request: %s"}' % str(e).encode().replace(b'"', b"'"))
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too once the answers are written
+
+    # ---- httptools callbacks ----
+
+    def on_message_begin(self) -> None:
+        self._reset()
+        self.request_started = time.monotonic()
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name in KEPT_HEADERS:
+            self.headers[name] = value
+        elif name == b"content-length":
+            try:
+                size = int(value)
+            except ValueError:
+                size = 0
+            if size > self.limits.max_body_bytes:
+                self.too_big = True
+
+    def on_headers_complete(self) -> None:
+        if self.too_big:
+            self._fail(413, self._too_big_body())
+        elif self.headers.get(b"expect", b"").lower() == b"100-continue" and self.transport is not None:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, chunk: bytes) -> None:
+        if self.closing:
+            return
+        self.body_size += len(chunk)
+        if self.body_size > self.limits.max_body_bytes:
+            self._fail(413, self._too_big_body())
+            return
+        self.body.append(chunk)
+
+    def on_message_complete(self) -> None:
+        if self.closing:
+            return
+        self.request_started = None
+        slot = _Slot()
+        slot.close = not self.parser.should_keep_alive()
+        self.pending.append(slot)
+        if len(self.pending) >= MAX_PIPELINE:
+            self._pause_reading()
+        url = httptools.parse_url(self.url) if self.url else None
+        path = url.path.decode("latin-1") if url and url.path else "/"
+        query = url.query.decode("latin-1") if url and url.query else ""
+        body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
+        if self.headers.get(b"content-encoding", b"").lower() == b"gzip":
+            unzipped = self._gunzip(body)
+            if unzipped is None:
+                return
+            body = unzipped
+        request = Request(self.parser.get_method().decode("latin-1"), path, query, self.headers, body)
+        try:
+            result = self.handler(request)
+        except Exception:  # noqa: BLE001 - a handler bug answers 500 and the server goes on
+            log.exception("handler failed for %s %s", request.method, path)
+            result = Response(500, b'{"error": "internal server error"}')
+        if isinstance(result, Response):
+            self._complete(slot, result)
+        else:
+            self._defer(slot, result)
+
+    # ---- answers ----
+
+    def _defer(self, slot: _Slot, deferred: Deferred) -> None:
+        def done(future: asyncio.Future[Any]) -> None:
+            if slot.timer is not None:
+                slot.timer.cancel()
+                slot.timer = None
+            if slot.data is None:
+                try:
+                    response = deferred.finish(future)
+                except Exception:  # noqa: BLE001
+                    log.exception("encoding a response failed")
+                    response = Response(500, b'{"error": "internal server error"}')
+                self._complete(slot, response)
+
+        def expire() -> None:
+            slot.timer = None
+            if slot.data is None:
+                self._complete(slot, deferred.on_timeout())
+
+        slot.timer = self.loop.call_at(deferred.deadline, expire)
+        deferred.future.add_done_callback(done)
+
+    def _complete(self, slot: _Slot, response: Response) -> None:
+        extra = b"Connection: close\r\n" if slot.close else b""
+        slot.data = b"%sContent-Type: %s\r\nContent-Length: %d\r\n%s\r\n%s" % (
+            STATUS_LINES.get(response.status) or b"HTTP/1.1 %d Unknown\r\n" % response.status,
+            response.content_type,
+            len(response.body),
+            extra,
+            response.body,
+        )
+        self._flush()
+
+    def _flush(self) -> None:
+        transport = self.transport
+        pending = self.pending
+        while pending and pending[0].data is not None:
+            slot = pending.popleft()
+            if transport is None:
+                continue
+            transport.write(slot.data)  # type: ignore[arg-type]
+            if slot.close:
+                self.closing = True
+                transport.close()
+                self.transport = transport = None
+        if transport is not None:
+            self._maybe_resume_reading()
+
+    def _fail(self, status: int, body: bytes) -> None:
+        """Answer a request that cannot be parsed or accepted, after the answers already owed; then close."""
+        if self.closing:
+            return
+        slot = _Slot()
+        slot.close = True
+        self.pending.append(slot)
+        self._complete(slot, Response(status, body))
+        self.closing = True
+
+    def _too_big_body(self) -> bytes:
+        return b'{"error": "request body larger than the limit of %d bytes"}' % self.limits.max_body_bytes
+
+    def _gunzip(self, body: bytes) -> bytes | None:
+        limit = self.limits.max_body_bytes
+        try:
+            inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            data = inflater.decompress(body, limit + 1)
+            if len(data) > limit or inflater.unconsumed_tail:
+                self._fail_last(413, self._too_big_body())
+                return None
+            if not inflater.eof:
+                raise zlib.error("truncated gzip stream")
+            return data
+        except zlib.error as e:
+            self._fail_last(400, b'{"error": "cannot decompress the gzip request body: %s"}' % str(e).encode())
+            return None
+
+    def _fail_last(self, status: int, body: bytes) -> None:
+        slot = self.pending[-1]
+        slot.close = True
+        self._complete(slot, Response(status, body))
+
+    # ---- flow control and time-outs ----
+
+    def _pause_reading(self) -> None:
+        if not self.reading_paused and self.transport is not None:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def _maybe_resume_reading(self) -> None:
+        if (self.reading_paused and not self.writing_paused and len(self.pending) < MAX_PIPELINE // 2
+                and self.transport is not None):
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    def check_timeouts(self, now: float) -> None:
+        """Called about once a second by the server: 408 for a request that stalls, close idle ones."""
+        if self.transport is None or self.closing:
+            return
+        if self.request_started is not None and now - self.request_started > self.limits.read_timeout_s:
+            self._fail(408, b'{"error": "the request did not arrive in time"}')
+        elif (not self.pending and self.request_started is None
+              and now - self.last_activity > self.limits.idle_timeout_s):
+            self.closing = True
+            self.transport.close()
+
+    def shutdown(self) -> None:
+        """Close once the answers owed are written (graceful drain)."""
+        if self.transport is None:
+            return
+        if not self.pending:
+            self.closing = True
+            self.transport.close()
+        else:
+            self.pending[-1].close = True

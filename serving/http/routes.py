@@ -1,0 +1,171 @@
+"""The HTTP routes: TF Serving's REST API, the cloud processor JSON route, health and model listing.
+
+Each handler turns a `Request` into a `Response` at once (status, metadata, errors) or a `Deferred`
+(predictions); decoding and encoding live in `serving.codecs`, the work in the data plane.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import unquote
+
+from ..codecs import eas, tfserving
+from ..codecs.jsonutil import dumps, loads
+from ..dataplane import DataPlane, Outputs, error_of
+from ..errors import EAS_STATUS, HTTP_STATUS, Code, ServingError, invalid_argument, not_found
+from ..repository import ModelManager
+from .protocol import Deferred, Request, Response
+
+MODEL_PATH = re.compile(
+    r"/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>-?\d+)|/labels/(?P<label>[^/:]+))?"
+    r"(?:(?P<metadata>/metadata)|:(?P<verb>predict|classify|regress))?/?$",
+    re.IGNORECASE,
+)
+EAS_PATH = re.compile(r"/api/predict/(?P<name>[^/]+)/?$")
+METHODS = {"predict": "predict", "classify": "classify", "regress": "regress"}
+
+
+def tf_error(err: ServingError) -> Response:
+    return Response(HTTP_STATUS.get(err.code, 500), tfserving.encode_error(err.message))
+
+
+def eas_error(err: ServingError) -> Response:
+    return Response(EAS_STATUS.get(err.code, 500), tfserving.encode_error(err.message))
+
+
+class RestApi:
+    """Routes one HTTP request; the `__call__` is the connection's handler."""
+
+    def __init__(
+        self,
+        manager: ModelManager,
+        dataplane: DataPlane,
+        *,
+        timeout_s: float,
+        default_model: Callable[[], str | None],
+    ) -> None:
+        self.manager, self.dataplane = manager, dataplane
+        self.timeout_s = timeout_s
+        self.default_model = default_model
+
+    def __call__(self, request: Request) -> Response | Deferred:
+        path = request.path
+        try:
+            if path.startswith("/v1/"):
+                return self._tf_serving(request)
+            if path.startswith("/api/predict/") or path == "/":
+                return self._eas(request)
+            if request.method == "GET":
+                if path == "/healthz":
+                    return Response(200, b'{"status": "live"}')
+                if path == "/readyz":
+                    return self._ready()
+            return Response(404, tfserving.encode_error(f"Not found: {request.method} {path}"))
+        except ServingError as e:
+            return eas_error(e) if not path.startswith("/v1/") else tf_error(e)
+
+    # ---- TF Serving REST ----
+
+    def _tf_serving(self, request: Request) -> Response | Deferred:
+        path = request.path
+        if path.rstrip("/") == "/v1/models" and request.method == "GET":
+            return Response(200, self._list_models())
+        m = MODEL_PATH.match(path)
+        if m is None or (m["verb"] is None) != (request.method == "GET") or (
+            m["verb"] and m["metadata"]
+        ) or request.method not in ("GET", "POST"):
+            raise invalid_argument(f"Malformed request: {request.method} {path}")
+        name = unquote(m["name"])
+        version = int(m["version"]) if m["version"] is not None else None
+        label = unquote(m["label"]) if m["label"] is not None else None
+        if m["verb"] is None:
+            if m["metadata"]:
+                servable = self.manager.get(name, version, label)
+                return Response(200, tfserving.encode_metadata(servable))
+            return Response(200, tfserving.encode_status(self.manager.status(name, version, label)))
+        return self._tf_infer(request, name, version, label, m["verb"].lower())
+
+    def _tf_infer(
+        self, request: Request, name: str, version: int | None, label: str | None, verb: str
+    ) -> Response | Deferred:
+        servable = self.manager.get(name, version, label)
+        doc = loads(request.body)
+        sig = servable.signature(tfserving.signature_name(doc))
+        if verb != "predict":
+            raise ServingError(
+                Code.UNIMPLEMENTED,
+                f"model {name} ({servable.platform}) does not implement {verb}: it serves predict only",
+            )
+        inputs, row_format = tfserving.decode_predict(doc, sig)
+        future = self.dataplane.infer(servable, sig, inputs, METHODS[verb])
+
+        def finish(f: asyncio.Future[Outputs]) -> Response:
+            err = error_of(f)
+            if err is not None:
+                return tf_error(err)
+            try:
+                return Response(200, tfserving.encode_predict(f.result(), row_format))
+            except ServingError as e:
+                return tf_error(e)
+
+        return Deferred(future, finish, time.monotonic() + self.timeout_s, self._tf_timeout)
+
+    def _tf_timeout(self) -> Response:
+        return tf_error(ServingError(Code.DEADLINE_EXCEEDED, "Deadline Exceeded"))
+
+    def _list_models(self) -> bytes:
+        models: list[dict[str, Any]] = []
+        for name, model in sorted(self.manager.models.items()):
+            models.append({
+                "name": name,
+                "platform": model.spec.platform or "",
+                "base_path": model.spec.base_path,
+                "labels": model.labels,
+                "model_version_status": [
+                    {"version": str(s.version), "state": s.state.value}
+                    for s in sorted(model.versions.values(), key=lambda s: -s.version)
+                ],
+            })
+        return dumps({"models": models})
+
+    def _ready(self) -> Response:
+        waiting = sorted(n for n, m in self.manager.models.items() if m.latest is None)
+        if self.manager.ready():
+            return Response(200, b'{"status": "ready"}')
+        return Response(503, dumps({"status": "not ready", "models_without_available_version": waiting}))
+
+    # ---- cloud processor (EAS) route ----
+
+    def _eas(self, request: Request) -> Response | Deferred:
+        if request.method != "POST":
+            raise ServingError(Code.NOT_FOUND, f"Not found: {request.method} {request.path} (predict with POST)")
+        if request.path == "/":
+            name = self.default_model()
+            if name is None:
+                raise not_found("no default model: name one with POST /api/predict/<model>")
+        else:
+            m = EAS_PATH.match(request.path)
+            if m is None:
+                raise not_found(f"Not found: {request.path}")
+            name = unquote(m["name"])
+        servable = self.manager.get(name)
+        sig = servable.signature(None)
+        inputs = eas.decode_json(loads(request.body), sig)
+        future = self.dataplane.infer(servable, sig, inputs)
+
+        def finish(f: asyncio.Future[Outputs]) -> Response:
+            err = error_of(f)
+            if err is not None:
+                return eas_error(err)
+            return Response(200, eas.encode_json(f.result()))
+
+        return Deferred(future, finish, time.monotonic() + self.timeout_s, self._eas_timeout)
+
+    def _eas_timeout(self) -> Response:
+        return eas_error(ServingError(Code.DEADLINE_EXCEEDED, "request timed out"))
+
+

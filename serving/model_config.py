@@ -1,0 +1,128 @@
+"""Which models to serve: `ModelSpec` data built from model_config.pbtxt or the single-model flags.
+
+`model_config.pbtxt` is the text format of TF Serving's `ModelServerConfig`, parsed with protobuf's
+`text_format` against our wire-compatible protos and validated as TF Serving does (unique names,
+absolute base paths, model_platform required in the file).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from google.protobuf import text_format
+
+from ._proto.tensorflow_serving.config import model_server_config_pb2 as msc
+
+
+class ConfigError(ValueError):
+    """A model configuration that cannot be served; the message says why."""
+
+
+@dataclass(frozen=True)
+class VersionPolicy:
+    """latest{num_versions} / all{} / specific{versions}: which versions on disk to serve."""
+
+    kind: str = "latest"
+    num_versions: int = 1
+    versions: frozenset[int] = frozenset()
+
+    def select(self, on_disk: set[int]) -> set[int]:
+        if self.kind == "all":
+            return set(on_disk)
+        if self.kind == "specific":
+            return on_disk & self.versions
+        return set(sorted(on_disk)[-self.num_versions:]) if on_disk else set()
+
+    def describe(self) -> str:
+        if self.kind == "latest":
+            return f"latest {{num_versions: {self.num_versions}}}"
+        if self.kind == "specific":
+            return f"specific {{versions: {sorted(self.versions)}}}"
+        return "all {}"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model to serve: name, base path with integer version dirs, processor, policy, labels."""
+
+    name: str
+    base_path: str
+    platform: str | None = None  # None: detected from the files of each version
+    policy: VersionPolicy = VersionPolicy()
+    labels: dict[str, int] = field(default_factory=dict)
+    device: str = "cpu"
+    options: dict[str, object] = field(default_factory=dict)
+
+
+def policy_from_proto(p: msc.ModelConfig) -> VersionPolicy:
+    if not p.HasField("model_version_policy"):
+        return VersionPolicy()
+    pol = p.model_version_policy
+    choice = pol.WhichOneof("policy_choice")
+    if choice == "all":
+        return VersionPolicy("all")
+    if choice == "specific":
+        if not pol.specific.versions:
+            raise ConfigError(f"model {p.name}: specific version policy lists no versions")
+        return VersionPolicy("specific", versions=frozenset(pol.specific.versions))
+    if choice == "latest":
+        return VersionPolicy("latest", num_versions=pol.latest.num_versions or 1)
+    return VersionPolicy()
+
+
+def parse_model_config(text: str, source: str = "model config") -> list[ModelSpec]:
+    """Parse and validate the text of a ModelServerConfig; raises ConfigError."""
+    config = msc.ModelServerConfig()
+    try:
+        text_format.Parse(text, config)
+    except text_format.ParseError as e:
+        raise ConfigError(f"{source}: not a valid ModelServerConfig: {e}") from e
+    if config.WhichOneof("config") == "custom_model_config":
+        raise ConfigError(f"{source}: custom_model_config is not supported; use model_config_list")
+    specs: list[ModelSpec] = []
+    seen: set[str] = set()
+    for c in config.model_config_list.config:
+        if not c.name:
+            raise ConfigError(f"{source}: a model config has no name")
+        if c.name in seen:
+            raise ConfigError(f"{source}: Illegal to list model {c.name} multiple times in config list")
+        seen.add(c.name)
+        if not os.path.isabs(c.base_path):
+            raise ConfigError(
+                f"{source}: Expected model {c.name} to have an absolute path; got base_path()={c.base_path}"
+            )
+        if not c.model_platform:
+            raise ConfigError(f"{source}: Illegal setting model_platform to empty for model {c.name}")
+        specs.append(
+            ModelSpec(
+                name=c.name,
+                base_path=c.base_path,
+                platform=c.model_platform,
+                policy=policy_from_proto(c),
+                labels=dict(c.version_labels),
+            )
+        )
+    return specs
+
+
+def read_model_config_file(path: str | Path) -> list[ModelSpec]:
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read model config file {path}: {e.strerror}") from e
+    return parse_model_config(text, str(path))
+
+
+def list_versions(base_path: str) -> dict[int, Path]:
+    """The integer-named child directories of a base path (`00000123` is version 123)."""
+    found: dict[int, Path] = {}
+    try:
+        entries = list(os.scandir(base_path))
+    except OSError:
+        return found
+    for entry in entries:
+        if entry.name.isdigit() and entry.is_dir():
+            found[int(entry.name)] = Path(entry.path)
+    return found

@@ -1,0 +1,156 @@
+"""The processor contract and the registry that finds processors by name.
+
+A processor follows TF Serving's Loader idea: a cheap constructor, an explicit `load()` that does the
+heavy work (run off the event loop by the engine), `signatures` describing what it serves, one blocking
+`predict(inputs, signature_name)` on a batch of named numpy arrays (the engine runs it in an executor
+on purpose), and `unload()`. Capabilities are class attributes.
+
+Processors are registered as lazy "module:attr" strings, so `serving` starts without any framework
+installed; third-party processors add themselves through the `serving.processors` entry-point group.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .errors import Code, ServingError, invalid_argument, unimplemented
+from .signature import DEFAULT_SIGNATURE, Signature
+
+log = logging.getLogger(__name__)
+
+
+class Processor:
+    """Base class of every processor; subclasses fill `signatures` in `load()`."""
+
+    name: ClassVar[str] = "processor"
+    #: True when rows of independent requests may be concatenated along axis 0.
+    batchable: ClassVar[bool] = True
+    #: Devices the processor can run on ("cpu", "cuda").
+    devices: ClassVar[tuple[str, ...]] = ("cpu",)
+
+    def __init__(self) -> None:
+        self.signatures: dict[str, Signature] = {}
+        self.device = "cpu"
+
+    def load(self, version_dir: Path, device: str, options: Mapping[str, Any]) -> None:
+        raise NotImplementedError
+
+    def predict(self, inputs: dict[str, np.ndarray], signature_name: str) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def classify(self, inputs: dict[str, np.ndarray], signature_name: str) -> dict[str, np.ndarray]:
+        raise unimplemented(f"processor {self.name} does not implement classify")
+
+    def regress(self, inputs: dict[str, np.ndarray], signature_name: str) -> dict[str, np.ndarray]:
+        raise unimplemented(f"processor {self.name} does not implement regress")
+
+    def unload(self) -> None:
+        """Release the model; the default drops the references and lets GC free them."""
+
+    def signature(self, name: str | None) -> Signature:
+        """The signature called `name` ('' or None: the default one)."""
+        key = name or DEFAULT_SIGNATURE
+        sig = self.signatures.get(key)
+        if sig is None:
+            if not name and len(self.signatures) == 1:
+                return next(iter(self.signatures.values()))
+            raise invalid_argument(f"Serving signature name: \"{key}\" not found in signature def")
+        return sig
+
+
+@dataclass(frozen=True)
+class ProcessorEntry:
+    """A registered processor: where it lives, what extra installs its framework, which files it loads."""
+
+    target: str  # "module:attr"
+    extra: str
+    framework: str
+    patterns: tuple[str, ...] = ()
+
+
+REGISTRY: dict[str, ProcessorEntry] = {
+    "xgboost": ProcessorEntry(
+        "processors.xgboost_processor:XGBoostProcessor", "xgboost", "xgboost",
+        ("model.json", "model.ubj", "*.bst", "*.model", "*.ubj"),
+    ),
+    "lightgbm": ProcessorEntry(
+        "processors.lightgbm_processor:LightGBMProcessor", "lightgbm", "lightgbm",
+        ("model.txt", "*.txt", "model.lgb"),
+    ),
+    "linear": ProcessorEntry("processors.linear:LinearProcessor", "", "numpy", ("linear.json",)),
+}
+ALIASES: dict[str, str] = {}
+ENTRY_POINT_GROUP = "serving.processors"
+
+
+def _entry_points() -> dict[str, str]:
+    try:
+        return {ep.name: ep.value for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    except Exception:  # noqa: BLE001 - a broken third-party distribution must not stop the server
+        log.exception("could not read entry points of group %s", ENTRY_POINT_GROUP)
+        return {}
+
+
+def canonical_name(name: str) -> str:
+    key = name.strip().lower()
+    return ALIASES.get(key, key)
+
+
+def processor_class(name: str) -> type[Processor]:
+    """Import and return the processor class registered as `name`, with a clear error otherwise."""
+    key = canonical_name(name)
+    entry = REGISTRY.get(key)
+    target = entry.target if entry else _entry_points().get(key)
+    if target is None:
+        known = ", ".join(sorted({*REGISTRY, *ALIASES, *_entry_points()}))
+        raise ServingError(Code.INVALID_ARGUMENT, f"unknown processor '{name}' (known: {known})")
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if entry is not None and e.name and e.name.split(".")[0] == entry.framework:
+            raise ServingError(
+                Code.FAILED_PRECONDITION,
+                f"processor {key} needs the package {entry.framework}: "
+                f"pip install serving-engine[{entry.extra}]",
+            ) from e
+        raise
+    cls = getattr(module, attr)
+    if not (isinstance(cls, type) and issubclass(cls, Processor)):
+        raise ServingError(Code.INVALID_ARGUMENT, f"{target} is not a Processor subclass")
+    return cls
+
+
+def detect_platform(version_dir: Path) -> str | None:
+    """Guess the processor from the files in a version directory (first registered match wins)."""
+    try:
+        names = sorted(p.name for p in version_dir.iterdir() if p.is_file())
+    except OSError:
+        return None
+    for key, entry in REGISTRY.items():
+        for pattern in entry.patterns:
+            if any(fnmatch.fnmatch(n, pattern) for n in names):
+                return key
+    return None
+
+
+def find_model_file(version_dir: Path, patterns: tuple[str, ...], what: str) -> Path:
+    """The first file in `version_dir` matching `patterns` in order, or FAILED_PRECONDITION."""
+    names = sorted(p.name for p in version_dir.iterdir() if p.is_file())
+    for pattern in patterns:
+        for n in names:
+            if fnmatch.fnmatch(n, pattern):
+                return version_dir / n
+    raise ServingError(
+        Code.FAILED_PRECONDITION,
+        f"no {what} model file in {version_dir} (looked for {', '.join(patterns)})",
+    )
