@@ -176,12 +176,9 @@ class ModelManager:
                 await self._unload_all(self.models.pop(name))
             jobs = []
             for spec in specs:
-                existing = self.models.get(spec.name)
-                if existing is None:
-                    model = self.models[spec.name] = ManagedModel(spec)
-                else:
-                    model = existing
-                if existing is not None and model.spec.base_path != spec.base_path or model.spec.platform != spec.platform:
+                model = self.models.get(spec.name) or ManagedModel(spec)
+                self.models[spec.name] = model
+                if (model.spec.base_path, model.spec.platform) != (spec.base_path, spec.platform):
                     log.info("model %s changed its base path or platform: reloading", spec.name)
                     await self._unload_all(model)
                 model.spec = spec

@@ -109,7 +109,8 @@ def test_feature_objects(server, repo):
     rows = [dict(zip(NAMES, r, strict=True)) for r in x[:2].tolist()]
     status, body = server.post("/v1/models/xgb:predict", {"instances": rows})
     assert status == 200
-    np.testing.assert_allclose(body["predictions"], booster(repo, 2).predict(xgb.DMatrix(x[:2], feature_names=NAMES)), rtol=1e-6)
+    want = booster(repo, 2).predict(xgb.DMatrix(x[:2], feature_names=NAMES))
+    np.testing.assert_allclose(body["predictions"], want, rtol=1e-6)
     status, body = server.post("/v1/models/xgb:predict", {"instances": [{"a": 1.0}]})
     assert status == 400 and "missing feature(s) b, c, d" in body["error"]
 

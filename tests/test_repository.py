@@ -13,8 +13,9 @@ from serving.repository import ModelManager, State
 from tests.helpers import make_linear
 
 
-def spec(base, name="m", policy=VersionPolicy(), labels=None, platform="linear"):
-    return ModelSpec(name=name, base_path=str(base), platform=platform, policy=policy, labels=labels or {})
+def spec(base, name="m", policy=None, labels=None, platform="linear"):
+    return ModelSpec(name=name, base_path=str(base), platform=platform, policy=policy or VersionPolicy(),
+                     labels=labels or {})
 
 
 def run(coro):
