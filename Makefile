@@ -41,6 +41,7 @@ protos: install-test
 	$(PY) protos/generate.py
 
 bench: install-test
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(PY) benchmarks/http_latency.py
 
 clean:
