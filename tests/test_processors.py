@@ -88,3 +88,15 @@ def test_missing_framework_names_the_extra_to_install(monkeypatch):
 def test_unknown_processor_lists_known_ones():
     with pytest.raises(ServingError, match="unknown processor 'nope' .*lightgbm.*xgboost"):
         processor_class("nope")
+
+
+def test_third_party_processors_register_through_entry_points(monkeypatch):
+    from serving import processor
+
+    monkeypatch.setattr(processor, "_entry_points", lambda: {"mylinear": "processors.linear:LinearProcessor"})
+    from processors.linear import LinearProcessor
+
+    assert processor_class("mylinear") is LinearProcessor
+    monkeypatch.setattr(processor, "_entry_points", lambda: {"bad": "serving.errors:Code"})
+    with pytest.raises(ServingError, match="is not a Processor subclass"):
+        processor_class("bad")
