@@ -2,8 +2,10 @@
 
 Runs grpcio-tools' protoc over every .proto below protos/, then rewrites the generated absolute
 imports (`from tensorflow_serving.config import ...`) to live under `serving._proto`, so our copies
-never shadow or need a top-level `tensorflow_serving` package. `--out DIR` writes elsewhere (the test
-that checks the checked-in code is current uses it).
+never shadow or need a top-level `tensorflow_serving` package. The messages are built in a private
+descriptor pool (`serving._proto._pool.POOL`), not protobuf's default one, so they never clash with
+TensorFlow's or tensorflow-serving-api's own copies of the same messages in one process.
+`--out DIR` writes elsewhere (the test that checks the checked-in code is current uses it).
 """
 
 from __future__ import annotations
@@ -16,7 +18,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 PACKAGE = "serving._proto"
-TOP_LEVEL = ("tensorflow_serving", "tensorflow", "inference", "pytorch_predict", "tf_predict")
+TOP_LEVEL = ("tensorflow_serving", "tensorflow", "inference", "eas")
+WELL_KNOWN = re.compile(r'^import "google/protobuf/(\w+)\.proto";', re.M)
+POOL_MODULE = '''"""The private descriptor pool of the generated messages (written by protos/generate.py)."""
+
+from google.protobuf import descriptor_pool
+{imports}
+
+POOL = descriptor_pool.DescriptorPool()
+for _well_known in ({names},):
+    POOL.AddSerializedFile(_well_known.DESCRIPTOR.serialized_pb)
+'''
 
 
 def generate(out: Path) -> list[Path]:
@@ -32,12 +44,21 @@ def generate(out: Path) -> list[Path]:
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
     pattern = re.compile(rf"^(from|import) ({'|'.join(TOP_LEVEL)})(\.|\s)", re.M)
+    well_known = sorted({m for p in protos for m in WELL_KNOWN.findall((ROOT / p).read_text())})
+    (out / "_pool.py").write_text(POOL_MODULE.format(
+        imports="\n".join(f"from google.protobuf import {m}_pb2" for m in well_known),
+        names=", ".join(f"{m}_pb2" for m in well_known),
+    ))
     written = []
     for path in sorted(out.rglob("*_pb2_grpc.py")):
         if "Stub" not in path.read_text():  # messages only: no service, no gRPC module
             path.unlink()
-    for path in sorted(out.rglob("*.py*")):
+    for path in sorted(out.rglob("*_pb2*.py*")):
         text = pattern.sub(lambda m: f"{m[1]} {PACKAGE}.{m[2]}{m[3]}", path.read_text())
+        text = text.replace("_descriptor_pool.Default()", "_pool.POOL").replace(
+            "from google.protobuf.internal import builder as _builder\n",
+            f"from google.protobuf.internal import builder as _builder\nfrom {PACKAGE} import _pool\n",
+        )
         path.write_text(text)
         written.append(path)
     for folder in [out, *(p for p in out.rglob("*") if p.is_dir())]:

@@ -47,3 +47,16 @@ def test_text_format_parses_a_tf_serving_config_with_our_protos():
     assert msc.ModelServerConfig.FromString(config.SerializeToString()) == config
     assert msc.ModelConfig.DESCRIPTOR.fields_by_name["version_labels"].number == 8
     assert msc.ModelConfig.DESCRIPTOR.fields_by_name["model_version_policy"].number == 7
+
+
+def test_generated_messages_live_in_a_private_pool():
+    """TensorFlow or tensorflow-serving-api in the same process register the same message names in
+    protobuf's default pool: ours must not be there to clash with them."""
+    from google.protobuf import descriptor_pool
+
+    from serving._proto._pool import POOL
+    from serving._proto.tensorflow_serving.apis import predict_pb2
+
+    assert predict_pb2.PredictRequest.DESCRIPTOR.file.pool is POOL
+    with pytest.raises(KeyError):
+        descriptor_pool.Default().FindMessageTypeByName("tensorflow.serving.PredictRequest")

@@ -1,0 +1,341 @@
+"""The dynamic-batching scheduler: one queue per loaded (model, version, signature).
+
+Event-driven and adaptive, with `time.monotonic()` deadlines and no polling:
+- a request is queued with its deadline; a request larger than `max_batch_size` rows is split into
+  chunks that are reassembled in order;
+- when nothing of the queue is running, whatever is queued (up to `max_batch_size` rows) is dispatched
+  at once: no batching delay at low load;
+- while batches run, a new batch is dispatched to a free slot only once it is full or its oldest
+  request has waited `batch_timeout`; otherwise requests accumulate, and every finished batch
+  dispatches the next one at once; at most `max_in_flight` batches run per queue;
+- the queue is bounded (`max_queue_size` requests): past it a request is refused at once (UNAVAILABLE);
+- a request whose deadline passed, or whose future was cancelled (client gone, front-end time-out), is
+  dropped without being computed; a batch already running finishes and nobody else waits for it;
+- requests whose non-batch dims differ are not mixed, unless `pad_variable_length_inputs` pads them;
+  `allowed_batch_sizes` pads a batch up to the next allowed size;
+- a processor exception fails only the requests of its batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import Code, ServingError, invalid_argument
+
+Outputs = dict[str, np.ndarray]
+DEADLINE_MESSAGE = "request deadline exceeded before it was computed"
+
+
+@dataclass(frozen=True)
+class BatchingOptions:
+    """How one queue batches; units in the names."""
+
+    enabled: bool = True
+    #: Most rows in one batch (requests are split above it).
+    max_batch_size: int = 16
+    #: Longest wait of a queued request for a fuller batch while other batches run.
+    batch_timeout_micros: int = 50_000
+    #: Most requests waiting in one queue; more are refused at once.
+    max_queue_size: int = 64
+    #: Most batches running at once per queue.
+    max_in_flight: int = 5
+    #: Pad a batch up to the next of these sizes (the last must equal max_batch_size).
+    allowed_batch_sizes: tuple[int, ...] = ()
+    #: Pad inputs whose non-batch dims differ to the largest (zeros) so they share a batch.
+    pad_variable_length_inputs: bool = False
+
+    def validate(self) -> None:
+        if self.max_batch_size < 1:
+            raise ValueError("max_batch_size must be at least 1")
+        if self.max_queue_size < 1 or self.max_in_flight < 1:
+            raise ValueError("max_queue_size and worker threads must be at least 1")
+        sizes = self.allowed_batch_sizes
+        if sizes:
+            if list(sizes) != sorted(set(sizes)) or sizes[0] < 1:
+                raise ValueError("allowed_batch_sizes must be positive and strictly increasing")
+            if sizes[-1] != self.max_batch_size:
+                raise ValueError(
+                    f"The last entry in allowed_batch_sizes must match max_batch_size; last entry was "
+                    f"{sizes[-1]}; expected {self.max_batch_size}"
+                )
+
+
+class _Parent:
+    """A request split into chunks: completes its future when every chunk has come back."""
+
+    __slots__ = ("future", "parts", "left")
+
+    def __init__(self, future: asyncio.Future[Outputs], n: int) -> None:
+        self.future, self.parts, self.left = future, [None] * n, n
+
+    def chunk_done(self, index: int, outputs: Outputs | None, error: BaseException | None) -> None:
+        if self.future.done():
+            return
+        if error is not None:
+            self.future.set_exception(error)
+            return
+        self.parts[index] = outputs  # type: ignore[call-overload]
+        self.left -= 1
+        if self.left == 0:
+            parts: list[Outputs] = self.parts  # type: ignore[assignment]
+            self.future.set_result({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
+
+
+class _Item:
+    __slots__ = ("inputs", "rows", "key", "deadline", "enqueued", "future", "parent", "index")
+
+    def __init__(self, inputs: dict[str, np.ndarray], rows: int, key: tuple[object, ...], deadline: float,
+                 future: asyncio.Future[Outputs] | None, parent: _Parent | None, index: int) -> None:
+        self.inputs, self.rows, self.key, self.deadline = inputs, rows, key, deadline
+        self.enqueued = time.monotonic()
+        self.future, self.parent, self.index = future, parent, index
+
+    def abandoned(self) -> bool:
+        target = self.parent.future if self.parent is not None else self.future
+        return target is None or target.done()
+
+    def fail(self, error: BaseException) -> None:
+        if self.parent is not None:
+            self.parent.chunk_done(self.index, None, error)
+        elif self.future is not None and not self.future.done():
+            self.future.set_exception(error)
+
+    def succeed(self, outputs: Outputs) -> None:
+        if self.parent is not None:
+            self.parent.chunk_done(self.index, outputs, None)
+        elif self.future is not None and not self.future.done():
+            self.future.set_result(outputs)
+
+
+RunBatch = Callable[[dict[str, np.ndarray]], Outputs]
+
+
+@dataclass
+class QueueStats:
+    batches: int = 0
+    rows: int = 0
+    requests: int = 0
+    rejected: int = 0
+    expired: int = 0
+    batch_sizes: collections.Counter[int] = field(default_factory=collections.Counter)
+
+
+class BatchQueue:
+    """The queue of one (model, version, signature); lives on the event loop thread."""
+
+    def __init__(self, run: RunBatch, options: BatchingOptions, executor: concurrent.futures.Executor,
+                 name: str = "") -> None:
+        self.run, self.options, self.executor, self.name = run, options, executor, name
+        self.loop = asyncio.get_running_loop()
+        self.queue: collections.deque[_Item] = collections.deque()
+        self.in_flight = 0
+        self.timer: asyncio.TimerHandle | None = None
+        self.timeout_s = options.batch_timeout_micros / 1e6
+        self.stats = QueueStats()
+        self._idle: asyncio.Event | None = None
+
+    # ---- submitting ----
+
+    def submit(self, inputs: dict[str, np.ndarray], deadline: float) -> asyncio.Future[Outputs]:
+        """Queue one request (arrays already validated, all with the same batch size)."""
+        opts = self.options
+        if len(self.queue) >= opts.max_queue_size:
+            self.stats.rejected += 1
+            raise ServingError(Code.UNAVAILABLE, f"{self.name}: the request queue is full "
+                                                 f"({opts.max_queue_size} requests waiting); retry later")
+        rows = _rows(inputs)
+        key = _shape_key(inputs, opts.pad_variable_length_inputs)
+        future: asyncio.Future[Outputs] = self.loop.create_future()
+        self.stats.requests += 1
+        if rows <= opts.max_batch_size:
+            self.queue.append(_Item(inputs, rows, key, deadline, future, None, 0))
+        else:
+            size = opts.max_batch_size
+            n = -(-rows // size)
+            parent = _Parent(future, n)
+            for i in range(n):
+                chunk = {k: v[i * size:(i + 1) * size] for k, v in inputs.items()}
+                self.queue.append(_Item(chunk, min(size, rows - i * size), key, deadline, None, parent, i))
+        self._schedule()
+        return future
+
+    # ---- dispatching ----
+
+    def _schedule(self) -> None:
+        opts = self.options
+        while self.queue and self.in_flight < opts.max_in_flight:
+            if self.in_flight:
+                head = self.queue[0]
+                wait = head.enqueued + self.timeout_s - time.monotonic()
+                if wait > 0 and self._queued_rows(opts.max_batch_size) < opts.max_batch_size:
+                    if self.timer is None:
+                        self.timer = self.loop.call_later(wait, self._on_timer)
+                    return
+            if not self._dispatch():
+                break
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        self._schedule()
+
+    def _queued_rows(self, enough: int) -> int:
+        total = 0
+        for item in self.queue:
+            total += item.rows
+            if total >= enough:
+                break
+        return total
+
+    def _take(self) -> list[_Item]:
+        """Pop the next batch: the head's shape group, in order, up to max_batch_size rows."""
+        now = time.monotonic()
+        limit = self.options.max_batch_size
+        batch: list[_Item] = []
+        kept: list[_Item] = []
+        rows = 0
+        queue = self.queue
+        while queue:
+            item = queue.popleft()
+            if item.abandoned():
+                continue
+            if item.deadline <= now:
+                self.stats.expired += 1
+                item.fail(ServingError(Code.DEADLINE_EXCEEDED, DEADLINE_MESSAGE))
+                continue
+            if batch and (item.key != batch[0].key or rows + item.rows > limit):
+                kept.append(item)
+                if rows + item.rows > limit and item.key == batch[0].key:
+                    break
+                continue
+            batch.append(item)
+            rows += item.rows
+            if rows >= limit:
+                break
+        queue.extendleft(reversed(kept))
+        return batch
+
+    def _dispatch(self) -> bool:
+        batch = self._take()
+        if not batch:
+            return False
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        try:
+            inputs, rows = self._assemble(batch)
+        except ServingError as e:
+            for item in batch:
+                item.fail(e)
+            return True
+        self.in_flight += 1
+        self.stats.batches += 1
+        self.stats.rows += rows
+        self.stats.batch_sizes[rows] += 1
+        job = self.executor.submit(self.run, inputs)
+        job.add_done_callback(lambda j: self.loop.call_soon_threadsafe(self._finish, batch, rows, j))
+        return True
+
+    def _assemble(self, batch: Sequence[_Item]) -> tuple[dict[str, np.ndarray], int]:
+        rows = sum(item.rows for item in batch)
+        if len(batch) == 1:
+            inputs = batch[0].inputs
+        else:
+            inputs = {}
+            for name in batch[0].inputs:
+                arrays = [item.inputs[name] for item in batch]
+                if self.options.pad_variable_length_inputs:
+                    arrays = _pad_to_common(arrays)
+                inputs[name] = np.concatenate(arrays)
+        sizes = self.options.allowed_batch_sizes
+        if sizes:
+            target = next((s for s in sizes if s >= rows), rows)
+            if target > rows:
+                inputs = {k: _pad_rows(v, target) for k, v in inputs.items()}
+        return inputs, rows
+
+    def _finish(self, batch: list[_Item], rows: int, job: concurrent.futures.Future[Outputs]) -> None:
+        self.in_flight -= 1
+        error = job.exception()
+        if error is None:
+            outputs = job.result()
+            try:
+                _check_outputs(outputs, rows, self.name)
+            except ServingError as e:
+                error = e
+        if error is not None:
+            for item in batch:
+                item.fail(error)
+        elif len(batch) == 1:
+            batch[0].succeed(_trim(outputs, rows) if self.options.allowed_batch_sizes else outputs)
+        else:
+            start = 0
+            for item in batch:
+                end = start + item.rows
+                item.succeed({k: v[start:end] for k, v in outputs.items()})
+                start = end
+        self._schedule()
+        if self._idle is not None and not self.in_flight and not self.queue:
+            self._idle.set()
+
+    async def drained(self) -> None:
+        """Wait until nothing is queued or running."""
+        while self.in_flight or self.queue:
+            self._idle = asyncio.Event()
+            await self._idle.wait()
+
+    def close(self, error: ServingError) -> None:
+        """Fail everything still queued (the version is going away)."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        while self.queue:
+            self.queue.popleft().fail(error)
+
+
+def _rows(inputs: dict[str, np.ndarray]) -> int:
+    for array in inputs.values():
+        if array.ndim:
+            return int(array.shape[0])
+    raise invalid_argument("a batched input needs a batch dimension")
+
+
+def _shape_key(inputs: dict[str, np.ndarray], pad: bool) -> tuple[object, ...]:
+    if pad:
+        return tuple((k, v.ndim, v.dtype.str) for k, v in inputs.items())
+    return tuple((k, v.shape[1:], v.dtype.str) for k, v in inputs.items())
+
+
+def _pad_to_common(arrays: list[np.ndarray]) -> list[np.ndarray]:
+    target = tuple(max(dims) for dims in zip(*(a.shape[1:] for a in arrays), strict=True))
+    out = []
+    for a in arrays:
+        if a.shape[1:] != target:
+            widths = [(0, 0)] + [(0, t - d) for d, t in zip(a.shape[1:], target, strict=True)]
+            a = np.pad(a, widths)
+        out.append(a)
+    return out
+
+
+def _pad_rows(array: np.ndarray, target: int) -> np.ndarray:
+    pad = np.zeros((target - array.shape[0], *array.shape[1:]), dtype=array.dtype)
+    return np.concatenate([array, pad])
+
+
+def _trim(outputs: Outputs, rows: int) -> Outputs:
+    return {k: v[:rows] for k, v in outputs.items()}
+
+
+def _check_outputs(outputs: Outputs, rows: int, name: str) -> None:
+    for key, value in outputs.items():
+        if value.ndim == 0 or value.shape[0] < rows:
+            raise ServingError(
+                Code.INTERNAL,
+                f"{name}: output '{key}' has shape {list(value.shape)}, which does not have the batch's {rows} rows",
+            )
