@@ -9,12 +9,14 @@ import os
 import signal
 import time
 
+from .batching import BatchingOptions, from_batching_parameters
 from .dataplane import DataPlane
 from .http.protocol import HttpConnection, HttpLimits
 from .http.routes import RestApi
 from .model_config import ConfigError, ModelSpec, read_model_config_file
 from .repository import ModelManager
 from .settings import Settings
+from .warmup import Warmup
 
 log = logging.getLogger("serving")
 
@@ -29,6 +31,7 @@ def initial_specs(settings: Settings) -> list[ModelSpec]:
                 name=settings.model_name,
                 base_path=os.path.abspath(settings.model_base_path),
                 platform=settings.model_platform or None,
+                flat=bool(settings.service_config),
             )
         ]
     else:
@@ -36,16 +39,45 @@ def initial_specs(settings: Settings) -> list[ModelSpec]:
     return [dataclasses.replace(s, device=settings.device) for s in specs]
 
 
+def batching_options(settings: Settings) -> BatchingOptions:
+    """The batching settings, with a --batching_parameters_file over them; raises ValueError."""
+    try:
+        allowed = tuple(int(x) for x in settings.allowed_batch_sizes.split(",") if x.strip())
+    except ValueError as e:
+        raise ValueError(f"--allowed_batch_sizes: expected comma-separated integers: {e}") from e
+    options = BatchingOptions(
+        enabled=settings.enable_batching,
+        max_batch_size=settings.max_batch_size,
+        batch_timeout_micros=settings.batch_timeout_micros,
+        max_queue_size=settings.max_queue_size,
+        max_in_flight=settings.worker_threads,
+        allowed_batch_sizes=allowed,
+        pad_variable_length_inputs=settings.pad_variable_length_inputs,
+    )
+    if settings.batching_parameters_file:
+        path = settings.batching_parameters_file
+        try:
+            text = open(path).read()
+        except OSError as e:
+            raise ValueError(f"cannot read --batching_parameters_file {path}: {e.strerror}") from e
+        options = from_batching_parameters(text, options, path)
+    options.validate()
+    return options
+
+
 class Server:
-    """Everything one serving process runs; `start()` then `wait_stopped()`."""
+    """Everything one serving process runs; `start()` then `stop()`."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.dataplane = DataPlane(batching_options(settings), settings.rate_limit)
+        warmup = Warmup(self.dataplane, iterations=settings.num_request_iterations_for_warmup,
+                        service_model=settings.model_name, warm_up_data_path=settings.warm_up_data_path)
         self.manager = ModelManager(
             load_threads=settings.load_threads,
             allow_version_labels_for_unavailable_models=settings.allow_version_labels_for_unavailable_models,
+            warmup=warmup,
         )
-        self.dataplane = DataPlane(settings.worker_threads)
         self.specs: list[ModelSpec] = []
         self.connections: set[HttpConnection] = set()
         self.http: asyncio.Server | None = None
@@ -59,7 +91,8 @@ class Server:
         self.specs = initial_specs(self.settings)  # a bad config stops the start here, before any port opens
         s = self.settings
         api = RestApi(
-            self.manager, self.dataplane, timeout_s=s.rest_api_timeout_in_ms / 1000, default_model=self.default_model
+            self.manager, self.dataplane, timeout_s=s.rest_api_timeout_in_ms / 1000,
+            keepalive_s=s.keepalive_ms / 1000, default_model=self.default_model,
         )
         limits = HttpLimits(s.rest_api_max_body_bytes, s.rest_api_read_timeout_seconds, s.rest_api_idle_timeout_seconds)
         loop = asyncio.get_running_loop()
@@ -128,7 +161,11 @@ class Server:
 
 
 async def serve(settings: Settings) -> int:
-    server = Server(settings)
+    try:
+        server = Server(settings)
+    except ValueError as e:
+        log.error("%s", e)
+        return 1
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.stopping.set)

@@ -73,7 +73,8 @@ class _Parent:
     __slots__ = ("future", "parts", "left")
 
     def __init__(self, future: asyncio.Future[Outputs], n: int) -> None:
-        self.future, self.parts, self.left = future, [None] * n, n
+        self.future, self.left = future, n
+        self.parts: list[Outputs | None] = [None] * n
 
     def chunk_done(self, index: int, outputs: Outputs | None, error: BaseException | None) -> None:
         if self.future.done():
@@ -81,10 +82,10 @@ class _Parent:
         if error is not None:
             self.future.set_exception(error)
             return
-        self.parts[index] = outputs  # type: ignore[call-overload]
+        self.parts[index] = outputs
         self.left -= 1
         if self.left == 0:
-            parts: list[Outputs] = self.parts  # type: ignore[assignment]
+            parts = [p for p in self.parts if p is not None]
             self.future.set_result({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
 
 
@@ -339,3 +340,38 @@ def _check_outputs(outputs: Outputs, rows: int, name: str) -> None:
                 Code.INTERNAL,
                 f"{name}: output '{key}' has shape {list(value.shape)}, which does not have the batch's {rows} rows",
             )
+
+
+def from_batching_parameters(text: str, base: BatchingOptions, source: str = "batching parameters") -> BatchingOptions:
+    """Apply a TF Serving BatchingParameters text (--batching_parameters_file) over `base`.
+
+    `max_enqueued_batches` counts batches in TF Serving; the queue here counts requests, so it becomes
+    max_enqueued_batches x max_batch_size. `num_batch_threads` is the batches run at once.
+    """
+    from google.protobuf import text_format
+
+    from ._proto.tensorflow_serving.servables.tensorflow import session_bundle_config_pb2 as sb
+
+    params = sb.BatchingParameters()
+    try:
+        text_format.Parse(text, params)
+    except text_format.ParseError as e:
+        raise ValueError(f"{source}: not a valid BatchingParameters: {e}") from e
+    size = params.max_batch_size.value if params.HasField("max_batch_size") else base.max_batch_size
+    options = BatchingOptions(
+        enabled=True,
+        max_batch_size=size,
+        batch_timeout_micros=(params.batch_timeout_micros.value if params.HasField("batch_timeout_micros")
+                              else base.batch_timeout_micros),
+        max_queue_size=(params.max_enqueued_batches.value * size if params.HasField("max_enqueued_batches")
+                        else base.max_queue_size),
+        max_in_flight=(params.num_batch_threads.value if params.HasField("num_batch_threads")
+                       else base.max_in_flight),
+        allowed_batch_sizes=tuple(params.allowed_batch_sizes) or base.allowed_batch_sizes,
+        pad_variable_length_inputs=params.pad_variable_length_inputs or base.pad_variable_length_inputs,
+    )
+    try:
+        options.validate()
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from e
+    return options

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from dataclasses import fields
 
@@ -26,7 +27,23 @@ DOCS = {
     "rest_api_max_body_bytes": "largest request body in bytes, also after gzip (default 67108864; 413 above)",
     "rest_api_read_timeout_seconds": "a request that stalls mid-way longer than this gets 408 (default 30)",
     "rest_api_idle_timeout_seconds": "idle keep-alive connections are closed after this (default 75)",
-    "worker_threads": "threads running predictions (default 4)",
+    "worker_threads": "batches running at once per model (default 5)",
+    "enable_batching": "dynamic batching, adaptive: no delay when idle (default true)",
+    "batching_parameters_file": "TF Serving BatchingParameters text file; overrides the batching flags",
+    "max_batch_size": "most rows in one batch; larger requests are split (default 16)",
+    "batch_timeout_micros": "longest wait for a fuller batch while other batches run, us (default 50000)",
+    "max_queue_size": "most requests queued per model; more get 503 / 450 (default 64)",
+    "allowed_batch_sizes": "comma-separated sizes a batch is padded up to; last = max_batch_size",
+    "pad_variable_length_inputs": "pad inputs whose non-batch dims differ to share a batch (default false)",
+    "keepalive_ms": "deadline of a cloud processor route request in ms (default 5000; 408 past it)",
+    "rate_limit": "requests/s accepted by this instance, 0 = no limit (default 0; 429 over it)",
+    "io_threads": "accepted for compatibility with the service config; one event loop does the I/O",
+    "service_config": "cloud service config JSON: name, processor, model_path, warm_up_data_path, token, "
+    "metadata.rpc.{batching,keepalive,max_batch_size,max_batch_timeout,max_queue_size,worker_threads,"
+    "io_threads,rate_limit}",
+    "warm_up_data_path": "warm-up requests of the model: .bin (processor PredictRequest) or .txt (JSON lines)",
+    "num_request_iterations_for_warmup": "times each TF Serving warm-up record is replayed (default 1)",
+    "token": "access token of the cloud processor routes (env SERVING_TOKEN)",
     "load_threads": "threads loading models (default 2)",
     "drain_timeout_seconds": "on SIGTERM, wait at most this long for requests in flight (default 30)",
     "log_level": "DEBUG, INFO, WARNING or ERROR (default INFO)",
@@ -57,8 +74,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_settings(argv: list[str] | None = None) -> Settings:
-    args = build_parser().parse_args(argv)
-    settings = Settings.from_env()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    settings = Settings()
+    service_config = args.service_config or os.environ.get("SERVING_SERVICE_CONFIG", "")
+    if service_config:
+        try:
+            settings.apply_service_config(service_config)
+        except ValueError as e:
+            parser.exit(1, f"serving: {e}\n")
+    settings.apply_env()
     for f in fields(Settings):
         value = getattr(args, f.name)
         if value is not None:

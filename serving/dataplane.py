@@ -1,18 +1,23 @@
-"""The protocol-neutral core: validate named input arrays against a signature and run the processor.
+"""The protocol-neutral core: validate named input arrays against a signature and run them, batched.
 
-Codecs call `DataPlane.infer()` with a resolved servable and arrays already in the signature's dtypes;
-they get an `asyncio.Future` of the named outputs (callbacks, no Task per request). The servable is
-held (in-flight count) until the processor returns, so an unload waits for it.
+Codecs call `DataPlane.infer()` with a resolved servable, arrays in the signature's dtypes and an
+absolute `time.monotonic()` deadline; they get an `asyncio.Future` of the named outputs (callbacks, no
+Task per request). Predict calls of batchable processors go through the servable's batch queue for
+that signature; other calls run on the executor directly. The servable is held (in-flight count) until
+the future is done, so an unload waits for it. Cancelling the future (client gone, front-end time-out)
+drops a queued request without computing it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import time
 from collections.abc import Callable
 
 import numpy as np
 
+from .batching import BatchingOptions, BatchQueue
 from .errors import Code, ServingError, invalid_argument
 from .repository import Servable
 from .signature import Signature
@@ -41,30 +46,76 @@ def validate_inputs(servable: Servable, sig: Signature, inputs: dict[str, np.nda
         raise invalid_argument(f"{where}: the request has no rows")
 
 
-class DataPlane:
-    """Runs validated requests on an executor; one instance per server."""
+class RateLimiter:
+    """A token bucket: at most `rate` requests per second on average, bursts up to one second's worth."""
 
-    def __init__(self, worker_threads: int = 4) -> None:
-        self.executor = concurrent.futures.ThreadPoolExecutor(worker_threads, thread_name_prefix="predict")
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.tokens = rate
+        self.stamp = time.monotonic()
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.rate, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+class DataPlane:
+    """Runs validated requests; one instance per server."""
+
+    def __init__(self, batching: BatchingOptions | None = None, rate_limit: float = 0.0) -> None:
+        self.batching = batching or BatchingOptions()
+        self.batching.validate()
+        workers = max(self.batching.max_in_flight, 1)
+        self.executor = concurrent.futures.ThreadPoolExecutor(workers * 2, thread_name_prefix="predict")
+        self.limiter = RateLimiter(rate_limit) if rate_limit > 0 else None
+
+    def queue(self, servable: Servable, sig: Signature) -> BatchQueue:
+        queue = servable.queues.get(sig.name)
+        if queue is None:
+            name = f"model {servable.model} version {servable.version} signature {sig.name}"
+            queue = BatchQueue(_runner(servable, sig.name), self.batching, self.executor, name)
+            servable.queues[sig.name] = queue
+        return queue
 
     def infer(
         self,
         servable: Servable,
         sig: Signature,
         inputs: dict[str, np.ndarray],
+        deadline: float,
         method: str = "predict",
     ) -> asyncio.Future[Outputs]:
+        if self.limiter is not None and not self.limiter.allow():
+            raise ServingError(Code.RESOURCE_EXHAUSTED,
+                               f"rate limit of {self.limiter.rate:g} requests/s exceeded; retry later")
         validate_inputs(servable, sig, inputs)
-        loop = asyncio.get_running_loop()
+        processor = servable.processor
+        assert processor is not None
+        future: asyncio.Future[Outputs]
+        if method == "predict" and self.batching.enabled and processor.batchable:
+            future = self.queue(servable, sig).submit(inputs, deadline)
+        else:
+            future = asyncio.get_running_loop().run_in_executor(
+                self.executor, servable.run, method, inputs, sig.name
+            )
         servable.acquire()
-        future: asyncio.Future[Outputs] = loop.run_in_executor(
-            self.executor, servable.run, method, inputs, sig.name
-        )
         future.add_done_callback(_releaser(servable))
         return future
 
     def shutdown(self) -> None:
         self.executor.shutdown(wait=True)
+
+
+def _runner(servable: Servable, signature_name: str) -> Callable[[dict[str, np.ndarray]], Outputs]:
+    def run(inputs: dict[str, np.ndarray]) -> Outputs:
+        return servable.run("predict", inputs, signature_name)
+
+    return run
 
 
 def _releaser(servable: Servable) -> Callable[[asyncio.Future[Outputs]], None]:

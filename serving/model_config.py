@@ -54,6 +54,8 @@ class ModelSpec:
     labels: dict[str, int] = field(default_factory=dict)
     device: str = "cpu"
     options: dict[str, object] = field(default_factory=dict)
+    #: The cloud service form: a base path holding the model files directly serves them as version 1.
+    flat: bool = False
 
 
 def policy_from_proto(p: msc.ModelConfig) -> VersionPolicy:
@@ -115,8 +117,9 @@ def read_model_config_file(path: str | Path) -> list[ModelSpec]:
     return parse_model_config(text, str(path))
 
 
-def list_versions(base_path: str) -> dict[int, Path]:
-    """The integer-named child directories of a base path (`00000123` is version 123)."""
+def list_versions(base_path: str, flat: bool = False) -> dict[int, Path]:
+    """The integer-named child directories of a base path (`00000123` is version 123); with `flat`, a
+    base path without any that holds files is version 1 itself."""
     found: dict[int, Path] = {}
     try:
         entries = list(os.scandir(base_path))
@@ -125,4 +128,6 @@ def list_versions(base_path: str) -> dict[int, Path]:
     for entry in entries:
         if entry.name.isdigit() and entry.is_dir():
             found[int(entry.name)] = Path(entry.path)
+    if flat and not found and any(e.is_file() for e in entries):
+        found[1] = Path(base_path)
     return found

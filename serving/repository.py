@@ -14,7 +14,7 @@ import asyncio
 import concurrent.futures
 import enum
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,8 @@ class State(enum.Enum):
 class Servable:
     """One version of one model: its state, its error if any, and its loaded processor."""
 
-    __slots__ = ("model", "version", "path", "state", "error", "processor", "platform", "inflight", "_drained")
+    __slots__ = ("model", "version", "path", "state", "error", "processor", "platform", "inflight", "_drained",
+                 "queues")
 
     def __init__(self, model: str, version: int, path: Path) -> None:
         self.model, self.version, self.path = model, version, path
@@ -49,6 +50,7 @@ class Servable:
         self.platform = ""
         self.inflight = 0
         self._drained: asyncio.Event | None = None
+        self.queues: dict[str, Any] = {}  # signature name -> its batch queue (serving.batching.BatchQueue)
 
     @property
     def available(self) -> bool:
@@ -110,7 +112,9 @@ class ModelManager:
         *,
         load_threads: int = 2,
         allow_version_labels_for_unavailable_models: bool = False,
+        warmup: Callable[[Servable], Awaitable[None]] | None = None,
     ) -> None:
+        self.warmup = warmup
         self.models: dict[str, ManagedModel] = {}
         self.allow_unavailable_labels = allow_version_labels_for_unavailable_models
         self._loader = concurrent.futures.ThreadPoolExecutor(load_threads, thread_name_prefix="load")
@@ -217,7 +221,7 @@ class ModelManager:
         return None
 
     async def _reconcile(self, model: ManagedModel) -> None:
-        on_disk = list_versions(model.spec.base_path)
+        on_disk = list_versions(model.spec.base_path, model.spec.flat)
         aspired = model.spec.policy.select(set(on_disk))
         if not on_disk:
             log.warning("model %s: no version directories under %s", model.spec.name, model.spec.base_path)
@@ -246,13 +250,19 @@ class ModelManager:
         log.info("loading model %s version %d from %s", spec.name, servable.version, servable.path)
         loop = asyncio.get_running_loop()
         try:
-            processor = await loop.run_in_executor(self._loader, self._load_blocking, spec, servable)
+            servable.processor = await loop.run_in_executor(self._loader, self._load_blocking, spec, servable)
+            if self.warmup is not None:
+                await self.warmup(servable)  # through the data plane; the version is not AVAILABLE yet
         except Exception as e:  # noqa: BLE001 - any load failure is reported in the version's status
             error = e if isinstance(e, ServingError) else ServingError(Code.UNKNOWN, f"{type(e).__name__}: {e}")
             servable.state, servable.error = State.END, error
             log.error("model %s version %d failed to load: %s", spec.name, servable.version, error.message)
+            processor, servable.processor = servable.processor, None
+            servable.queues.clear()
+            if processor is not None:
+                await loop.run_in_executor(self._loader, processor.unload)
             return
-        servable.processor, servable.state = processor, State.AVAILABLE
+        servable.state = State.AVAILABLE
         model.refresh_latest()
         log.info("model %s version %d is AVAILABLE (%s)", spec.name, servable.version, servable.platform)
 
@@ -278,6 +288,7 @@ class ModelManager:
         log.info("unloading model %s version %d", model.spec.name, servable.version)
         await servable.drained()
         processor, servable.processor = servable.processor, None
+        servable.queues.clear()
         if processor is not None:
             await asyncio.get_running_loop().run_in_executor(self._loader, processor.unload)
         servable.state = State.END

@@ -71,12 +71,13 @@ KEPT_HEADERS = {b"content-encoding", b"content-type", b"authorization", b"conten
 
 
 class _Slot:
-    __slots__ = ("data", "close", "timer")
+    __slots__ = ("data", "close", "timer", "future")
 
     def __init__(self) -> None:
         self.data: bytes | None = None
         self.close = False
         self.timer: asyncio.TimerHandle | None = None
+        self.future: asyncio.Future[Any] | None = None
 
 
 class HttpConnection(asyncio.Protocol):
@@ -110,9 +111,11 @@ class HttpConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self.registry.discard(self)
-        for slot in self.pending:
+        for slot in self.pending:  # the client is gone: drop its queued work
             if slot.timer is not None:
                 slot.timer.cancel()
+            if slot.future is not None:
+                slot.future.cancel()
         self.pending.clear()
 
     def pause_writing(self) -> None:
@@ -221,7 +224,9 @@ class HttpConnection(asyncio.Protocol):
             slot.timer = None
             if slot.data is None:
                 self._complete(slot, deferred.on_timeout())
+                deferred.future.cancel()  # a request still queued is dropped, not computed
 
+        slot.future = deferred.future
         slot.timer = self.loop.call_at(deferred.deadline, expire)
         deferred.future.add_done_callback(done)
 

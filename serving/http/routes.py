@@ -46,10 +46,12 @@ class RestApi:
         dataplane: DataPlane,
         *,
         timeout_s: float,
+        keepalive_s: float = 5.0,
         default_model: Callable[[], str | None],
     ) -> None:
         self.manager, self.dataplane = manager, dataplane
         self.timeout_s = timeout_s
+        self.keepalive_s = keepalive_s
         self.default_model = default_model
 
     def __call__(self, request: Request) -> Response | Deferred:
@@ -101,7 +103,8 @@ class RestApi:
                 f"model {name} ({servable.platform}) does not implement {verb}: it serves predict only",
             )
         inputs, row_format = tfserving.decode_predict(doc, sig)
-        future = self.dataplane.infer(servable, sig, inputs, METHODS[verb])
+        deadline = time.monotonic() + self.timeout_s
+        future = self.dataplane.infer(servable, sig, inputs, deadline, METHODS[verb])
 
         def finish(f: asyncio.Future[Outputs]) -> Response:
             err = error_of(f)
@@ -112,7 +115,7 @@ class RestApi:
             except ServingError as e:
                 return tf_error(e)
 
-        return Deferred(future, finish, time.monotonic() + self.timeout_s, self._tf_timeout)
+        return Deferred(future, finish, deadline, self._tf_timeout)
 
     def _tf_timeout(self) -> Response:
         return tf_error(ServingError(Code.DEADLINE_EXCEEDED, "Deadline Exceeded"))
@@ -155,7 +158,8 @@ class RestApi:
         servable = self.manager.get(name)
         sig = servable.signature(None)
         inputs = eas.decode_json(loads(request.body), sig)
-        future = self.dataplane.infer(servable, sig, inputs)
+        deadline = time.monotonic() + self.keepalive_s
+        future = self.dataplane.infer(servable, sig, inputs, deadline)
 
         def finish(f: asyncio.Future[Outputs]) -> Response:
             err = error_of(f)
@@ -163,7 +167,7 @@ class RestApi:
                 return eas_error(err)
             return Response(200, eas.encode_json(f.result()))
 
-        return Deferred(future, finish, time.monotonic() + self.timeout_s, self._eas_timeout)
+        return Deferred(future, finish, deadline, self._eas_timeout)
 
     def _eas_timeout(self) -> Response:
         return eas_error(ServingError(Code.DEADLINE_EXCEEDED, "request timed out"))
