@@ -128,6 +128,8 @@ def main() -> None:
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--server-args", default="", help="extra flags for serving, e.g. '--max_batch_size=64'")
+    ap.add_argument("--no-floor", action="store_true", help="skip minimal_path")
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed: apt-get install wrk")
@@ -140,10 +142,10 @@ def main() -> None:
     port = free_port()
     rows += measure("serving-engine", [sys.executable, "-m", "serving", f"--model_base_path={work / 'xgb'}",
                                        "--model_name=xgb", "--host=127.0.0.1", f"--rest_api_port={port}",
-                                       "--log_level=WARNING"],
+                                       "--log_level=WARNING", *args.server_args.split()],
                     f"http://127.0.0.1:{port}/v1/models/xgb:predict", f"http://127.0.0.1:{port}/readyz",
                     body, args.concurrency, args.duration, env)
-    if (PEERS / "minimal_path.py").exists():
+    if (PEERS / "minimal_path.py").exists() and not args.no_floor:
         port = free_port()
         rows += measure("minimal_path", [sys.executable, str(PEERS / "minimal_path.py"), "--port", str(port)],
                         f"http://127.0.0.1:{port}/", f"tcp://127.0.0.1:{port}", body, args.concurrency,
@@ -155,7 +157,9 @@ def main() -> None:
         f"# HTTP latency, xgb 100 trees x 32 features, batch-1 requests ({stamp})",
         "",
         f"Command: `python benchmarks/http_latency.py --duration {args.duration} --concurrency "
-        f"{' '.join(map(str, args.concurrency))}` (wrk -t1, loopback, {os.cpu_count()} cores; same run, same body)",
+        f"{' '.join(map(str, args.concurrency))}"
+        + (f" --server-args '{args.server_args}'" if args.server_args else "")
+        + f"` (wrk -t1, loopback, {os.cpu_count()} cores; same run, same body)",
         "",
         "| server | conc | req/s | p50 ms | p99 ms | server CPU µs/req | errors |",
         "|---|---|---|---|---|---|---|",

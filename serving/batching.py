@@ -308,9 +308,13 @@ def _rows(inputs: dict[str, np.ndarray]) -> int:
 
 
 def _shape_key(inputs: dict[str, np.ndarray], pad: bool) -> tuple[object, ...]:
-    if pad:
-        return tuple((k, v.ndim, v.dtype.str) for k, v in inputs.items())
-    return tuple((k, v.shape[1:], v.dtype.str) for k, v in inputs.items())
+    """What must be equal for requests to share a batch: per input, dtype and non-batch dims (rank only
+    when padding)."""
+    key: list[object] = []
+    for array in inputs.values():
+        key.append(array.dtype)
+        key.append(array.ndim if pad else array.shape[1:])
+    return tuple(key)
 
 
 def _pad_to_common(arrays: list[np.ndarray]) -> list[np.ndarray]:

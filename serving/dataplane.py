@@ -96,13 +96,10 @@ class DataPlane:
         validate_inputs(servable, sig, inputs)
         processor = servable.processor
         assert processor is not None
-        future: asyncio.Future[Outputs]
         if method == "predict" and self.batching.enabled and processor.batchable:
-            future = self.queue(servable, sig).submit(inputs, deadline)
-        else:
-            future = asyncio.get_running_loop().run_in_executor(
-                self.executor, servable.run, method, inputs, sig.name
-            )
+            # The queue holds the servable: an unload waits for every queue to drain.
+            return self.queue(servable, sig).submit(inputs, deadline)
+        future = asyncio.get_running_loop().run_in_executor(self.executor, servable.run, method, inputs, sig.name)
         servable.acquire()
         future.add_done_callback(_releaser(servable))
         return future

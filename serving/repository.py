@@ -83,9 +83,12 @@ class Servable:
             self._drained.set()
 
     async def drained(self) -> None:
+        """Wait until no request uses this version: none in flight, every batch queue empty."""
         if self.inflight:
             self._drained = asyncio.Event()
             await self._drained.wait()
+        for queue in list(self.queues.values()):
+            await queue.drained()
 
 
 class ManagedModel:

@@ -58,9 +58,15 @@ class TensorSpec:
     def check(self, array: np.ndarray, where: str) -> None:
         """Raise INVALID_ARGUMENT unless `array` fits this spec's rank and fixed dims."""
         shape = array.shape
-        if len(shape) != len(self.shape) or any(
-            want != -1 and want != got for want, got in zip(self.shape, shape, strict=True)
-        ):
+        if len(shape) != len(self.shape):
+            ok = False
+        else:
+            ok = True
+            for want, got in zip(self.shape, shape):  # noqa: B905 - same length checked above
+                if want != got and want != -1:
+                    ok = False
+                    break
+        if not ok:
             raise invalid_argument(
                 f"{where}: input '{self.name}' expects shape {self.shape_text()}, got "
                 f"[{','.join(str(d) for d in shape)}]"

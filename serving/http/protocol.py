@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import unquote
 
 import httptools
 
@@ -34,18 +35,49 @@ class Response:
 
 
 class Deferred:
-    """A response still being computed: `future` resolves, then `finish(future)` makes the Response."""
+    """A response still being computed: `future` resolves, then `finish(future, context)` makes the
+    Response; past `deadline` (time.monotonic()) `on_timeout()` answers and the future is cancelled."""
 
-    __slots__ = ("future", "finish", "deadline", "on_timeout")
+    __slots__ = ("future", "finish", "context", "deadline", "on_timeout")
 
     def __init__(
         self,
         future: asyncio.Future[Any],
-        finish: Callable[[asyncio.Future[Any]], Response],
+        finish: Callable[[asyncio.Future[Any], Any], Response],
+        context: Any,
         deadline: float,
         on_timeout: Callable[[], Response],
     ) -> None:
-        self.future, self.finish, self.deadline, self.on_timeout = future, finish, deadline, on_timeout
+        self.future, self.finish, self.context = future, finish, context
+        self.deadline, self.on_timeout = deadline, on_timeout
+
+
+class DeadlineWheel:
+    """Time-outs for many requests with few timers: deadlines fall into `tick_s` buckets, one loop
+    timer per bucket, a set per bucket so a request that completes leaves it in O(1). A request is
+    answered at most `tick_s` after its deadline."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, tick_s: float = 0.005) -> None:
+        self.loop, self.tick_s = loop, tick_s
+        self.buckets: dict[int, set[_Slot]] = {}
+
+    def add(self, slot: _Slot, deadline: float) -> int:
+        key = int(deadline / self.tick_s) + 1
+        bucket = self.buckets.get(key)
+        if bucket is None:
+            bucket = self.buckets[key] = set()
+            self.loop.call_at(key * self.tick_s, self._fire, key)
+        bucket.add(slot)
+        return key
+
+    def discard(self, slot: _Slot, key: int) -> None:
+        bucket = self.buckets.get(key)
+        if bucket is not None:
+            bucket.discard(slot)
+
+    def _fire(self, key: int) -> None:
+        for slot in self.buckets.pop(key, ()):
+            slot.expire()
 
 
 @dataclass(slots=True)
@@ -71,20 +103,52 @@ KEPT_HEADERS = {b"content-encoding", b"content-type", b"authorization", b"conten
 
 
 class _Slot:
-    __slots__ = ("data", "close", "timer", "future")
+    """One request's place in the connection's answer order."""
 
-    def __init__(self) -> None:
+    __slots__ = ("conn", "data", "close", "deferred", "wheel_key")
+
+    def __init__(self, conn: HttpConnection) -> None:
+        self.conn = conn
         self.data: bytes | None = None
         self.close = False
-        self.timer: asyncio.TimerHandle | None = None
-        self.future: asyncio.Future[Any] | None = None
+        self.deferred: Deferred | None = None
+        self.wheel_key = 0
+
+    def done(self, future: asyncio.Future[Any]) -> None:
+        deferred = self.deferred
+        if deferred is None or self.data is not None:
+            return
+        self.conn.wheel.discard(self, self.wheel_key)
+        try:
+            response = deferred.finish(future, deferred.context)
+        except Exception:  # noqa: BLE001 - an encoder bug answers 500 and the server goes on
+            log.exception("encoding a response failed")
+            response = Response(500, b'{"error": "internal server error"}')
+        self.deferred = None
+        self.conn._complete(self, response)
+
+    def expire(self) -> None:
+        deferred = self.deferred
+        if deferred is None or self.data is not None:
+            return
+        self.deferred = None
+        self.conn._complete(self, deferred.on_timeout())
+        deferred.future.cancel()  # a request still queued is dropped, not computed
+
+    def drop(self) -> None:
+        """The client went away: drop the work, nobody will read the answer."""
+        deferred, self.deferred = self.deferred, None
+        if deferred is not None:
+            self.conn.wheel.discard(self, self.wheel_key)
+            deferred.future.cancel()
 
 
 class HttpConnection(asyncio.Protocol):
     """One client connection. Per-connection state here; per-request state reset at message begin."""
 
-    def __init__(self, handler: Handler, limits: HttpLimits, registry: set[HttpConnection]) -> None:
-        self.handler, self.limits, self.registry = handler, limits, registry
+    def __init__(self, handler: Handler, limits: HttpLimits, registry: set[HttpConnection],
+                 wheel: DeadlineWheel) -> None:
+        self.handler, self.limits, self.registry, self.wheel = handler, limits, registry, wheel
         self.loop = asyncio.get_running_loop()
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
@@ -112,10 +176,7 @@ class HttpConnection(asyncio.Protocol):
         self.transport = None
         self.registry.discard(self)
         for slot in self.pending:  # the client is gone: drop its queued work
-            if slot.timer is not None:
-                slot.timer.cancel()
-            if slot.future is not None:
-                slot.future.cancel()
+            slot.drop()
         self.pending.clear()
 
     def pause_writing(self) -> None:
@@ -180,14 +241,17 @@ class HttpConnection(asyncio.Protocol):
         if self.closing:
             return
         self.request_started = None
-        slot = _Slot()
+        slot = _Slot(self)
         slot.close = not self.parser.should_keep_alive()
         self.pending.append(slot)
         if len(self.pending) >= MAX_PIPELINE:
             self._pause_reading()
-        url = httptools.parse_url(self.url) if self.url else None
-        path = url.path.decode("latin-1") if url and url.path else "/"
-        query = url.query.decode("latin-1") if url and url.query else ""
+        if b"?" in self.url or b"%" in self.url or not self.url.startswith(b"/"):
+            url = httptools.parse_url(self.url) if self.url else None
+            path = unquote(url.path.decode("latin-1")) if url and url.path else "/"
+            query = url.query.decode("latin-1") if url and url.query else ""
+        else:
+            path, query = self.url.decode("latin-1"), ""
         body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
         if self.headers.get(b"content-encoding", b"").lower() == b"gzip":
             unzipped = self._gunzip(body)
@@ -208,27 +272,9 @@ class HttpConnection(asyncio.Protocol):
     # ---- answers ----
 
     def _defer(self, slot: _Slot, deferred: Deferred) -> None:
-        def done(future: asyncio.Future[Any]) -> None:
-            if slot.timer is not None:
-                slot.timer.cancel()
-                slot.timer = None
-            if slot.data is None:
-                try:
-                    response = deferred.finish(future)
-                except Exception:  # noqa: BLE001
-                    log.exception("encoding a response failed")
-                    response = Response(500, b'{"error": "internal server error"}')
-                self._complete(slot, response)
-
-        def expire() -> None:
-            slot.timer = None
-            if slot.data is None:
-                self._complete(slot, deferred.on_timeout())
-                deferred.future.cancel()  # a request still queued is dropped, not computed
-
-        slot.future = deferred.future
-        slot.timer = self.loop.call_at(deferred.deadline, expire)
-        deferred.future.add_done_callback(done)
+        slot.deferred = deferred
+        slot.wheel_key = self.wheel.add(slot, deferred.deadline)
+        deferred.future.add_done_callback(slot.done)
 
     def _complete(self, slot: _Slot, response: Response) -> None:
         extra = b"Connection: close\r\n" if slot.close else b""
@@ -260,7 +306,7 @@ class HttpConnection(asyncio.Protocol):
         """Answer a request that cannot be parsed or accepted, after the answers already owed; then close."""
         if self.closing:
             return
-        slot = _Slot()
+        slot = _Slot(self)
         slot.close = True
         self.pending.append(slot)
         self._complete(slot, Response(status, body))

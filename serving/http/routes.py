@@ -11,7 +11,6 @@ import re
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import unquote
 
 from ..codecs import eas, tfserving
 from ..codecs.jsonutil import dumps, loads
@@ -20,13 +19,40 @@ from ..errors import EAS_STATUS, HTTP_STATUS, Code, ServingError, invalid_argume
 from ..repository import ModelManager
 from .protocol import Deferred, Request, Response
 
+ROUTE_CACHE = 4096
 MODEL_PATH = re.compile(
     r"/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>-?\d+)|/labels/(?P<label>[^/:]+))?"
     r"(?:(?P<metadata>/metadata)|:(?P<verb>predict|classify|regress))?/?$",
     re.IGNORECASE,
 )
 EAS_PATH = re.compile(r"/api/predict/(?P<name>[^/]+)/?$")
-METHODS = {"predict": "predict", "classify": "classify", "regress": "regress"}
+
+
+def _parse_model_path(path: str) -> tuple[str | None, int | None, str | None, str | None, bool]:
+    """(name, version, label, verb, metadata) of a /v1/models/... path; name None when malformed."""
+    m = MODEL_PATH.match(path)
+    if m is None or (m["verb"] and m["metadata"]):
+        return None, None, None, None, False
+    version = int(m["version"]) if m["version"] is not None else None
+    verb = m["verb"].lower() if m["verb"] else None
+    return m["name"], version, m["label"], verb, bool(m["metadata"])
+
+
+def _tf_finish(future: asyncio.Future[Outputs], row_format: bool) -> Response:
+    err = error_of(future)
+    if err is not None:
+        return tf_error(err)
+    try:
+        return Response(200, tfserving.encode_predict(future.result(), row_format))
+    except ServingError as e:
+        return tf_error(e)
+
+
+def _eas_finish(future: asyncio.Future[Outputs], _: object) -> Response:
+    err = error_of(future)
+    if err is not None:
+        return eas_error(err)
+    return Response(200, eas.encode_json(future.result()))
 
 
 def tf_error(err: ServingError) -> Response:
@@ -53,6 +79,7 @@ class RestApi:
         self.timeout_s = timeout_s
         self.keepalive_s = keepalive_s
         self.default_model = default_model
+        self._routes: dict[str, tuple[str | None, int | None, str | None, str | None, bool]] = {}
 
     def __call__(self, request: Request) -> Response | Deferred:
         path = request.path
@@ -76,20 +103,20 @@ class RestApi:
         path = request.path
         if path.rstrip("/") == "/v1/models" and request.method == "GET":
             return Response(200, self._list_models())
-        m = MODEL_PATH.match(path)
-        if m is None or (m["verb"] is None) != (request.method == "GET") or (
-            m["verb"] and m["metadata"]
-        ) or request.method not in ("GET", "POST"):
+        route = self._routes.get(path)
+        if route is None:
+            route = self._routes[path] = _parse_model_path(path)
+            if len(self._routes) > ROUTE_CACHE:
+                self._routes.clear()
+        name, version, label, verb, metadata = route
+        if name is None or (verb is None) != (request.method == "GET") or request.method not in ("GET", "POST"):
             raise invalid_argument(f"Malformed request: {request.method} {path}")
-        name = unquote(m["name"])
-        version = int(m["version"]) if m["version"] is not None else None
-        label = unquote(m["label"]) if m["label"] is not None else None
-        if m["verb"] is None:
-            if m["metadata"]:
+        if verb is None:
+            if metadata:
                 servable = self.manager.get(name, version, label)
                 return Response(200, tfserving.encode_metadata(servable))
             return Response(200, tfserving.encode_status(self.manager.status(name, version, label)))
-        return self._tf_infer(request, name, version, label, m["verb"].lower())
+        return self._tf_infer(request, name, version, label, verb)
 
     def _tf_infer(
         self, request: Request, name: str, version: int | None, label: str | None, verb: str
@@ -104,18 +131,8 @@ class RestApi:
             )
         inputs, row_format = tfserving.decode_predict(doc, sig)
         deadline = time.monotonic() + self.timeout_s
-        future = self.dataplane.infer(servable, sig, inputs, deadline, METHODS[verb])
-
-        def finish(f: asyncio.Future[Outputs]) -> Response:
-            err = error_of(f)
-            if err is not None:
-                return tf_error(err)
-            try:
-                return Response(200, tfserving.encode_predict(f.result(), row_format))
-            except ServingError as e:
-                return tf_error(e)
-
-        return Deferred(future, finish, deadline, self._tf_timeout)
+        future = self.dataplane.infer(servable, sig, inputs, deadline, verb)
+        return Deferred(future, _tf_finish, row_format, deadline, self._tf_timeout)
 
     def _tf_timeout(self) -> Response:
         return tf_error(ServingError(Code.DEADLINE_EXCEEDED, "Deadline Exceeded"))
@@ -154,20 +171,13 @@ class RestApi:
             m = EAS_PATH.match(request.path)
             if m is None:
                 raise not_found(f"Not found: {request.path}")
-            name = unquote(m["name"])
+            name = m["name"]
         servable = self.manager.get(name)
         sig = servable.signature(None)
         inputs = eas.decode_json(loads(request.body), sig)
         deadline = time.monotonic() + self.keepalive_s
         future = self.dataplane.infer(servable, sig, inputs, deadline)
-
-        def finish(f: asyncio.Future[Outputs]) -> Response:
-            err = error_of(f)
-            if err is not None:
-                return eas_error(err)
-            return Response(200, eas.encode_json(f.result()))
-
-        return Deferred(future, finish, deadline, self._eas_timeout)
+        return Deferred(future, _eas_finish, None, deadline, self._eas_timeout)
 
     def _eas_timeout(self) -> Response:
         return eas_error(ServingError(Code.DEADLINE_EXCEEDED, "request timed out"))
