@@ -163,6 +163,12 @@ class Server:
         self.log.close()
 
 
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """`python -m serving ARGS` to completion (for start-up failures)."""
+    return subprocess.run([sys.executable, "-m", "serving", *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
 def wait_until(predicate: Any, timeout: float = 20.0, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

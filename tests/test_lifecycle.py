@@ -3,20 +3,11 @@ SIGTERM draining."""
 
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 
 import pytest
 
-from tests.helpers import ROOT, Server, make_linear, make_xgb, pbtxt, wait_until
-
-
-def run_cli(*args, env=None, timeout=60):
-    import os
-
-    return subprocess.run([sys.executable, "-m", "serving", *args], capture_output=True, text=True, cwd=ROOT,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+from tests.helpers import Server, make_linear, make_xgb, pbtxt, run_cli, wait_until
 
 
 def versions(server, name):

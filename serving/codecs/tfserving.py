@@ -117,6 +117,10 @@ def _jsonable(name: str, array: np.ndarray) -> Any:
 
 def encode_predict(outputs: Mapping[str, np.ndarray], row_format: bool) -> bytes:
     """`{"predictions": ...}` (row format) or `{"outputs": ...}` (columnar), as TF Serving writes them."""
+    if len(outputs) == 1:  # the common case in one step: one numeric, contiguous, finite output
+        (array,) = outputs.values()
+        if array.dtype.kind in "fiub" and array.flags.c_contiguous and finite(array):
+            return dumps({"predictions": array} if row_format else {"outputs": array})
     safe = all(finite(a) for a in outputs.values())
     items = {name: _jsonable(name, a) for name, a in outputs.items()}
     if row_format:

@@ -1,0 +1,225 @@
+"""The batching scheduler through its public API: BatchQueue.submit() and the futures it returns."""
+
+import asyncio
+import concurrent.futures
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from serving.batching import BatchingOptions, BatchQueue, from_batching_parameters
+from serving.errors import Code, ServingError
+
+
+class Recorder:
+    """A processor stand-in: records each batch it runs; can be held, or fail on a marker value."""
+
+    def __init__(self, fail_on=None):
+        self.batches = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.fail_on = fail_on
+
+    def __call__(self, inputs):
+        self.gate.wait(10)
+        x = inputs["x"]
+        self.batches.append(x.copy())
+        if self.fail_on is not None and (x == self.fail_on).any():
+            raise ValueError("poisoned batch")
+        return {"y": x * 2}
+
+
+def rows(*values, width=1):
+    return {"x": np.array([[v] * width for v in values], dtype=np.float32)}
+
+
+def far():
+    return time.monotonic() + 30
+
+
+@pytest.fixture
+def executor():
+    with concurrent.futures.ThreadPoolExecutor(4) as ex:
+        yield ex
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_idle_queue_dispatches_at_once_without_waiting_for_the_timeout(executor):
+    async def go():
+        rec = Recorder()
+        q = BatchQueue(rec, BatchingOptions(batch_timeout_micros=10_000_000), executor)
+        t0 = time.monotonic()
+        out = await q.submit(rows(1.0), far())
+        assert time.monotonic() - t0 < 1.0  # not the 10 s timeout
+        assert out["y"].tolist() == [[2.0]] and len(rec.batches) == 1
+
+    run(go())
+
+
+def test_requests_accumulate_while_the_model_is_busy_and_go_out_as_one_batch(executor):
+    async def go():
+        rec = Recorder()
+        q = BatchQueue(rec, BatchingOptions(max_batch_size=16, max_in_flight=1), executor)
+        rec.gate.clear()
+        first = q.submit(rows(0.0), far())
+        await asyncio.sleep(0.05)
+        rest = [q.submit(rows(float(i)), far()) for i in range(1, 6)]
+        rec.gate.set()
+        results = await asyncio.gather(first, *rest)
+        assert [len(b) for b in rec.batches] == [1, 5]
+        assert [r["y"].tolist() for r in results] == [[[2.0 * i]] for i in range(6)]  # each gets its own rows
+        assert q.stats.batches == 2 and q.stats.rows == 6
+
+    run(go())
+
+
+def test_large_request_is_split_and_reassembled_in_order(executor):
+    async def go():
+        rec = Recorder()
+        q = BatchQueue(rec, BatchingOptions(max_batch_size=4), executor)
+        out = await q.submit(rows(*range(10)), far())
+        assert out["y"][:, 0].tolist() == [2.0 * i for i in range(10)]
+        assert sorted(len(b) for b in rec.batches) == [2, 4, 4]
+
+    run(go())
+
+
+def test_full_queue_refuses_at_once(executor):
+    async def go():
+        rec = Recorder()
+        q = BatchQueue(rec, BatchingOptions(max_queue_size=2, max_in_flight=1), executor, "m")
+        rec.gate.clear()
+        running = q.submit(rows(0.0), far())
+        await asyncio.sleep(0.05)
+        queued = [q.submit(rows(1.0), far()), q.submit(rows(2.0), far())]
+        with pytest.raises(ServingError) as e:
+            q.submit(rows(3.0), far())
+        assert e.value.code is Code.UNAVAILABLE and "queue is full" in e.value.message
+        rec.gate.set()
+        await asyncio.gather(running, *queued)
+        assert q.stats.rejected == 1
+
+    run(go())
+
+
+def test_expired_and_cancelled_requests_are_dropped_without_being_computed(executor):
+    async def go():
+        rec = Recorder()
+        q = BatchQueue(rec, BatchingOptions(max_in_flight=1), executor)
+        rec.gate.clear()
+        running = q.submit(rows(0.0), far())
+        await asyncio.sleep(0.05)
+        expiring = q.submit(rows(7.0), time.monotonic() + 0.05)
+        cancelled = q.submit(rows(8.0), far())
+        kept = q.submit(rows(9.0), far())
+        cancelled.cancel()
+        await asyncio.sleep(0.1)
+        rec.gate.set()
+        await running
+        with pytest.raises(ServingError) as e:
+            await expiring
+        assert e.value.code is Code.DEADLINE_EXCEEDED
+        assert (await kept)["y"].tolist() == [[18.0]]
+        seen = np.concatenate(rec.batches)[:, 0].tolist()
+        assert 7.0 not in seen and 8.0 not in seen and 9.0 in seen
+        assert q.stats.expired == 1
+
+    run(go())
+
+
+def test_processor_exception_fails_only_its_batch(executor):
+    async def go():
+        rec = Recorder(fail_on=-1.0)
+        q = BatchQueue(rec, BatchingOptions(max_in_flight=1), executor)
+        rec.gate.clear()
+        blocker = q.submit(rows(0.0), far())
+        await asyncio.sleep(0.05)
+        poisoned = [q.submit(rows(-1.0), far()), q.submit(rows(5.0), far())]
+        rec.gate.set()
+        await blocker
+        for f in poisoned:
+            with pytest.raises(ValueError, match="poisoned batch"):
+                await f
+        assert (await q.submit(rows(3.0), far()))["y"].tolist() == [[6.0]]
+
+    run(go())
+
+
+def test_different_shapes_are_not_mixed_unless_padding_is_on(executor):
+    async def go(pad):
+        rec = Recorder()
+        q = BatchQueue(rec, BatchingOptions(max_in_flight=1, pad_variable_length_inputs=pad), executor)
+        rec.gate.clear()
+        blocker = q.submit(rows(0.0), far())
+        await asyncio.sleep(0.05)
+        a, b, c = q.submit(rows(1.0, width=2), far()), q.submit(rows(2.0, width=3), far()), q.submit(
+            rows(3.0, width=2), far())
+        rec.gate.set()
+        outs = await asyncio.gather(blocker, a, b, c)
+        return [bt.shape for bt in rec.batches], outs
+
+    shapes, outs = run(go(False))
+    assert shapes == [(1, 1), (2, 2), (1, 3)]  # a and c together, b alone
+    assert outs[2]["y"].tolist() == [[4.0, 4.0, 4.0]]
+    shapes, outs = run(go(True))
+    assert shapes == [(1, 1), (3, 3)]  # padded with zeros to width 3
+    assert outs[1]["y"].tolist() == [[2.0, 2.0, 0.0]]
+
+
+def test_allowed_batch_sizes_pad_the_batch_and_trim_the_answer(executor):
+    async def go():
+        rec = Recorder()
+        q = BatchQueue(rec, BatchingOptions(max_batch_size=8, allowed_batch_sizes=(2, 4, 8)), executor)
+        out = await q.submit(rows(1.0, 2.0, 3.0), far())
+        assert [len(b) for b in rec.batches] == [4]
+        assert out["y"][:, 0].tolist() == [2.0, 4.0, 6.0]
+
+    run(go())
+
+
+def test_busy_queue_waits_for_a_fuller_batch_until_the_timeout(executor):
+    async def go():
+        rec = Recorder()
+        q = BatchQueue(rec, BatchingOptions(max_batch_size=4, max_in_flight=2, batch_timeout_micros=100_000),
+                       executor)
+        rec.gate.clear()
+        first = q.submit(rows(0.0), far())
+        await asyncio.sleep(0.02)
+        second = q.submit(rows(1.0), far())  # a slot is free, but a batch runs: wait for more rows
+        await asyncio.sleep(0.03)
+        assert len(rec.batches) == 0 and q.in_flight == 1
+        full = [q.submit(rows(float(i)), far()) for i in range(2, 5)]  # 4 rows queued: a full batch goes
+        await asyncio.sleep(0.05)
+        assert q.in_flight == 2
+        rec.gate.set()
+        await asyncio.gather(first, second, *full)
+        assert sorted(len(b) for b in rec.batches) == [1, 4]
+
+    run(go())
+
+
+def test_batching_options_validation_and_tf_serving_parameters():
+    with pytest.raises(ValueError, match="must match max_batch_size"):
+        BatchingOptions(max_batch_size=8, allowed_batch_sizes=(2, 4)).validate()
+    with pytest.raises(ValueError, match="strictly increasing"):
+        BatchingOptions(max_batch_size=4, allowed_batch_sizes=(4, 2, 4)).validate()
+    text = """
+        max_batch_size { value: 32 }
+        batch_timeout_micros { value: 2000 }
+        max_enqueued_batches { value: 10 }
+        num_batch_threads { value: 2 }
+        allowed_batch_sizes: 8
+        allowed_batch_sizes: 32
+        pad_variable_length_inputs: true
+    """
+    o = from_batching_parameters(text, BatchingOptions())
+    assert (o.max_batch_size, o.batch_timeout_micros, o.max_queue_size, o.max_in_flight) == (32, 2000, 320, 2)
+    assert o.allowed_batch_sizes == (8, 32) and o.pad_variable_length_inputs
+    with pytest.raises(ValueError, match="must match max_batch_size"):
+        from_batching_parameters("max_batch_size { value: 16 } allowed_batch_sizes: 8", BatchingOptions())
+    with pytest.raises(ValueError, match="not a valid BatchingParameters"):
+        from_batching_parameters("max_batch_size: oops", BatchingOptions())

@@ -1,0 +1,167 @@
+"""Warm-up decides readiness: TF Serving's tf_serving_warmup_requests and the cloud warm_up_data_path."""
+
+import asyncio
+import json
+
+import numpy as np
+import pytest
+
+from serving._proto.eas import tf_predict_pb2
+from serving._proto.tensorflow_serving.apis import prediction_log_pb2
+from serving.batching import BatchingOptions
+from serving.dataplane import DataPlane
+from serving.model_config import ModelSpec
+from serving.repository import ModelManager, State
+from serving.warmup import TF_WARMUP_FILE, Warmup, read_tfrecords, write_tfrecords
+from tests.helpers import make_linear
+
+
+def predict_log(values, name="inputs", signature=""):
+    log = prediction_log_pb2.PredictionLog()
+    request = log.predict_log.request
+    request.model_spec.name = "m"
+    request.model_spec.signature_name = signature
+    tensor = request.inputs[name]
+    tensor.dtype = 1  # DT_FLOAT
+    array = np.asarray(values, np.float32)
+    for d in array.shape:
+        tensor.tensor_shape.dim.add().size = d
+    tensor.float_val.extend(array.ravel().tolist())
+    return log.SerializeToString()
+
+
+def write_warmup(version_dir, records):
+    path = version_dir / TF_WARMUP_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_tfrecords(path, records)
+    return path
+
+
+async def serve(base, iterations=1, **warmup_kw):
+    dataplane = DataPlane(BatchingOptions())
+    manager = ModelManager(warmup=Warmup(dataplane, iterations=iterations, **warmup_kw))
+    await manager.apply([ModelSpec("m", str(base), "linear")])
+    return manager, dataplane
+
+
+def warmup_requests(servable):
+    return sum(q.stats.requests for q in servable.queues.values())
+
+
+def test_tfrecord_framing_round_trips_and_detects_corruption(tmp_path):
+    path = tmp_path / "r"
+    write_tfrecords(path, [b"one", b"", b"three" * 100])
+    assert list(read_tfrecords(path)) == [b"one", b"", b"three" * 100]
+    data = bytearray(path.read_bytes())
+    data[14] ^= 0xFF  # a byte of the first record's data
+    path.write_bytes(bytes(data))
+    with pytest.raises(Exception, match="record 0 is corrupt"):
+        list(read_tfrecords(path))
+    path.write_bytes(bytes(data[:5]))
+    with pytest.raises(Exception, match="truncated"):
+        list(read_tfrecords(path))
+
+
+def test_good_warmup_file_is_replayed_before_the_version_is_available(tmp_path):
+    d = make_linear(tmp_path, 1)
+    write_warmup(d, [predict_log([[1.0], [2.0]]), predict_log([[3.0]])])
+
+    async def go():
+        manager, _ = await serve(tmp_path, iterations=3)
+        s = manager.get("m")
+        assert s.state is State.AVAILABLE
+        assert warmup_requests(s) == 6  # 2 records x 3 iterations, through the batching path
+        await manager.shutdown()
+
+    asyncio.run(go())
+
+
+def test_version_is_not_available_while_warming_up(tmp_path):
+    d = make_linear(tmp_path, 1, delay_ms=300)
+    write_warmup(d, [predict_log([[1.0]])])
+
+    async def go():
+        dataplane = DataPlane(BatchingOptions())
+        manager = ModelManager(warmup=Warmup(dataplane))
+        task = asyncio.create_task(manager.apply([ModelSpec("m", str(tmp_path), "linear")]))
+        await asyncio.sleep(0.15)
+        assert manager.status("m")[0].state is State.LOADING and not manager.ready()
+        await task
+        assert manager.ready()
+        await manager.shutdown()
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize(
+    "records, message",
+    [
+        ([b"\x08\x96\x01garbage-not-a-log"], "is not a PredictionLog"),
+        ([predict_log([[1.0, 2.0]])], "request 0 failed: .*expects shape \\[-1,1\\], got \\[1,2\\]"),
+        ([predict_log([[1.0]], name="nope")], "request 0 failed: .*missing input"),
+        ([predict_log([[1.0]])] * 1001, "more than 1000 warm-up records"),
+        ([prediction_log_pb2.PredictionLog(classify_log={}).SerializeToString()], "is a classify_log log"),
+    ],
+)
+def test_bad_warmup_fails_the_load_and_keeps_the_old_version(tmp_path, records, message):
+    make_linear(tmp_path, 1, bias=1.0)
+    make_linear(tmp_path, 2, bias=2.0)
+
+    async def go():
+        manager, _ = await serve(tmp_path)
+        assert manager.get("m").version == 2
+        write_warmup(make_linear(tmp_path, 3), records)
+        await manager.poll()
+        (v3,) = manager.status("m", 3)
+        assert v3.state is State.END and v3.error is not None
+        assert v3.error.message.startswith("warm-up: ")
+        import re
+
+        assert re.search(message, v3.error.message), v3.error.message
+        assert manager.get("m").version == 2  # still serving
+        await manager.shutdown()
+
+    asyncio.run(go())
+
+
+def test_corrupt_warmup_file_fails_the_load(tmp_path):
+    d = make_linear(tmp_path, 1)
+    path = write_warmup(d, [predict_log([[1.0]])])
+    path.write_bytes(path.read_bytes()[:-2])
+
+    async def go():
+        manager, _ = await serve(tmp_path)
+        (v1,) = manager.status("m")
+        assert v1.state is State.END and "truncated" in v1.error.message
+        await manager.shutdown()
+
+    asyncio.run(go())
+
+
+def test_cloud_warm_up_data_path_bin_and_txt_are_sent_five_times(tmp_path):
+    make_linear(tmp_path / "m", 1)
+    request = tf_predict_pb2.PredictRequest()
+    array = request.inputs["inputs"]
+    array.dtype = tf_predict_pb2.DT_FLOAT
+    array.array_shape.dim.extend([2, 1])
+    array.float_val.extend([1.0, 2.0])
+    (tmp_path / "warm.bin").write_bytes(request.SerializeToString())
+    (tmp_path / "warm.txt").write_text(json.dumps([[1.0]]) + "\n\n" + json.dumps({"instances": [[2.0]]}) + "\n")
+
+    async def go(path):
+        manager, _ = await serve(tmp_path / "m", service_model="m", warm_up_data_path=str(path))
+        count = warmup_requests(manager.get("m"))
+        await manager.shutdown()
+        return count
+
+    assert asyncio.run(go(tmp_path / "warm.bin")) == 5
+    assert asyncio.run(go(tmp_path / "warm.txt")) == 10
+    (tmp_path / "bad.txt").write_text("[[1.0, 2.0]]\n")
+
+    async def bad():
+        manager, _ = await serve(tmp_path / "m", service_model="m", warm_up_data_path=str(tmp_path / "bad.txt"))
+        (v1,) = manager.status("m")
+        await manager.shutdown()
+        return v1.error.message
+
+    assert "warm-up: request 0 failed" in asyncio.run(bad())
