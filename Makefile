@@ -42,7 +42,7 @@ protos: install-test
 
 bench: install-test
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
-	$(PY) benchmarks/http_latency.py
+	$(PY) benchmarks/xgb_http.py
 
 clean:
 	rm -rf $(VENV) $(DEMO) build *.egg-info
