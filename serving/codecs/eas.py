@@ -38,6 +38,11 @@ def decode_json(doc: Any, sig: Signature) -> dict[str, np.ndarray]:
 
 def encode_json(outputs: Mapping[str, np.ndarray]) -> bytes:
     if len(outputs) == 1:
+        (array,) = outputs.values()
+        if array.dtype.kind in "fiub" and array.flags.c_contiguous:
+            body = dumps(array)
+            if b"null" not in body:  # orjson writes NaN/Inf as null: only then take the slow path
+                return body
         doc: Any = np.ascontiguousarray(next(iter(outputs.values())))
     else:
         rows = len(next(iter(outputs.values())))

@@ -117,10 +117,12 @@ def _jsonable(name: str, array: np.ndarray) -> Any:
 
 def encode_predict(outputs: Mapping[str, np.ndarray], row_format: bool) -> bytes:
     """`{"predictions": ...}` (row format) or `{"outputs": ...}` (columnar), as TF Serving writes them."""
-    if len(outputs) == 1:  # the common case in one step: one numeric, contiguous, finite output
+    if len(outputs) == 1:  # the common case in one step: one numeric, contiguous output
         (array,) = outputs.values()
-        if array.dtype.kind in "fiub" and array.flags.c_contiguous and finite(array):
-            return dumps({"predictions": array} if row_format else {"outputs": array})
+        if array.dtype.kind in "fiub" and array.flags.c_contiguous:
+            body = dumps({"predictions": array} if row_format else {"outputs": array})
+            if b"null" not in body:  # orjson writes NaN/Inf as null: only then take the slow path
+                return body
     safe = all(finite(a) for a in outputs.values())
     items = {name: _jsonable(name, a) for name, a in outputs.items()}
     if row_format:
