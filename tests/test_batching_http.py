@@ -100,3 +100,26 @@ def test_batched_answers_equal_unbatched_ones(tmp_path, batching):
                 "--max_batch_size=4") as s:
         got = concurrent_posts(s, "/v1/models/m:predict", {"instances": [[1.0, 1.0], [2.0, 3.0]]}, 12)
         assert got == [(200, {"predictions": [[1.5, 1.5], [2.5, 5.5]]})] * 12
+
+
+def test_a_request_whose_client_went_away_is_not_computed(tmp_path):
+    import socket
+    import time
+
+    make_linear(tmp_path / "slow", 1, delay_ms=500)
+    with Server(f"--model_base_path={tmp_path / 'slow'}", "--model_name=slow", "--worker_threads=1",
+                "--max_batch_size=1") as s:
+        body = b'{"instances": [[1.0]]}'
+        request = b"POST /v1/models/slow:predict HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        busy = socket.create_connection(("127.0.0.1", s.port))
+        busy.sendall(request)  # A: computes for 0.5 s
+        time.sleep(0.1)
+        with socket.create_connection(("127.0.0.1", s.port)) as gone:
+            gone.sendall(request)  # B: queued behind A, then its client leaves
+        time.sleep(0.1)
+        t0 = time.monotonic()
+        assert s.post("/v1/models/slow:predict", {"instances": [[2.0]]}) == (200, {"predictions": [3.0]})  # C
+        waited = time.monotonic() - t0
+        busy.close()
+        # C waits for A's remaining ~0.3 s and its own 0.5 s; had B been computed, 0.5 s more.
+        assert waited < 1.1, waited
