@@ -137,6 +137,7 @@ class BatchQueue:
         self.loop = asyncio.get_running_loop()
         self.queue: collections.deque[_Item] = collections.deque()
         self.in_flight = 0
+        self.rows_queued = 0  # rows of the requests in `queue` (abandoned ones until they are skipped)
         self.timer: asyncio.TimerHandle | None = None
         self.timeout_s = options.batch_timeout_micros / 1e6
         self.stats = QueueStats()
@@ -157,6 +158,7 @@ class BatchQueue:
         self.stats.requests += 1
         if rows <= opts.max_batch_size:
             self.queue.append(_Item(inputs, rows, key, deadline, future, None, 0))
+            self.rows_queued += rows
         else:
             size = opts.max_batch_size
             n = -(-rows // size)
@@ -164,6 +166,7 @@ class BatchQueue:
             for i in range(n):
                 chunk = {k: v[i * size:(i + 1) * size] for k, v in inputs.items()}
                 self.queue.append(_Item(chunk, min(size, rows - i * size), key, deadline, None, parent, i))
+            self.rows_queued += rows
         self._schedule()
         return future
 
@@ -175,7 +178,7 @@ class BatchQueue:
             if self.in_flight:
                 head = self.queue[0]
                 wait = head.enqueued + self.timeout_s - time.monotonic()
-                if wait > 0 and self._queued_rows(opts.max_batch_size) < opts.max_batch_size:
+                if wait > 0 and self.rows_queued < opts.max_batch_size:
                     if self.timer is None:
                         self.timer = self.loop.call_later(wait, self._on_timer)
                     return
@@ -185,14 +188,6 @@ class BatchQueue:
     def _on_timer(self) -> None:
         self.timer = None
         self._schedule()
-
-    def _queued_rows(self, enough: int) -> int:
-        total = 0
-        for item in self.queue:
-            total += item.rows
-            if total >= enough:
-                break
-        return total
 
     def _take(self) -> list[_Item]:
         """Pop the next batch: the head's shape group, in order, up to max_batch_size rows."""
@@ -204,6 +199,7 @@ class BatchQueue:
         queue = self.queue
         while queue:
             item = queue.popleft()
+            self.rows_queued -= item.rows
             if item.abandoned():
                 continue
             if item.deadline <= now:
@@ -212,6 +208,7 @@ class BatchQueue:
                 continue
             if batch and (item.key != batch[0].key or rows + item.rows > limit):
                 kept.append(item)
+                self.rows_queued += item.rows
                 if rows + item.rows > limit and item.key == batch[0].key:
                     break
                 continue
@@ -298,6 +295,7 @@ class BatchQueue:
             self.timer = None
         while self.queue:
             self.queue.popleft().fail(error)
+        self.rows_queued = 0
 
 
 def _rows(inputs: dict[str, np.ndarray]) -> int:

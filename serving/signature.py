@@ -89,9 +89,15 @@ class Signature:
     method_name: str = PREDICT_METHOD
     # Output order for positional protocols; inputs keep their mapping order.
     output_order: tuple[str, ...] = field(default=())
+    _sole: TensorSpec | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        sole = next(iter(self.inputs.values())) if len(self.inputs) == 1 else None
+        object.__setattr__(self, "_sole", sole)
 
     def sole_input(self) -> TensorSpec | None:
-        return next(iter(self.inputs.values())) if len(self.inputs) == 1 else None
+        """The input when there is exactly one (the row format's plain lists go to it)."""
+        return self._sole
 
 
 def tf_dtype_name(dtype: np.dtype) -> str:
