@@ -1,0 +1,159 @@
+"""Where the request path's time goes, in process, without the network or a load generator.
+
+1. Closed loop through the whole engine (HttpConnection -> routes -> codec -> batch queue -> xgboost
+   -> response bytes) with 64 requests in flight on fake transports, beside the same loop through
+   `../shared/peers/minimal_path.py`: CPU µs per request of each, and their ratio (same run).
+2. The stages one by one (µs per call): JSON parse, decode, validation, queue submit, encode, the
+   routes without the data plane, the HTTP protocol with a trivial handler.
+
+    python benchmarks/hot_path.py [--requests 30000]
+
+Uses the model of benchmarks/xgb_http.py (the peers' xgb when present).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import uvloop
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # noqa: E402 - a script run from a checkout
+
+from benchmarks.xgb_http import PEERS, prepare_model  # noqa: E402
+from serving.batching import BatchingOptions  # noqa: E402
+from serving.codecs import tfserving  # noqa: E402
+from serving.dataplane import DataPlane, validate_inputs  # noqa: E402
+from serving.http.protocol import DeadlineWheel, HttpConnection, HttpLimits, Request, Response  # noqa: E402
+from serving.http.routes import RestApi  # noqa: E402
+from serving.model_config import ModelSpec  # noqa: E402
+from serving.repository import ModelManager  # noqa: E402
+
+
+class FakeTransport:
+    """Counts responses; each response sends the connection its next request (a closed loop)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, state: dict[str, Any], request: bytes) -> None:
+        self.loop, self.state, self.request = loop, state, request
+        self.protocol: Any = None
+
+    def write(self, data: bytes) -> None:
+        state = self.state
+        state["done"] += 1
+        if state["left"] > 0:
+            state["left"] -= 1
+            self.loop.call_soon(self.protocol.data_received, self.request)
+        elif state["done"] == state["total"] and not state["future"].done():
+            state["future"].set_result(None)
+
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    def close(self) -> None: ...
+
+
+async def closed_loop(make_protocol: Callable[[], Any], request: bytes, total: int, conc: int = 64) -> float:
+    loop = asyncio.get_running_loop()
+    state = {"left": total - conc, "done": 0, "total": total, "future": loop.create_future()}
+    protocols = []
+    for _ in range(conc):
+        p = make_protocol()
+        t = FakeTransport(loop, state, request)
+        t.protocol = p
+        p.connection_made(t)
+        protocols.append(p)
+    t0 = time.process_time()
+    for p in protocols:
+        p.data_received(request)
+    await state["future"]
+    return (time.process_time() - t0) / total * 1e6
+
+
+def per_call(fn: Callable[[], Any], n: int = 20000) -> float:
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - t0) / n * 1e6
+
+
+async def main(total: int) -> None:
+    work = Path(tempfile.mkdtemp(prefix="hotpath-"))
+    repo, row = prepare_model(work)
+    body = orjson.dumps({"instances": [row]})
+    request = b"POST /v1/models/xgb:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" \
+              b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    manager = ModelManager()
+    await manager.apply([ModelSpec("xgb", str(repo), "xgboost")])
+    dataplane = DataPlane(BatchingOptions(max_batch_size=64, max_in_flight=1))
+    api = RestApi(manager, dataplane, timeout_s=30, default_model=lambda: "xgb")
+    loop = asyncio.get_running_loop()
+    wheel = DeadlineWheel(loop)
+    ours1 = await closed_loop(lambda: HttpConnection(api, HttpLimits(), set(), wheel), request, total // 10, 1)
+    ours = await closed_loop(lambda: HttpConnection(api, HttpLimits(), set(), wheel), request, total)
+    print(f"serving-engine closed loop: 1 in flight {ours1:.1f}, 64 in flight {ours:.1f} CPU us/request")
+    floor = None
+    if (PEERS / "minimal_path.py").exists():
+        os.environ["ANCHOR_MODELS"] = str(work)
+        spec = importlib.util.spec_from_file_location("minimal_path", PEERS / "minimal_path.py")
+        mp = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        spec.loader.exec_module(mp)  # type: ignore[union-attr]
+        import xgboost as xgb
+
+        booster = xgb.Booster(model_file=str(repo / "1" / "model.json"))
+        booster.set_param({"nthread": 1})
+        batcher = mp.Batcher(loop, booster)
+        floor_request = request.replace(b"/v1/models/xgb:predict", b"/")
+        floor1 = await closed_loop(lambda: mp.Connection(batcher), floor_request, total // 10, 1)
+        floor = await closed_loop(lambda: mp.Connection(batcher), floor_request, total)
+        print(f"minimal_path closed loop:   1 in flight {floor1:.1f}, 64 in flight {floor:.1f} CPU us/request "
+              f"(ratios {ours1 / floor1:.2f}, {ours / floor:.2f})")
+
+    servable = manager.get("xgb")
+    sig = servable.signature("")
+    doc = orjson.loads(body)
+    inputs, _ = tfserving.decode_predict(doc, sig)
+    queue = dataplane.queue(servable, sig)
+    queue.in_flight = 1 << 30  # submit only, never dispatch
+
+    def submit() -> None:
+        queue.submit(inputs, 1e18)
+        queue.queue.clear()
+        queue.rows_queued = 0
+
+    outputs = {"predictions": np.array([0.5], np.float32)}
+    done = loop.create_future()
+    done.set_result(outputs)
+    stub = DataPlane(BatchingOptions())
+    stub.infer = lambda *a, **k: done  # type: ignore[method-assign]
+    routes_only = RestApi(manager, stub, timeout_s=30, default_model=lambda: "xgb")
+    req = Request("POST", "/v1/models/xgb:predict", "", {}, body)
+    conn = HttpConnection(lambda r: Response(200, b'{"predictions":[0.5]}'), HttpLimits(), set(), wheel)
+    conn.connection_made(FakeTransport(loop, {"left": 0, "done": 0, "total": -1, "future": done}, b""))
+    stages = [
+        ("orjson.loads", lambda: orjson.loads(body)),
+        ("tfserving.decode_predict", lambda: tfserving.decode_predict(doc, sig)),
+        ("validate_inputs", lambda: validate_inputs(servable, sig, inputs)),
+        ("BatchQueue.submit", submit),
+        ("tfserving.encode_predict", lambda: tfserving.encode_predict(outputs, True)),
+        ("routes + codec, data plane stubbed", lambda: routes_only(req)),
+        ("HTTP protocol, trivial handler", lambda: conn.data_received(request)),
+    ]
+    for name, fn in stages:
+        print(f"  {name:38s} {per_call(fn):6.2f} us")
+    queue.in_flight = 0
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--requests", type=int, default=30000)
+    uvloop.run(main(ap.parse_args().requests))
