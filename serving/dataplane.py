@@ -89,8 +89,11 @@ class DataPlane:
         inputs: dict[str, np.ndarray],
         deadline: float,
         method: str = "predict",
+        *,
+        rate_limited: bool = True,
     ) -> asyncio.Future[Outputs]:
-        if self.limiter is not None and not self.limiter.allow():
+        """Queue (or run) one request; `rate_limited=False` for the server's own warm-up traffic."""
+        if rate_limited and self.limiter is not None and not self.limiter.allow():
             raise ServingError(Code.RESOURCE_EXHAUSTED,
                                f"rate limit of {self.limiter.rate:g} requests/s exceeded; retry later")
         validate_inputs(servable, sig, inputs)

@@ -17,11 +17,15 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import Code, ServingError
 from .repository import Servable
+
+if TYPE_CHECKING:
+    from .dataplane import DataPlane
 
 TF_WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
 MAX_RECORDS = 1000
@@ -142,7 +146,7 @@ def eas_requests(path: Path, servable: Servable) -> list[WarmupRequest]:
 class Warmup:
     """The manager's warm-up hook: replays a new version's warm-up requests before it is AVAILABLE."""
 
-    def __init__(self, dataplane: object, *, iterations: int = 1, service_model: str = "",
+    def __init__(self, dataplane: DataPlane, *, iterations: int = 1, service_model: str = "",
                  warm_up_data_path: str = "") -> None:
         self.dataplane = dataplane
         self.iterations = iterations
@@ -164,8 +168,7 @@ class Warmup:
             inputs = {n: conform(a, sig.inputs[n], "warm-up") if n in sig.inputs else a
                       for n, a in request.inputs.items()}
             for _ in range(request.repeat):
-                future = self.dataplane.infer(  # type: ignore[attr-defined]
-                    servable, sig, inputs, time.monotonic() + WARMUP_DEADLINE_S)
-                await future
+                await self.dataplane.infer(servable, sig, inputs, time.monotonic() + WARMUP_DEADLINE_S,
+                                           rate_limited=False)
         except ServingError as e:
             raise _fail(f"request {number} failed: {e.message}") from e

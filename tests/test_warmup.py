@@ -165,3 +165,18 @@ def test_cloud_warm_up_data_path_bin_and_txt_are_sent_five_times(tmp_path):
         return v1.error.message
 
     assert "warm-up: request 0 failed" in asyncio.run(bad())
+
+
+def test_warmup_is_not_counted_against_the_rate_limit(tmp_path):
+    d = make_linear(tmp_path, 1)
+    write_warmup(d, [predict_log([[1.0]])])
+
+    async def go():
+        dataplane = DataPlane(BatchingOptions(), rate_limit=1)
+        manager = ModelManager(warmup=Warmup(dataplane, iterations=20))
+        await manager.apply([ModelSpec("m", str(tmp_path), "linear")])
+        s = manager.get("m")
+        assert s.state is State.AVAILABLE and warmup_requests(s) == 20
+        await manager.shutdown()
+
+    asyncio.run(go())
