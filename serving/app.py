@@ -101,7 +101,8 @@ class Server:
         self.http = await loop.create_server(
             lambda: HttpConnection(api, limits, self.connections, wheel), s.host, s.rest_api_port, backlog=1024
         )
-        log.info("HTTP (TF Serving REST API) listening on %s:%d", s.host, s.rest_api_port)
+        for sock in self.http.sockets:
+            log.info("HTTP (TF Serving REST API) listening on %s", sock.getsockname()[:2])
         self.tasks.append(asyncio.create_task(self._sweep_connections()))
         await self.manager.apply(self.specs)
         # What start-up made lives as long as the process: keep it out of the collector's full passes,
