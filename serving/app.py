@@ -10,12 +10,18 @@ import os
 import signal
 import time
 
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+
+from ._proto.tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 from .batching import BatchingOptions, from_batching_parameters
 from .dataplane import DataPlane
 from .http.protocol import DeadlineWheel, HttpConnection, HttpLimits
 from .http.routes import RestApi
 from .model_config import ConfigError, ModelSpec, read_model_config_file
 from .repository import ModelManager
+from .rpc.tfserving import ModelService, PredictionService
 from .settings import Settings
 from .warmup import Warmup
 
@@ -82,6 +88,8 @@ class Server:
         self.specs: list[ModelSpec] = []
         self.connections: set[HttpConnection] = set()
         self.http: asyncio.Server | None = None
+        self.grpc: grpc.aio.Server | None = None
+        self.health: health_aio.HealthServicer | None = None
         self.tasks: list[asyncio.Task[None]] = []
         self.stopping = asyncio.Event()
 
@@ -104,15 +112,53 @@ class Server:
         for sock in self.http.sockets:
             log.info("HTTP (TF Serving REST API) listening on %s", sock.getsockname()[:2])
         self.tasks.append(asyncio.create_task(self._sweep_connections()))
+        if s.port:
+            await self._start_grpc()
         await self.manager.apply(self.specs)
         # What start-up made lives as long as the process: keep it out of the collector's full passes,
         # which otherwise stall the event loop for tens of ms under load (a p99 spike).
         gc.collect()
         gc.freeze()
+        await self._update_health()
         if s.file_system_poll_wait_seconds > 0:
             self.tasks.append(asyncio.create_task(self._poll_files(s.file_system_poll_wait_seconds)))
         if s.model_config_file and s.model_config_file_poll_wait_seconds > 0:
             self.tasks.append(asyncio.create_task(self._poll_config(s.model_config_file_poll_wait_seconds)))
+
+    async def _start_grpc(self) -> None:
+        s = self.settings
+        size = s.grpc_max_message_bytes
+        self.grpc = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", size),
+            ("grpc.max_send_message_length", size),
+            ("grpc.so_reuseport", 0),
+        ])
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+            PredictionService(self.manager, self.dataplane, s.rest_api_timeout_in_ms / 1000), self.grpc)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.manager, self.reload), self.grpc)
+        self.health = health_aio.HealthServicer()
+        await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        host = "[::]" if s.host in ("0.0.0.0", "::") else s.host
+        if self.grpc.add_insecure_port(f"{host}:{s.port}") == 0:
+            raise OSError(f"cannot listen on gRPC port {host}:{s.port}")
+        await self.grpc.start()
+        log.info("gRPC (TF Serving PredictionService, ModelService, health) listening on %s:%d", host, s.port)
+
+    async def reload(self, specs: list[ModelSpec]) -> None:
+        """Serve a new model config (ModelService.HandleReloadConfigRequest), as the file poller does."""
+        self.specs = [dataclasses.replace(x, device=self.settings.device) for x in specs]
+        try:
+            await self.manager.apply(self.specs)
+        finally:
+            await self._update_health()
+
+    async def _update_health(self) -> None:
+        """grpc.health.v1: SERVING while every configured model has an AVAILABLE version (as /readyz)."""
+        if self.health is not None:
+            ready = self.manager.ready()
+            await self.health.set("", health_pb2.HealthCheckResponse.SERVING if ready
+                                  else health_pb2.HealthCheckResponse.NOT_SERVING)
 
     async def _sweep_connections(self) -> None:
         while True:
@@ -126,6 +172,7 @@ class Server:
             await asyncio.sleep(every)
             try:
                 await self.manager.poll()
+                await self._update_health()
             except Exception:  # noqa: BLE001 - polling must go on
                 log.exception("file system poll failed")
 
@@ -146,12 +193,15 @@ class Server:
                 await self.manager.apply(specs)
             except ConfigError as e:
                 log.error("model config applied in part: %s", e)
+            await self._update_health()
 
     async def stop(self) -> None:
         """Stop accepting, answer every request already received, then unload."""
         log.info("draining: no new connections; finishing requests in flight")
         if self.http is not None:
             self.http.close()
+        if self.health is not None:
+            await self.health.enter_graceful_shutdown()
         for task in self.tasks:
             task.cancel()
         deadline = time.monotonic() + self.settings.drain_timeout_seconds
@@ -162,6 +212,8 @@ class Server:
         for conn in list(self.connections):
             if conn.transport is not None:
                 conn.transport.close()
+        if self.grpc is not None:  # refuses new calls, lets calls in flight finish
+            await self.grpc.stop(max(deadline - time.monotonic(), 0.1))
         await self.manager.shutdown()
         self.dataplane.shutdown()
         log.info("stopped")

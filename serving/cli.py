@@ -12,7 +12,8 @@ from .settings import Settings
 
 DOCS = {
     "rest_api_port": "HTTP port (default 8080)",
-    "port": "gRPC port (default 9090)",
+    "port": "gRPC port: TF Serving PredictionService/ModelService, grpc.health.v1 (default 9090; 0 = off)",
+    "grpc_max_message_bytes": "largest gRPC message received or sent, bytes (default 67108864)",
     "host": "address to listen on (default 0.0.0.0)",
     "model_name": "name of the model in the single-model form (default 'model'; env MODEL_NAME)",
     "model_base_path": "base path of the single model: integer version dirs below it "

@@ -81,6 +81,11 @@ def parse_model_config(text: str, source: str = "model config") -> list[ModelSpe
         text_format.Parse(text, config)
     except text_format.ParseError as e:
         raise ConfigError(f"{source}: not a valid ModelServerConfig: {e}") from e
+    return specs_from_proto(config, source)
+
+
+def specs_from_proto(config: msc.ModelServerConfig, source: str = "model config") -> list[ModelSpec]:
+    """Validate a ModelServerConfig message (file or reload RPC) as TF Serving does; raises ConfigError."""
     if config.WhichOneof("config") == "custom_model_config":
         raise ConfigError(f"{source}: custom_model_config is not supported; use model_config_list")
     specs: list[ModelSpec] = []

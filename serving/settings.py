@@ -22,8 +22,10 @@ log = logging.getLogger(__name__)
 class Settings:
     #: HTTP port (TF Serving: --rest_api_port).
     rest_api_port: int = 8080
-    #: gRPC port (TF Serving: --port); the gRPC server itself arrives with the gRPC issue.
+    #: gRPC port (TF Serving: --port); 0 turns the gRPC server off.
     port: int = 9090
+    #: Largest gRPC message received or sent, bytes.
+    grpc_max_message_bytes: int = 64 * 1024 * 1024
     #: Address to listen on.
     host: str = "0.0.0.0"
     #: Model name in the single-model form.

@@ -72,10 +72,11 @@ class Server:
 
     def __init__(self, *args: str, env: dict[str, str] | None = None, wait_ready: bool = True) -> None:
         self.port = free_port()
+        self.grpc_port = free_port()
         self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"serving-test-{self.port}.log"
         self.log = self.log_path.open("w+b")
         cmd = [sys.executable, "-m", "serving", "--host", "127.0.0.1", f"--rest_api_port={self.port}",
-               f"--port={free_port()}", *args]
+               f"--port={self.grpc_port}", *args]
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT,
                                      env={**os.environ, **(env or {})})
         self.conn: http.client.HTTPConnection | None = None

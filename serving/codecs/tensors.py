@@ -99,3 +99,26 @@ def conform(array: np.ndarray, spec: TensorSpec, where: str) -> np.ndarray:
     want = TF_TYPE_WORDS.get(spec.dtype, spec.dtype.name)
     got = TF_TYPE_WORDS.get(array.dtype, array.dtype.name)
     raise invalid_argument(f"{where}: input '{spec.name}' expects {want} but {got} is provided")
+
+
+def array_to_tensor(array: np.ndarray, proto: Any, *, content: bool = False) -> None:
+    """Fill a tensorflow.TensorProto from an array: typed `*_val` fields, or `tensor_content` bytes."""
+    array = np.asarray(array)
+    dtype = STRING if array.dtype.kind in "OSU" else array.dtype
+    enum_value = DTYPE_ENUMS.get(dtype)
+    if enum_value is None:
+        raise unimplemented(f"output of type {array.dtype} cannot be written as a TensorProto")
+    proto.dtype = enum_value
+    for d in array.shape:
+        proto.tensor_shape.dim.add().size = d
+    if dtype == STRING:
+        proto.string_val.extend(v if isinstance(v, bytes) else str(v).encode() for v in array.ravel())
+    elif content:
+        proto.tensor_content = np.ascontiguousarray(array, dtype=dtype.newbyteorder("<")).tobytes()
+    elif dtype.kind == "c":
+        getattr(proto, TENSOR_FIELDS[dtype.str[1:]]).extend(array.ravel().view(
+            np.float32 if dtype.itemsize == 8 else np.float64).tolist())
+    elif dtype.str[1:] == "f2":
+        proto.half_val.extend(array.ravel().view(np.uint16).tolist())
+    else:
+        getattr(proto, TENSOR_FIELDS[dtype.str[1:]]).extend(array.ravel().tolist())

@@ -1,0 +1,178 @@
+"""TF Serving's gRPC services: PredictionService (Predict, GetModelMetadata; Classify, Regress and
+MultiInference answer UNIMPLEMENTED for processors without those methods) and ModelService
+(GetModelStatus, HandleReloadConfigRequest)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn
+
+import grpc
+
+from .._proto.tensorflow.core.protobuf import error_codes_pb2
+from .._proto.tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_management_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+from ..codecs.tensors import DTYPE_ENUMS, array_to_tensor, conform, tensor_to_array
+from ..dataplane import DataPlane
+from ..errors import Code, ServingError, invalid_argument, unimplemented
+from ..model_config import ConfigError, ModelSpec, specs_from_proto
+from ..repository import ModelManager, Servable
+from ..signature import STRING, Signature
+
+log = logging.getLogger(__name__)
+
+STATES = {"START": 10, "LOADING": 20, "AVAILABLE": 30, "UNLOADING": 40, "END": 50}
+
+
+async def abort(context: grpc.aio.ServicerContext, error: ServingError) -> NoReturn:
+    await context.abort(grpc.StatusCode[error.code.name], error.message)
+    raise AssertionError("unreachable")  # context.abort raises
+
+
+def resolve(manager: ModelManager, spec: Any) -> Servable:
+    """The servable a ModelSpec names: by version number, by version_label, or the latest."""
+    if not spec.name:
+        raise invalid_argument("Missing ModelSpec")
+    choice = spec.WhichOneof("version_choice")
+    if choice == "version":
+        return manager.get(spec.name, version=spec.version.value)
+    if choice == "version_label":
+        return manager.get(spec.name, label=spec.version_label)
+    return manager.get(spec.name)
+
+
+def fill_model_spec(target: Any, servable: Servable, signature_name: str) -> None:
+    target.name = servable.model
+    target.version.value = servable.version
+    target.signature_name = signature_name
+
+
+class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):  # type: ignore[misc]
+    def __init__(self, manager: ModelManager, dataplane: DataPlane, default_timeout_s: float) -> None:
+        self.manager, self.dataplane, self.default_timeout_s = manager, dataplane, default_timeout_s
+
+    async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802 - gRPC's name
+        try:
+            servable = resolve(self.manager, request.model_spec)
+            sig = servable.signature(request.model_spec.signature_name)
+            where = f"model {servable.model} version {servable.version} signature {sig.name}"
+            inputs = {}
+            for name, tensor in request.inputs.items():
+                array = tensor_to_array(tensor, name)
+                spec = sig.inputs.get(name)
+                inputs[name] = conform(array, spec, where) if spec is not None else array
+            names = list(request.output_filter) or list(sig.outputs)
+            unknown = [n for n in names if n not in sig.outputs]
+            if unknown:
+                raise invalid_argument(
+                    f"output tensor alias not found in signature: {unknown[0]} Outputs expected to be in the set "
+                    f"{{{','.join(sig.outputs)}}}."
+                )
+            remaining = context.time_remaining()
+            deadline = time.monotonic() + (remaining if remaining is not None else self.default_timeout_s)
+            outputs = await self.dataplane.infer(servable, sig, inputs, deadline)
+            response = predict_pb2.PredictResponse()
+            fill_model_spec(response.model_spec, servable, sig.name)
+            for name in names:
+                array_to_tensor(outputs[name], response.outputs[name])
+            return response
+        except ServingError as e:
+            await abort(context, e)
+
+    async def GetModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        try:
+            fields = list(request.metadata_field)
+            if not fields:
+                raise invalid_argument("GetModelMetadataRequest must specify at least one metadata_field")
+            for field in fields:
+                if field != "signature_def":
+                    raise invalid_argument(f"Metadata field {field} is not supported")
+            servable = resolve(self.manager, request.model_spec)
+            assert servable.processor is not None
+            sig_map = get_model_metadata_pb2.SignatureDefMap()
+            for name, sig in servable.processor.signatures.items():
+                signature_def(sig, sig_map.signature_def[name])
+            response = get_model_metadata_pb2.GetModelMetadataResponse()
+            fill_model_spec(response.model_spec, servable, "")
+            response.metadata["signature_def"].Pack(sig_map)
+            return response
+        except ServingError as e:
+            await abort(context, e)
+
+    async def Classify(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        await self._unimplemented("Classify", request, context)
+
+    async def Regress(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        await self._unimplemented("Regress", request, context)
+
+    async def MultiInference(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        await self._unimplemented("MultiInference", request, context)
+
+    async def _unimplemented(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> None:
+        try:
+            spec = request.tasks[0].model_spec if method == "MultiInference" and request.tasks else request.model_spec
+            servable = resolve(self.manager, spec)
+            raise unimplemented(f"model {servable.model} ({servable.platform}) does not implement {method}")
+        except ServingError as e:
+            await abort(context, e)
+
+
+def signature_def(sig: Signature, target: Any) -> None:
+    for specs, out in ((sig.inputs, target.inputs), (sig.outputs, target.outputs)):
+        for alias, spec in specs.items():
+            info = out[alias]
+            info.name = spec.name
+            info.dtype = DTYPE_ENUMS.get(STRING if spec.dtype.kind in "OSU" else spec.dtype, 0)
+            for d in spec.shape:
+                info.tensor_shape.dim.add().size = d
+    target.method_name = sig.method_name
+
+
+class ModelService(model_service_pb2_grpc.ModelServiceServicer):  # type: ignore[misc]
+    def __init__(self, manager: ModelManager, reload: Callable[[list[ModelSpec]], Awaitable[None]]) -> None:
+        self.manager, self.reload = manager, reload
+
+    async def GetModelStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        try:
+            spec = request.model_spec
+            if not spec.name:
+                raise invalid_argument("Missing ModelSpec")
+            choice = spec.WhichOneof("version_choice")
+            servables = self.manager.status(
+                spec.name,
+                version=spec.version.value if choice == "version" else None,
+                label=spec.version_label if choice == "version_label" else None,
+            )
+            response = get_model_status_pb2.GetModelStatusResponse()
+            for s in servables:
+                entry = response.model_version_status.add()
+                entry.version = s.version
+                entry.state = STATES[s.state.value]
+                if s.error is not None:
+                    entry.status.error_code = error_codes_pb2.Code.Value(s.error.code.name)
+                    entry.status.error_message = s.error.message
+            return response
+        except ServingError as e:
+            await abort(context, e)
+
+    async def HandleReloadConfigRequest(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        """Serve the given config; returns once its models are AVAILABLE or have failed."""
+        response = model_management_pb2.ReloadConfigResponse()
+        try:
+            specs = specs_from_proto(request.config, "ReloadConfigRequest")
+        except ConfigError as e:
+            await abort(context, ServingError(Code.INVALID_ARGUMENT, str(e)))
+        try:
+            await self.reload(specs)
+        except ConfigError as e:
+            response.status.error_code = error_codes_pb2.Code.Value("FAILED_PRECONDITION")
+            response.status.error_message = str(e)
+        return response

@@ -1,0 +1,203 @@
+"""TF Serving's gRPC API against the real server, with stubs generated from our protos."""
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from serving._proto.tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_management_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+    regression_pb2,
+)
+from serving._proto.tensorflow_serving.config import model_server_config_pb2
+from tests.helpers import Server, make_linear, pbtxt
+
+DT_FLOAT, DT_DOUBLE, DT_INT64 = 1, 2, 9
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("grpc")
+    make_linear(root / "lin", 1, bias=1.0)
+    make_linear(root / "lin", 2)  # y = 0.5x + 2
+    make_linear(root / "slow", 1, delay_ms=800)
+    make_linear(root / "two", 1, weights=[[1.0, 0.0], [0.0, 1.0]], bias=[0.0, 0.0])
+    config = root / "c.pbtxt"
+    config.write_text(pbtxt(
+        {"name": "lin", "base_path": root / "lin", "platform": "linear", "policy": "all {}",
+         "labels": {"stable": 1, "canary": 2}},
+        {"name": "slow", "base_path": root / "slow", "platform": "linear"},
+        {"name": "two", "base_path": root / "two", "platform": "linear"},
+    ))
+    with Server(f"--model_config_file={config}") as s:
+        s.root = root
+        yield s
+
+
+@pytest.fixture(scope="module")
+def channel(server):
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as ch:
+        yield ch
+
+
+def tensor(values, dtype=DT_FLOAT, content=False):
+    array = np.asarray(values, dtype={DT_FLOAT: np.float32, DT_DOUBLE: np.float64, DT_INT64: np.int64}[dtype])
+    from serving._proto.tensorflow.core.framework import tensor_pb2
+
+    t = tensor_pb2.TensorProto(dtype=dtype)
+    for d in array.shape:
+        t.tensor_shape.dim.add().size = d
+    if content:
+        t.tensor_content = array.tobytes()
+    elif dtype == DT_FLOAT:
+        t.float_val.extend(array.ravel().tolist())
+    elif dtype == DT_DOUBLE:
+        t.double_val.extend(array.ravel().tolist())
+    else:
+        t.int64_val.extend(array.ravel().tolist())
+    return t
+
+
+def predict(channel, name="lin", values=((2.0,), (4.0,)), timeout=10, **spec):
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = name
+    for key, value in spec.items():
+        if key == "version":
+            request.model_spec.version.value = value
+        else:
+            setattr(request.model_spec, key, value)
+    request.inputs["inputs"].CopyFrom(tensor(values) if not isinstance(values, type(tensor([0]))) else values)
+    return stub.Predict(request, timeout=timeout)
+
+
+def code_of(fn):
+    with pytest.raises(grpc.RpcError) as e:
+        fn()
+    return e.value.code(), e.value.details()
+
+
+def test_predict_typed_and_tensor_content_inputs(channel):
+    response = predict(channel)
+    out = response.outputs["predictions"]
+    assert list(out.float_val) == [3.0, 4.0] and [d.size for d in out.tensor_shape.dim] == [2]
+    assert (response.model_spec.name, response.model_spec.version.value) == ("lin", 2)
+    assert response.model_spec.signature_name == "serving_default"
+    packed = predict(channel, values=tensor([[2.0], [4.0]], content=True))
+    assert list(packed.outputs["predictions"].float_val) == [3.0, 4.0]
+
+
+def test_predict_by_version_and_label(channel):
+    assert list(predict(channel, version=1).outputs["predictions"].float_val) == [2.0, 3.0]
+    assert list(predict(channel, version_label="stable").outputs["predictions"].float_val) == [2.0, 3.0]
+    assert predict(channel, version_label="canary").model_spec.version.value == 2
+
+
+@pytest.mark.parametrize(
+    "call, code, message",
+    [
+        (lambda ch: predict(ch, name="nope"), grpc.StatusCode.NOT_FOUND,
+         "Servable not found for request: Latest(nope)"),
+        (lambda ch: predict(ch, version=9), grpc.StatusCode.NOT_FOUND, "Specific(lin, 9)"),
+        (lambda ch: predict(ch, version_label="x"), grpc.StatusCode.INVALID_ARGUMENT,
+         "Unrecognized servable version label: x"),
+        (lambda ch: predict(ch, values=((1.0, 2.0),)), grpc.StatusCode.INVALID_ARGUMENT, "expects shape [-1,1]"),
+        (lambda ch: predict(ch, values=tensor([[1.0]], DT_DOUBLE)), grpc.StatusCode.INVALID_ARGUMENT,
+         "expects float but double is provided"),
+        (lambda ch: predict(ch, signature_name="other"), grpc.StatusCode.INVALID_ARGUMENT,
+         'Serving signature name: "other" not found'),
+        (lambda ch: predict(ch, name=""), grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec"),
+    ],
+)
+def test_predict_errors_are_grpc_status_codes(channel, call, code, message):
+    got_code, details = code_of(lambda: call(channel))
+    assert got_code == code and message in details
+    assert list(predict(channel).outputs["predictions"].float_val) == [3.0, 4.0]  # still serving
+
+
+def test_output_filter_and_unknown_output(channel):
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    request = predict_pb2.PredictRequest(output_filter=["predictions"])
+    request.model_spec.name = "lin"
+    request.inputs["inputs"].CopyFrom(tensor([[2.0]]))
+    assert list(stub.Predict(request).outputs) == ["predictions"]
+    request.output_filter[:] = ["nope"]
+    got_code, details = code_of(lambda: stub.Predict(request))
+    assert got_code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "output tensor alias not found in signature: nope" in details
+
+
+def test_client_deadline_is_honoured(channel):
+    got_code, _ = code_of(lambda: predict(channel, name="slow", timeout=0.2))
+    assert got_code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert list(predict(channel).outputs["predictions"].float_val) == [3.0, 4.0]
+
+
+def test_get_model_metadata_packs_a_signature_def_map(channel):
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    request.model_spec.name = "two"
+    response = stub.GetModelMetadata(request)
+    assert (response.model_spec.name, response.model_spec.version.value) == ("two", 1)
+    sig_map = get_model_metadata_pb2.SignatureDefMap()
+    assert response.metadata["signature_def"].Unpack(sig_map)
+    sd = sig_map.signature_def["serving_default"]
+    assert sd.method_name == "tensorflow/serving/predict"
+    assert sd.inputs["inputs"].dtype == DT_FLOAT and [d.size for d in sd.inputs["inputs"].tensor_shape.dim] == [-1, 2]
+    assert [d.size for d in sd.outputs["predictions"].tensor_shape.dim] == [-1, 2]
+    request.metadata_field[:] = ["graph"]
+    got_code, details = code_of(lambda: stub.GetModelMetadata(request))
+    assert got_code == grpc.StatusCode.INVALID_ARGUMENT and details == "Metadata field graph is not supported"
+
+
+def test_regress_is_unimplemented_for_processors_without_it(channel):
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    request = regression_pb2.RegressionRequest()
+    request.model_spec.name = "lin"
+    got_code, details = code_of(lambda: stub.Regress(request))
+    assert got_code == grpc.StatusCode.UNIMPLEMENTED and "does not implement Regress" in details
+
+
+def test_get_model_status(channel):
+    stub = model_service_pb2_grpc.ModelServiceStub(channel)
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = "lin"
+    response = stub.GetModelStatus(request)
+    states = {s.version: (s.state, s.status.error_code) for s in response.model_version_status}
+    assert states == {2: (get_model_status_pb2.ModelVersionStatus.AVAILABLE, 0),
+                      1: (get_model_status_pb2.ModelVersionStatus.AVAILABLE, 0)}
+    request.model_spec.name = "nope"
+    got_code, details = code_of(lambda: stub.GetModelStatus(request))
+    assert got_code == grpc.StatusCode.NOT_FOUND and details == "Could not find any versions of model nope"
+
+
+def test_health(channel):
+    stub = health_pb2_grpc.HealthStub(channel)
+    assert stub.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_reload_config_replaces_the_models_and_answers_when_loaded(server, channel, tmp_path):
+    make_linear(tmp_path / "fresh", 1, bias=7.0)
+    stub = model_service_pb2_grpc.ModelServiceStub(channel)
+    config = model_server_config_pb2.ModelServerConfig()
+    for name, base in (("fresh", tmp_path / "fresh"), ("lin", server.root / "lin")):
+        c = config.model_config_list.config.add(name=name, base_path=str(base), model_platform="linear")
+        if name == "lin":
+            c.model_version_policy.all.SetInParent()
+            c.version_labels["stable"] = 1
+            c.version_labels["canary"] = 2
+    response = stub.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(config=config), timeout=30)
+    assert response.status.error_code == 0
+    assert list(predict(channel, name="fresh", values=((0.0,),)).outputs["predictions"].float_val) == [7.0]
+    assert code_of(lambda: predict(channel, name="two"))[0] == grpc.StatusCode.NOT_FOUND
+    bad = model_server_config_pb2.ModelServerConfig()
+    bad.model_config_list.config.add(name="x", base_path="relative", model_platform="linear")
+    got_code, details = code_of(lambda: stub.HandleReloadConfigRequest(
+        model_management_pb2.ReloadConfigRequest(config=bad), timeout=30))
+    assert got_code == grpc.StatusCode.INVALID_ARGUMENT and "absolute path" in details
+    assert list(predict(channel, name="fresh", values=((0.0,),)).outputs["predictions"].float_val) == [7.0]
