@@ -15,12 +15,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
 from ._proto.tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+from .auth import TokenAuth
 from .batching import BatchingOptions, from_batching_parameters
 from .dataplane import DataPlane
 from .http.protocol import DeadlineWheel, HttpConnection, HttpLimits
 from .http.routes import RestApi
 from .model_config import ConfigError, ModelSpec, read_model_config_file
 from .repository import ModelManager
+from .rpc.interceptors import TokenInterceptor
 from .rpc.tfserving import ModelService, PredictionService
 from .settings import Settings
 from .warmup import Warmup
@@ -78,6 +80,7 @@ class Server:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.dataplane = DataPlane(batching_options(settings), settings.rate_limit)
+        self.auth = TokenAuth(settings.token) if settings.token else None
         warmup = Warmup(self.dataplane, iterations=settings.num_request_iterations_for_warmup,
                         service_model=settings.model_name, warm_up_data_path=settings.warm_up_data_path)
         self.manager = ModelManager(
@@ -101,7 +104,7 @@ class Server:
         s = self.settings
         api = RestApi(
             self.manager, self.dataplane, timeout_s=s.rest_api_timeout_in_ms / 1000,
-            keepalive_s=s.keepalive_ms / 1000, default_model=self.default_model,
+            keepalive_s=s.keepalive_ms / 1000, default_model=self.default_model, auth=self.auth,
         )
         limits = HttpLimits(s.rest_api_max_body_bytes, s.rest_api_read_timeout_seconds, s.rest_api_idle_timeout_seconds)
         loop = asyncio.get_running_loop()
@@ -128,7 +131,7 @@ class Server:
     async def _start_grpc(self) -> None:
         s = self.settings
         size = s.grpc_max_message_bytes
-        self.grpc = grpc.aio.server(options=[
+        self.grpc = grpc.aio.server(interceptors=[TokenInterceptor(self.auth)] if self.auth else [], options=[
             ("grpc.max_receive_message_length", size),
             ("grpc.max_send_message_length", size),
             ("grpc.so_reuseport", 0),

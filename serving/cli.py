@@ -44,7 +44,7 @@ DOCS = {
     "io_threads,rate_limit}",
     "warm_up_data_path": "warm-up requests of the model: .bin (processor PredictRequest) or .txt (JSON lines)",
     "num_request_iterations_for_warmup": "times each TF Serving warm-up record is replayed (default 1)",
-    "token": "access token of the cloud processor routes (env SERVING_TOKEN)",
+    "token": "access token required on predict routes and gRPC calls (env SERVING_TOKEN; default none)",
     "load_threads": "threads loading models (default 2)",
     "drain_timeout_seconds": "on SIGTERM, wait at most this long for requests in flight (default 30)",
     "log_level": "DEBUG, INFO, WARNING or ERROR (default INFO)",

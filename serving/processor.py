@@ -36,6 +36,8 @@ class Processor:
     batchable: ClassVar[bool] = True
     #: Devices the processor can run on ("cpu", "cuda").
     devices: ClassVar[tuple[str, ...]] = ("cpu",)
+    #: Inputs are positional (TorchScript): the cloud route's protobuf body is pytorch_predict.proto.
+    positional_inputs: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.signatures: dict[str, Signature] = {}

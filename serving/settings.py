@@ -80,7 +80,7 @@ class Settings:
     warm_up_data_path: str = ""
     #: How many times each TF Serving warm-up record is replayed.
     num_request_iterations_for_warmup: int = 1
-    #: Access token of the cloud processor routes (used by the token issue).
+    #: Access token required on predict routes and gRPC calls (empty: none). Env: SERVING_TOKEN.
     token: str = ""
     #: Threads loading models.
     load_threads: int = 2

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import invalid_argument
-from ..signature import Signature
+from ..signature import Signature, tf_dtype_name
 from . import tfserving
 from .arrays import column_matrix, to_array
 from .jsonutil import dumps, dumps_with_nonfinite, finite
@@ -48,3 +48,11 @@ def encode_json(outputs: Mapping[str, np.ndarray]) -> bytes:
         rows = len(next(iter(outputs.values())))
         doc = [{n: a[i] for n, a in outputs.items()} for i in range(rows)]
     return dumps(doc) if all(finite(a) for a in outputs.values()) else dumps_with_nonfinite(doc)
+
+
+def signature_json(sig: Signature) -> dict[str, Any]:
+    """`GET /api/predict/<model>`: the signature as the cloud processor describes it."""
+    def tensors(specs: Mapping[str, Any]) -> list[dict[str, Any]]:
+        return [{"name": n, "shape": list(s.shape), "type": tf_dtype_name(s.dtype)} for n, s in specs.items()]
+
+    return {"signature_name": sig.name, "inputs": tensors(sig.inputs), "outputs": tensors(sig.outputs)}

@@ -12,7 +12,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..codecs import eas, tfserving
+from ..auth import TokenAuth
+from ..codecs import eas, eas_proto, tfserving
 from ..codecs.jsonutil import dumps, loads
 from ..dataplane import DataPlane, Outputs, error_of
 from ..errors import EAS_STATUS, HTTP_STATUS, Code, ServingError, invalid_argument, not_found
@@ -20,6 +21,7 @@ from ..repository import ModelManager
 from .protocol import Deferred, Request, Response
 
 ROUTE_CACHE = 4096
+OCTET_STREAM = b"application/octet-stream"
 MODEL_PATH = re.compile(
     r"/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>-?\d+)|/labels/(?P<label>[^/:]+))?"
     r"(?:(?P<metadata>/metadata)|:(?P<verb>predict|classify|regress))?/?$",
@@ -48,6 +50,14 @@ def _tf_finish(future: asyncio.Future[Outputs], row_format: bool) -> Response:
         return tf_error(e)
 
 
+def _eas_proto_finish(future: asyncio.Future[Outputs], context: tuple[Any, list[str]]) -> Response:
+    err = error_of(future)
+    if err is not None:
+        return eas_error(err)
+    encode, names = context
+    return Response(200, encode(future.result(), names), OCTET_STREAM)
+
+
 def _eas_finish(future: asyncio.Future[Outputs], _: object) -> Response:
     err = error_of(future)
     if err is not None:
@@ -74,7 +84,9 @@ class RestApi:
         timeout_s: float,
         keepalive_s: float = 5.0,
         default_model: Callable[[], str | None],
+        auth: TokenAuth | None = None,
     ) -> None:
+        self.auth = auth
         self.manager, self.dataplane = manager, dataplane
         self.timeout_s = timeout_s
         self.keepalive_s = keepalive_s
@@ -84,6 +96,8 @@ class RestApi:
     def __call__(self, request: Request) -> Response | Deferred:
         path = request.path
         try:
+            if self.auth is not None and (request.method == "POST" or path.startswith("/api/predict")):
+                self.auth.check_http(request.method, path, request.headers, request.body)
             if path.startswith("/v1/"):
                 return self._tf_serving(request)
             if path.startswith("/api/predict/") or path == "/":
@@ -161,7 +175,7 @@ class RestApi:
     # ---- cloud processor (EAS) route ----
 
     def _eas(self, request: Request) -> Response | Deferred:
-        if request.method != "POST":
+        if request.method not in ("POST", "GET") or (request.method == "GET" and request.path == "/"):
             raise ServingError(Code.NOT_FOUND, f"Not found: {request.method} {request.path} (predict with POST)")
         if request.path == "/":
             name = self.default_model()
@@ -173,11 +187,24 @@ class RestApi:
                 raise not_found(f"Not found: {request.path}")
             name = m["name"]
         servable = self.manager.get(name)
-        sig = servable.signature(None)
-        inputs = eas.decode_json(loads(request.body), sig)
+        if request.method == "GET":
+            return Response(200, dumps(eas.signature_json(servable.signature(None))))
         deadline = time.monotonic() + self.keepalive_s
+        if eas_proto.looks_like_json(request.body):
+            sig = servable.signature(None)
+            inputs = eas.decode_json(loads(request.body), sig)
+            future = self.dataplane.infer(servable, sig, inputs, deadline)
+            return Deferred(future, _eas_finish, None, deadline, self._eas_timeout)
+        assert servable.processor is not None
+        if servable.processor.positional_inputs:
+            sig = servable.signature(None)
+            inputs, names = eas_proto.decode_pytorch(request.body, sig)
+            encode = eas_proto.encode_pytorch
+        else:
+            sig, inputs, names = eas_proto.decode_tf(request.body, servable.signature)
+            encode = eas_proto.encode_tf
         future = self.dataplane.infer(servable, sig, inputs, deadline)
-        return Deferred(future, _eas_finish, None, deadline, self._eas_timeout)
+        return Deferred(future, _eas_proto_finish, (encode, names), deadline, self._eas_timeout)
 
     def _eas_timeout(self) -> Response:
         return eas_error(ServingError(Code.DEADLINE_EXCEEDED, "request timed out"))
