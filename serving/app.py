@@ -14,6 +14,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
+from ._proto.inference import grpc_predict_v2_pb2_grpc
 from ._proto.tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 from .auth import TokenAuth
 from .batching import BatchingOptions, from_batching_parameters
@@ -23,6 +24,7 @@ from .http.routes import RestApi
 from .model_config import ConfigError, ModelSpec, read_model_config_file
 from .repository import ModelManager
 from .rpc.interceptors import TokenInterceptor
+from .rpc.kserve import InferenceService
 from .rpc.tfserving import ModelService, PredictionService
 from .settings import Settings
 from .warmup import Warmup
@@ -139,6 +141,8 @@ class Server:
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
             PredictionService(self.manager, self.dataplane, s.rest_api_timeout_in_ms / 1000), self.grpc)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.manager, self.reload), self.grpc)
+        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceService(self.manager, self.dataplane, s.rest_api_timeout_in_ms / 1000), self.grpc)
         self.health = health_aio.HealthServicer()
         await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
@@ -146,7 +150,8 @@ class Server:
         if self.grpc.add_insecure_port(f"{host}:{s.port}") == 0:
             raise OSError(f"cannot listen on gRPC port {host}:{s.port}")
         await self.grpc.start()
-        log.info("gRPC (TF Serving PredictionService, ModelService, health) listening on %s:%d", host, s.port)
+        log.info("gRPC (TF Serving PredictionService + ModelService, KServe V2, health) listening on %s:%d",
+                 host, s.port)
 
     async def reload(self, specs: list[ModelSpec]) -> None:
         """Serve a new model config (ModelService.HandleReloadConfigRequest), as the file poller does."""

@@ -32,6 +32,7 @@ class Response:
     status: int
     body: bytes
     content_type: bytes = JSON
+    headers: bytes = b""  # extra header lines, each ending in CRLF
 
 
 class Deferred:
@@ -99,7 +100,8 @@ class HttpLimits:
     idle_timeout_s: float = 75.0  # a keep-alive connection with nothing to do is closed after this
 
 
-KEPT_HEADERS = {b"content-encoding", b"content-type", b"authorization", b"content-md5", b"date", b"expect"}
+KEPT_HEADERS = {b"content-encoding", b"content-type", b"authorization", b"content-md5", b"date", b"expect",
+                b"inference-header-content-length"}
 
 
 class _Slot:
@@ -277,7 +279,7 @@ class HttpConnection(asyncio.Protocol):
         deferred.future.add_done_callback(slot.done)
 
     def _complete(self, slot: _Slot, response: Response) -> None:
-        extra = b"Connection: close\r\n" if slot.close else b""
+        extra = b"Connection: close\r\n" + response.headers if slot.close else response.headers
         slot.data = b"%sContent-Type: %s\r\nContent-Length: %d\r\n%s\r\n%s" % (
             STATUS_LINES.get(response.status) or b"HTTP/1.1 %d Unknown\r\n" % response.status,
             response.content_type,

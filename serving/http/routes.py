@@ -12,12 +12,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .. import __version__
 from ..auth import TokenAuth
-from ..codecs import eas, eas_proto, tfserving
+from ..codecs import eas, eas_proto, kserve, tfserving
 from ..codecs.jsonutil import dumps, loads
 from ..dataplane import DataPlane, Outputs, error_of
 from ..errors import EAS_STATUS, HTTP_STATUS, Code, ServingError, invalid_argument, not_found
-from ..repository import ModelManager
+from ..repository import ModelManager, Servable
+from ..signature import Signature
 from .protocol import Deferred, Request, Response
 
 ROUTE_CACHE = 4096
@@ -26,6 +28,9 @@ MODEL_PATH = re.compile(
     r"/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>-?\d+)|/labels/(?P<label>[^/:]+))?"
     r"(?:(?P<metadata>/metadata)|:(?P<verb>predict|classify|regress))?/?$",
     re.IGNORECASE,
+)
+V2_MODEL_PATH = re.compile(
+    r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]*))?(?:/(?P<verb>ready|infer|config))?$"
 )
 EAS_PATH = re.compile(r"/api/predict/(?P<name>[^/]+)/?$")
 
@@ -48,6 +53,28 @@ def _tf_finish(future: asyncio.Future[Outputs], row_format: bool) -> Response:
         return Response(200, tfserving.encode_predict(future.result(), row_format))
     except ServingError as e:
         return tf_error(e)
+
+
+def _v2_version(text: str | None) -> int | None:
+    if text is None or text == "":
+        return None
+    if not text.isdigit():
+        raise invalid_argument(f"model version must be an integer, got '{text}'")
+    return int(text)
+
+
+def _v2_finish(future: asyncio.Future[Outputs], context: tuple[Servable, Signature, dict[str, Any]]) -> Response:
+    err = error_of(future)
+    if err is not None:
+        return tf_error(err)
+    servable, sig, doc = context
+    try:
+        body, json_length = kserve.encode_rest(servable.model, servable.version, doc, future.result(), sig)
+    except ServingError as e:
+        return tf_error(e)
+    if json_length is None:
+        return Response(200, body)
+    return Response(200, body, OCTET_STREAM, b"Inference-Header-Content-Length: %d\r\n" % json_length)
 
 
 def _eas_proto_finish(future: asyncio.Future[Outputs], context: tuple[Any, list[str]]) -> Response:
@@ -100,6 +127,8 @@ class RestApi:
                 self.auth.check_http(request.method, path, request.headers, request.body)
             if path.startswith("/v1/"):
                 return self._tf_serving(request)
+            if path.startswith("/v2"):
+                return self._kserve(request)
             if path.startswith("/api/predict/") or path == "/":
                 return self._eas(request)
             if request.method == "GET":
@@ -171,6 +200,65 @@ class RestApi:
         if self.manager.ready():
             return Response(200, b'{"status": "ready"}')
         return Response(503, dumps({"status": "not ready", "models_without_available_version": waiting}))
+
+    # ---- KServe V2 REST ----
+
+    def _kserve(self, request: Request) -> Response | Deferred:
+        path, method = request.path.rstrip("/"), request.method
+        if method == "GET" and path == "/v2":
+            return Response(200, dumps({"name": "serving-engine", "version": __version__,
+                                        "extensions": ["binary_tensor_data"]}))
+        if method == "GET" and path == "/v2/health/live":
+            return Response(200, b"{}")
+        if method == "GET" and path == "/v2/health/ready":
+            return Response(200, b"{}") if self.manager.ready() else Response(400, b'{"error": "not ready"}')
+        m = V2_MODEL_PATH.match(path)
+        if m is None:
+            raise not_found(f"Not found: {method} {request.path}")
+        name, verb = m["name"], m["verb"]
+        version = _v2_version(m["version"])
+        if method == "GET" and verb == "ready":
+            try:
+                self.manager.get(name, version)
+            except ServingError:
+                return Response(400, dumps({"error": f"model {name} is not ready"}))
+            return Response(200, b"{}")
+        servable = self.manager.get(name, version)
+        if method == "GET" and verb is None:
+            sig = servable.signature(None)
+            return Response(200, dumps({
+                "name": name, "versions": [str(v) for v in sorted(self.manager.models[name].versions)
+                                           if self.manager.models[name].versions[v].available],
+                "platform": servable.platform,
+                "inputs": kserve.tensor_metadata(sig.inputs), "outputs": kserve.tensor_metadata(sig.outputs),
+            }))
+        if method == "GET" and verb == "config":
+            return Response(200, dumps(self._triton_config(servable)))
+        if method != "POST" or verb != "infer":
+            raise not_found(f"Not found: {method} {request.path}")
+        header = request.headers.get(kserve.HEADER_LENGTH)
+        try:
+            length = int(header) if header is not None else None
+        except ValueError:
+            raise invalid_argument("Inference-Header-Content-Length must be an integer") from None
+        sig, inputs, doc = kserve.decode_rest(request.body, length, servable.signature)
+        deadline = time.monotonic() + self.timeout_s
+        future = self.dataplane.infer(servable, sig, inputs, deadline)
+        return Deferred(future, _v2_finish, (servable, sig, doc), deadline, self._tf_timeout)
+
+    def _triton_config(self, servable: Servable) -> dict[str, Any]:
+        """The part of Triton's model config perf_analyzer reads: batching and tensor dims."""
+        sig = servable.signature(None)
+        batched = self.dataplane.batching.enabled and all(s.shape and s.shape[0] == -1 for s in sig.inputs.values())
+
+        def tensors(specs: Any) -> list[dict[str, Any]]:
+            return [{"name": n, "data_type": "TYPE_" + ("STRING" if s.dtype.kind in "OSU"
+                                                        else kserve.datatype_of(s.dtype)),
+                     "dims": list(s.shape[1:] if batched else s.shape)} for n, s in specs.items()]
+
+        return {"name": servable.model, "platform": servable.platform, "backend": servable.platform,
+                "max_batch_size": self.dataplane.batching.max_batch_size if batched else 0,
+                "input": tensors(sig.inputs), "output": tensors(sig.outputs)}
 
     # ---- cloud processor (EAS) route ----
 

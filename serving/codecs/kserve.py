@@ -1,0 +1,209 @@
+"""KServe V2 (Open Inference Protocol): REST JSON with the binary tensor data extension, and the gRPC
+ModelInfer tensors (typed `contents` or `raw_input_contents`). Rules and texts follow Triton, whose
+clients (tritonclient, perf_analyzer) are the ones this must satisfy."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import invalid_argument, unimplemented
+from ..signature import STRING, Signature, TensorSpec
+from .arrays import to_array
+from .jsonutil import dumps, dumps_with_nonfinite, loads
+
+DATATYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_), "UINT8": np.dtype(np.uint8), "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32), "UINT64": np.dtype(np.uint64), "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16), "INT32": np.dtype(np.int32), "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16), "FP32": np.dtype(np.float32), "FP64": np.dtype(np.float64), "BYTES": STRING,
+}
+NAMES = {dt: name for name, dt in DATATYPES.items()}
+CONTENTS = {"BOOL": "bool_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
+            "UINT32": "uint_contents", "UINT64": "uint64_contents", "INT8": "int_contents",
+            "INT16": "int_contents", "INT32": "int_contents", "INT64": "int64_contents",
+            "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents"}
+HEADER_LENGTH = b"inference-header-content-length"
+
+
+def datatype_of(dtype: np.dtype) -> str:
+    return NAMES.get(STRING if dtype.kind in "OSU" else np.dtype(dtype), "BYTES")
+
+
+def tensor_metadata(specs: Mapping[str, TensorSpec]) -> list[dict[str, Any]]:
+    return [{"name": n, "datatype": datatype_of(s.dtype), "shape": list(s.shape)} for n, s in specs.items()]
+
+
+def _dtype(name: str, datatype: str, spec: TensorSpec | None) -> np.dtype:
+    dtype = DATATYPES.get(datatype)
+    if dtype is None:
+        raise invalid_argument(f"input '{name}': unknown datatype '{datatype}'")
+    if spec is not None and spec.dtype != dtype:
+        raise invalid_argument(
+            f"unexpected datatype {datatype} for input '{name}', expecting {datatype_of(spec.dtype)}"
+        )
+    return dtype
+
+
+def _shape(name: str, shape: Any) -> tuple[int, ...]:
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise invalid_argument(f"input '{name}': shape must be a list of non-negative integers")
+    return tuple(shape)
+
+
+def _from_raw(name: str, raw: bytes, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    if dtype == STRING:
+        items, pos = [], 0
+        while pos < len(raw):
+            if pos + 4 > len(raw):
+                raise invalid_argument(f"input '{name}': truncated BYTES element")
+            (n,) = struct.unpack_from("<I", raw, pos)
+            items.append(raw[pos + 4:pos + 4 + n])
+            pos += 4 + n
+        array = np.empty(len(items), dtype=object)
+        array[:] = items
+    else:
+        if len(raw) % dtype.itemsize:
+            raise invalid_argument(f"input '{name}': {len(raw)} bytes is not a whole number of {dtype.name}")
+        array = np.frombuffer(raw, dtype=dtype.newbyteorder("<"))
+    size = int(np.prod(shape)) if shape else 1
+    if array.size != size:
+        raise invalid_argument(
+            f"input '{name}': unexpected number of elements {array.size}, the shape {list(shape)} needs {size}"
+        )
+    return array.reshape(shape)
+
+
+def raw_bytes(array: np.ndarray) -> bytes:
+    if array.dtype.kind in "OSU":
+        out = bytearray()
+        for v in array.ravel():
+            b = v if isinstance(v, bytes) else str(v).encode()
+            out += struct.pack("<I", len(b)) + b
+        return bytes(out)
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+
+
+# ---- REST ----
+
+def decode_rest(body: bytes, header_length: int | None, sig_for: Any) -> tuple[
+        Signature, dict[str, np.ndarray], dict[str, Any]]:
+    """An infer request (JSON, or JSON + binary tensors) -> (signature, inputs, request document)."""
+    if header_length is not None:
+        if header_length > len(body) or header_length < 0:
+            raise invalid_argument("Inference-Header-Content-Length is larger than the body")
+        doc, binary = loads(body[:header_length]), memoryview(body)[header_length:]
+    else:
+        doc, binary = loads(body), memoryview(b"")
+    if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list):
+        raise invalid_argument("the infer request must be a JSON object with an 'inputs' list")
+    params = doc.get("parameters") or {}
+    sig: Signature = sig_for(params.get("signature_name") if isinstance(params, dict) else None)
+    inputs: dict[str, np.ndarray] = {}
+    offset = 0
+    for item in doc["inputs"]:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise invalid_argument("each input must be an object with a 'name'")
+        name = item["name"]
+        spec = sig.inputs.get(name)
+        dtype = _dtype(name, str(item.get("datatype")), spec)
+        shape = _shape(name, item.get("shape"))
+        size = (item.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            if offset + size > len(binary):
+                raise invalid_argument(f"input '{name}': binary data beyond the end of the body")
+            inputs[name] = _from_raw(name, bytes(binary[offset:offset + size]), dtype, shape)
+            offset += size
+            continue
+        if "data" not in item:
+            raise invalid_argument(f"input '{name}' has neither 'data' nor binary data")
+        flat_spec = TensorSpec(name, dtype, (-1,))
+        data = item["data"]
+        array = to_array(data, flat_spec).reshape(-1)
+        size_wanted = int(np.prod(shape)) if shape else 1
+        if array.size != size_wanted:
+            raise invalid_argument(f"input '{name}': unexpected number of elements {array.size}, the shape "
+                                   f"{list(shape)} needs {size_wanted}")
+        inputs[name] = array.reshape(shape)
+    return sig, inputs, doc
+
+
+def encode_rest(model: str, version: int, doc: Mapping[str, Any], outputs: Mapping[str, np.ndarray],
+                sig: Signature) -> tuple[bytes, int | None]:
+    """The infer response: JSON, or JSON + binary tensors (returns the JSON length for the header)."""
+    requested = doc.get("outputs")
+    params = doc.get("parameters") or {}
+    binary_default = bool(params.get("binary_data_output", False)) if isinstance(params, dict) else False
+    if isinstance(requested, list) and requested:
+        wanted: list[tuple[str, bool]] = []
+        for r in requested:
+            name = r.get("name") if isinstance(r, dict) else None
+            if not isinstance(name, str) or name not in sig.outputs:
+                raise invalid_argument(f"unexpected inference output '{name}' for model '{model}'")
+            wanted.append((name, bool((r.get("parameters") or {}).get("binary_data", binary_default))))
+    else:
+        wanted = [(n, binary_default) for n in sig.outputs]
+    out_docs, blobs = [], []
+    for name, binary in wanted:
+        array = np.asarray(outputs[name])
+        entry: dict[str, Any] = {"name": name, "datatype": datatype_of(array.dtype), "shape": list(array.shape)}
+        if binary:
+            blob = raw_bytes(array)
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        elif array.dtype.kind in "OSU":
+            entry["data"] = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in array.ravel()]
+        else:
+            entry["data"] = np.ascontiguousarray(array).reshape(-1)
+        out_docs.append(entry)
+    response: dict[str, Any] = {"model_name": model, "model_version": str(version), "outputs": out_docs}
+    if "id" in doc:
+        response["id"] = doc["id"]
+    body = dumps(response)
+    if b"null" in body:
+        body = dumps_with_nonfinite(response)
+    if not blobs:
+        return body, None
+    return body + b"".join(blobs), len(body)
+
+
+# ---- gRPC ----
+
+def decode_grpc(request: Any, sig: Signature) -> dict[str, np.ndarray]:
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise invalid_argument(f"expected {len(request.inputs)} raw input contents, got {len(raw)}")
+    inputs = {}
+    for index, item in enumerate(request.inputs):
+        name = item.name
+        dtype = _dtype(name, item.datatype, sig.inputs.get(name))
+        shape = tuple(int(d) for d in item.shape)
+        if raw:
+            inputs[name] = _from_raw(name, raw[index], dtype, shape)
+            continue
+        field = CONTENTS.get(item.datatype)
+        if field is None:
+            raise unimplemented(f"input '{name}': datatype {item.datatype} needs raw_input_contents")
+        values = getattr(item.contents, field)
+        if dtype == STRING:
+            array = np.empty(len(values), dtype=object)
+            array[:] = list(values)
+        else:
+            array = np.asarray(values, dtype=dtype)
+        size = int(np.prod(shape)) if shape else 1
+        if array.size != size:
+            raise invalid_argument(f"input '{name}': unexpected number of elements {array.size}, the shape "
+                                   f"{list(shape)} needs {size}")
+        inputs[name] = array.reshape(shape)
+    return inputs
+
+
+def encode_grpc(response: Any, outputs: Mapping[str, np.ndarray], names: Sequence[str]) -> None:
+    for name in names:
+        array = np.asarray(outputs[name])
+        out = response.outputs.add(name=name, datatype=datatype_of(array.dtype))
+        out.shape.extend(array.shape)
+        response.raw_output_contents.append(raw_bytes(array))

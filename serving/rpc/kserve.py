@@ -1,0 +1,84 @@
+"""KServe V2 gRPC: inference.GRPCInferenceService (ServerLive, ServerReady, ModelReady, ServerMetadata,
+ModelMetadata, ModelInfer with typed contents or raw_input_contents; outputs as raw_output_contents,
+as Triton answers)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import grpc
+
+from .. import __version__
+from .._proto.inference import grpc_predict_v2_pb2 as pb
+from .._proto.inference import grpc_predict_v2_pb2_grpc
+from ..codecs import kserve
+from ..dataplane import DataPlane
+from ..errors import ServingError, invalid_argument
+from ..repository import ModelManager, Servable
+from .tfserving import abort
+
+
+def _version(text: str) -> int | None:
+    if not text:
+        return None
+    if not text.isdigit():
+        raise invalid_argument(f"model version must be an integer, got '{text}'")
+    return int(text)
+
+
+class InferenceService(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+    def __init__(self, manager: ModelManager, dataplane: DataPlane, default_timeout_s: float) -> None:
+        self.manager, self.dataplane, self.default_timeout_s = manager, dataplane, default_timeout_s
+
+    async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        return pb.ServerReadyResponse(ready=self.manager.ready())
+
+    async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        try:
+            self.manager.get(request.name, _version(request.version))
+        except ServingError:
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=True)
+
+    async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        return pb.ServerMetadataResponse(name="serving-engine", version=__version__, extensions=["binary_tensor_data"])
+
+    async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        try:
+            servable = self.manager.get(request.name, _version(request.version))
+            sig = servable.signature(None)
+            model = self.manager.models[request.name]
+            response = pb.ModelMetadataResponse(
+                name=request.name, platform=servable.platform,
+                versions=[str(v) for v, s in sorted(model.versions.items()) if s.available],
+            )
+            for specs, out in ((sig.inputs, response.inputs), (sig.outputs, response.outputs)):
+                for meta in kserve.tensor_metadata(specs):
+                    out.add(name=meta["name"], datatype=meta["datatype"], shape=meta["shape"])
+            return response
+        except ServingError as e:
+            await abort(context, e)
+
+    async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        try:
+            servable: Servable = self.manager.get(request.model_name, _version(request.model_version))
+            param = request.parameters.get("signature_name")
+            sig = servable.signature(param.string_param if param is not None else None)
+            inputs = kserve.decode_grpc(request, sig)
+            names = [o.name for o in request.outputs] or list(sig.outputs)
+            unknown = [n for n in names if n not in sig.outputs]
+            if unknown:
+                raise invalid_argument(f"unexpected inference output '{unknown[0]}' for model '{request.model_name}'")
+            remaining = context.time_remaining()
+            deadline = time.monotonic() + (remaining if remaining is not None else self.default_timeout_s)
+            outputs = await self.dataplane.infer(servable, sig, inputs, deadline)
+            response = pb.ModelInferResponse(model_name=servable.model, model_version=str(servable.version),
+                                             id=request.id)
+            kserve.encode_grpc(response, outputs, names)
+            return response
+        except ServingError as e:
+            await abort(context, e)
