@@ -201,3 +201,43 @@ def test_reload_config_replaces_the_models_and_answers_when_loaded(server, chann
         model_management_pb2.ReloadConfigRequest(config=bad), timeout=30))
     assert got_code == grpc.StatusCode.INVALID_ARGUMENT and "absolute path" in details
     assert list(predict(channel, name="fresh", values=((0.0,),)).outputs["predictions"].float_val) == [7.0]
+
+
+def test_reload_while_traffic_flows_loses_no_request(tmp_path):
+    import threading
+
+    for v in (1, 2):
+        make_linear(tmp_path / "m", v, bias=float(v))
+    config = tmp_path / "c.pbtxt"
+    config.write_text(pbtxt({"name": "m", "base_path": tmp_path / "m", "platform": "linear",
+                             "policy": "specific { versions: 1 }"}))
+    with Server(f"--model_config_file={config}") as s, grpc.insecure_channel(f"127.0.0.1:{s.grpc_port}") as ch:
+        results, stop = [], threading.Event()
+
+        def traffic():
+            while not stop.is_set():
+                try:
+                    out = predict(ch, name="m", values=((0.0,),))
+                    results.append(("ok", out.outputs["predictions"].float_val[0]))
+                except grpc.RpcError as e:
+                    results.append(("error", e.details()))
+
+        threads = [threading.Thread(target=traffic) for _ in range(4)]
+        for t in threads:
+            t.start()
+        stub = model_service_pb2_grpc.ModelServiceStub(ch)
+        for version in (2, 1, 2):
+            new = model_server_config_pb2.ModelServerConfig()
+            c = new.model_config_list.config.add(name="m", base_path=str(tmp_path / "m"), model_platform="linear")
+            c.model_version_policy.specific.versions.append(version)
+            assert stub.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(config=new),
+                                                  timeout=30).status.error_code == 0
+            import time
+
+            time.sleep(0.3)
+        stop.set()
+        for t in threads:
+            t.join(10)
+    errors = [r for r in results if r[0] == "error"]
+    assert errors == [] and len(results) > 50
+    assert {v for _, v in results} == {1.0, 2.0}  # both versions served, swapped without a gap
