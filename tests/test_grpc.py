@@ -241,3 +241,33 @@ def test_reload_while_traffic_flows_loses_no_request(tmp_path):
     errors = [r for r in results if r[0] == "error"]
     assert errors == [] and len(results) > 50
     assert {v for _, v in results} == {1.0, 2.0}  # both versions served, swapped without a gap
+
+
+def test_queue_full_is_unavailable_and_rate_limit_is_resource_exhausted(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    make_linear(tmp_path / "slow", 1, delay_ms=300)
+    with Server(f"--model_base_path={tmp_path / 'slow'}", "--model_name=slow", "--worker_threads=1",
+                "--max_queue_size=1", "--max_batch_size=1") as s, \
+            grpc.insecure_channel(f"127.0.0.1:{s.grpc_port}") as ch:
+        def call(_):
+            try:
+                predict(ch, name="slow", values=((1.0,),))
+                return "ok"
+            except grpc.RpcError as e:
+                return e.code()
+
+        with ThreadPoolExecutor(6) as pool:
+            codes = list(pool.map(call, range(6)))
+        assert "ok" in codes and grpc.StatusCode.UNAVAILABLE in codes, codes
+    make_linear(tmp_path / "fast", 1)
+    with Server(f"--model_base_path={tmp_path / 'fast'}", "--model_name=fast", "--rate_limit=3") as s, \
+            grpc.insecure_channel(f"127.0.0.1:{s.grpc_port}") as ch:
+        codes = []
+        for _ in range(20):
+            try:
+                predict(ch, name="fast", values=((1.0,),))
+                codes.append("ok")
+            except grpc.RpcError as e:
+                codes.append(e.code())
+        assert "ok" in codes and grpc.StatusCode.RESOURCE_EXHAUSTED in codes, codes
