@@ -122,3 +122,11 @@ def test_binary_extension_by_hand(server):
     assert out["parameters"]["binary_data_size"] == 8
     blob = raw[-8:]
     assert np.frombuffer(blob, np.float32).tolist() == [2.5, 7.5]
+
+
+def test_model_config_for_perf_analyzer(server):
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+    config = client.get_model_config("lin").config
+    assert config.max_batch_size > 0 and config.input[0].name == "inputs" and list(config.input[0].dims) == [2]
+    assert config.input[0].data_type == 11  # TYPE_FP32
+    client.close()

@@ -207,3 +207,20 @@ def encode_grpc(response: Any, outputs: Mapping[str, np.ndarray], names: Sequenc
         out = response.outputs.add(name=name, datatype=datatype_of(array.dtype))
         out.shape.extend(array.shape)
         response.raw_output_contents.append(raw_bytes(array))
+
+
+def triton_config(servable: Any, batching: Any) -> dict[str, Any]:
+    """The part of Triton's model config that perf_analyzer reads: batching and tensor dims."""
+    sig = servable.signature(None)
+    batched = batching.enabled and all(s.shape and s.shape[0] == -1 for s in sig.inputs.values())
+
+    def tensors(specs: Mapping[str, TensorSpec]) -> list[dict[str, Any]]:
+        return [{"name": n, "data_type": "TYPE_" + ("STRING" if s.dtype.kind in "OSU" else datatype_of(s.dtype)),
+                 "dims": list(s.shape[1:] if batched else s.shape)} for n, s in specs.items()]
+
+    config: dict[str, Any] = {"name": servable.model, "platform": servable.platform, "backend": servable.platform,
+                              "max_batch_size": batching.max_batch_size if batched else 0,
+                              "input": tensors(sig.inputs), "output": tensors(sig.outputs)}
+    if batched:
+        config["dynamic_batching"] = {"max_queue_delay_microseconds": batching.batch_timeout_micros}
+    return config

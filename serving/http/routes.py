@@ -233,7 +233,7 @@ class RestApi:
                 "inputs": kserve.tensor_metadata(sig.inputs), "outputs": kserve.tensor_metadata(sig.outputs),
             }))
         if method == "GET" and verb == "config":
-            return Response(200, dumps(self._triton_config(servable)))
+            return Response(200, dumps(kserve.triton_config(servable, self.dataplane.batching)))
         if method != "POST" or verb != "infer":
             raise not_found(f"Not found: {method} {request.path}")
         header = request.headers.get(kserve.HEADER_LENGTH)
@@ -245,20 +245,6 @@ class RestApi:
         deadline = time.monotonic() + self.timeout_s
         future = self.dataplane.infer(servable, sig, inputs, deadline)
         return Deferred(future, _v2_finish, (servable, sig, doc), deadline, self._tf_timeout)
-
-    def _triton_config(self, servable: Servable) -> dict[str, Any]:
-        """The part of Triton's model config perf_analyzer reads: batching and tensor dims."""
-        sig = servable.signature(None)
-        batched = self.dataplane.batching.enabled and all(s.shape and s.shape[0] == -1 for s in sig.inputs.values())
-
-        def tensors(specs: Any) -> list[dict[str, Any]]:
-            return [{"name": n, "data_type": "TYPE_" + ("STRING" if s.dtype.kind in "OSU"
-                                                        else kserve.datatype_of(s.dtype)),
-                     "dims": list(s.shape[1:] if batched else s.shape)} for n, s in specs.items()]
-
-        return {"name": servable.model, "platform": servable.platform, "backend": servable.platform,
-                "max_batch_size": self.dataplane.batching.max_batch_size if batched else 0,
-                "input": tensors(sig.inputs), "output": tensors(sig.outputs)}
 
     # ---- cloud processor (EAS) route ----
 

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import grpc
+from google.protobuf import json_format
 
 from .. import __version__
 from .._proto.inference import grpc_predict_v2_pb2 as pb
@@ -59,6 +60,16 @@ class InferenceService(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):  
             for specs, out in ((sig.inputs, response.inputs), (sig.outputs, response.outputs)):
                 for meta in kserve.tensor_metadata(specs):
                     out.add(name=meta["name"], datatype=meta["datatype"], shape=meta["shape"])
+            return response
+        except ServingError as e:
+            await abort(context, e)
+
+    async def ModelConfig(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        try:
+            servable = self.manager.get(request.name, _version(request.version))
+            config = kserve.triton_config(servable, self.dataplane.batching)
+            response = pb.ModelConfigResponse()
+            json_format.ParseDict(config, response.config)
             return response
         except ServingError as e:
             await abort(context, e)
