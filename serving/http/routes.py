@@ -138,7 +138,7 @@ class RestApi:
                     return self._ready()
             return Response(404, tfserving.encode_error(f"Not found: {request.method} {path}"))
         except ServingError as e:
-            return eas_error(e) if not path.startswith("/v1/") else tf_error(e)
+            return eas_error(e) if path.startswith("/api/predict") or path == "/" else tf_error(e)
 
     # ---- TF Serving REST ----
 
