@@ -29,6 +29,15 @@ CONTENTS = {"BOOL": "bool_contents", "UINT8": "uint_contents", "UINT16": "uint_c
 HEADER_LENGTH = b"inference-header-content-length"
 
 
+def parse_version(text: str | None) -> int | None:
+    """A V2 model version ('' or None: the latest) as this engine's integer version."""
+    if not text:
+        return None
+    if not text.isdigit():
+        raise invalid_argument(f"model version must be an integer, got '{text}'")
+    return int(text)
+
+
 def datatype_of(dtype: np.dtype) -> str:
     return NAMES.get(STRING if dtype.kind in "OSU" else np.dtype(dtype), "BYTES")
 

@@ -55,14 +55,6 @@ def _tf_finish(future: asyncio.Future[Outputs], row_format: bool) -> Response:
         return tf_error(e)
 
 
-def _v2_version(text: str | None) -> int | None:
-    if text is None or text == "":
-        return None
-    if not text.isdigit():
-        raise invalid_argument(f"model version must be an integer, got '{text}'")
-    return int(text)
-
-
 def _v2_finish(future: asyncio.Future[Outputs], context: tuple[Servable, Signature, dict[str, Any]]) -> Response:
     err = error_of(future)
     if err is not None:
@@ -216,7 +208,7 @@ class RestApi:
         if m is None:
             raise not_found(f"Not found: {method} {request.path}")
         name, verb = m["name"], m["verb"]
-        version = _v2_version(m["version"])
+        version = kserve.parse_version(m["version"])
         if method == "GET" and verb == "ready":
             try:
                 self.manager.get(name, version)

@@ -20,14 +20,6 @@ from ..repository import ModelManager, Servable
 from .tfserving import abort
 
 
-def _version(text: str) -> int | None:
-    if not text:
-        return None
-    if not text.isdigit():
-        raise invalid_argument(f"model version must be an integer, got '{text}'")
-    return int(text)
-
-
 class InferenceService(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     def __init__(self, manager: ModelManager, dataplane: DataPlane, default_timeout_s: float) -> None:
         self.manager, self.dataplane, self.default_timeout_s = manager, dataplane, default_timeout_s
@@ -40,7 +32,7 @@ class InferenceService(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):  
 
     async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         try:
-            self.manager.get(request.name, _version(request.version))
+            self.manager.get(request.name, kserve.parse_version(request.version))
         except ServingError:
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=True)
@@ -50,7 +42,7 @@ class InferenceService(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):  
 
     async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         try:
-            servable = self.manager.get(request.name, _version(request.version))
+            servable = self.manager.get(request.name, kserve.parse_version(request.version))
             sig = servable.signature(None)
             model = self.manager.models[request.name]
             response = pb.ModelMetadataResponse(
@@ -66,7 +58,7 @@ class InferenceService(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):  
 
     async def ModelConfig(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         try:
-            servable = self.manager.get(request.name, _version(request.version))
+            servable = self.manager.get(request.name, kserve.parse_version(request.version))
             config = kserve.triton_config(servable, self.dataplane.batching)
             response = pb.ModelConfigResponse()
             json_format.ParseDict(config, response.config)
@@ -76,7 +68,7 @@ class InferenceService(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):  
 
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         try:
-            servable: Servable = self.manager.get(request.model_name, _version(request.model_version))
+            servable: Servable = self.manager.get(request.model_name, kserve.parse_version(request.model_version))
             param = request.parameters.get("signature_name")
             sig = servable.signature(param.string_param if param is not None else None)
             inputs = kserve.decode_grpc(request, sig)
