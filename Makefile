@@ -6,7 +6,8 @@ PIP := $(PY) -m pip
 DEMO ?= demo_models
 REST_PORT ?= 8080
 GRPC_PORT ?= 9090
-EXTRAS ?= xgboost,lightgbm
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+EXTRAS ?= xgboost,lightgbm,pmml
 
 .PHONY: serve test install install-test demo lint protos bench clean
 
@@ -16,6 +17,9 @@ $(PY):
 
 $(VENV)/.installed: $(PY) pyproject.toml
 	$(PIP) install -q -e '.[$(EXTRAS)]'
+	@# pypmml (the pmml processor) runs a JVM: install a Java runtime from Debian's packages when none is here.
+	@command -v java >/dev/null 2>&1 || { echo "installing a Java runtime (default-jre-headless) for PMML"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq default-jre-headless >/dev/null; }
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed

@@ -99,6 +99,8 @@ class DataPlane:
         validate_inputs(servable, sig, inputs)
         processor = servable.processor
         assert processor is not None
+        if sig.records:
+            processor.validate(inputs, sig)
         if method == "predict" and self.batching.enabled and processor.batchable:
             # The queue holds the servable: an unload waits for every queue to drain.
             return self.queue(servable, sig).submit(inputs, deadline)

@@ -49,6 +49,10 @@ class Processor:
     def predict(self, inputs: dict[str, np.ndarray], signature_name: str) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
+    def validate(self, inputs: dict[str, np.ndarray], signature: Signature) -> None:
+        """Check one request's inputs before it is queued (raise INVALID_ARGUMENT naming the input), so a
+        bad request never fails the batch it would have joined. The default checks nothing more."""
+
     def classify(self, inputs: dict[str, np.ndarray], signature_name: str) -> dict[str, np.ndarray]:
         raise unimplemented(f"processor {self.name} does not implement classify")
 
@@ -89,6 +93,7 @@ REGISTRY: dict[str, ProcessorEntry] = {
         ("model.txt", "*.txt", "model.lgb"),
     ),
     "linear": ProcessorEntry("processors.linear:LinearProcessor", "", "numpy", ("linear.json",)),
+    "pmml": ProcessorEntry("processors.pmml_processor:PMMLProcessor", "pmml", "pypmml", ("*.pmml", "*.xml")),
 }
 ALIASES: dict[str, str] = {"pytorch": "torchscript"}
 ENTRY_POINT_GROUP = "serving.processors"

@@ -51,6 +51,8 @@ class TensorSpec:
     shape: tuple[int, ...]
     # For a 2-D tabular input: the feature (column) names, so rows may come as {"name": value}.
     columns: tuple[str, ...] | None = None
+    # The values a categorical input allows (metadata; the processor enforces them).
+    allowed: tuple[str, ...] | None = None
 
     def shape_text(self) -> str:
         return "[" + ",".join(str(d) for d in self.shape) + "]"
@@ -89,6 +91,10 @@ class Signature:
     method_name: str = PREDICT_METHOD
     # Output order for positional protocols; inputs keep their mapping order.
     output_order: tuple[str, ...] = field(default=())
+    #: Record models (PMML): a row is an object naming any subset of the inputs; absent inputs arrive as
+    #: None and values as given (object arrays), checked by the processor's `validate`; the cloud route
+    #: answers one object per row.
+    records: bool = False
     _sole: TensorSpec | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -26,6 +26,8 @@ def decode_json(doc: Any, sig: Signature) -> dict[str, np.ndarray]:
         return inputs
     if not isinstance(doc, list) or not doc:
         raise invalid_argument("expected a non-empty JSON list of rows, e.g. [[1.0, 2.0], [3.0, 4.0]]")
+    if sig.records:
+        return tfserving.record_rows(doc, sig, "request")
     sole = sig.sole_input()
     if isinstance(doc[0], dict):
         if sole is not None and sole.columns:
@@ -36,8 +38,8 @@ def decode_json(doc: Any, sig: Signature) -> dict[str, np.ndarray]:
     return {sole.name: to_array(doc, sole)}
 
 
-def encode_json(outputs: Mapping[str, np.ndarray]) -> bytes:
-    if len(outputs) == 1:
+def encode_json(outputs: Mapping[str, np.ndarray], records: bool = False) -> bytes:
+    if len(outputs) == 1 and not records:
         (array,) = outputs.values()
         if array.dtype.kind in "fiub" and array.flags.c_contiguous:
             body = dumps(array)
@@ -53,6 +55,7 @@ def encode_json(outputs: Mapping[str, np.ndarray]) -> bytes:
 def signature_json(sig: Signature) -> dict[str, Any]:
     """`GET /api/predict/<model>`: the signature as the cloud processor describes it."""
     def tensors(specs: Mapping[str, Any]) -> list[dict[str, Any]]:
-        return [{"name": n, "shape": list(s.shape), "type": tf_dtype_name(s.dtype)} for n, s in specs.items()]
+        return [{"name": n, "shape": list(s.shape), "type": tf_dtype_name(s.dtype),
+                 **({"values": list(s.allowed)} if s.allowed else {})} for n, s in specs.items()]
 
     return {"signature_name": sig.name, "inputs": tensors(sig.inputs), "outputs": tensors(sig.outputs)}

@@ -53,6 +53,8 @@ def _is_object(v: Any) -> bool:
 
 def decode_rows(instances: list[Any], sig: Signature) -> dict[str, np.ndarray]:
     """The row format: one element per instance; objects name the inputs (or a tabular model's features)."""
+    if sig.records:
+        return record_rows(instances, sig, "'instances' list")
     sole = sig.sole_input()
     if not _is_object(instances[0]):
         if sole is None:
@@ -76,8 +78,33 @@ def decode_rows(instances: list[Any], sig: Signature) -> dict[str, np.ndarray]:
     return {name: to_array([item[name] for item in instances], spec) for name, spec in sig.inputs.items()}
 
 
+def record_rows(rows: list[Any], sig: Signature, where: str) -> dict[str, np.ndarray]:
+    """Rows of a record model: objects naming any subset of the inputs -> one object array per input
+    (None where a row leaves it out); values stay as given for the processor to check."""
+    names = sig.inputs.keys()
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise invalid_argument(f"{where}: item {i} must be an object of input fields, got {short(row)}")
+        unknown = [k for k in row if k not in names]
+        if unknown:
+            raise invalid_argument(f"{where}: item {i}: unknown field '{unknown[0]}'; the model takes "
+                                   f"{', '.join(names)}")
+    out = {}
+    for name in names:
+        column = np.empty(len(rows), dtype=object)
+        column[:] = [row.get(name) for row in rows]
+        out[name] = column
+    return out
+
+
 def decode_columns(inputs: Any, sig: Signature) -> dict[str, np.ndarray]:
     """The columnar format: `inputs` is the sole tensor, or an object of named tensors."""
+    if sig.records and isinstance(inputs, dict):
+        lengths = {len(v) for v in inputs.values() if isinstance(v, list)}
+        if len(lengths) != 1 or len(inputs) != sum(isinstance(v, list) for v in inputs.values()):
+            raise invalid_argument("'inputs' object: every field must be a list, all of the same length")
+        n = lengths.pop()
+        return record_rows([{k: v[i] for k, v in inputs.items()} for i in range(n)], sig, "'inputs' object")
     sole = sig.sole_input()
     if not _is_object(inputs):
         if sole is None:

@@ -77,11 +77,11 @@ def _eas_proto_finish(future: asyncio.Future[Outputs], context: tuple[Any, list[
     return Response(200, encode(future.result(), names), OCTET_STREAM)
 
 
-def _eas_finish(future: asyncio.Future[Outputs], _: object) -> Response:
+def _eas_finish(future: asyncio.Future[Outputs], records: bool) -> Response:
     err = error_of(future)
     if err is not None:
         return eas_error(err)
-    return Response(200, eas.encode_json(future.result()))
+    return Response(200, eas.encode_json(future.result(), records))
 
 
 def tf_error(err: ServingError) -> Response:
@@ -260,7 +260,7 @@ class RestApi:
             sig = servable.signature(None)
             inputs = eas.decode_json(loads(request.body), sig)
             future = self.dataplane.infer(servable, sig, inputs, deadline)
-            return Deferred(future, _eas_finish, None, deadline, self._eas_timeout)
+            return Deferred(future, _eas_finish, sig.records, deadline, self._eas_timeout)
         assert servable.processor is not None
         if servable.processor.positional_inputs:
             sig = servable.signature(None)
