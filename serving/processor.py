@@ -93,6 +93,9 @@ REGISTRY: dict[str, ProcessorEntry] = {
         ("model.txt", "*.txt", "model.lgb"),
     ),
     "linear": ProcessorEntry("processors.linear:LinearProcessor", "", "numpy", ("linear.json",)),
+    "torchscript": ProcessorEntry(
+        "processors.torchscript_processor:TorchScriptProcessor", "torch", "torch", ("model.pt", "*.pt", "*.pth"),
+    ),
     "pmml": ProcessorEntry("processors.pmml_processor:PMMLProcessor", "pmml", "pypmml", ("*.pmml", "*.xml")),
 }
 ALIASES: dict[str, str] = {"pytorch": "torchscript"}
@@ -174,3 +177,20 @@ def parse_processor_code(code: str) -> tuple[str, str]:
         if key.startswith(prefix):
             return name, device
     return key, device
+
+
+def resolve_device(requested: str, cuda_available: bool, processor: str) -> str:
+    """`cpu`, `cuda`, `cuda:N` or `auto` -> the device to use; CUDA asked for where none is present fails
+    the load with a clear message (no silent CPU fallback) unless `auto` was asked."""
+    key = (requested or "cpu").strip().lower()
+    if key == "auto":
+        return "cuda" if cuda_available else "cpu"
+    if key == "cpu":
+        return "cpu"
+    if key == "cuda" or key.startswith("cuda:"):
+        if not cuda_available:
+            raise ServingError(Code.FAILED_PRECONDITION,
+                               f"processor {processor}: device {requested} asked for, but no CUDA device is present "
+                               "(use --device cpu, or auto to fall back)")
+        return key
+    raise ServingError(Code.INVALID_ARGUMENT, f"unknown device '{requested}': use cpu, cuda, cuda:N or auto")

@@ -48,18 +48,20 @@ class TensorSpec:
 
     name: str
     dtype: np.dtype
-    shape: tuple[int, ...]
+    shape: tuple[int, ...] | None  # None: any rank (a model without a declared signature)
     # For a 2-D tabular input: the feature (column) names, so rows may come as {"name": value}.
     columns: tuple[str, ...] | None = None
     # The values a categorical input allows (metadata; the processor enforces them).
     allowed: tuple[str, ...] | None = None
 
     def shape_text(self) -> str:
-        return "[" + ",".join(str(d) for d in self.shape) + "]"
+        return "[?]" if self.shape is None else "[" + ",".join(str(d) for d in self.shape) + "]"
 
     def check(self, array: np.ndarray, where: str) -> None:
         """Raise INVALID_ARGUMENT unless `array` fits this spec's rank and fixed dims."""
         shape = array.shape
+        if self.shape is None:
+            return
         if len(shape) != len(self.shape):
             ok = False
         else:
@@ -76,7 +78,7 @@ class TensorSpec:
             )
 
     def _feature_hint(self, shape: tuple[int, ...]) -> str:
-        if len(self.shape) == 2 and len(shape) == 2 and self.shape[1] != -1:
+        if self.shape is not None and len(self.shape) == 2 and len(shape) == 2 and self.shape[1] != -1:
             return f" (the model takes {self.shape[1]} features per row, the request has {shape[1]})"
         return ""
 

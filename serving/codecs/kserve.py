@@ -43,7 +43,8 @@ def datatype_of(dtype: np.dtype) -> str:
 
 
 def tensor_metadata(specs: Mapping[str, TensorSpec]) -> list[dict[str, Any]]:
-    return [{"name": n, "datatype": datatype_of(s.dtype), "shape": list(s.shape)} for n, s in specs.items()]
+    return [{"name": n, "datatype": datatype_of(s.dtype), "shape": list(s.shape) if s.shape is not None else [-1]}
+            for n, s in specs.items()]
 
 
 def _dtype(name: str, datatype: str, spec: TensorSpec | None) -> np.dtype:
@@ -225,7 +226,8 @@ def triton_config(servable: Any, batching: Any) -> dict[str, Any]:
 
     def tensors(specs: Mapping[str, TensorSpec]) -> list[dict[str, Any]]:
         return [{"name": n, "data_type": "TYPE_" + ("STRING" if s.dtype.kind in "OSU" else datatype_of(s.dtype)),
-                 "dims": list(s.shape[1:] if batched else s.shape)} for n, s in specs.items()]
+                 "dims": [-1] if s.shape is None else list(s.shape[1:] if batched else s.shape)}
+                for n, s in specs.items()]
 
     config: dict[str, Any] = {"name": servable.model, "platform": servable.platform, "backend": servable.platform,
                               "max_batch_size": batching.max_batch_size if batched else 0,

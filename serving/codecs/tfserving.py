@@ -188,7 +188,8 @@ def encode_status(servables: list[Servable]) -> bytes:
 def _tensor_info(spec: TensorSpec) -> dict[str, Any]:
     return {
         "dtype": tf_dtype_name(spec.dtype),
-        "tensor_shape": {"dim": [{"size": str(d), "name": ""} for d in spec.shape], "unknown_rank": False},
+        "tensor_shape": {"dim": [{"size": str(d), "name": ""} for d in spec.shape or ()],
+                         "unknown_rank": spec.shape is None},
         "name": spec.name,
     }
 

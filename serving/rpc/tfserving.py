@@ -131,7 +131,9 @@ def signature_def(sig: Signature, target: Any) -> None:
             info = out[alias]
             info.name = spec.name
             info.dtype = DTYPE_ENUMS.get(STRING if spec.dtype.kind in "OSU" else spec.dtype, 0)
-            for d in spec.shape:
+            if spec.shape is None:
+                info.tensor_shape.unknown_rank = True
+            for d in spec.shape or ():
                 info.tensor_shape.dim.add().size = d
     target.method_name = sig.method_name
 

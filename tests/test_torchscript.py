@@ -1,0 +1,127 @@
+"""The TorchScript processor on an MLP scripted at test time: two inputs, a tuple output."""
+
+import json
+import threading
+
+import numpy as np
+import pytest
+
+from serving._proto.eas import pytorch_predict_pb2
+from serving.errors import Code, ServingError
+from serving.processor import processor_class
+from tests.helpers import Server
+
+torch = pytest.importorskip("torch", reason="torch (extra torch) is not installed")
+
+
+def make_mlp(base, version=1, signature=False):
+    torch.manual_seed(0)
+
+    class MLP(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Linear(3, 4)
+            self.b = torch.nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor, z: torch.Tensor):
+            h = torch.relu(self.a(x)) + z.unsqueeze(1)
+            return self.b(h), h.sum(dim=1)
+
+    module = MLP().eval()
+    d = base / str(version)
+    d.mkdir(parents=True, exist_ok=True)
+    torch.jit.save(torch.jit.script(module), str(d / "model.pt"))
+    if signature:
+        (d / "signature.json").write_text(json.dumps({
+            "inputs": [{"name": "features", "dtype": "float32", "shape": [-1, 3]},
+                       {"name": "offset", "dtype": "float32", "shape": [-1]}],
+            "outputs": [{"name": "scores", "dtype": "float32", "shape": [-1, 2]},
+                        {"name": "total", "dtype": "float32", "shape": [-1]}],
+        }))
+    return module, d
+
+
+def reference(module, x, z):
+    with torch.no_grad():
+        a, b = module(torch.from_numpy(x), torch.from_numpy(z))
+    return a.numpy(), b.numpy()
+
+
+X = np.array([[0.1, 0.2, 0.3], [1.0, -1.0, 0.5], [2.0, 0.0, -2.0]], dtype=np.float32)
+Z = np.array([0.5, -0.5, 0.0], dtype=np.float32)
+
+
+def test_positional_names_from_the_schema(tmp_path):
+    module, d = make_mlp(tmp_path)
+    proc = processor_class("pytorch")()
+    proc.load(d, "cpu", {})
+    sig = proc.signature("")
+    assert list(sig.inputs) == ["input__0", "input__1"] and list(sig.outputs) == ["output__0", "output__1"]
+    out = proc.predict({"input__0": X, "input__1": Z}, "")
+    want = reference(module, X, Z)
+    np.testing.assert_allclose(out["output__0"], want[0], rtol=1e-6)
+    np.testing.assert_allclose(out["output__1"], want[1], rtol=1e-6)
+
+
+def test_cuda_where_there_is_none_fails_the_load_unless_auto(tmp_path):
+    _, d = make_mlp(tmp_path)
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ServingError) as e:
+        processor_class("torchscript")().load(d, "cuda", {})
+    assert e.value.code is Code.FAILED_PRECONDITION and "no CUDA device is present" in e.value.message
+    proc = processor_class("torchscript")()
+    proc.load(d, "auto", {})
+    assert proc.device == "cpu"
+
+
+def test_served_with_signature_json_batched_equals_unbatched(tmp_path):
+    module, _ = make_mlp(tmp_path / "mlp", signature=True)
+    want_scores, want_total = reference(module, X, Z)
+    with Server(f"--model_base_path={tmp_path / 'mlp'}", "--model_name=mlp", "--max_batch_size=8") as s:
+        status, body = s.get("/v1/models/mlp/metadata")
+        sig = body["metadata"]["signature_def"]["signature_def"]["serving_default"]
+        assert [d["size"] for d in sig["inputs"]["features"]["tensor_shape"]["dim"]] == ["-1", "3"]
+        rows = [{"features": X[i].tolist(), "offset": float(Z[i])} for i in range(3)]
+        status, body = s.post("/v1/models/mlp:predict", {"instances": rows})
+        assert status == 200
+        np.testing.assert_allclose([r["scores"] for r in body["predictions"]], want_scores, rtol=1e-5)
+        np.testing.assert_allclose([r["total"] for r in body["predictions"]], want_total, rtol=1e-5)
+        results = []
+
+        def one(i):
+            client = Server.__new__(Server)
+            client.port, client.conn = s.port, None
+            results.append((i, client.post("/v1/models/mlp:predict", {"inputs": {
+                "features": [X[i].tolist()], "offset": [float(Z[i])]}})))
+            client.conn.close()
+
+        threads = [threading.Thread(target=one, args=(i % 3,)) for i in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for i, (status, body) in results:
+            assert status == 200
+            np.testing.assert_allclose(body["outputs"]["scores"], want_scores[i:i + 1], rtol=1e-5)
+        for doc, message in [
+            ({"inputs": {"features": [[1.0, 2.0]], "offset": [0.0]}}, "expects shape [-1,3], got [1,2]"),
+            ({"inputs": {"features": [[1.0, 2.0, 3.0]]}}, "Missing named input: offset"),
+            ({"inputs": {"features": [["a", 2.0, 3.0]], "offset": [0.0]}}, "is not of expected type: float"),
+        ]:
+            status, body = s.post("/v1/models/mlp:predict", doc)
+            assert status == 400 and message in body["error"], body
+
+
+def test_pytorch_predict_body_over_http(tmp_path):
+    module, _ = make_mlp(tmp_path / "mlp")
+    with Server(f"--model_base_path={tmp_path / 'mlp'}", "--model_name=mlp") as s:
+        request = pytorch_predict_pb2.PredictRequest(output_filter=[1])
+        for array in (X, Z):
+            item = request.inputs.add(dtype=pytorch_predict_pb2.DT_FLOAT)
+            item.array_shape.dim.extend(array.shape)
+            item.float_val.extend(array.ravel().tolist())
+        status, body = s.post("/api/predict/mlp", request.SerializeToString())
+        assert status == 200
+        response = pytorch_predict_pb2.PredictResponse.FromString(body)
+        np.testing.assert_allclose(response.outputs[0].float_val, reference(module, X, Z)[1], rtol=1e-5)
