@@ -96,6 +96,7 @@ REGISTRY: dict[str, ProcessorEntry] = {
     "torchscript": ProcessorEntry(
         "processors.torchscript_processor:TorchScriptProcessor", "torch", "torch", ("model.pt", "*.pt", "*.pth"),
     ),
+    "onnx": ProcessorEntry("processors.onnx_processor:ONNXProcessor", "onnx", "onnxruntime", ("model.onnx", "*.onnx")),
     "pmml": ProcessorEntry("processors.pmml_processor:PMMLProcessor", "pmml", "pypmml", ("*.pmml", "*.xml")),
 }
 ALIASES: dict[str, str] = {"pytorch": "torchscript"}
