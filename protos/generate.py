@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -32,16 +33,17 @@ for _well_known in ({names},):
 
 
 def generate(out: Path) -> list[Path]:
-    from grpc_tools import protoc  # imported here: a dev-only dependency
+    import grpc_tools  # a dev-only dependency; protoc runs in its own process (its C++ protobuf must not
+    # meet TensorFlow's or torch's in one process: that crashes)
 
     protos = sorted(str(p.relative_to(ROOT)) for p in ROOT.rglob("*.proto"))
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    include = str(Path(protoc.__file__).parent / "_proto")
-    args = ["protoc", f"-I{ROOT}", f"-I{include}", f"--python_out={out}", f"--pyi_out={out}",
-            f"--grpc_python_out={out}", *protos]
-    if protoc.main(args) != 0:
+    include = str(Path(grpc_tools.__file__).parent / "_proto")
+    args = [sys.executable, "-m", "grpc_tools.protoc", f"-I{ROOT}", f"-I{include}", f"--python_out={out}",
+            f"--pyi_out={out}", f"--grpc_python_out={out}", *protos]
+    if subprocess.run(args, cwd=ROOT).returncode != 0:
         raise SystemExit("protoc failed")
     pattern = re.compile(rf"^(from|import) ({'|'.join(TOP_LEVEL)})(\.|\s)", re.M)
     well_known = sorted({m for p in protos for m in WELL_KNOWN.findall((ROOT / p).read_text())})

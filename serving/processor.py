@@ -96,6 +96,9 @@ REGISTRY: dict[str, ProcessorEntry] = {
     "torchscript": ProcessorEntry(
         "processors.torchscript_processor:TorchScriptProcessor", "torch", "torch", ("model.pt", "*.pt", "*.pth"),
     ),
+    "tensorflow": ProcessorEntry(
+        "processors.tensorflow_processor:TensorFlowProcessor", "tensorflow", "tensorflow", ("saved_model.pb",),
+    ),
     "onnx": ProcessorEntry("processors.onnx_processor:ONNXProcessor", "onnx", "onnxruntime", ("model.onnx", "*.onnx")),
     "pmml": ProcessorEntry("processors.pmml_processor:PMMLProcessor", "pmml", "pypmml", ("*.pmml", "*.xml")),
 }
@@ -195,3 +198,8 @@ def resolve_device(requested: str, cuda_available: bool, processor: str) -> str:
                                "(use --device cpu, or auto to fall back)")
         return key
     raise ServingError(Code.INVALID_ARGUMENT, f"unknown device '{requested}': use cpu, cuda, cuda:N or auto")
+
+
+def implements(processor: Processor, method: str) -> bool:
+    """Whether a processor overrides `classify` / `regress` (the base class answers UNIMPLEMENTED)."""
+    return getattr(type(processor), method) is not getattr(Processor, method)

@@ -53,6 +53,8 @@ class TensorSpec:
     columns: tuple[str, ...] | None = None
     # The values a categorical input allows (metadata; the processor enforces them).
     allowed: tuple[str, ...] | None = None
+    # The graph's own tensor name ("x:0") where it differs from the alias; metadata shows it.
+    tensor_name: str | None = None
 
     def shape_text(self) -> str:
         return "[?]" if self.shape is None else "[" + ",".join(str(d) for d in self.shape) + "]"

@@ -190,7 +190,7 @@ def _tensor_info(spec: TensorSpec) -> dict[str, Any]:
         "dtype": tf_dtype_name(spec.dtype),
         "tensor_shape": {"dim": [{"size": str(d), "name": ""} for d in spec.shape or ()],
                          "unknown_rank": spec.shape is None},
-        "name": spec.name,
+        "name": spec.tensor_name or spec.name,
     }
 
 

@@ -14,10 +14,11 @@ from typing import Any
 
 from .. import __version__
 from ..auth import TokenAuth
-from ..codecs import eas, eas_proto, kserve, tfserving
+from ..codecs import eas, eas_proto, examples, kserve, tfserving
 from ..codecs.jsonutil import dumps, loads
 from ..dataplane import DataPlane, Outputs, error_of
 from ..errors import EAS_STATUS, HTTP_STATUS, Code, ServingError, invalid_argument, not_found
+from ..processor import implements
 from ..repository import ModelManager, Servable
 from ..signature import Signature
 from .protocol import Deferred, Request, Response
@@ -67,6 +68,18 @@ def _v2_finish(future: asyncio.Future[Outputs], context: tuple[Servable, Signatu
     if json_length is None:
         return Response(200, body)
     return Response(200, body, OCTET_STREAM, b"Inference-Header-Content-Length: %d\r\n" % json_length)
+
+
+def _examples_finish(future: asyncio.Future[Outputs], context: tuple[str, int]) -> Response:
+    err = error_of(future)
+    if err is not None:
+        return tf_error(err)
+    verb, n = context
+    try:
+        encode = examples.encode_classify if verb == "classify" else examples.encode_regress
+        return Response(200, encode(future.result(), n))
+    except ServingError as e:
+        return tf_error(e)
 
 
 def _eas_proto_finish(future: asyncio.Future[Outputs], context: tuple[Any, list[str]]) -> Response:
@@ -160,14 +173,26 @@ class RestApi:
         doc = loads(request.body)
         sig = servable.signature(tfserving.signature_name(doc))
         if verb != "predict":
-            raise ServingError(
-                Code.UNIMPLEMENTED,
-                f"model {name} ({servable.platform}) does not implement {verb}: it serves predict only",
-            )
+            return self._examples(servable, sig, doc, verb)
         inputs, row_format = tfserving.decode_predict(doc, sig)
         deadline = time.monotonic() + self.timeout_s
         future = self.dataplane.infer(servable, sig, inputs, deadline, verb)
         return Deferred(future, _tf_finish, row_format, deadline, self._tf_timeout)
+
+    def _examples(self, servable: Servable, sig: Signature, doc: dict[str, Any], verb: str) -> Deferred:
+        """`:classify` / `:regress`: JSON examples -> serialized tf.Examples -> the processor's method."""
+        assert servable.processor is not None
+        if not implements(servable.processor, verb):
+            raise ServingError(
+                Code.UNIMPLEMENTED,
+                f"model {servable.model} ({servable.platform}) does not implement {verb}: it serves predict only",
+            )
+        serialized = examples.examples_from_json(doc, verb)
+        if len(sig.inputs) != 1:
+            raise invalid_argument(f"signature {sig.name} takes {len(sig.inputs)} inputs, not one of examples")
+        deadline = time.monotonic() + self.timeout_s
+        future = self.dataplane.infer(servable, sig, {next(iter(sig.inputs)): serialized}, deadline, verb)
+        return Deferred(future, _examples_finish, (verb, len(serialized)), deadline, self._tf_timeout)
 
     def _tf_timeout(self) -> Response:
         return tf_error(ServingError(Code.DEADLINE_EXCEEDED, "Deadline Exceeded"))

@@ -13,17 +13,21 @@ import grpc
 
 from .._proto.tensorflow.core.protobuf import error_codes_pb2
 from .._proto.tensorflow_serving.apis import (
+    classification_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
     model_management_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
+    regression_pb2,
 )
+from ..codecs import examples
 from ..codecs.tensors import DTYPE_ENUMS, array_to_tensor, conform, tensor_to_array
 from ..dataplane import DataPlane
 from ..errors import Code, ServingError, invalid_argument, unimplemented
 from ..model_config import ConfigError, ModelSpec, specs_from_proto
+from ..processor import implements
 from ..repository import ModelManager, Servable
 from ..signature import STRING, Signature
 
@@ -108,10 +112,40 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer): 
             await abort(context, e)
 
     async def Classify(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        await self._unimplemented("Classify", request, context)
+        outputs, servable, sig, n = await self._examples("classify", request, context)
+        response = classification_pb2.ClassificationResponse()
+        fill_model_spec(response.model_spec, servable, sig.name)
+        for pairs in examples.classification_pairs(outputs, n):
+            entry = response.result.classifications.add()
+            for label, score in pairs:
+                entry.classes.add(label=label, score=score)
+        return response
 
     async def Regress(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        await self._unimplemented("Regress", request, context)
+        outputs, servable, sig, n = await self._examples("regress", request, context)
+        response = regression_pb2.RegressionResponse()
+        fill_model_spec(response.model_spec, servable, sig.name)
+        for value in examples.regression_values(outputs, n):
+            response.result.regressions.add(value=value)
+        return response
+
+    async def _examples(self, verb: str, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            servable = resolve(self.manager, request.model_spec)
+            assert servable.processor is not None
+            if not implements(servable.processor, verb):
+                raise unimplemented(f"model {servable.model} ({servable.platform}) does not implement "
+                                    f"{verb.capitalize()}")
+            sig = servable.signature(request.model_spec.signature_name)
+            serialized = examples.examples_from_input(request.input)
+            if len(sig.inputs) != 1:
+                raise invalid_argument(f"signature {sig.name} takes {len(sig.inputs)} inputs, not one of examples")
+            remaining = context.time_remaining()
+            deadline = time.monotonic() + (remaining if remaining is not None else self.default_timeout_s)
+            outputs = await self.dataplane.infer(servable, sig, {next(iter(sig.inputs)): serialized}, deadline, verb)
+            return outputs, servable, sig, len(serialized)
+        except ServingError as e:
+            await abort(context, e)
 
     async def MultiInference(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         await self._unimplemented("MultiInference", request, context)
@@ -129,7 +163,7 @@ def signature_def(sig: Signature, target: Any) -> None:
     for specs, out in ((sig.inputs, target.inputs), (sig.outputs, target.outputs)):
         for alias, spec in specs.items():
             info = out[alias]
-            info.name = spec.name
+            info.name = spec.tensor_name or spec.name
             info.dtype = DTYPE_ENUMS.get(STRING if spec.dtype.kind in "OSU" else spec.dtype, 0)
             if spec.shape is None:
                 info.tensor_shape.unknown_rank = True
