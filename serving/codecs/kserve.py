@@ -4,6 +4,7 @@ clients (tritonclient, perf_analyzer) are the ones this must satisfy."""
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -27,6 +28,7 @@ CONTENTS = {"BOOL": "bool_contents", "UINT8": "uint_contents", "UINT16": "uint_c
             "INT16": "int_contents", "INT32": "int_contents", "INT64": "int64_contents",
             "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents"}
 HEADER_LENGTH = b"inference-header-content-length"
+_FLAT_SPECS: dict[tuple[str, np.dtype], TensorSpec] = {}  # per (input name, dtype): one spec, not one a request
 
 
 def parse_version(text: str | None) -> int | None:
@@ -59,8 +61,11 @@ def _dtype(name: str, datatype: str, spec: TensorSpec | None) -> np.dtype:
 
 
 def _shape(name: str, shape: Any) -> tuple[int, ...]:
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+    if not isinstance(shape, list):
         raise invalid_argument(f"input '{name}': shape must be a list of non-negative integers")
+    for d in shape:
+        if type(d) is not int or d < 0:
+            raise invalid_argument(f"input '{name}': shape must be a list of non-negative integers")
     return tuple(shape)
 
 
@@ -79,7 +84,7 @@ def _from_raw(name: str, raw: bytes, dtype: np.dtype, shape: tuple[int, ...]) ->
         if len(raw) % dtype.itemsize:
             raise invalid_argument(f"input '{name}': {len(raw)} bytes is not a whole number of {dtype.name}")
         array = np.frombuffer(raw, dtype=dtype.newbyteorder("<"))
-    size = int(np.prod(shape)) if shape else 1
+    size = math.prod(shape)
     if array.size != size:
         raise invalid_argument(
             f"input '{name}': unexpected number of elements {array.size}, the shape {list(shape)} needs {size}"
@@ -130,10 +135,15 @@ def decode_rest(body: bytes, header_length: int | None, sig_for: Any) -> tuple[
             continue
         if "data" not in item:
             raise invalid_argument(f"input '{name}' has neither 'data' nor binary data")
-        flat_spec = TensorSpec(name, dtype, (-1,))
         data = item["data"]
+        spec_key = (name, dtype)
+        flat_spec = _FLAT_SPECS.get(spec_key)
+        if flat_spec is None:
+            flat_spec = TensorSpec(name, dtype, (-1,))
+            if spec is not None and len(_FLAT_SPECS) < 4096:  # only the model's own input names are kept
+                _FLAT_SPECS[spec_key] = flat_spec
         array = to_array(data, flat_spec).reshape(-1)
-        size_wanted = int(np.prod(shape)) if shape else 1
+        size_wanted = math.prod(shape)
         if array.size != size_wanted:
             raise invalid_argument(f"input '{name}': unexpected number of elements {array.size}, the shape "
                                    f"{list(shape)} needs {size_wanted}")
@@ -159,7 +169,7 @@ def encode_rest(model: str, version: int, doc: Mapping[str, Any], outputs: Mappi
     out_docs, blobs = [], []
     for name, binary in wanted:
         array = np.asarray(outputs[name])
-        entry: dict[str, Any] = {"name": name, "datatype": datatype_of(array.dtype), "shape": list(array.shape)}
+        entry: dict[str, Any] = {"name": name, "datatype": datatype_of(array.dtype), "shape": array.shape}
         if binary:
             blob = raw_bytes(array)
             entry["parameters"] = {"binary_data_size": len(blob)}
@@ -203,7 +213,7 @@ def decode_grpc(request: Any, sig: Signature) -> dict[str, np.ndarray]:
             array[:] = list(values)
         else:
             array = np.asarray(values, dtype=dtype)
-        size = int(np.prod(shape)) if shape else 1
+        size = math.prod(shape)
         if array.size != size:
             raise invalid_argument(f"input '{name}': unexpected number of elements {array.size}, the shape "
                                    f"{list(shape)} needs {size}")
