@@ -12,6 +12,7 @@ otherwise the load fails with a message unless `auto` was asked.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from tensorflow.core.protobuf import saved_model_pb2
 from serving.errors import Code, ServingError, invalid_argument
 from serving.processor import Processor, resolve_device
 from serving.signature import CLASSIFY_METHOD, PREDICT_METHOD, REGRESS_METHOD, STRING, Signature, TensorSpec
+
+log = logging.getLogger(__name__)
 
 # tensorflow.DataType numbers -> numpy
 DTYPES = {1: np.float32, 2: np.float64, 3: np.int32, 4: np.uint8, 5: np.int16, 6: np.int8, 7: object,
@@ -61,6 +64,24 @@ def read_signatures(version_dir: Path) -> dict[str, Signature]:
     return out
 
 
+def _configure_runtime(options: Mapping[str, Any], gpus: list[Any]) -> None:
+    """Threads and GPU memory: process-wide in TensorFlow, settable only before its runtime starts, so
+    the first model's options win and later ones are logged if they differ."""
+    try:
+        if "intra_op_threads" in options:
+            tf.config.threading.set_intra_op_parallelism_threads(int(options["intra_op_threads"]))
+        if "inter_op_threads" in options:
+            tf.config.threading.set_inter_op_parallelism_threads(int(options["inter_op_threads"]))
+        for gpu in gpus:
+            if "gpu_memory_limit_mb" in options:
+                tf.config.set_logical_device_configuration(
+                    gpu, [tf.config.LogicalDeviceConfiguration(memory_limit=int(options["gpu_memory_limit_mb"]))])
+            else:
+                tf.config.experimental.set_memory_growth(gpu, True)
+    except RuntimeError as e:  # the runtime is already initialised by an earlier model
+        log.info("TensorFlow runtime options already fixed for this process: %s", e)
+
+
 class TensorFlowProcessor(Processor):
     name = "tensorflow"
     devices = ("cpu", "cuda")
@@ -73,12 +94,8 @@ class TensorFlowProcessor(Processor):
     def load(self, version_dir: Path, device: str, options: Mapping[str, Any]) -> None:
         gpus = tf.config.list_physical_devices("GPU")
         self.device = resolve_device(device, bool(gpus), "tensorflow")
+        _configure_runtime(options, gpus if self.device.startswith("cuda") else [])
         if self.device.startswith("cuda"):
-            for gpu in gpus:
-                try:
-                    tf.config.experimental.set_memory_growth(gpu, True)
-                except RuntimeError:  # already initialised: growth was set (or not) by an earlier load
-                    pass
             self.tf_device = f"/GPU:{self.device.partition(':')[2] or 0}"
         self.signatures = read_signatures(version_dir)
         try:

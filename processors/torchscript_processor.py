@@ -82,6 +82,8 @@ class TorchScriptProcessor(Processor):
             raise ServingError(Code.FAILED_PRECONDITION, f"cannot load TorchScript model {path}: {e}") from e
         module.eval()
         self.fp16 = bool(options.get("fp16", False)) and self.device.startswith("cuda")
+        if "intra_op_threads" in options:  # process-wide in torch
+            torch.set_num_threads(int(options["intra_op_threads"]))
         if self.fp16:
             module = module.half()
         sig_path = version_dir / "signature.json"

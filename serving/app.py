@@ -47,7 +47,21 @@ def initial_specs(settings: Settings) -> list[ModelSpec]:
         ]
     else:
         raise ConfigError("Either --model_config_file or --model_base_path (or env MODEL_BASE_PATH) must be set")
-    return [dataclasses.replace(s, device=settings.device) for s in specs]
+    return with_runtime(specs, settings)
+
+
+def with_runtime(specs: list[ModelSpec], settings: Settings) -> list[ModelSpec]:
+    """The server-wide device and framework options, applied to every model spec."""
+    options: dict[str, object] = {}
+    if settings.tensorflow_intra_op_parallelism > 0:
+        options["intra_op_threads"] = settings.tensorflow_intra_op_parallelism
+    if settings.tensorflow_inter_op_parallelism > 0:
+        options["inter_op_threads"] = settings.tensorflow_inter_op_parallelism
+    if settings.gpu_memory_limit_mb > 0:
+        options["gpu_memory_limit_mb"] = settings.gpu_memory_limit_mb
+    if settings.fp16:
+        options["fp16"] = True
+    return [dataclasses.replace(s, device=settings.device, options={**options, **s.options}) for s in specs]
 
 
 def batching_options(settings: Settings) -> BatchingOptions:
@@ -155,7 +169,7 @@ class Server:
 
     async def reload(self, specs: list[ModelSpec]) -> None:
         """Serve a new model config (ModelService.HandleReloadConfigRequest), as the file poller does."""
-        self.specs = [dataclasses.replace(x, device=self.settings.device) for x in specs]
+        self.specs = with_runtime(specs, self.settings)
         try:
             await self.manager.apply(self.specs)
         finally:
@@ -188,8 +202,7 @@ class Server:
         while True:
             await asyncio.sleep(every)
             try:
-                specs = [dataclasses.replace(x, device=self.settings.device)
-                         for x in read_model_config_file(self.settings.model_config_file)]
+                specs = with_runtime(read_model_config_file(self.settings.model_config_file), self.settings)
             except ConfigError as e:
                 log.error("model config file not applied, still serving the previous one: %s", e)
                 continue

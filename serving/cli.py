@@ -24,7 +24,12 @@ DOCS = {
     "allow_version_labels_for_unavailable_models": "allow a new label to name a version that is not AVAILABLE",
     "rest_api_timeout_in_ms": "deadline of a REST request in ms (default 30000)",
     "model_platform": "processor of the single model: xgboost, lightgbm, ... (default: detected from files)",
-    "device": "device of the single model: cpu, cuda, cuda:N (default cpu)",
+    "device": "device of the models: cpu, cuda, cuda:N, auto = cuda when present (default cpu; cuda without a "
+    "GPU fails the load)",
+    "tensorflow_intra_op_parallelism": "threads inside one TensorFlow op / ONNX or torch call (default 0 = framework)",
+    "tensorflow_inter_op_parallelism": "threads running independent TensorFlow / ONNX ops (default 0 = framework)",
+    "gpu_memory_limit_mb": "GPU memory a TensorFlow model may take, MiB (default 0 = grow as needed)",
+    "fp16": "run TorchScript models in half precision on CUDA (default false)",
     "rest_api_max_body_bytes": "largest request body in bytes, also after gzip (default 67108864; 413 above)",
     "rest_api_read_timeout_seconds": "a request that stalls mid-way longer than this gets 408 (default 30)",
     "rest_api_idle_timeout_seconds": "idle keep-alive connections are closed after this (default 75)",

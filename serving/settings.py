@@ -44,8 +44,16 @@ class Settings:
     rest_api_timeout_in_ms: int = 30000
     #: Processor of the single-model form (detected from the files when empty).
     model_platform: str = ""
-    #: Device for the single-model form: cpu, cuda, cuda:N.
+    #: Device of the models: cpu, cuda, cuda:N, auto (cuda when present).
     device: str = "cpu"
+    #: Threads inside one TensorFlow op / one ONNX or torch call (0: the framework's default).
+    tensorflow_intra_op_parallelism: int = 0
+    #: Threads running independent TensorFlow ops (0: the framework's default).
+    tensorflow_inter_op_parallelism: int = 0
+    #: GPU memory one model may take, MiB (0: no limit; TensorFlow grows memory as needed).
+    gpu_memory_limit_mb: int = 0
+    #: Run TorchScript models in half precision on CUDA.
+    fp16: bool = False
     #: Largest request body accepted, bytes (413 above; also the limit after gzip decompression).
     rest_api_max_body_bytes: int = 64 * 1024 * 1024
     #: A request whose bytes stall longer than this is answered 408, seconds.

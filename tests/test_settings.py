@@ -68,3 +68,16 @@ def test_bad_service_config_exits(tmp_path):
 def test_boolean_flags():
     assert parse_settings(["--enable_batching=false"]).enable_batching is False
     assert parse_settings(["--allow_version_labels_for_unavailable_models"]).allow_version_labels_for_unavailable_models
+
+
+def test_framework_flags_become_model_options(tmp_path):
+    from serving.app import with_runtime
+    from serving.model_config import ModelSpec
+
+    s = parse_settings(["--tensorflow_intra_op_parallelism=2", "--gpu_memory_limit_mb=512", "--fp16",
+                        "--device=auto"])
+    (spec,) = with_runtime([ModelSpec("m", str(tmp_path))], s)
+    assert spec.device == "auto"
+    assert spec.options == {"intra_op_threads": 2, "gpu_memory_limit_mb": 512, "fp16": True}
+    (plain,) = with_runtime([ModelSpec("m", str(tmp_path))], parse_settings([]))
+    assert plain.options == {} and plain.device == "cpu"
