@@ -61,6 +61,8 @@ def with_runtime(specs: list[ModelSpec], settings: Settings) -> list[ModelSpec]:
         options["gpu_memory_limit_mb"] = settings.gpu_memory_limit_mb
     if settings.fp16:
         options["fp16"] = True
+    if settings.onnx_graph_optimization_level != "all":
+        options["graph_optimization_level"] = settings.onnx_graph_optimization_level
     return [dataclasses.replace(s, device=settings.device, options={**options, **s.options}) for s in specs]
 
 

@@ -30,6 +30,7 @@ DOCS = {
     "tensorflow_inter_op_parallelism": "threads running independent TensorFlow / ONNX ops (default 0 = framework)",
     "gpu_memory_limit_mb": "GPU memory a TensorFlow model may take, MiB (default 0 = grow as needed)",
     "fp16": "run TorchScript models in half precision on CUDA (default false)",
+    "onnx_graph_optimization_level": "ONNX Runtime graph optimisation: disabled, basic, extended, all (default all)",
     "rest_api_max_body_bytes": "largest request body in bytes, also after gzip (default 67108864; 413 above)",
     "rest_api_read_timeout_seconds": "a request that stalls mid-way longer than this gets 408 (default 30)",
     "rest_api_idle_timeout_seconds": "idle keep-alive connections are closed after this (default 75)",

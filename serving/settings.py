@@ -54,6 +54,8 @@ class Settings:
     gpu_memory_limit_mb: int = 0
     #: Run TorchScript models in half precision on CUDA.
     fp16: bool = False
+    #: ONNX Runtime graph optimisation: disabled, basic, extended, all.
+    onnx_graph_optimization_level: str = "all"
     #: Largest request body accepted, bytes (413 above; also the limit after gzip decompression).
     rest_api_max_body_bytes: int = 64 * 1024 * 1024
     #: A request whose bytes stall longer than this is answered 408, seconds.

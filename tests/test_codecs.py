@@ -152,3 +152,10 @@ def test_eas_json_rows_and_objects():
     assert "non-empty JSON list" in err(eas.decode_json, [], TABULAR)
     assert "non-empty JSON list" in err(eas.decode_json, "x", TABULAR)
     assert json.loads(eas.encode_json({"y": np.array([0.5, 1.0], np.float32)})) == [0.5, 1.0]
+
+
+def test_half_precision_over_json_is_unimplemented_as_in_tf_serving():
+    half = sig(TensorSpec("x", np.dtype(np.float16), (-1,)))
+    with pytest.raises(ServingError) as e:
+        tfserving.decode_predict({"instances": [1.0]}, half)
+    assert e.value.code is Code.UNIMPLEMENTED and "to type: half" in e.value.message

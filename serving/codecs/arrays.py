@@ -18,6 +18,7 @@ from .jsonutil import short
 
 # Which kinds numpy infers from JSON values each target kind accepts.
 ACCEPTS = {"f": "fiu", "i": "iu", "u": "u", "b": "b"}
+HALF = np.dtype(np.float16)
 JSON_TYPE = {bool: "Bool", int: "Number", float: "Number", str: "String", dict: "Object", list: "Array"}
 
 
@@ -30,7 +31,7 @@ def to_array(value: Any, spec: TensorSpec) -> np.ndarray:
     if spec.dtype == STRING:
         return _string_array(value)
     kind = spec.dtype.kind
-    if kind not in ACCEPTS:
+    if kind not in ACCEPTS or spec.dtype == HALF:  # TF Serving converts no half precision from JSON
         raise unimplemented(f"Conversion of JSON Value: {short(value)} to type: {TF_TYPE_WORDS.get(spec.dtype)}")
     try:
         array = np.asarray(value)
