@@ -72,9 +72,13 @@ def examples_from_json(doc: dict[str, Any], verb: str) -> np.ndarray:
     if not items:
         raise invalid_argument(f"JSON Value: {short(doc)} 'examples' value is an empty array")
     context = _example(doc["context"]) if "context" in doc else None
+    return _serialize([_example(item) for item in items], context)
+
+
+def _serialize(items: list[Any], context: Any) -> np.ndarray:
+    """Serialized Examples, each with the context's features merged in (the example's own win)."""
     out = np.empty(len(items), dtype=object)
-    for i, item in enumerate(items):
-        example = _example(item)
+    for i, example in enumerate(items):
         if context is not None:
             merged = type(example)()
             merged.CopyFrom(context)
@@ -97,15 +101,7 @@ def examples_from_input(input_proto: Any) -> np.ndarray:
         raise invalid_argument("Input is empty")
     if not items:
         raise invalid_argument("Input is empty")
-    out = np.empty(len(items), dtype=object)
-    for i, example in enumerate(items):
-        if context is not None:
-            merged = type(example)()
-            merged.CopyFrom(context)
-            merged.MergeFrom(example)
-            example = merged
-        out[i] = example.SerializeToString()
-    return out
+    return _serialize(items, context)
 
 
 def _text(v: Any) -> str:
