@@ -288,3 +288,18 @@ def test_concurrent_clients(server):
     for t in threads:
         t.join()
     assert errors == []
+
+
+def test_prometheus_metrics(server):
+    for _ in range(3):
+        assert server.post("/v1/models/lin:predict", {"instances": [[2.0]]})[0] == 200
+    assert server.post("/v1/models/nope:predict", {"instances": [[2.0]]})[0] == 404
+    for path in ("/metrics", "/monitoring/prometheus/metrics"):
+        status, text = server.get(path)
+        assert status == 200
+        text = text.decode()
+        assert 'serving_model_version_state{model="xgb",state="AVAILABLE",version="2"} 1.0' in text
+        requests = [line for line in text.splitlines()
+                    if line.startswith('serving_batch_requests_total{model="lin",signature="serving_default"')]
+        assert requests and float(requests[0].rsplit(" ", 1)[1]) >= 3
+        assert 'serving_http_responses_total{code="404"}' in text

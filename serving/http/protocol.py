@@ -18,6 +18,8 @@ from urllib.parse import unquote
 
 import httptools
 
+from ..metrics import HTTP_RESPONSES
+
 log = logging.getLogger(__name__)
 
 JSON = b"application/json"
@@ -279,6 +281,7 @@ class HttpConnection(asyncio.Protocol):
         deferred.future.add_done_callback(slot.done)
 
     def _complete(self, slot: _Slot, response: Response) -> None:
+        HTTP_RESPONSES[response.status] += 1
         extra = b"Connection: close\r\n" + response.headers if slot.close else response.headers
         slot.data = b"%sContent-Type: %s\r\nContent-Length: %d\r\n%s\r\n%s" % (
             STATUS_LINES.get(response.status) or b"HTTP/1.1 %d Unknown\r\n" % response.status,

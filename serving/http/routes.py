@@ -12,12 +12,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from prometheus_client import CONTENT_TYPE_LATEST
+
 from .. import __version__
 from ..auth import TokenAuth
 from ..codecs import eas, eas_proto, examples, kserve, tfserving
 from ..codecs.jsonutil import dumps, loads
 from ..dataplane import DataPlane, Outputs, error_of
 from ..errors import EAS_STATUS, HTTP_STATUS, Code, ServingError, invalid_argument, not_found
+from ..metrics import Metrics
 from ..processor import implements
 from ..repository import ModelManager, Servable
 from ..signature import Signature
@@ -25,6 +28,7 @@ from .protocol import Deferred, Request, Response
 
 ROUTE_CACHE = 4096
 OCTET_STREAM = b"application/octet-stream"
+PROMETHEUS = CONTENT_TYPE_LATEST.encode()
 MODEL_PATH = re.compile(
     r"/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>-?\d+)|/labels/(?P<label>[^/:]+))?"
     r"(?:(?P<metadata>/metadata)|:(?P<verb>predict|classify|regress))?/?$",
@@ -119,6 +123,7 @@ class RestApi:
         auth: TokenAuth | None = None,
     ) -> None:
         self.auth = auth
+        self.metrics = Metrics(manager)
         self.manager, self.dataplane = manager, dataplane
         self.timeout_s = timeout_s
         self.keepalive_s = keepalive_s
@@ -141,6 +146,8 @@ class RestApi:
                     return Response(200, b'{"status": "live"}')
                 if path == "/readyz":
                     return self._ready()
+                if path in ("/metrics", "/monitoring/prometheus/metrics"):
+                    return Response(200, self.metrics.render(), PROMETHEUS)
             return Response(404, tfserving.encode_error(f"Not found: {request.method} {path}"))
         except ServingError as e:
             return eas_error(e) if path.startswith("/api/predict") or path == "/" else tf_error(e)
