@@ -271,3 +271,34 @@ def test_queue_full_is_unavailable_and_rate_limit_is_resource_exhausted(tmp_path
             except grpc.RpcError as e:
                 codes.append(e.code())
         assert "ok" in codes and grpc.StatusCode.RESOURCE_EXHAUSTED in codes, codes
+
+
+def test_sigterm_lets_grpc_calls_in_flight_finish(tmp_path):
+    import signal
+    import threading
+    import time
+
+    make_linear(tmp_path / "slow", 1, delay_ms=1000)
+    s = Server(f"--model_base_path={tmp_path / 'slow'}", "--model_name=slow")
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{s.grpc_port}") as ch:
+            results = []
+
+            def call():
+                try:
+                    results.append(list(predict(ch, name="slow", values=((2.0,),)).outputs["predictions"].float_val))
+                except grpc.RpcError as e:
+                    results.append(e.code())
+
+            threads = [threading.Thread(target=call) for _ in range(3)]
+            for t in threads:
+                t.start()
+            time.sleep(0.4)  # the calls are in flight
+            s.proc.send_signal(signal.SIGTERM)
+            for t in threads:
+                t.join(30)
+        assert results == [[3.0]] * 3
+        assert s.proc.wait(30) == 0
+    finally:
+        s.stop()
+        s.log.close()
