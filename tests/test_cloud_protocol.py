@@ -74,7 +74,11 @@ def test_token_is_required_on_predict_routes_not_on_health(server):
     assert server.post("/v1/models/lin:predict", {"instances": [[2.0]]})[0] == 401
     assert server.post("/v1/models/lin:predict", {"instances": [[2.0]]}, headers=auth()) == (
         200, {"predictions": [3.0]})
+    v2 = {"inputs": [{"name": "inputs", "shape": [1, 1], "datatype": "FP32", "data": [2.0]}]}
+    assert server.post("/v2/models/lin/infer", v2)[0] == 401
+    assert server.post("/v2/models/lin/infer", v2, headers=auth())[0] == 200
     assert server.get("/healthz")[0] == 200 and server.get("/readyz")[0] == 200
+    assert server.get("/v2/health/ready")[0] == 200
 
 
 def test_signed_authorization(server):
