@@ -10,8 +10,6 @@ Needs `PHASES="setup models" bash ../shared/peers/run_all.sh` (TorchServe venv, 
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
 import shutil
 import sys
@@ -20,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # noqa: E402 - a script run from a checkout
 
+from benchmarks.report import write_report  # noqa: E402
 from benchmarks.xgb_http import ANCHORS, PEERS, free_port, measure  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,26 +57,12 @@ def main() -> None:
                         "http://127.0.0.1:18100/v2/models/mlp/infer", "http://127.0.0.1:18101/models/mlp", body, args,
                         {**env, "PATH": f"{TS_VENV / 'bin'}:{env['PATH']}"})
         os.chdir(ROOT)
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d-%H%M")
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"mlp_http-{stamp}.md"
-    lines = [f"# TorchScript MLP 32-64-64-1, batch-1 KServe V2 requests over HTTP, {stamp} UTC", "",
-             f"Command: `python benchmarks/mlp_http.py --duration {args.duration} --concurrency "
-             f"{' '.join(map(str, args.concurrency))} --server-args '{args.server_args}'`",
-             f"(wrk -t1, loopback, {os.cpu_count()} cores, same body {json.dumps(str(body.name))}, same run; "
-             "TorchServe batchSize 32, maxBatchDelay 2 ms).", "",
-             "| server | conc | req/s | p50 ms | p99 ms | server CPU µs/req | errors |",
-             "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['server']} | {r['conc']} | {r['rps']:,.0f} | {r['p50']:.3f} | {r['p99']:.3f} | "
-                     f"{r['cpu_us']:.0f} | {r['errors']:.0f} |")
-    ours = {r["conc"]: r["rps"] for r in rows if r["server"] == "serving-engine"}
-    theirs = {r["conc"]: r["rps"] for r in rows if r["server"] == "torchserve"}
-    if theirs:
-        lines += ["", "serving-engine / torchserve req/s: " + ", ".join(
-            f"c={c}: {ours[c] / theirs[c]:.2f}" for c in ours if c in theirs and theirs[c])]
-    path.write_text("\n".join(lines) + "\n")
-    print(f"wrote {path}")
+    write_report(args.out, "mlp_http", "TorchScript MLP 32-64-64-1, batch-1 KServe V2 requests over HTTP", [
+        f"Command: `python benchmarks/mlp_http.py --duration {args.duration} --concurrency "
+        f"{' '.join(map(str, args.concurrency))} --server-args '{args.server_args}'`",
+        f"(wrk -t1, loopback, {os.cpu_count()} cores, the same body, same run; TorchServe batchSize 32, "
+        "maxBatchDelay 2 ms).",
+    ], rows, [("serving-engine", "torchserve")])
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ Writes a Markdown table to benchmarks/results/ with the command that made it.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import subprocess
@@ -20,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # noqa: E402 - a script run from a checkout
 
+from benchmarks.report import write_report  # noqa: E402
 from benchmarks.xgb_http import PEERS, PYTRITON_PY, free_port, prepare_model, tree_cpu  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,7 +64,8 @@ def main() -> None:
                 before = tree_cpu(proc.pid)
                 r = load(args, target, api, model, input_name, row_file, conc)
                 cpu_us = 1e6 * (tree_cpu(proc.pid) - before) / max(r["requests"], 1)
-                rows.append({"server": name, "conc": conc, **r, "cpu_us": cpu_us})
+                rows.append({"server": name, "conc": conc, **r, "p50": r["p50_ms"], "p99": r["p99_ms"],
+                             "cpu_us": cpu_us})
                 print(f"{name:24s} c={conc:<3d} {r['rps']:>8.0f} req/s  p50 {r['p50_ms']:.3f} ms  "
                       f"p99 {r['p99_ms']:.3f} ms  cpu {cpu_us:.0f} us/req  errors {r['errors']}", flush=True)
         finally:
@@ -82,27 +83,12 @@ def main() -> None:
                                 "--batching", "on"],
                 "127.0.0.1:18091", "http://127.0.0.1:18090/v2/models/xgb/ready", "v2", "xgb", "input__0",
                 {"LD_LIBRARY_PATH": sysconfig.get_config_var("LIBDIR")})
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d-%H%M")
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"xgb_grpc-{stamp}.md"
-    lines = [f"# XGBoost (100 trees x 32 features), batch-1 requests over gRPC, {stamp} UTC", "",
-             f"Command: `python benchmarks/xgb_grpc.py --duration {args.duration} --concurrency "
-             f"{' '.join(map(str, args.concurrency))} --processes {args.processes} --server-args '{args.server_args}'`",
-             f"(benchmarks/grpc_load.py, {args.processes} client processes, closed loop, loopback, {os.cpu_count()} "
-             "cores, every server in the same run).", "",
-             "| server / API | conc | req/s | p50 ms | p99 ms | server CPU µs/req | errors |",
-             "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['server']} | {r['conc']} | {r['rps']:,.0f} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | "
-                     f"{r['cpu_us']:.0f} | {r['errors']} |")
-    peer = {r["conc"]: r["rps"] for r in rows if r["server"] == "pytriton v2"}
-    for api in ("tf", "v2"):
-        ours = {r["conc"]: r["rps"] for r in rows if r["server"] == f"serving-engine {api}"}
-        if peer:
-            lines += ["", f"serving-engine {api} / pytriton v2 req/s: " + ", ".join(
-                f"c={c}: {ours[c] / peer[c]:.2f}" for c in ours if c in peer and peer[c])]
-    path.write_text("\n".join(lines) + "\n")
-    print(f"wrote {path}")
+    write_report(args.out, "xgb_grpc", "XGBoost (100 trees x 32 features), batch-1 requests over gRPC", [
+        f"Command: `python benchmarks/xgb_grpc.py --duration {args.duration} --concurrency "
+        f"{' '.join(map(str, args.concurrency))} --processes {args.processes} --server-args '{args.server_args}'`",
+        f"(benchmarks/grpc_load.py, {args.processes} client processes, closed loop, loopback, {os.cpu_count()} "
+        "cores, every server in the same run).",
+    ], rows, [("serving-engine tf", "pytriton v2"), ("serving-engine v2", "pytriton v2")])
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ to benchmarks/results/ with the command that made it.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import re
@@ -37,6 +36,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # a script run from a checkout
+    sys.path.insert(0, str(ROOT))
 PEERS = ROOT.parent / "shared" / "peers"
 ANCHORS = Path(os.environ.get("ANCHOR_MODELS", "/tmp/anchors/models"))
 PYTRITON_PY = Path("/tmp/anchors/venv-pytriton/bin/python")
@@ -218,33 +219,16 @@ def main() -> None:
 
 
 def write_table(args: argparse.Namespace, rows: list[dict[str, object]], base: dict[int, float]) -> None:
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d-%H%M")
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"xgb_http-{stamp}.md"
+    from benchmarks.report import write_report
+
     concs = " ".join(map(str, args.concurrency))
-    lines = [
-        f"# XGBoost (100 trees x 32 features), batch-1 requests over HTTP, {stamp} UTC",
-        "",
+    write_report(args.out, "xgb_http", "XGBoost (100 trees x 32 features), batch-1 requests over HTTP", [
         f"Command: `python benchmarks/xgb_http.py --duration {args.duration} --concurrency {concs} "
         f"--server-args '{args.server_args}'`",
         f"(wrk -t1, loopback, {os.cpu_count()} cores, every server in the same run; server CPU = process tree).",
         "",
         f"In-process `Booster.inplace_predict`, 1 thread: batch 1 {base[1]:.0f} µs, batch 32 {base[32]:.0f} µs.",
-        "",
-        "| server | conc | req/s | p50 ms | p99 ms | server CPU µs/req | errors |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(f"| {r['server']} | {r['conc']} | {r['rps']:,.0f} | {r['p50']:.3f} | {r['p99']:.3f} | "
-                     f"{r['cpu_us']:.0f} | {r['errors']:.0f} |")
-    ours = {r["conc"]: r["rps"] for r in rows if r["server"] == "serving-engine"}
-    for peer in ("minimal_path", "pytriton"):
-        theirs = {r["conc"]: r["rps"] for r in rows if r["server"] == peer}
-        if theirs:
-            ratios = ", ".join(f"c={c}: {ours[c] / theirs[c]:.2f}" for c in ours if c in theirs)  # type: ignore
-            lines += ["", f"serving-engine / {peer} req/s: {ratios}"]
-    path.write_text("\n".join(lines) + "\n")
-    print(f"wrote {path}")
+    ], rows, [("serving-engine", "minimal_path"), ("serving-engine", "pytriton")])
 
 
 if __name__ == "__main__":

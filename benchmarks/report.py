@@ -1,0 +1,32 @@
+"""The one Markdown table every load benchmark writes to benchmarks/results/."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def write_report(out: Path, name: str, title: str, intro: Sequence[str], rows: Sequence[dict[str, Any]],
+                 comparisons: Sequence[tuple[str, str]]) -> Path:
+    """Rows carry server, conc, rps, p50, p99 (ms), cpu_us, errors; each comparison (ours, theirs) adds a
+    line of req/s ratios per concurrency."""
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d-%H%M")
+    lines = [f"# {title}, {stamp} UTC", "", *intro, "",
+             "| server | conc | req/s | p50 ms | p99 ms | server CPU µs/req | errors |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['server']} | {r['conc']} | {r['rps']:,.0f} | {r['p50']:.3f} | {r['p99']:.3f} | "
+                     f"{r['cpu_us']:.0f} | {r['errors']:.0f} |")
+    for ours_name, theirs_name in comparisons:
+        ours = {r["conc"]: r["rps"] for r in rows if r["server"] == ours_name}
+        theirs = {r["conc"]: r["rps"] for r in rows if r["server"] == theirs_name}
+        ratios = [f"c={c}: {ours[c] / theirs[c]:.2f}" for c in ours if theirs.get(c)]
+        if ratios:
+            lines += ["", f"{ours_name} / {theirs_name} req/s: " + ", ".join(ratios)]
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}-{stamp}.md"
+    path.write_text("\n".join(lines) + "\n")
+    print(f"wrote {path}")
+    return path
