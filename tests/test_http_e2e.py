@@ -303,3 +303,21 @@ def test_prometheus_metrics(server):
                     if line.startswith('serving_batch_requests_total{model="lin",signature="serving_default"')]
         assert requests and float(requests[0].rsplit(" ", 1)[1]) >= 3
         assert 'serving_http_responses_total{code="404"}' in text
+
+
+def test_many_idle_and_half_sent_connections_do_not_starve_others(server):
+    idle = []
+    try:
+        for i in range(150):
+            s = socket.create_connection(("127.0.0.1", server.port))
+            if i % 2:
+                s.sendall(b"POST /v1/models/lin:predict HTTP/1.1\r\nContent-Length: 50\r\n\r\n{")  # and stall
+            idle.append(s)
+        t0 = time.monotonic()
+        for _ in range(20):
+            still_serves(server)
+        assert time.monotonic() - t0 < 5
+    finally:
+        for s in idle:
+            s.close()
+    still_serves(server)
