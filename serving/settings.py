@@ -101,16 +101,15 @@ class Settings:
 
     def apply_env(self, environ: Mapping[str, str] | None = None) -> None:
         env = os.environ if environ is None else environ
-        s = self
         if env.get("MODEL_NAME"):
-            s.model_name = env["MODEL_NAME"]
+            self.model_name = env["MODEL_NAME"]
         if env.get("MODEL_BASE_PATH"):
             # As the TF Serving image: the model lives at ${MODEL_BASE_PATH}/${MODEL_NAME}.
-            s.model_base_path = os.path.join(env["MODEL_BASE_PATH"], s.model_name)
+            self.model_base_path = os.path.join(env["MODEL_BASE_PATH"], self.model_name)
         for f in fields(self):
             key = "SERVING_" + f.name.upper()
             if key in env:
-                setattr(s, f.name, _coerce(type(getattr(s, f.name)), env[key]))
+                setattr(self, f.name, _coerce(type(getattr(self, f.name)), env[key]))
 
     def apply_service_config(self, path: str) -> None:
         """Read the cloud service JSON: name, processor, model_path, warm_up_data_path, token and

@@ -161,12 +161,11 @@ class Warmup:
             await self._replay(servable, request, number)
 
     async def _replay(self, servable: Servable, request: WarmupRequest, number: int) -> None:
-        from .codecs.tensors import conform
+        from .codecs.tensors import conform_all
 
         try:
             sig = servable.signature(request.signature_name)
-            inputs = {n: conform(a, sig.inputs[n], "warm-up") if n in sig.inputs else a
-                      for n, a in request.inputs.items()}
+            inputs = conform_all(request.inputs, sig, "warm-up")
             for _ in range(request.repeat):
                 await self.dataplane.infer(servable, sig, inputs, time.monotonic() + WARMUP_DEADLINE_S,
                                            rate_limited=False)

@@ -28,26 +28,31 @@ def is_b64(value: Any) -> bool:
 
 def to_array(value: Any, spec: TensorSpec) -> np.ndarray:
     """Convert a JSON value (scalar or nested lists) to an array of `spec.dtype`."""
-    if spec.dtype == STRING:
+    return convert(value, spec.dtype, spec.name)
+
+
+def convert(value: Any, dtype: np.dtype, name: str) -> np.ndarray:
+    """A JSON value as an array of `dtype`, with TF Serving's type rules; `name` is for messages."""
+    if dtype == STRING:
         return _string_array(value)
-    kind = spec.dtype.kind
-    if kind not in ACCEPTS or spec.dtype == HALF:  # TF Serving converts no half precision from JSON
-        raise unimplemented(f"Conversion of JSON Value: {short(value)} to type: {TF_TYPE_WORDS.get(spec.dtype)}")
+    kind = dtype.kind
+    if kind not in ACCEPTS or dtype == HALF:  # TF Serving converts no half precision from JSON
+        raise unimplemented(f"Conversion of JSON Value: {short(value)} to type: {TF_TYPE_WORDS.get(dtype)}")
     try:
         array = np.asarray(value)
     except ValueError as e:
         raise invalid_argument(
-            f"input '{spec.name}': the lists are ragged (every row must have the same shape): {e}"
+            f"input '{name}': the lists are ragged (every row must have the same shape): {e}"
         ) from None
     except OverflowError:
-        raise invalid_argument(f"input '{spec.name}': an integer does not fit in 64 bits") from None
+        raise invalid_argument(f"input '{name}': an integer does not fit in 64 bits") from None
     if array.dtype.kind not in ACCEPTS[kind]:
-        raise _type_error(value, spec)
+        raise _type_error(value, dtype)
     if kind in "iu" and array.size:
-        info = np.iinfo(spec.dtype)
+        info = np.iinfo(dtype)
         if array.min() < info.min or array.max() > info.max:
-            raise invalid_argument(f"input '{spec.name}': a value is out of range for {spec.dtype.name}")
-    return array.astype(spec.dtype, copy=False)
+            raise invalid_argument(f"input '{name}': a value is out of range for {dtype.name}")
+    return array.astype(dtype, copy=False)
 
 
 def _leaves(value: Any) -> Iterator[Any]:
@@ -58,11 +63,11 @@ def _leaves(value: Any) -> Iterator[Any]:
         yield value
 
 
-def _type_error(value: Any, spec: TensorSpec) -> Exception:
-    want = TF_TYPE_WORDS.get(spec.dtype, spec.dtype.name)
-    ok = {"f": (int, float), "i": (int,), "u": (int,), "b": (bool,)}[spec.dtype.kind]
+def _type_error(value: Any, dtype: np.dtype) -> Exception:
+    want = TF_TYPE_WORDS.get(dtype, dtype.name)
+    ok = {"f": (int, float), "i": (int,), "u": (int,), "b": (bool,)}[dtype.kind]
     for leaf in _leaves(value):
-        if not isinstance(leaf, ok) or (isinstance(leaf, bool) and spec.dtype.kind != "b"):
+        if not isinstance(leaf, ok) or (isinstance(leaf, bool) and dtype.kind != "b"):
             kind = JSON_TYPE.get(type(leaf), "Null")
             return invalid_argument(f"JSON Value: {short(leaf)} Type: {kind} is not of expected type: {want}")
     return invalid_argument(f"JSON Value: {short(value)} is not of expected type: {want}")

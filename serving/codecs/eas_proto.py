@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import invalid_argument, unimplemented
 from ..signature import STRING, Signature
-from .tensors import ARRAY_FIELDS, DTYPE_ENUMS, array_proto_to_array, conform
+from .tensors import ARRAY_FIELDS, DTYPE_ENUMS, array_proto_to_array, conform_all
 
 
 def looks_like_json(body: bytes) -> bool:
@@ -34,11 +34,8 @@ def decode_tf(body: bytes, sig_for: Any) -> tuple[Signature, dict[str, np.ndarra
 
     request = _parse(tf_predict_pb2.PredictRequest(), body, "tf_predict PredictRequest")
     sig: Signature = sig_for(request.signature_name)
-    inputs = {}
-    for name, array in request.inputs.items():
-        value = array_proto_to_array(array, name)
-        spec = sig.inputs.get(name)
-        inputs[name] = conform(value, spec, f"signature {sig.name}") if spec is not None else value
+    raw = {name: array_proto_to_array(array, name) for name, array in request.inputs.items()}
+    inputs = conform_all(raw, sig, f"signature {sig.name}")
     names = list(request.output_filter) or list(sig.outputs)
     unknown = [n for n in names if n not in sig.outputs]
     if unknown:
@@ -68,8 +65,7 @@ def decode_pytorch(body: bytes, sig: Signature) -> tuple[dict[str, np.ndarray], 
         raise invalid_argument(f"{len(request.inputs)} positional inputs, the model takes {len(names)}")
     inputs = {names[i]: array_proto_to_array(a, names[i]) for i, a in enumerate(request.inputs)}
     inputs.update({n: array_proto_to_array(a, n) for n, a in request.map_inputs.items()})
-    inputs = {n: conform(a, sig.inputs[n], f"signature {sig.name}") if n in sig.inputs else a
-              for n, a in inputs.items()}
+    inputs = conform_all(inputs, sig, f"signature {sig.name}")
     order = list(sig.output_order or sig.outputs)
     try:
         outputs = [order[i] for i in request.output_filter] or order

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import invalid_argument, unimplemented
 from ..signature import STRING, Signature, TensorSpec
-from .arrays import to_array
+from .arrays import convert
 from .jsonutil import dumps, dumps_with_nonfinite, loads
 
 DATATYPES: dict[str, np.dtype] = {
@@ -28,7 +28,6 @@ CONTENTS = {"BOOL": "bool_contents", "UINT8": "uint_contents", "UINT16": "uint_c
             "INT16": "int_contents", "INT32": "int_contents", "INT64": "int64_contents",
             "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents"}
 HEADER_LENGTH = b"inference-header-content-length"
-_FLAT_SPECS: dict[tuple[str, np.dtype], TensorSpec] = {}  # per (input name, dtype): one spec, not one a request
 
 
 def parse_version(text: str | None) -> int | None:
@@ -136,13 +135,7 @@ def decode_rest(body: bytes, header_length: int | None, sig_for: Any) -> tuple[
         if "data" not in item:
             raise invalid_argument(f"input '{name}' has neither 'data' nor binary data")
         data = item["data"]
-        spec_key = (name, dtype)
-        flat_spec = _FLAT_SPECS.get(spec_key)
-        if flat_spec is None:
-            flat_spec = TensorSpec(name, dtype, (-1,))
-            if spec is not None and len(_FLAT_SPECS) < 4096:  # only the model's own input names are kept
-                _FLAT_SPECS[spec_key] = flat_spec
-        array = to_array(data, flat_spec).reshape(-1)
+        array = convert(data, dtype, name).reshape(-1)
         size_wanted = math.prod(shape)
         if array.size != size_wanted:
             raise invalid_argument(f"input '{name}': unexpected number of elements {array.size}, the shape "

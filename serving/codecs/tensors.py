@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import invalid_argument, unimplemented
-from ..signature import STRING, TF_TYPE_WORDS, TensorSpec
+from ..signature import STRING, TF_TYPE_WORDS, Signature, TensorSpec
 
 # tensorflow.DataType (and tensorflow.eas.ArrayDataType, same numbers) -> numpy dtype
 DTYPES: dict[int, np.dtype] = {
@@ -122,3 +122,8 @@ def array_to_tensor(array: np.ndarray, proto: Any, *, content: bool = False) -> 
         proto.half_val.extend(array.ravel().view(np.uint16).tolist())
     else:
         getattr(proto, TENSOR_FIELDS[dtype.str[1:]]).extend(array.ravel().tolist())
+
+
+def conform_all(inputs: dict[str, np.ndarray], sig: Signature, where: str) -> dict[str, np.ndarray]:
+    """`conform` every input the signature declares; unknown names pass through for validation to name."""
+    return {n: conform(a, sig.inputs[n], where) if n in sig.inputs else a for n, a in inputs.items()}

@@ -4,7 +4,6 @@ as Triton answers)."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import grpc
@@ -17,7 +16,7 @@ from ..codecs import kserve
 from ..dataplane import DataPlane
 from ..errors import ServingError, invalid_argument
 from ..repository import ModelManager, Servable
-from .tfserving import abort
+from .tfserving import abort, call_deadline
 
 
 class InferenceService(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
@@ -76,8 +75,7 @@ class InferenceService(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):  
             unknown = [n for n in names if n not in sig.outputs]
             if unknown:
                 raise invalid_argument(f"unexpected inference output '{unknown[0]}' for model '{request.model_name}'")
-            remaining = context.time_remaining()
-            deadline = time.monotonic() + (remaining if remaining is not None else self.default_timeout_s)
+            deadline = call_deadline(context, self.default_timeout_s)
             outputs = await self.dataplane.infer(servable, sig, inputs, deadline)
             response = pb.ModelInferResponse(model_name=servable.model, model_version=str(servable.version),
                                              id=request.id)

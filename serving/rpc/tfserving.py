@@ -23,7 +23,7 @@ from .._proto.tensorflow_serving.apis import (
     regression_pb2,
 )
 from ..codecs import examples
-from ..codecs.tensors import DTYPE_ENUMS, array_to_tensor, conform, tensor_to_array
+from ..codecs.tensors import DTYPE_ENUMS, array_to_tensor, conform_all, tensor_to_array
 from ..dataplane import DataPlane
 from ..errors import Code, ServingError, invalid_argument, unimplemented
 from ..model_config import ConfigError, ModelSpec, specs_from_proto
@@ -41,16 +41,25 @@ async def abort(context: grpc.aio.ServicerContext, error: ServingError) -> NoRet
     raise AssertionError("unreachable")  # context.abort raises
 
 
-def resolve(manager: ModelManager, spec: Any) -> Servable:
-    """The servable a ModelSpec names: by version number, by version_label, or the latest."""
+def call_deadline(context: grpc.aio.ServicerContext, default_s: float) -> float:
+    """The call's deadline as a time.monotonic() instant: the client's, else `default_s` from now."""
+    remaining = context.time_remaining()
+    return time.monotonic() + (remaining if remaining is not None else default_s)
+
+
+def spec_version(spec: Any) -> tuple[int | None, str | None]:
+    """(version, label) a ModelSpec names; both None for the latest."""
     if not spec.name:
         raise invalid_argument("Missing ModelSpec")
     choice = spec.WhichOneof("version_choice")
-    if choice == "version":
-        return manager.get(spec.name, version=spec.version.value)
-    if choice == "version_label":
-        return manager.get(spec.name, label=spec.version_label)
-    return manager.get(spec.name)
+    return (spec.version.value if choice == "version" else None,
+            spec.version_label if choice == "version_label" else None)
+
+
+def resolve(manager: ModelManager, spec: Any) -> Servable:
+    """The servable a ModelSpec names: by version number, by version_label, or the latest."""
+    version, label = spec_version(spec)
+    return manager.get(spec.name, version, label)
 
 
 def fill_model_spec(target: Any, servable: Servable, signature_name: str) -> None:
@@ -68,11 +77,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer): 
             servable = resolve(self.manager, request.model_spec)
             sig = servable.signature(request.model_spec.signature_name)
             where = f"model {servable.model} version {servable.version} signature {sig.name}"
-            inputs = {}
-            for name, tensor in request.inputs.items():
-                array = tensor_to_array(tensor, name)
-                spec = sig.inputs.get(name)
-                inputs[name] = conform(array, spec, where) if spec is not None else array
+            raw = {name: tensor_to_array(tensor, name) for name, tensor in request.inputs.items()}
+            inputs = conform_all(raw, sig, where)
             names = list(request.output_filter) or list(sig.outputs)
             unknown = [n for n in names if n not in sig.outputs]
             if unknown:
@@ -80,8 +86,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer): 
                     f"output tensor alias not found in signature: {unknown[0]} Outputs expected to be in the set "
                     f"{{{','.join(sig.outputs)}}}."
                 )
-            remaining = context.time_remaining()
-            deadline = time.monotonic() + (remaining if remaining is not None else self.default_timeout_s)
+            deadline = call_deadline(context, self.default_timeout_s)
             outputs = await self.dataplane.infer(servable, sig, inputs, deadline)
             response = predict_pb2.PredictResponse()
             fill_model_spec(response.model_spec, servable, sig.name)
@@ -140,8 +145,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer): 
             serialized = examples.examples_from_input(request.input)
             if len(sig.inputs) != 1:
                 raise invalid_argument(f"signature {sig.name} takes {len(sig.inputs)} inputs, not one of examples")
-            remaining = context.time_remaining()
-            deadline = time.monotonic() + (remaining if remaining is not None else self.default_timeout_s)
+            deadline = call_deadline(context, self.default_timeout_s)
             outputs = await self.dataplane.infer(servable, sig, {next(iter(sig.inputs)): serialized}, deadline, verb)
             return outputs, servable, sig, len(serialized)
         except ServingError as e:
@@ -178,15 +182,8 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):  # type: ignore
 
     async def GetModelStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         try:
-            spec = request.model_spec
-            if not spec.name:
-                raise invalid_argument("Missing ModelSpec")
-            choice = spec.WhichOneof("version_choice")
-            servables = self.manager.status(
-                spec.name,
-                version=spec.version.value if choice == "version" else None,
-                label=spec.version_label if choice == "version_label" else None,
-            )
+            version, label = spec_version(request.model_spec)
+            servables = self.manager.status(request.model_spec.name, version, label)
             response = get_model_status_pb2.GetModelStatusResponse()
             for s in servables:
                 entry = response.model_version_status.add()
