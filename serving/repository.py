@@ -163,6 +163,10 @@ class ModelManager:
             return [servable]
         return sorted(model.versions.values(), key=lambda s: -s.version)
 
+    def available_versions(self, name: str) -> list[int]:
+        model = self.models.get(name)
+        return sorted(v for v, s in model.versions.items() if s.available) if model else []
+
     def ready(self) -> bool:
         """True when every configured model has an AVAILABLE version."""
         return bool(self.models) and all(m.latest is not None for m in self.models.values())

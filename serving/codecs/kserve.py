@@ -43,6 +43,14 @@ def datatype_of(dtype: np.dtype) -> str:
     return NAMES.get(STRING if dtype.kind in "OSU" else np.dtype(dtype), "BYTES")
 
 
+def model_metadata(servable: Any, available_versions: Sequence[int]) -> dict[str, Any]:
+    """The V2 model metadata document (REST body; the gRPC answer has the same fields)."""
+    sig = servable.signature(None)
+    return {"name": servable.model, "versions": [str(v) for v in sorted(available_versions)],
+            "platform": servable.platform,
+            "inputs": tensor_metadata(sig.inputs), "outputs": tensor_metadata(sig.outputs)}
+
+
 def tensor_metadata(specs: Mapping[str, TensorSpec]) -> list[dict[str, Any]]:
     return [{"name": n, "datatype": datatype_of(s.dtype), "shape": list(s.shape) if s.shape is not None else [-1]}
             for n, s in specs.items()]

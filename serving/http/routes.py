@@ -249,13 +249,7 @@ class RestApi:
             return Response(200, b"{}")
         servable = self.manager.get(name, version)
         if method == "GET" and verb is None:
-            sig = servable.signature(None)
-            return Response(200, dumps({
-                "name": name, "versions": [str(v) for v in sorted(self.manager.models[name].versions)
-                                           if self.manager.models[name].versions[v].available],
-                "platform": servable.platform,
-                "inputs": kserve.tensor_metadata(sig.inputs), "outputs": kserve.tensor_metadata(sig.outputs),
-            }))
+            return Response(200, dumps(kserve.model_metadata(servable, self.manager.available_versions(name))))
         if method == "GET" and verb == "config":
             return Response(200, dumps(kserve.triton_config(servable, self.dataplane.batching)))
         if method != "POST" or verb != "infer":

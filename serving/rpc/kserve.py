@@ -42,16 +42,8 @@ class InferenceService(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):  
     async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         try:
             servable = self.manager.get(request.name, kserve.parse_version(request.version))
-            sig = servable.signature(None)
-            model = self.manager.models[request.name]
-            response = pb.ModelMetadataResponse(
-                name=request.name, platform=servable.platform,
-                versions=[str(v) for v, s in sorted(model.versions.items()) if s.available],
-            )
-            for specs, out in ((sig.inputs, response.inputs), (sig.outputs, response.outputs)):
-                for meta in kserve.tensor_metadata(specs):
-                    out.add(name=meta["name"], datatype=meta["datatype"], shape=meta["shape"])
-            return response
+            metadata = kserve.model_metadata(servable, self.manager.available_versions(request.name))
+            return json_format.ParseDict(metadata, pb.ModelMetadataResponse())
         except ServingError as e:
             await abort(context, e)
 
