@@ -80,6 +80,7 @@ def batching_options(settings: Settings) -> BatchingOptions:
         max_in_flight=settings.worker_threads,
         allowed_batch_sizes=allowed,
         pad_variable_length_inputs=settings.pad_variable_length_inputs,
+        inline_batch_micros=settings.inline_batch_micros,
     )
     if settings.batching_parameters_file:
         path = settings.batching_parameters_file

@@ -13,7 +13,15 @@ Event-driven and adaptive, with `time.monotonic()` deadlines and no polling:
   dropped without being computed; a batch already running finishes and nobody else waits for it;
 - requests whose non-batch dims differ are not mixed, unless `pad_variable_length_inputs` pads them;
   `allowed_batch_sizes` pads a batch up to the next allowed size;
-- a processor exception fails only the requests of its batch.
+- a processor exception fails only the requests of its batch;
+- a queue whose batches take less than `inline_batch_micros` of compute on average runs them on the
+  event-loop thread itself, at the end of the loop iteration that queued them (everything that arrived
+  in that iteration is one batch): for a model of tens of microseconds, handing each batch to a thread
+  (wake-up, GIL hand-offs, the way back) costs more than the model. The cost is a moving average of
+  the batches (CPU time of the worker thread, so waits for the GIL do not count); a queue goes back to
+  the threads for good once an inline batch takes over four times the limit of wall time, or their
+  average over twice (a model that waits on a device or the network uses little CPU but must not hold
+  the loop).
 """
 
 from __future__ import annotations
@@ -50,12 +58,16 @@ class BatchingOptions:
     allowed_batch_sizes: tuple[int, ...] = ()
     #: Pad inputs whose non-batch dims differ to the largest (zeros) so they share a batch.
     pad_variable_length_inputs: bool = False
+    #: Run batches on the event-loop thread while they average under this many µs of compute (0: never).
+    inline_batch_micros: int = 300
 
     def validate(self) -> None:
         if self.max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
         if self.max_queue_size < 1 or self.max_in_flight < 1:
             raise ValueError("max_queue_size and worker threads must be at least 1")
+        if self.inline_batch_micros < 0:
+            raise ValueError("inline_batch_micros must be 0 or more")
         sizes = self.allowed_batch_sizes
         if sizes:
             if list(sizes) != sorted(set(sizes)) or sizes[0] < 1:
@@ -126,6 +138,7 @@ class QueueStats:
     rejected: int = 0
     expired: int = 0
     batch_sizes: collections.Counter[int] = field(default_factory=collections.Counter)
+    inline_batches: int = 0
 
 
 class BatchQueue:
@@ -142,6 +155,12 @@ class BatchQueue:
         self.timeout_s = options.batch_timeout_micros / 1e6
         self.stats = QueueStats()
         self._idle: asyncio.Event | None = None
+        self.inline_limit = options.inline_batch_micros / 1e6
+        self.inline = False  # batches run on the loop thread (see the module doc)
+        self.cost = 0.0  # moving average of a batch's compute, seconds
+        self._observed = 0
+        self._inline_ruled_out = not self.inline_limit
+        self._inline_pending = False
 
     # ---- submitting ----
 
@@ -173,6 +192,11 @@ class BatchQueue:
     # ---- dispatching ----
 
     def _schedule(self) -> None:
+        if self.inline:
+            if self.queue and not self._inline_pending:
+                self._inline_pending = True
+                self.loop.call_soon(self._run_inline)
+            return
         opts = self.options
         while self.queue and self.in_flight < opts.max_in_flight:
             if self.in_flight:
@@ -223,6 +247,16 @@ class BatchQueue:
         batch = self._take()
         if not batch:
             return False
+        prepared = self._prepare(batch)
+        if prepared is None:
+            return True
+        inputs, rows = prepared
+        self.in_flight += 1
+        job = self.executor.submit(_timed, self.run, inputs)
+        job.add_done_callback(lambda j: self.loop.call_soon_threadsafe(self._finish, batch, rows, j))
+        return True
+
+    def _prepare(self, batch: list[_Item]) -> tuple[dict[str, np.ndarray], int] | None:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -231,14 +265,52 @@ class BatchQueue:
         except ServingError as e:
             for item in batch:
                 item.fail(e)
-            return True
-        self.in_flight += 1
+            return None
         self.stats.batches += 1
         self.stats.rows += rows
         self.stats.batch_sizes[rows] += 1
-        job = self.executor.submit(self.run, inputs)
-        job.add_done_callback(lambda j: self.loop.call_soon_threadsafe(self._finish, batch, rows, j))
-        return True
+        return inputs, rows
+
+    def _run_inline(self) -> None:
+        """Run what is queued on this (the loop) thread, batch after batch."""
+        self._inline_pending = False
+        if self.in_flight:  # a batch from before the switch still runs on a thread; its finish comes back here
+            return
+        while self.queue and self.inline:
+            batch = self._take()
+            if not batch:
+                break
+            prepared = self._prepare(batch)
+            if prepared is None:
+                continue
+            inputs, rows = prepared
+            self.stats.inline_batches += 1
+            outputs: Outputs | None = None
+            error: BaseException | None = None
+            start = time.perf_counter()
+            try:
+                outputs = self.run(inputs)
+            except Exception as e:  # noqa: BLE001 - a processor failure fails its batch only
+                error = e
+            self._observe(time.perf_counter() - start, wall=True)
+            self._complete(batch, rows, outputs, error)
+        if not self.inline:
+            self._schedule()  # back to the workers for what is left
+        if self._idle is not None and not self.in_flight and not self.queue:
+            self._idle.set()
+
+    def _observe(self, cost: float, wall: bool = False) -> None:
+        """Average the batch cost; move the queue onto the loop thread, or back to the workers, on it."""
+        self._observed += 1
+        self.cost = cost if self._observed == 1 else self.cost + 0.1 * (cost - self.cost)
+        if self._inline_ruled_out:
+            return
+        if wall:
+            if cost > 4 * self.inline_limit or self.cost > 2 * self.inline_limit:
+                self.inline = False
+                self._inline_ruled_out = True
+        elif self._observed >= 8 and self.cost < self.inline_limit:
+            self.inline = True
 
     def _assemble(self, batch: Sequence[_Item]) -> tuple[dict[str, np.ndarray], int]:
         rows = sum(item.rows for item in batch)
@@ -258,11 +330,21 @@ class BatchQueue:
                 inputs = {k: _pad_rows(v, target) for k, v in inputs.items()}
         return inputs, rows
 
-    def _finish(self, batch: list[_Item], rows: int, job: concurrent.futures.Future[Outputs]) -> None:
+    def _finish(self, batch: list[_Item], rows: int, job: concurrent.futures.Future[tuple[Outputs, float]]) -> None:
         self.in_flight -= 1
         error = job.exception()
+        outputs = None
         if error is None:
-            outputs = job.result()
+            outputs, cost = job.result()
+            self._observe(cost)
+        self._complete(batch, rows, outputs, error)
+        self._schedule()
+        if self._idle is not None and not self.in_flight and not self.queue:
+            self._idle.set()
+
+    def _complete(self, batch: list[_Item], rows: int, outputs: Outputs | None, error: BaseException | None) -> None:
+        if error is None:
+            assert outputs is not None
             try:
                 _check_outputs(outputs, rows, self.name)
             except ServingError as e:
@@ -278,9 +360,6 @@ class BatchQueue:
                 end = start + item.rows
                 item.succeed({k: v[start:end] for k, v in outputs.items()})
                 start = end
-        self._schedule()
-        if self._idle is not None and not self.in_flight and not self.queue:
-            self._idle.set()
 
     async def drained(self) -> None:
         """Wait until nothing is queued or running."""
@@ -296,6 +375,13 @@ class BatchQueue:
         while self.queue:
             self.queue.popleft().fail(error)
         self.rows_queued = 0
+
+
+def _timed(run: RunBatch, inputs: dict[str, np.ndarray]) -> tuple[Outputs, float]:
+    """On a worker: the batch's outputs and the CPU time this thread spent on them (GIL waits excluded)."""
+    start = time.thread_time()
+    outputs = run(inputs)
+    return outputs, time.thread_time() - start
 
 
 def _rows(inputs: dict[str, np.ndarray]) -> int:
@@ -371,6 +457,7 @@ def from_batching_parameters(text: str, base: BatchingOptions, source: str = "ba
                        else base.max_in_flight),
         allowed_batch_sizes=tuple(params.allowed_batch_sizes) or base.allowed_batch_sizes,
         pad_variable_length_inputs=params.pad_variable_length_inputs or base.pad_variable_length_inputs,
+        inline_batch_micros=base.inline_batch_micros,
     )
     try:
         options.validate()

@@ -32,12 +32,15 @@ class EngineCollector(Collector):  # type: ignore[misc]
                               ("batches", "batches run"),
                               ("rows", "rows run in batches"),
                               ("rejected", "requests refused because the queue was full"),
-                              ("expired", "requests dropped uncomputed past their deadline"))
+                              ("expired", "requests dropped uncomputed past their deadline"),
+                              ("inline_batches", "batches run on the event-loop thread (--inline_batch_micros)"))
         }
         depth = GaugeMetricFamily("serving_batch_queue_depth", "requests waiting in a batch queue",
                                   labels=["model", "version", "signature"])
         in_flight = GaugeMetricFamily("serving_batch_in_flight", "batches running",
                                       labels=["model", "version", "signature"])
+        cost = GaugeMetricFamily("serving_batch_compute_seconds", "moving average of a batch's compute time",
+                                 labels=["model", "version", "signature"])
         for name, model in sorted(self.manager.models.items()):
             for version, servable in sorted(model.versions.items()):
                 for state in State:
@@ -48,6 +51,7 @@ class EngineCollector(Collector):  # type: ignore[misc]
                         family.add_metric(labels, float(getattr(queue.stats, key)))
                     depth.add_metric(labels, float(len(queue.queue)))
                     in_flight.add_metric(labels, float(queue.in_flight))
+                    cost.add_metric(labels, queue.cost)
         responses = CounterMetricFamily("serving_http_responses", "HTTP answers by status code", labels=["code"])
         for code, count in sorted(HTTP_RESPONSES.items()):
             responses.add_metric([str(code)], float(count))
@@ -55,6 +59,7 @@ class EngineCollector(Collector):  # type: ignore[misc]
         yield from counters.values()
         yield depth
         yield in_flight
+        yield cost
         yield responses
 
 

@@ -223,3 +223,80 @@ def test_batching_options_validation_and_tf_serving_parameters():
         from_batching_parameters("max_batch_size { value: 16 } allowed_batch_sizes: 8", BatchingOptions())
     with pytest.raises(ValueError, match="not a valid BatchingParameters"):
         from_batching_parameters("max_batch_size: oops", BatchingOptions())
+
+
+class ThreadRecorder(Recorder):
+    """Also records the thread each batch ran on; `sleep_s` makes a batch wait without using CPU."""
+
+    def __init__(self, fail_on=None, sleep_s=0.0):
+        super().__init__(fail_on)
+        self.threads = []
+        self.sleep_s = sleep_s
+
+    def __call__(self, inputs):
+        self.threads.append(threading.get_ident())
+        if self.sleep_s:
+            time.sleep(self.sleep_s)
+        return super().__call__(inputs)
+
+
+async def warm(q, n=10):
+    for i in range(n):
+        assert (await q.submit(rows(float(i)), far()))["y"].tolist() == [[2.0 * i]]
+
+
+def test_a_fast_model_moves_onto_the_loop_thread_and_batches_what_arrived_together(executor):
+    async def go():
+        rec = ThreadRecorder()
+        q = BatchQueue(rec, BatchingOptions(max_batch_size=16, inline_batch_micros=50_000), executor)
+        await warm(q)
+        assert q.inline and rec.threads[0] != threading.get_ident()  # began on a worker
+        before = len(rec.batches)
+        futures = [q.submit(rows(float(i)), far()) for i in range(5)]  # all in this loop iteration
+        results = await asyncio.gather(*futures)
+        assert [r["y"].tolist() for r in results] == [[[2.0 * i]] for i in range(5)]
+        assert [len(b) for b in rec.batches[before:]] == [5]
+        assert rec.threads[-1] == threading.get_ident() and q.stats.inline_batches >= 1
+
+    run(go())
+
+
+def test_an_inline_processor_exception_fails_only_its_batch(executor):
+    async def go():
+        rec = ThreadRecorder(fail_on=-1.0)
+        q = BatchQueue(rec, BatchingOptions(inline_batch_micros=50_000), executor)
+        await warm(q)
+        assert q.inline
+        poisoned = [q.submit(rows(-1.0), far()), q.submit(rows(5.0), far())]
+        for f in poisoned:
+            with pytest.raises(ValueError, match="poisoned batch"):
+                await f
+        assert (await q.submit(rows(3.0), far()))["y"].tolist() == [[6.0]]
+        assert q.inline and rec.threads[-1] == threading.get_ident()
+
+    run(go())
+
+
+def test_a_model_that_holds_the_loop_goes_back_to_the_workers_for_good(executor):
+    async def go():
+        # Sleeping uses no CPU, so the worker's CPU time says "fast"; the first inline batch shows the wall time.
+        rec = ThreadRecorder(sleep_s=0.01)
+        q = BatchQueue(rec, BatchingOptions(inline_batch_micros=1000), executor)
+        await warm(q, 12)
+        assert not q.inline and q.stats.inline_batches == 1
+        await warm(q, 12)
+        assert not q.inline and q.stats.inline_batches == 1
+        assert rec.threads[-1] != threading.get_ident()
+
+    run(go())
+
+
+def test_inline_batch_micros_zero_keeps_every_batch_on_the_workers(executor):
+    async def go():
+        rec = ThreadRecorder()
+        q = BatchQueue(rec, BatchingOptions(inline_batch_micros=0), executor)
+        await warm(q, 20)
+        assert not q.inline and q.stats.inline_batches == 0
+        assert threading.get_ident() not in rec.threads
+
+    run(go())

@@ -291,7 +291,7 @@ def test_concurrent_clients(server):
 
 
 def test_prometheus_metrics(server):
-    for _ in range(3):
+    for _ in range(12):  # the linear model is fast: after 8 batches its queue runs them on the loop thread
         assert server.post("/v1/models/lin:predict", {"instances": [[2.0]]})[0] == 200
     assert server.post("/v1/models/nope:predict", {"instances": [[2.0]]})[0] == 404
     for path in ("/metrics", "/monitoring/prometheus/metrics"):
@@ -301,7 +301,11 @@ def test_prometheus_metrics(server):
         assert 'serving_model_version_state{model="xgb",state="AVAILABLE",version="2"} 1.0' in text
         requests = [line for line in text.splitlines()
                     if line.startswith('serving_batch_requests_total{model="lin",signature="serving_default"')]
-        assert requests and float(requests[0].rsplit(" ", 1)[1]) >= 3
+        assert requests and float(requests[0].rsplit(" ", 1)[1]) >= 12
+        inline = [line for line in text.splitlines()
+                  if line.startswith('serving_batch_inline_batches_total{model="lin",signature="serving_default"')]
+        assert inline and float(inline[0].rsplit(" ", 1)[1]) >= 1
+        assert 'serving_batch_compute_seconds{model="lin",signature="serving_default"' in text
         assert 'serving_http_responses_total{code="404"}' in text
 
 
