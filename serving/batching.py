@@ -343,15 +343,14 @@ class BatchQueue:
             self._idle.set()
 
     def _complete(self, batch: list[_Item], rows: int, outputs: Outputs | None, error: BaseException | None) -> None:
-        if error is None:
-            assert outputs is not None
+        if error is None and outputs is not None:
             try:
                 _check_outputs(outputs, rows, self.name)
             except ServingError as e:
                 error = e
-        if error is not None:
+        if error is not None or outputs is None:
             for item in batch:
-                item.fail(error)
+                item.fail(error or ServingError(Code.INTERNAL, f"{self.name}: the batch gave no outputs"))
         elif len(batch) == 1:
             batch[0].succeed(_trim(outputs, rows) if self.options.allowed_batch_sizes else outputs)
         else:
