@@ -18,10 +18,10 @@ Event-driven and adaptive, with `time.monotonic()` deadlines and no polling:
   event-loop thread itself, at the end of the loop iteration that queued them (everything that arrived
   in that iteration is one batch): for a model of tens of microseconds, handing each batch to a thread
   (wake-up, GIL hand-offs, the way back) costs more than the model. The cost is a moving average of
-  the batches (CPU time of the worker thread, so waits for the GIL do not count); a queue goes back to
-  the threads for good once an inline batch takes over four times the limit of wall time, or their
-  average over twice (a model that waits on a device or the network uses little CPU but must not hold
-  the loop).
+  the batches (CPU time of the worker thread, so waits for the GIL do not count; wall time inline); a
+  queue goes back to the threads when the average passes twice the limit (a model that waits on a
+  device or the network uses little CPU on a worker but must not hold the loop), and tries the loop
+  again only after twice as many worker batches as the time before (16, 32, ... up to 1024).
 """
 
 from __future__ import annotations
@@ -159,7 +159,8 @@ class BatchQueue:
         self.inline = False  # batches run on the loop thread (see the module doc)
         self.cost = 0.0  # moving average of a batch's compute, seconds
         self._observed = 0
-        self._inline_ruled_out = not self.inline_limit
+        self._backoff = 8  # worker batches before the next move onto the loop; doubles on each move back
+        self._inline_after = 8
         self._inline_pending = False
 
     # ---- submitting ----
@@ -303,13 +304,14 @@ class BatchQueue:
         """Average the batch cost; move the queue onto the loop thread, or back to the workers, on it."""
         self._observed += 1
         self.cost = cost if self._observed == 1 else self.cost + 0.1 * (cost - self.cost)
-        if self._inline_ruled_out:
+        if not self.inline_limit:
             return
         if wall:
-            if cost > 4 * self.inline_limit or self.cost > 2 * self.inline_limit:
+            if self.cost > 2 * self.inline_limit:
                 self.inline = False
-                self._inline_ruled_out = True
-        elif self._observed >= 8 and self.cost < self.inline_limit:
+                self._backoff = min(2 * self._backoff, 1024)
+                self._inline_after = self._observed + self._backoff
+        elif self._observed >= self._inline_after and self.cost < self.inline_limit:
             self.inline = True
 
     def _assemble(self, batch: Sequence[_Item]) -> tuple[dict[str, np.ndarray], int]:

@@ -277,16 +277,20 @@ def test_an_inline_processor_exception_fails_only_its_batch(executor):
     run(go())
 
 
-def test_a_model_that_holds_the_loop_goes_back_to_the_workers_for_good(executor):
+def test_a_model_that_holds_the_loop_goes_back_to_the_workers_and_retries_ever_later(executor):
     async def go():
         # Sleeping uses no CPU, so the worker's CPU time says "fast"; the first inline batch shows the wall time.
-        rec = ThreadRecorder(sleep_s=0.01)
+        rec = ThreadRecorder(sleep_s=0.03)
         q = BatchQueue(rec, BatchingOptions(inline_batch_micros=1000), executor)
-        await warm(q, 12)
+        await warm(q, 9)  # 8 on the workers, then one on the loop, which sends it back
         assert not q.inline and q.stats.inline_batches == 1
-        await warm(q, 12)
+        await warm(q, 15)  # the next try waits for 16 worker batches
         assert not q.inline and q.stats.inline_batches == 1
         assert rec.threads[-1] != threading.get_ident()
+        await warm(q, 2)  # the 16th, then a second try
+        assert not q.inline and q.stats.inline_batches == 2
+        await warm(q, 31)  # and the next one 32 batches later
+        assert q.stats.inline_batches == 2
 
     run(go())
 
