@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 # tensorflow.DataType numbers -> numpy
 DTYPES = {1: np.float32, 2: np.float64, 3: np.int32, 4: np.uint8, 5: np.int16, 6: np.int8, 7: object,
-          9: np.int64, 10: np.bool_, 17: np.uint16, 19: np.float16, 22: np.uint32, 23: np.uint64}
+          9: np.int64, 10: np.bool_, 14: tf.bfloat16.as_numpy_dtype, 17: np.uint16, 19: np.float16, 22: np.uint32,
+          23: np.uint64}
 
 
 def _spec(alias: str, info: Any) -> TensorSpec:

@@ -20,6 +20,13 @@ REGRESS_METHOD = "tensorflow/serving/regress"
 
 STRING = np.dtype(object)
 
+try:  # bfloat16 has no numpy dtype of its own; ml_dtypes (a TensorFlow and JAX dependency) provides one
+    import ml_dtypes
+
+    BFLOAT16: np.dtype | None = np.dtype(ml_dtypes.bfloat16)
+except ImportError:  # pragma: no cover - then no model can declare one either
+    BFLOAT16 = None
+
 TF_DTYPE_NAMES: dict[np.dtype, str] = {
     np.dtype(np.float32): "DT_FLOAT",
     np.dtype(np.float64): "DT_DOUBLE",
@@ -35,6 +42,8 @@ TF_DTYPE_NAMES: dict[np.dtype, str] = {
     np.dtype(np.bool_): "DT_BOOL",
     STRING: "DT_STRING",
 }
+if BFLOAT16 is not None:
+    TF_DTYPE_NAMES[BFLOAT16] = "DT_BFLOAT16"
 
 # How TF Serving's JSON errors name a dtype ("... is not of expected type: float").
 TF_TYPE_WORDS: dict[np.dtype, str] = {

@@ -1,15 +1,21 @@
 """The TensorFlow SavedModel processor: TF Serving's hand-checkable answers over REST and gRPC."""
 
 import base64
+import json
 
 import grpc
 import numpy as np
 import pytest
 
 from serving._proto.tensorflow.core.example import example_pb2
-from serving._proto.tensorflow_serving.apis import classification_pb2, prediction_service_pb2_grpc, regression_pb2
+from serving._proto.tensorflow_serving.apis import (
+    classification_pb2,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+    regression_pb2,
+)
 from tests.helpers import Server
-from tests.tf_models import half_plus_two, text_model
+from tests.tf_models import bf16_model, half_plus_two, text_model
 
 pytest.importorskip("tensorflow", reason="tensorflow-cpu (extra tensorflow) is not installed")
 
@@ -20,12 +26,14 @@ def server(tmp_path_factory):
     half_plus_two(root / "half" / "1", a=0.5, b=2.0)
     half_plus_two(root / "half" / "2", a=0.5, b=3.0)
     text_model(root / "text" / "1")
+    bf16_model(root / "bf16" / "1")
     config = root / "c.pbtxt"
     config.write_text(
         'model_config_list {\n'
         f'  config {{ name: "half" base_path: "{root / "half"}" model_platform: "tensorflow" '
         'model_version_policy { all {} } }\n'
         f'  config {{ name: "text" base_path: "{root / "text"}" model_platform: "tensorflow" }}\n'
+        f'  config {{ name: "bf16" base_path: "{root / "bf16"}" model_platform: "tensorflow" }}\n'
         '}\n')
     with Server(f"--model_config_file={config}") as s:
         yield s
@@ -113,3 +121,40 @@ def test_batched_answers_equal_unbatched(server):
         t.join()
     for x, (status, body) in results:
         assert status == 200 and np.allclose(body["predictions"], [0.5 * x + 2, 0.5 * (x + 1) + 2])
+
+
+def test_bfloat16_model_serves_binary_protocols_and_refuses_json_input_as_tf_serving(server):
+    import ml_dtypes
+
+    status, body = server.get("/v1/models/bf16/metadata")
+    assert status == 200
+    sig = body["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    assert sig["inputs"]["x"]["dtype"] == "DT_BFLOAT16" and sig["outputs"]["y"]["dtype"] == "DT_BFLOAT16"
+    status, body = server.post("/v1/models/bf16:predict", {"instances": [1.5]})
+    assert status == 501 and "to type: bfloat16" in body["error"]
+    x = np.array([1.5, -2.0, 3.0], dtype=ml_dtypes.bfloat16)
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        for content in (False, True):
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = "bf16"
+            tensor = request.inputs["x"]
+            tensor.dtype = 14  # DT_BFLOAT16
+            tensor.tensor_shape.dim.add().size = 3
+            if content:
+                tensor.tensor_content = x.tobytes()
+            else:
+                tensor.half_val.extend(x.view(np.uint16).tolist())  # the 16-bit patterns, as TensorFlow writes them
+            response = stub.Predict(request)
+            y = response.outputs["y"]
+            assert y.dtype == 14
+            assert np.array(y.half_val, np.uint16).view(ml_dtypes.bfloat16).astype(np.float32).tolist() == [4.0, -3.0, 7.0]
+            assert list(response.outputs["y32"].float_val) == [4.0, -3.0, 7.0]
+    # KServe V2 with the binary tensor extension: BF16 in; the JSON answer writes bfloat16 as exact float32 numbers.
+    header = json.dumps({"inputs": [{"name": "x", "shape": [3], "datatype": "BF16",
+                                       "parameters": {"binary_data_size": 6}}]}).encode()
+    status, doc = server.request("POST", "/v2/models/bf16/infer", header + x.tobytes(),
+                                 {"Inference-Header-Content-Length": str(len(header))})
+    assert status == 200
+    outputs = {o["name"]: o for o in doc["outputs"]}
+    assert outputs["y"]["datatype"] == "BF16" and outputs["y"]["data"] == [4.0, -3.0, 7.0]

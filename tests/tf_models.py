@@ -31,6 +31,21 @@ def half_plus_two(path: Path, a: float = 0.5, b: float = 2.0) -> Path:
     return path
 
 
+def bf16_model(path: Path) -> Path:
+    """TF2: `serving_default` (x bfloat16 [-1]) -> y bfloat16 = 2x + 1, y32 float32 = the same widened."""
+    import tensorflow as tf
+
+    class Bf16(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.bfloat16, name="x")])
+        def serve(self, x):
+            y = x * tf.constant(2.0, tf.bfloat16) + tf.constant(1.0, tf.bfloat16)
+            return {"y": y, "y32": tf.cast(y, tf.float32)}
+
+    module = Bf16()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    return path
+
+
 def text_model(path: Path) -> Path:
     """TF2: `serving_default` (words string [-1], scale float [-1]) -> length float, echo string."""
     import tensorflow as tf

@@ -17,7 +17,7 @@ from ..errors import invalid_argument
 from ..signature import Signature, tf_dtype_name
 from . import tfserving
 from .arrays import column_matrix, to_array
-from .jsonutil import dumps, dumps_with_nonfinite, finite
+from .jsonutil import dumps, dumps_with_nonfinite, finite, json_ready
 
 
 def decode_json(doc: Any, sig: Signature) -> dict[str, np.ndarray]:
@@ -45,8 +45,10 @@ def encode_json(outputs: Mapping[str, np.ndarray], records: bool = False) -> byt
             body = dumps(array)
             if b"null" not in body:  # orjson writes NaN/Inf as null: only then take the slow path
                 return body
+        outputs = json_ready(outputs)
         doc: Any = np.ascontiguousarray(next(iter(outputs.values())))
     else:
+        outputs = json_ready(outputs)
         rows = len(next(iter(outputs.values())))
         doc = [{n: a[i] for n, a in outputs.items()} for i in range(rows)]
     return dumps(doc) if all(finite(a) for a in outputs.values()) else dumps_with_nonfinite(doc)

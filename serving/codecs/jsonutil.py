@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import orjson
 
 from ..errors import invalid_argument
+from ..signature import BFLOAT16
 
 OPTS = orjson.OPT_SERIALIZE_NUMPY
 
@@ -30,6 +32,13 @@ def loads(body: bytes) -> Any:
 
 def dumps(obj: Any) -> bytes:
     return orjson.dumps(obj, option=OPTS)
+
+
+def json_ready(outputs: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+    """Outputs orjson can write: bfloat16 (a numpy 'V' dtype) widened to float32, exactly; others as they are."""
+    if all(a.dtype.kind != "V" for a in outputs.values()):
+        return outputs
+    return {n: a.astype(np.float32) if a.dtype == BFLOAT16 else a for n, a in outputs.items()}
 
 
 def finite(array: np.ndarray) -> bool:

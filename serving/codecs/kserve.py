@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import invalid_argument, unimplemented
-from ..signature import STRING, Signature, TensorSpec
+from ..signature import BFLOAT16, STRING, Signature, TensorSpec
 from .arrays import convert
 from .jsonutil import dumps, dumps_with_nonfinite, loads
 
@@ -22,6 +22,8 @@ DATATYPES: dict[str, np.dtype] = {
     "INT16": np.dtype(np.int16), "INT32": np.dtype(np.int32), "INT64": np.dtype(np.int64),
     "FP16": np.dtype(np.float16), "FP32": np.dtype(np.float32), "FP64": np.dtype(np.float64), "BYTES": STRING,
 }
+if BFLOAT16 is not None:
+    DATATYPES["BF16"] = BFLOAT16
 NAMES = {dt: name for name, dt in DATATYPES.items()}
 CONTENTS = {"BOOL": "bool_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
             "UINT32": "uint_contents", "UINT64": "uint64_contents", "INT8": "int_contents",
@@ -178,6 +180,8 @@ def encode_rest(model: str, version: int, doc: Mapping[str, Any], outputs: Mappi
         elif array.dtype.kind in "OSU":
             entry["data"] = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in array.ravel()]
         else:
+            if array.dtype.kind == "V":  # bfloat16: written as the float32 numbers they are, exactly
+                array = array.astype(np.float32)
             entry["data"] = np.ascontiguousarray(array).reshape(-1)
         out_docs.append(entry)
     response: dict[str, Any] = {"model_name": model, "model_version": str(version), "outputs": out_docs}

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import invalid_argument, unimplemented
-from ..signature import STRING, TF_TYPE_WORDS, Signature, TensorSpec
+from ..signature import BFLOAT16, STRING, TF_TYPE_WORDS, Signature, TensorSpec
 
 # tensorflow.DataType (and tensorflow.eas.ArrayDataType, same numbers) -> numpy dtype
 DTYPES: dict[int, np.dtype] = {
@@ -17,6 +17,8 @@ DTYPES: dict[int, np.dtype] = {
     10: np.dtype(np.bool_), 17: np.dtype(np.uint16), 18: np.dtype(np.complex128), 19: np.dtype(np.float16),
     22: np.dtype(np.uint32), 23: np.dtype(np.uint64),
 }
+if BFLOAT16 is not None:
+    DTYPES[14] = BFLOAT16
 DTYPE_ENUMS = {dt: num for num, dt in DTYPES.items()}
 # Which repeated field holds the values of each dtype in a TensorProto.
 TENSOR_FIELDS = {
@@ -43,8 +45,8 @@ def _fill(values: Any, dtype: np.dtype, shape: tuple[int, ...], name: str) -> np
     elif dtype.kind == "c":
         flat = np.asarray(values, dtype=np.float32 if dtype.itemsize == 8 else np.float64)
         array = flat.view(dtype)
-    elif dtype.str[1:] == "f2":
-        array = np.asarray(values, dtype=np.uint16).view(np.float16)
+    elif dtype.str[1:] == "f2" or dtype == BFLOAT16:  # half_val holds the 16-bit patterns
+        array = np.asarray(values, dtype=np.uint16).view(dtype)
     else:
         array = np.asarray(values, dtype=dtype)
     if array.size == size:
@@ -72,7 +74,7 @@ def tensor_to_array(proto: Any, name: str) -> np.ndarray:
                 f"{list(shape)} of {TF_TYPE_WORDS.get(dtype, dtype.name)} needs {size * dtype.itemsize}"
             )
         return np.frombuffer(proto.tensor_content, dtype=dtype.newbyteorder("<")).reshape(shape)
-    field = "string_val" if dtype == STRING else TENSOR_FIELDS[dtype.str[1:]]
+    field = "string_val" if dtype == STRING else "half_val" if dtype == BFLOAT16 else TENSOR_FIELDS[dtype.str[1:]]
     return _fill(getattr(proto, field), dtype, shape, name)
 
 
@@ -118,7 +120,7 @@ def array_to_tensor(array: np.ndarray, proto: Any, *, content: bool = False) -> 
     elif dtype.kind == "c":
         getattr(proto, TENSOR_FIELDS[dtype.str[1:]]).extend(array.ravel().view(
             np.float32 if dtype.itemsize == 8 else np.float64).tolist())
-    elif dtype.str[1:] == "f2":
+    elif dtype.str[1:] == "f2" or dtype == BFLOAT16:
         proto.half_val.extend(array.ravel().view(np.uint16).tolist())
     else:
         getattr(proto, TENSOR_FIELDS[dtype.str[1:]]).extend(array.ravel().tolist())

@@ -13,7 +13,7 @@ from ..errors import invalid_argument
 from ..repository import Servable
 from ..signature import STRING, Signature, TensorSpec, tf_dtype_name
 from .arrays import column_matrix, encode_strings, is_b64, to_array
-from .jsonutil import dumps, dumps_with_nonfinite, finite, short
+from .jsonutil import dumps, dumps_with_nonfinite, finite, json_ready, short
 
 
 def signature_name(doc: Any) -> str:
@@ -150,6 +150,7 @@ def encode_predict(outputs: Mapping[str, np.ndarray], row_format: bool) -> bytes
             body = dumps({"predictions": array} if row_format else {"outputs": array})
             if b"null" not in body:  # orjson writes NaN/Inf as null: only then take the slow path
                 return body
+    outputs = json_ready(outputs)
     safe = all(finite(a) for a in outputs.values())
     items = {name: _jsonable(name, a) for name, a in outputs.items()}
     if row_format:
