@@ -122,21 +122,25 @@ def decode_rest(body: bytes, header_length: int | None, sig_for: Any) -> tuple[
         doc, binary = loads(body[:header_length]), memoryview(body)[header_length:]
     else:
         doc, binary = loads(body), memoryview(b"")
-    if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list):
+    items = doc.get("inputs") if isinstance(doc, dict) else None
+    if not isinstance(items, list):
         raise invalid_argument("the infer request must be a JSON object with an 'inputs' list")
-    params = doc.get("parameters") or {}
+    params = doc.get("parameters")
     sig: Signature = sig_for(params.get("signature_name") if isinstance(params, dict) else None)
     inputs: dict[str, np.ndarray] = {}
     offset = 0
-    for item in doc["inputs"]:
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+    for item in items:
+        name = item.get("name") if isinstance(item, dict) else None
+        if not isinstance(name, str):
             raise invalid_argument("each input must be an object with a 'name'")
-        name = item["name"]
         spec = sig.inputs.get(name)
         dtype = _dtype(name, str(item.get("datatype")), spec)
         shape = _shape(name, item.get("shape"))
-        size = (item.get("parameters") or {}).get("binary_data_size")
+        item_params = item.get("parameters")
+        size = item_params.get("binary_data_size") if isinstance(item_params, dict) else None
         if size is not None:
+            if type(size) is not int or size < 0:
+                raise invalid_argument(f"input '{name}': binary_data_size must be a non-negative integer")
             if offset + size > len(binary):
                 raise invalid_argument(f"input '{name}': binary data beyond the end of the body")
             inputs[name] = _from_raw(name, bytes(binary[offset:offset + size]), dtype, shape)
@@ -144,13 +148,12 @@ def decode_rest(body: bytes, header_length: int | None, sig_for: Any) -> tuple[
             continue
         if "data" not in item:
             raise invalid_argument(f"input '{name}' has neither 'data' nor binary data")
-        data = item["data"]
-        array = convert(data, dtype, name).reshape(-1)
+        array = convert(item["data"], dtype, name)
         size_wanted = math.prod(shape)
         if array.size != size_wanted:
             raise invalid_argument(f"input '{name}': unexpected number of elements {array.size}, the shape "
                                    f"{list(shape)} needs {size_wanted}")
-        inputs[name] = array.reshape(shape)
+        inputs[name] = array.reshape(shape)  # flat or nested data alike
     return sig, inputs, doc
 
 

@@ -129,6 +129,7 @@ class RestApi:
         self.keepalive_s = keepalive_s
         self.default_model = default_model
         self._routes: dict[str, tuple[str | None, int | None, str | None, str | None, bool]] = {}
+        self._v2_routes: dict[str, tuple[str, str | None, str | None] | None] = {}
 
     def __call__(self, request: Request) -> Response | Deferred:
         path = request.path
@@ -236,11 +237,17 @@ class RestApi:
             return Response(200, b"{}")
         if method == "GET" and path == "/v2/health/ready":
             return Response(200, b"{}") if self.manager.ready() else Response(400, b'{"error": "not ready"}')
-        m = V2_MODEL_PATH.match(path)
-        if m is None:
+        if path in self._v2_routes:
+            route = self._v2_routes[path]
+        else:
+            m = V2_MODEL_PATH.match(path)
+            route = self._v2_routes[path] = (m["name"], m["version"], m["verb"]) if m is not None else None
+            if len(self._v2_routes) > ROUTE_CACHE:
+                self._v2_routes.clear()
+        if route is None:
             raise not_found(f"Not found: {method} {request.path}")
-        name, verb = m["name"], m["verb"]
-        version = kserve.parse_version(m["version"])
+        name, version_text, verb = route
+        version = kserve.parse_version(version_text)
         if method == "GET" and verb == "ready":
             try:
                 self.manager.get(name, version)
