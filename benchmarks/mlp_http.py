@@ -1,6 +1,8 @@
 """The TorchScript MLP (32-64-64-1) of `../shared/peers/torchserve/make_mlp.py` over HTTP: serving-engine
 beside TorchServe (batching on: batchSize 32, maxBatchDelay 2 ms), same KServe V2 JSON batch-1 body,
-`wrk -t1` at each concurrency, one run.
+`wrk -t1` at each concurrency, one run. For scale, the same run also measures
+`../shared/peers/minimal_path.py` (the floor of a Python request path; it serves the peers' xgb model
+with a `{"instances": [[32 floats]]}` body, so its row is the floor, not the same model).
 
 Needs `PHASES="setup models" bash ../shared/peers/run_all.sh` (TorchServe venv, mlp.pt, mlp.mar).
 
@@ -10,6 +12,7 @@ Needs `PHASES="setup models" bash ../shared/peers/run_all.sh` (TorchServe venv, 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -19,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # noqa: E402 - a script run from a checkout
 
 from benchmarks.report import write_report  # noqa: E402
-from benchmarks.xgb_http import ANCHORS, PEERS, free_port, measure  # noqa: E402
+from benchmarks.xgb_http import ANCHORS, PEERS, free_port, measure, prepare_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TS_VENV = Path("/tmp/anchors/venv-ts")
@@ -57,12 +60,20 @@ def main() -> None:
                         "http://127.0.0.1:18100/v2/models/mlp/infer", "http://127.0.0.1:18101/models/mlp", body, args,
                         {**env, "PATH": f"{TS_VENV / 'bin'}:{env['PATH']}"})
         os.chdir(ROOT)
+    if (PEERS / "minimal_path.py").exists():
+        _, row = prepare_model(work / "floor")
+        floor_body = work / "floor_body.json"
+        floor_body.write_text(json.dumps({"instances": [row]}))
+        port = free_port()
+        floor_cmd = [sys.executable, str(PEERS / "minimal_path.py"), "--port", str(port)]
+        rows += measure("minimal_path (xgb floor)", floor_cmd, f"http://127.0.0.1:{port}/",
+                        f"tcp://127.0.0.1:{port}", floor_body, args, {**env, "ANCHOR_MODELS": str(work / "floor")})
     write_report(args.out, "mlp_http", "TorchScript MLP 32-64-64-1, batch-1 KServe V2 requests over HTTP", [
         f"Command: `python benchmarks/mlp_http.py --duration {args.duration} --concurrency "
         f"{' '.join(map(str, args.concurrency))} --server-args '{args.server_args}'`",
         f"(wrk -t1, loopback, {os.cpu_count()} cores, the same body, same run; TorchServe batchSize 32, "
         "maxBatchDelay 2 ms).",
-    ], rows, [("serving-engine", "torchserve")])
+    ], rows, [("serving-engine", "torchserve"), ("minimal_path (xgb floor)", "torchserve")])
 
 
 if __name__ == "__main__":
