@@ -20,8 +20,11 @@ Event-driven and adaptive, with `time.monotonic()` deadlines and no polling:
   (wake-up, GIL hand-offs, the way back) costs more than the model. The cost is a moving average of
   the batches (CPU time of the worker thread, so waits for the GIL do not count; wall time inline); a
   queue goes back to the threads when the average passes twice the limit (a model that waits on a
-  device or the network uses little CPU on a worker but must not hold the loop), and tries the loop
-  again only after twice as many worker batches as the time before (16, 32, ... up to 1024).
+  device or the network uses little CPU on a worker but must not hold the loop), or when, over a window
+  of 32 inline batches, the loop thread was busy (> 70% CPU) and the model cost more than 10 µs a row:
+  requests that trickle in one by one (gRPC) make one-row batches, and a busy loop then does better
+  handing them to a worker, where they batch up while the model runs. It tries the loop again only
+  after twice as many worker batches as the time before (16, 32, ... up to 1024).
 """
 
 from __future__ import annotations
@@ -38,6 +41,10 @@ import numpy as np
 from .errors import Code, ServingError, invalid_argument
 
 Outputs = dict[str, np.ndarray]
+#: Inline, a busy loop thread gives the batches back to the workers when the model costs more than this a row.
+INLINE_ROW_MICROS = 10.0
+#: "Busy": the loop thread used more than this share of a window's wall time (32 inline batches).
+BUSY_LOOP = 0.7
 DEADLINE_MESSAGE = "request deadline exceeded before it was computed"
 
 
@@ -161,6 +168,7 @@ class BatchQueue:
         self._observed = 0
         self._backoff = 8  # worker batches before the next move onto the loop; doubles on each move back
         self._inline_after = 8
+        self._window: list[float] = []  # an inline window: [wall start, loop CPU start, model wall, rows, batches]
         self._inline_pending = False
 
     # ---- submitting ----
@@ -289,16 +297,42 @@ class BatchQueue:
             outputs: Outputs | None = None
             error: BaseException | None = None
             start = time.perf_counter()
+            if not self._window:
+                self._window = [start, time.thread_time(), 0.0, 0.0, 0.0]
             try:
                 outputs = self.run(inputs)
             except Exception as e:  # noqa: BLE001 - a processor failure fails its batch only
                 error = e
-            self._observe(time.perf_counter() - start, wall=True)
+            cost = time.perf_counter() - start
+            self._observe(cost, wall=True)
+            self._observe_window(cost, rows)
             self._complete(batch, rows, outputs, error)
         if not self.inline:
             self._schedule()  # back to the workers for what is left
         if self._idle is not None and not self.in_flight and not self.queue:
             self._idle.set()
+
+    def _observe_window(self, cost: float, rows: int) -> None:
+        """Every 32 inline batches: is the loop busy, and does the model cost it much per row?"""
+        window = self._window
+        if not window:  # the batch's cost has just sent the queue back to the workers
+            return
+        window[2] += cost
+        window[3] += rows
+        window[4] += 1
+        if window[4] < 32:
+            return
+        elapsed = time.perf_counter() - window[0]
+        busy = (time.thread_time() - window[1]) / elapsed if elapsed > 0 else 1.0
+        self._window = []
+        if self.inline and busy > BUSY_LOOP and window[2] / window[3] > INLINE_ROW_MICROS / 1e6:
+            self._back_to_workers()
+
+    def _back_to_workers(self) -> None:
+        self.inline = False
+        self._window = []
+        self._backoff = min(2 * self._backoff, 1024)
+        self._inline_after = self._observed + self._backoff
 
     def _observe(self, cost: float, wall: bool = False) -> None:
         """Average the batch cost; move the queue onto the loop thread, or back to the workers, on it."""
@@ -308,9 +342,7 @@ class BatchQueue:
             return
         if wall:
             if self.cost > 2 * self.inline_limit:
-                self.inline = False
-                self._backoff = min(2 * self._backoff, 1024)
-                self._inline_after = self._observed + self._backoff
+                self._back_to_workers()
         elif self._observed >= self._inline_after and self.cost < self.inline_limit:
             self.inline = True
 

@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 
+from serving import batching
 from serving.batching import BatchingOptions, BatchQueue, from_batching_parameters
 from serving.errors import Code, ServingError
 
@@ -302,5 +303,66 @@ def test_inline_batch_micros_zero_keeps_every_batch_on_the_workers(executor):
         await warm(q, 20)
         assert not q.inline and q.stats.inline_batches == 0
         assert threading.get_ident() not in rec.threads
+
+    run(go())
+
+
+def spin(seconds):
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
+class SpinRecorder(ThreadRecorder):
+    def __init__(self, spin_s):
+        super().__init__()
+        self.spin_s = spin_s
+
+    def __call__(self, inputs):
+        spin(self.spin_s)
+        return super().__call__(inputs)
+
+
+def test_one_row_batches_of_a_costly_model_on_a_busy_loop_go_back_to_the_workers(executor, monkeypatch):
+    # This loop does nothing but these requests (~100% busy); a lower bar keeps a loaded CI machine honest.
+    monkeypatch.setattr(batching, "BUSY_LOOP", 0.3)
+
+    async def go():
+        # 300 us of CPU a batch is under the batch limit, but requests arriving one by one make one-row
+        # batches: 300 us a row on a loop that does nothing else.
+        rec = SpinRecorder(0.0003)
+        q = BatchQueue(rec, BatchingOptions(inline_batch_micros=50_000), executor)
+        await warm(q, 9)
+        assert q.inline
+        await warm(q, 40)
+        assert not q.inline and q.stats.inline_batches == 32
+
+    run(go())
+
+
+def test_full_batches_of_the_same_model_stay_on_the_loop(executor):
+    async def go():
+        rec = SpinRecorder(0.0001)  # 16-row batches: about 6 us a row
+        q = BatchQueue(rec, BatchingOptions(max_batch_size=16, inline_batch_micros=50_000), executor)
+        await warm(q, 9)
+        assert q.inline
+        before = q.stats.inline_batches
+        for _ in range(40):
+            results = await asyncio.gather(*[q.submit(rows(float(i)), far()) for i in range(16)])
+            assert [r["y"].tolist() for r in results] == [[[2.0 * i]] for i in range(16)]
+        assert q.inline and q.stats.inline_batches == before + 40
+
+    run(go())
+
+
+def test_one_row_batches_on_an_idle_loop_stay_on_it(executor):
+    async def go():
+        rec = SpinRecorder(0.0003)  # 300 us a row, but the loop waits 5 ms between requests
+        q = BatchQueue(rec, BatchingOptions(inline_batch_micros=50_000), executor)
+        await warm(q, 9)
+        for i in range(40):
+            await asyncio.sleep(0.005)
+            assert (await q.submit(rows(float(i)), far()))["y"].tolist() == [[2.0 * i]]
+        assert q.inline and q.stats.inline_batches == 41
 
     run(go())

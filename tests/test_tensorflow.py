@@ -148,7 +148,8 @@ def test_bfloat16_model_serves_binary_protocols_and_refuses_json_input_as_tf_ser
             response = stub.Predict(request)
             y = response.outputs["y"]
             assert y.dtype == 14
-            assert np.array(y.half_val, np.uint16).view(ml_dtypes.bfloat16).astype(np.float32).tolist() == [4.0, -3.0, 7.0]
+            y_values = np.array(y.half_val, np.uint16).view(ml_dtypes.bfloat16).astype(np.float32)
+            assert y_values.tolist() == [4.0, -3.0, 7.0]
             assert list(response.outputs["y32"].float_val) == [4.0, -3.0, 7.0]
     # KServe V2 with the binary tensor extension: BF16 in; the JSON answer writes bfloat16 as exact float32 numbers.
     header = json.dumps({"inputs": [{"name": "x", "shape": [3], "datatype": "BF16",
