@@ -20,11 +20,15 @@ Event-driven and adaptive, with `time.monotonic()` deadlines and no polling:
   (wake-up, GIL hand-offs, the way back) costs more than the model. The cost is a moving average of
   the batches (CPU time of the worker thread, so waits for the GIL do not count; wall time inline); a
   queue goes back to the threads when the average passes twice the limit (a model that waits on a
-  device or the network uses little CPU on a worker but must not hold the loop), or when, over a window
-  of 32 inline batches, the loop thread was busy (> 70% CPU) and the model cost more than 10 µs a row:
-  requests that trickle in one by one (gRPC) make one-row batches, and a busy loop then does better
-  handing them to a worker, where they batch up while the model runs. It tries the loop again only
-  after twice as many worker batches as the time before (16, 32, ... up to 1024).
+  device or the network uses little CPU on a worker but must not hold the loop), or when the loop is
+  busy and inline costs more than the workers did. That is measured, not guessed: over windows of 32
+  batches the queue takes the process's CPU time per row served, in each mode (on the workers it
+  includes the hand-offs and GIL traffic, inline the model on the loop); when an inline window finds
+  the loop thread busy (> 70% CPU) and the process paying more per row than in the last worker window,
+  the workers win (requests that trickle in one by one, as gRPC delivers them, make one-row batches, and a
+  costly model then does better on a worker, where rows pile up while it runs). A queue moves onto the
+  loop only after a worker window has been measured, and tries again after twice as many worker
+  batches as the time before (16, 32, ... up to 1024).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -40,10 +45,11 @@ import numpy as np
 
 from .errors import Code, ServingError, invalid_argument
 
+log = logging.getLogger(__name__)
 Outputs = dict[str, np.ndarray]
-#: Inline, a busy loop thread gives the batches back to the workers when the model costs more than this a row.
-INLINE_ROW_MICROS = 10.0
-#: "Busy": the loop thread used more than this share of a window's wall time (32 inline batches).
+#: Batches in one measuring window of the loop thread's CPU time.
+WINDOW = 32
+#: "Busy": the loop thread used more than this share of a window's wall time.
 BUSY_LOOP = 0.7
 DEADLINE_MESSAGE = "request deadline exceeded before it was computed"
 
@@ -66,7 +72,7 @@ class BatchingOptions:
     #: Pad inputs whose non-batch dims differ to the largest (zeros) so they share a batch.
     pad_variable_length_inputs: bool = False
     #: Run batches on the event-loop thread while they average under this many µs of compute (0: never).
-    inline_batch_micros: int = 300
+    inline_batch_micros: int = 1000
 
     def validate(self) -> None:
         if self.max_batch_size < 1:
@@ -168,7 +174,9 @@ class BatchQueue:
         self._observed = 0
         self._backoff = 8  # worker batches before the next move onto the loop; doubles on each move back
         self._inline_after = 8
-        self._window: list[float] = []  # an inline window: [wall start, loop CPU start, model wall, rows, batches]
+        # [wall start, loop thread CPU start, process CPU start, rows, batches, inline (1.0/0.0)]
+        self._window: list[float] = []
+        self._worker_row_cpu: float | None = None  # process CPU seconds per row in the last worker window
         self._inline_pending = False
 
     # ---- submitting ----
@@ -297,38 +305,42 @@ class BatchQueue:
             outputs: Outputs | None = None
             error: BaseException | None = None
             start = time.perf_counter()
-            if not self._window:
-                self._window = [start, time.thread_time(), 0.0, 0.0, 0.0]
             try:
                 outputs = self.run(inputs)
             except Exception as e:  # noqa: BLE001 - a processor failure fails its batch only
                 error = e
             cost = time.perf_counter() - start
             self._observe(cost, wall=True)
-            self._observe_window(cost, rows)
             self._complete(batch, rows, outputs, error)
+            self._account(rows, True)
         if not self.inline:
             self._schedule()  # back to the workers for what is left
         if self._idle is not None and not self.in_flight and not self.queue:
             self._idle.set()
 
-    def _observe_window(self, cost: float, rows: int) -> None:
-        """Every 32 inline batches: is the loop busy, and does the model cost it much per row?"""
+    def _account(self, rows: int, inline: bool) -> None:
+        """After each batch, on the loop thread: CPU per row over windows of WINDOW batches."""
+        now, loop_cpu, cpu = time.perf_counter(), time.thread_time(), time.process_time()
         window = self._window
-        if not window:  # the batch's cost has just sent the queue back to the workers
+        if not window or window[5] != inline:
+            self._window = [now, loop_cpu, cpu, 0.0, 0.0, float(inline)]
             return
-        window[2] += cost
         window[3] += rows
         window[4] += 1
-        if window[4] < 32:
+        if window[4] < WINDOW:
             return
-        elapsed = time.perf_counter() - window[0]
-        busy = (time.thread_time() - window[1]) / elapsed if elapsed > 0 else 1.0
-        self._window = []
-        if self.inline and busy > BUSY_LOOP and window[2] / window[3] > INLINE_ROW_MICROS / 1e6:
+        self._window = [now, loop_cpu, cpu, 0.0, 0.0, float(inline)]
+        per_row = (cpu - window[2]) / window[3]
+        if not inline:
+            self._worker_row_cpu = per_row
+            return
+        elapsed = now - window[0]
+        busy = (loop_cpu - window[1]) / elapsed if elapsed > 0 else 1.0
+        if self.inline and busy > BUSY_LOOP and self._worker_row_cpu is not None and per_row > self._worker_row_cpu:
             self._back_to_workers()
 
     def _back_to_workers(self) -> None:
+        log.debug("%s: batches go back to the worker threads (average batch %.0f us)", self.name, self.cost * 1e6)
         self.inline = False
         self._window = []
         self._backoff = min(2 * self._backoff, 1024)
@@ -343,7 +355,10 @@ class BatchQueue:
         if wall:
             if self.cost > 2 * self.inline_limit:
                 self._back_to_workers()
-        elif self._observed >= self._inline_after and self.cost < self.inline_limit:
+        elif (self._observed >= self._inline_after and self.cost < self.inline_limit
+                and self._worker_row_cpu is not None):
+            log.debug("%s: batches now run on the event-loop thread (average batch %.0f us)", self.name,
+                      self.cost * 1e6)
             self.inline = True
 
     def _assemble(self, batch: Sequence[_Item]) -> tuple[dict[str, np.ndarray], int]:
@@ -372,6 +387,7 @@ class BatchQueue:
             outputs, cost = job.result()
             self._observe(cost)
         self._complete(batch, rows, outputs, error)
+        self._account(rows, False)
         self._schedule()
         if self._idle is not None and not self.in_flight and not self.queue:
             self._idle.set()

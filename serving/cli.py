@@ -43,7 +43,7 @@ DOCS = {
     "allowed_batch_sizes": "comma-separated sizes a batch is padded up to; last = max_batch_size",
     "pad_variable_length_inputs": "pad inputs whose non-batch dims differ to share a batch (default false)",
     "inline_batch_micros": "run a model's batches on the event-loop thread while they average under this "
-    "many us of compute, 0 = always on worker threads (default 300)",
+    "many us of compute, 0 = always on worker threads (default 1000)",
     "keepalive_ms": "deadline of a cloud processor route request in ms (default 5000; 408 past it)",
     "rate_limit": "requests/s accepted by this instance, 0 = no limit (default 0; 429 over it)",
     "io_threads": "accepted for compatibility with the service config; one event loop does the I/O",

@@ -79,7 +79,7 @@ class Settings:
     #: Pad inputs whose non-batch dims differ so they can share a batch.
     pad_variable_length_inputs: bool = False
     #: Run a model's batches on the event-loop thread while they average under this many µs (0: never).
-    inline_batch_micros: int = 300
+    inline_batch_micros: int = 1000
     #: Deadline of a request on the cloud processor route, milliseconds (408 past it).
     keepalive_ms: int = 5000
     #: Requests per second accepted by this instance (0: no limit); more get 429.

@@ -246,12 +246,22 @@ async def warm(q, n=10):
         assert (await q.submit(rows(float(i)), far()))["y"].tolist() == [[2.0 * i]]
 
 
+async def warm_until(q, condition, limit=200):
+    """One-row requests, one after another, until `condition()` holds; how many it took."""
+    for i in range(limit):
+        if condition():
+            return i
+        await warm(q, 1)
+    raise AssertionError(f"not reached after {limit} batches: inline={q.inline}, stats={q.stats}")
+
+
 def test_a_fast_model_moves_onto_the_loop_thread_and_batches_what_arrived_together(executor):
     async def go():
         rec = ThreadRecorder()
         q = BatchQueue(rec, BatchingOptions(max_batch_size=16, inline_batch_micros=50_000), executor)
-        await warm(q)
-        assert q.inline and rec.threads[0] != threading.get_ident()  # began on a worker
+        took = await warm_until(q, lambda: q.inline)
+        assert took > batching.WINDOW  # a worker window is measured first
+        assert rec.threads[0] != threading.get_ident()  # began on a worker
         before = len(rec.batches)
         futures = [q.submit(rows(float(i)), far()) for i in range(5)]  # all in this loop iteration
         results = await asyncio.gather(*futures)
@@ -266,8 +276,7 @@ def test_an_inline_processor_exception_fails_only_its_batch(executor):
     async def go():
         rec = ThreadRecorder(fail_on=-1.0)
         q = BatchQueue(rec, BatchingOptions(inline_batch_micros=50_000), executor)
-        await warm(q)
-        assert q.inline
+        await warm_until(q, lambda: q.inline)
         poisoned = [q.submit(rows(-1.0), far()), q.submit(rows(5.0), far())]
         for f in poisoned:
             with pytest.raises(ValueError, match="poisoned batch"):
@@ -283,13 +292,14 @@ def test_a_model_that_holds_the_loop_goes_back_to_the_workers_and_retries_ever_l
         # Sleeping uses no CPU, so the worker's CPU time says "fast"; the first inline batch shows the wall time.
         rec = ThreadRecorder(sleep_s=0.03)
         q = BatchQueue(rec, BatchingOptions(inline_batch_micros=1000), executor)
-        await warm(q, 9)  # 8 on the workers, then one on the loop, which sends it back
+        await warm_until(q, lambda: q.inline)
+        await warm(q, 1)  # one batch on the loop sends it back
         assert not q.inline and q.stats.inline_batches == 1
         await warm(q, 15)  # the next try waits for 16 worker batches
         assert not q.inline and q.stats.inline_batches == 1
         assert rec.threads[-1] != threading.get_ident()
-        await warm(q, 2)  # the 16th, then a second try
-        assert not q.inline and q.stats.inline_batches == 2
+        await warm_until(q, lambda: q.stats.inline_batches == 2, limit=10)  # a second try
+        assert not q.inline
         await warm(q, 31)  # and the next one 32 batches later
         assert q.stats.inline_batches == 2
 
@@ -300,69 +310,89 @@ def test_inline_batch_micros_zero_keeps_every_batch_on_the_workers(executor):
     async def go():
         rec = ThreadRecorder()
         q = BatchQueue(rec, BatchingOptions(inline_batch_micros=0), executor)
-        await warm(q, 20)
+        await warm(q, 80)
         assert not q.inline and q.stats.inline_batches == 0
         assert threading.get_ident() not in rec.threads
 
     run(go())
 
 
-def spin(seconds):
-    end = time.thread_time() + seconds
-    while time.thread_time() < end:
-        pass
+class ChargedClock:
+    """The clocks batching reads, plus CPU time a test model charges: as if it had burnt that much."""
+
+    def __init__(self):
+        self.process_extra = 0.0
+        self.loop_extra = 0.0
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+    def process_time(self):
+        return time.process_time() + self.process_extra
+
+    def thread_time(self):
+        return time.thread_time() + self.loop_extra
 
 
-class SpinRecorder(ThreadRecorder):
-    def __init__(self, spin_s):
+class ChargingModel(ThreadRecorder):
+    """Charges `inline_s` of CPU per batch run on the loop thread and `worker_s` per batch on a worker."""
+
+    def __init__(self, clock, inline_s, worker_s):
         super().__init__()
-        self.spin_s = spin_s
+        self.clock, self.inline_s, self.worker_s = clock, inline_s, worker_s
+        self.loop_thread = threading.get_ident()
 
     def __call__(self, inputs):
-        spin(self.spin_s)
+        if threading.get_ident() == self.loop_thread:
+            self.clock.process_extra += self.inline_s
+            self.clock.loop_extra += self.inline_s
+        else:
+            self.clock.process_extra += self.worker_s
         return super().__call__(inputs)
 
 
-def test_one_row_batches_of_a_costly_model_on_a_busy_loop_go_back_to_the_workers(executor, monkeypatch):
-    # This loop does nothing but these requests (~100% busy); a lower bar keeps a loaded CI machine honest.
-    monkeypatch.setattr(batching, "BUSY_LOOP", 0.3)
+def charged_queue(monkeypatch, executor, inline_s, worker_s):
+    clock = ChargedClock()
+    monkeypatch.setattr(batching, "time", clock)
+    model = ChargingModel(clock, inline_s, worker_s)
+    return model, BatchQueue(model, BatchingOptions(inline_batch_micros=50_000), executor)
 
+
+def test_rows_that_cost_more_inline_on_a_busy_loop_go_back_to_the_workers(executor, monkeypatch):
     async def go():
-        # 300 us of CPU a batch is under the batch limit, but requests arriving one by one make one-row
-        # batches: 300 us a row on a loop that does nothing else.
-        rec = SpinRecorder(0.0003)
-        q = BatchQueue(rec, BatchingOptions(inline_batch_micros=50_000), executor)
-        await warm(q, 9)
-        assert q.inline
-        await warm(q, 40)
-        assert not q.inline and q.stats.inline_batches == 32
+        # As gRPC's one-by-one requests do: inline they make one-row batches that cost the process more
+        # CPU a row than the worker batches did.
+        model, q = charged_queue(monkeypatch, executor, inline_s=0.002, worker_s=0.0001)
+        await warm_until(q, lambda: q.inline)
+        start, n = len(model.threads), 2 * batching.WINDOW + 4
+        await warm(q, n)
+        on_loop = [t == model.loop_thread for t in model.threads[start:]]
+        assert all(on_loop[:batching.WINDOW])  # one whole measuring window inline, ...
+        assert not all(on_loop[batching.WINDOW:batching.WINDOW + 16])  # then back on the workers
 
     run(go())
 
 
-def test_full_batches_of_the_same_model_stay_on_the_loop(executor):
+def test_rows_that_cost_less_inline_stay_on_the_loop(executor, monkeypatch):
     async def go():
-        rec = SpinRecorder(0.0001)  # 16-row batches: about 6 us a row
-        q = BatchQueue(rec, BatchingOptions(max_batch_size=16, inline_batch_micros=50_000), executor)
-        await warm(q, 9)
-        assert q.inline
-        before = q.stats.inline_batches
-        for _ in range(40):
-            results = await asyncio.gather(*[q.submit(rows(float(i)), far()) for i in range(16)])
-            assert [r["y"].tolist() for r in results] == [[[2.0 * i]] for i in range(16)]
-        assert q.inline and q.stats.inline_batches == before + 40
+        model, q = charged_queue(monkeypatch, executor, inline_s=0.0001, worker_s=0.002)
+        await warm_until(q, lambda: q.inline)
+        start, n = len(model.threads), 3 * batching.WINDOW
+        await warm(q, n)
+        assert q.inline and model.threads[start:] == [model.loop_thread] * n
 
     run(go())
 
 
-def test_one_row_batches_on_an_idle_loop_stay_on_it(executor):
+def test_rows_that_cost_more_inline_on_an_idle_loop_stay_on_it(executor, monkeypatch):
     async def go():
-        rec = SpinRecorder(0.0003)  # 300 us a row, but the loop waits 5 ms between requests
-        q = BatchQueue(rec, BatchingOptions(inline_batch_micros=50_000), executor)
-        await warm(q, 9)
-        for i in range(40):
+        # the loop waits 5 ms between requests: not busy, so the cheaper hand-off does not matter
+        model, q = charged_queue(monkeypatch, executor, inline_s=0.0002, worker_s=0.0001)
+        await warm_until(q, lambda: q.inline)
+        start, n = len(model.threads), 2 * batching.WINDOW + 4
+        for i in range(n):
             await asyncio.sleep(0.005)
             assert (await q.submit(rows(float(i)), far()))["y"].tolist() == [[2.0 * i]]
-        assert q.inline and q.stats.inline_batches == 41
+        assert q.inline and model.threads[start:] == [model.loop_thread] * n
 
     run(go())
