@@ -127,6 +127,16 @@ def _releaser(servable: Servable) -> Callable[[asyncio.Future[Outputs]], None]:
     return release
 
 
+async def outputs_of(future: asyncio.Future[Outputs]) -> Outputs:
+    """Await a data-plane future; a processor's own exception comes out as an INTERNAL ServingError."""
+    try:
+        return await future
+    except ServingError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the processor's failure, named for the client
+        raise ServingError(Code.INTERNAL, f"{type(e).__name__}: {e}") from e
+
+
 def error_of(future: asyncio.Future[Outputs]) -> ServingError | None:
     """The future's failure as a ServingError (cancellation and stray exceptions included)."""
     if future.cancelled():

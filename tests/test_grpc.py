@@ -8,6 +8,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from serving._proto.tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
+    inference_pb2,
     model_management_pb2,
     model_service_pb2_grpc,
     predict_pb2,
@@ -27,12 +28,14 @@ def server(tmp_path_factory):
     make_linear(root / "lin", 2)  # y = 0.5x + 2
     make_linear(root / "slow", 1, delay_ms=800)
     make_linear(root / "two", 1, weights=[[1.0, 0.0], [0.0, 1.0]], bias=[0.0, 0.0])
+    make_linear(root / "picky", 1, reject_nan=True)
     config = root / "c.pbtxt"
     config.write_text(pbtxt(
         {"name": "lin", "base_path": root / "lin", "platform": "linear", "policy": "all {}",
          "labels": {"stable": 1, "canary": 2}},
         {"name": "slow", "base_path": root / "slow", "platform": "linear"},
         {"name": "two", "base_path": root / "two", "platform": "linear"},
+        {"name": "picky", "base_path": root / "picky", "platform": "linear"},
     ))
     with Server(f"--model_config_file={config}") as s:
         s.root = root
@@ -161,6 +164,21 @@ def test_regress_is_unimplemented_for_processors_without_it(channel):
     request.model_spec.name = "lin"
     got_code, details = code_of(lambda: stub.Regress(request))
     assert got_code == grpc.StatusCode.UNIMPLEMENTED and "does not implement Regress" in details
+
+
+def test_multi_inference_is_unimplemented_for_processors_without_it(channel):
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    request = inference_pb2.MultiInferenceRequest()
+    task = request.tasks.add(method_name="tensorflow/serving/regress")
+    task.model_spec.name = "lin"
+    got_code, details = code_of(lambda: stub.MultiInference(request))
+    assert got_code == grpc.StatusCode.UNIMPLEMENTED and "does not implement MultiInference" in details
+
+
+def test_a_processor_failure_is_internal_with_its_message_and_the_server_goes_on(channel):
+    got_code, details = code_of(lambda: predict(channel, "picky", ((float("nan"),),)))
+    assert got_code == grpc.StatusCode.INTERNAL and "NaN" in details
+    assert list(predict(channel, "picky", ((2.0,),)).outputs["predictions"].float_val) == [3.0]
 
 
 def test_get_model_status(channel):

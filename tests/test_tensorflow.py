@@ -10,6 +10,7 @@ import pytest
 from serving._proto.tensorflow.core.example import example_pb2
 from serving._proto.tensorflow_serving.apis import (
     classification_pb2,
+    inference_pb2,
     predict_pb2,
     prediction_service_pb2_grpc,
     regression_pb2,
@@ -159,3 +160,37 @@ def test_bfloat16_model_serves_binary_protocols_and_refuses_json_input_as_tf_ser
     assert status == 200
     outputs = {o["name"]: o for o in doc["outputs"]}
     assert outputs["y"]["datatype"] == "BF16" and outputs["y"]["data"] == [4.0, -3.0, 7.0]
+
+
+def test_grpc_multi_inference_as_tf_serving_answers_it(server):
+    def request(*tasks, x=2.0):
+        req = inference_pb2.MultiInferenceRequest()
+        for signature, method, model in tasks:
+            task = req.tasks.add(method_name=f"tensorflow/serving/{method}")
+            task.model_spec.name = model
+            task.model_spec.version.value = 1
+            task.model_spec.signature_name = signature
+        if x is not None:
+            req.input.example_list.examples.add().features.feature["x"].float_list.value.append(x)
+        return req
+
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        response = stub.MultiInference(request(("regress_x_to_y", "regress", "half"),
+                                               ("classify_x_to_y", "classify", "half")))
+        regression, classification = response.results
+        assert [r.value for r in regression.regression_result.regressions] == [3.0]
+        assert regression.model_spec.signature_name == "regress_x_to_y" and regression.model_spec.version.value == 1
+        classes = classification.classification_result.classifications[0].classes
+        assert [(c.label, c.score) for c in classes] == [("", 3.0)]
+        for tasks, x, code, text in [
+            ((("regress_x_to_y", "regress", "half"), ("regress_x_to_y", "regress", "half")), 2.0,
+             grpc.StatusCode.INVALID_ARGUMENT, "Duplicate evaluation of signature: regress_x_to_y"),
+            ((("regress_x_to_y", "regress", "half"), ("regress_x_to_y", "regress", "text")), 2.0,
+             grpc.StatusCode.INVALID_ARGUMENT, "must access the same model name"),
+            ((("serving_default", "predict", "half"),), 2.0, grpc.StatusCode.UNIMPLEMENTED, "Unsupported signature"),
+            ((("regress_x_to_y", "regress", "half"),), None, grpc.StatusCode.INVALID_ARGUMENT, "Input is empty"),
+        ]:
+            with pytest.raises(grpc.RpcError) as e:
+                stub.MultiInference(request(*tasks, x=x))
+            assert e.value.code() == code and text in e.value.details()

@@ -13,7 +13,7 @@ from .. import __version__
 from .._proto.inference import grpc_predict_v2_pb2 as pb
 from .._proto.inference import grpc_predict_v2_pb2_grpc
 from ..codecs import kserve
-from ..dataplane import DataPlane
+from ..dataplane import DataPlane, outputs_of
 from ..errors import ServingError, invalid_argument
 from ..repository import ModelManager, Servable
 from .tfserving import abort, call_deadline
@@ -68,7 +68,7 @@ class InferenceService(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):  
             if unknown:
                 raise invalid_argument(f"unexpected inference output '{unknown[0]}' for model '{request.model_name}'")
             deadline = call_deadline(context, self.default_timeout_s)
-            outputs = await self.dataplane.infer(servable, sig, inputs, deadline)
+            outputs = await outputs_of(self.dataplane.infer(servable, sig, inputs, deadline))
             response = pb.ModelInferResponse(model_name=servable.model, model_version=str(servable.version),
                                              id=request.id)
             kserve.encode_grpc(response, outputs, names)

@@ -1,9 +1,10 @@
 """TF Serving's gRPC services: PredictionService (Predict, GetModelMetadata; Classify, Regress and
-MultiInference answer UNIMPLEMENTED for processors without those methods) and ModelService
+MultiInference, which answer UNIMPLEMENTED for processors without those methods) and ModelService
 (GetModelStatus, HandleReloadConfigRequest)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -16,6 +17,7 @@ from .._proto.tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
+    inference_pb2,
     model_management_pb2,
     model_service_pb2_grpc,
     predict_pb2,
@@ -24,12 +26,12 @@ from .._proto.tensorflow_serving.apis import (
 )
 from ..codecs import examples
 from ..codecs.tensors import DTYPE_ENUMS, array_to_tensor, conform_all, tensor_to_array
-from ..dataplane import DataPlane
+from ..dataplane import DataPlane, outputs_of
 from ..errors import Code, ServingError, invalid_argument, unimplemented
 from ..model_config import ConfigError, ModelSpec, specs_from_proto
 from ..processor import implements
 from ..repository import ModelManager, Servable
-from ..signature import STRING, Signature
+from ..signature import CLASSIFY_METHOD, REGRESS_METHOD, STRING, Signature
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +89,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer): 
                     f"{{{','.join(sig.outputs)}}}."
                 )
             deadline = call_deadline(context, self.default_timeout_s)
-            outputs = await self.dataplane.infer(servable, sig, inputs, deadline)
+            outputs = await outputs_of(self.dataplane.infer(servable, sig, inputs, deadline))
             response = predict_pb2.PredictResponse()
             fill_model_spec(response.model_spec, servable, sig.name)
             for name in names:
@@ -120,18 +122,14 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer): 
         outputs, servable, sig, n = await self._examples("classify", request, context)
         response = classification_pb2.ClassificationResponse()
         fill_model_spec(response.model_spec, servable, sig.name)
-        for pairs in examples.classification_pairs(outputs, n):
-            entry = response.result.classifications.add()
-            for label, score in pairs:
-                entry.classes.add(label=label, score=score)
+        fill_classification(response.result, outputs, n)
         return response
 
     async def Regress(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         outputs, servable, sig, n = await self._examples("regress", request, context)
         response = regression_pb2.RegressionResponse()
         fill_model_spec(response.model_spec, servable, sig.name)
-        for value in examples.regression_values(outputs, n):
-            response.result.regressions.add(value=value)
+        fill_regression(response.result, outputs, n)
         return response
 
     async def _examples(self, verb: str, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -146,21 +144,77 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer): 
             if len(sig.inputs) != 1:
                 raise invalid_argument(f"signature {sig.name} takes {len(sig.inputs)} inputs, not one of examples")
             deadline = call_deadline(context, self.default_timeout_s)
-            outputs = await self.dataplane.infer(servable, sig, {next(iter(sig.inputs)): serialized}, deadline, verb)
+            future = self.dataplane.infer(servable, sig, {next(iter(sig.inputs)): serialized}, deadline, verb)
+            outputs = await outputs_of(future)
             return outputs, servable, sig, len(serialized)
         except ServingError as e:
             await abort(context, e)
 
     async def MultiInference(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        await self._unimplemented("MultiInference", request, context)
-
-    async def _unimplemented(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> None:
+        """Several classify / regress signatures of one model over the same Input, as TF Serving runs them."""
         try:
-            spec = request.tasks[0].model_spec if method == "MultiInference" and request.tasks else request.model_spec
-            servable = resolve(self.manager, spec)
-            raise unimplemented(f"model {servable.model} ({servable.platform}) does not implement {method}")
+            if not request.tasks:
+                raise invalid_argument("MultiInferenceRequest has no tasks")
+            name = request.tasks[0].model_spec.name
+            if any(task.model_spec.name != name for task in request.tasks):
+                raise invalid_argument("All ModelSpecs in a MultiInferenceRequest must access the same model name.")
+            servable = resolve(self.manager, request.tasks[0].model_spec)
+            plan = multi_inference_plan(servable, request.tasks)
+            serialized = examples.examples_from_input(request.input)
+            deadline = call_deadline(context, self.default_timeout_s)
+            futures = [self.dataplane.infer(servable, sig, {next(iter(sig.inputs)): serialized}, deadline, verb)
+                       for verb, sig in plan]
+            results = await asyncio.gather(*(outputs_of(f) for f in futures))
+            response = inference_pb2.MultiInferenceResponse()
+            n = len(serialized)
+            for (verb, sig), outputs in zip(plan, results, strict=True):
+                result = response.results.add()
+                fill_model_spec(result.model_spec, servable, sig.name)
+                if verb == "classify":
+                    fill_classification(result.classification_result, outputs, n)
+                else:
+                    fill_regression(result.regression_result, outputs, n)
+            return response
         except ServingError as e:
             await abort(context, e)
+
+
+def multi_inference_plan(servable: Servable, tasks: Any) -> list[tuple[str, Signature]]:
+    """(verb, signature) of each MultiInference task, with TF Serving's checks."""
+    assert servable.processor is not None
+    verbs = {CLASSIFY_METHOD: "classify", REGRESS_METHOD: "regress"}
+    plan: list[tuple[str, Signature]] = []
+    input_tensor = None
+    for task in tasks:
+        sig = servable.signature(task.model_spec.signature_name)
+        if any(sig.name == s.name for _, s in plan):
+            raise invalid_argument(f"Duplicate evaluation of signature: {sig.name}")
+        verb = verbs.get(task.method_name)
+        if verb is None:
+            raise unimplemented(f"Unsupported signature method_name: {task.method_name}")
+        if not implements(servable.processor, verb):
+            raise unimplemented(f"model {servable.model} ({servable.platform}) does not implement MultiInference")
+        if len(sig.inputs) != 1:
+            raise invalid_argument(f"signature {sig.name} takes {len(sig.inputs)} inputs, not one of examples")
+        spec = next(iter(sig.inputs.values()))
+        if input_tensor is not None and (spec.tensor_name or spec.name) != input_tensor:
+            raise invalid_argument("Input tensor must be the same for all Signatures.")
+        input_tensor = spec.tensor_name or spec.name
+        plan.append((verb, sig))
+    return plan
+
+
+def fill_classification(result: Any, outputs: dict[str, Any], n: int) -> None:
+    """A ClassificationResult: per example, its (label, score) classes."""
+    for pairs in examples.classification_pairs(outputs, n):
+        entry = result.classifications.add()
+        for label, score in pairs:
+            entry.classes.add(label=label, score=score)
+
+
+def fill_regression(result: Any, outputs: dict[str, Any], n: int) -> None:
+    for value in examples.regression_values(outputs, n):
+        result.regressions.add(value=value)
 
 
 def signature_def(sig: Signature, target: Any) -> None:
