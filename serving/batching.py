@@ -47,7 +47,7 @@ from .errors import Code, ServingError, invalid_argument
 
 log = logging.getLogger(__name__)
 Outputs = dict[str, np.ndarray]
-#: Batches in one measuring window of the loop thread's CPU time.
+#: Batches in one measuring window (process CPU per row, loop thread busy share).
 WINDOW = 32
 #: "Busy": the loop thread used more than this share of a window's wall time.
 BUSY_LOOP = 0.7
