@@ -27,8 +27,8 @@ Outputs = dict[str, np.ndarray]
 
 def validate_inputs(servable: Servable, sig: Signature, inputs: dict[str, np.ndarray]) -> None:
     """Every declared input present with the right rank and fixed dims; no unknown inputs; one batch size."""
-    where = f"model {servable.model} version {servable.version} signature {sig.name}"
     if inputs.keys() != sig.inputs.keys():
+        where = _where(servable, sig)
         missing = [n for n in sig.inputs if n not in inputs]
         if missing:
             raise invalid_argument(f"{where}: missing input(s) {', '.join(missing)}")
@@ -37,13 +37,22 @@ def validate_inputs(servable: Servable, sig: Signature, inputs: dict[str, np.nda
     batch = -1
     for name, spec in sig.inputs.items():
         array = inputs[name]
-        spec.check(array, where)
+        try:
+            spec.check(array, "")
+        except ServingError as e:
+            raise invalid_argument(_where(servable, sig) + e.message) from None
         if array.ndim:
             if batch >= 0 and array.shape[0] != batch:
-                raise invalid_argument(f"{where}: inputs have different batch sizes ({batch} and {array.shape[0]})")
+                raise invalid_argument(f"{_where(servable, sig)}: inputs have different batch sizes ({batch} and "
+                                       f"{array.shape[0]})")
             batch = array.shape[0]
     if batch == 0:
-        raise invalid_argument(f"{where}: the request has no rows")
+        raise invalid_argument(f"{_where(servable, sig)}: the request has no rows")
+
+
+def _where(servable: Servable, sig: Signature) -> str:
+    """Error messages' prefix (built only when there is an error)."""
+    return f"model {servable.model} version {servable.version} signature {sig.name}"
 
 
 class RateLimiter:
@@ -128,7 +137,8 @@ def _releaser(servable: Servable) -> Callable[[asyncio.Future[Outputs]], None]:
 
 
 async def outputs_of(future: asyncio.Future[Outputs]) -> Outputs:
-    """Await a data-plane future; a processor's own exception comes out as an INTERNAL ServingError."""
+    """Await a data-plane future; anything but a ServingError (the servable already wraps a processor's own
+    exceptions in one) comes out as an INTERNAL ServingError with its message, never as gRPC's UNKNOWN."""
     try:
         return await future
     except ServingError:
