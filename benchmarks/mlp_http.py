@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # noqa: E402 - a script run from a checkout
 
 from benchmarks.report import write_report  # noqa: E402
-from benchmarks.xgb_http import ANCHORS, PEERS, free_port, measure, prepare_model  # noqa: E402
+from benchmarks.xgb_http import ANCHORS, PEERS, free_port, measure, measure_floor, prepare_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TS_VENV = Path("/tmp/anchors/venv-ts")
@@ -64,10 +64,8 @@ def main() -> None:
         _, row = prepare_model(work / "floor")
         floor_body = work / "floor_body.json"
         floor_body.write_text(json.dumps({"instances": [row]}))
-        port = free_port()
-        floor_cmd = [sys.executable, str(PEERS / "minimal_path.py"), "--port", str(port)]
-        rows += measure("minimal_path (xgb floor)", floor_cmd, f"http://127.0.0.1:{port}/",
-                        f"tcp://127.0.0.1:{port}", floor_body, args, {**env, "ANCHOR_MODELS": str(work / "floor")})
+        floor_env = {**env, "ANCHOR_MODELS": str(work / "floor")}
+        rows += measure_floor("minimal_path (xgb floor)", floor_body, args, floor_env)
     write_report(args.out, "mlp_http", "TorchScript MLP 32-64-64-1, batch-1 KServe V2 requests over HTTP", [
         f"Command: `python benchmarks/mlp_http.py --duration {args.duration} --concurrency "
         f"{' '.join(map(str, args.concurrency))} --server-args '{args.server_args}'`",

@@ -177,6 +177,14 @@ def measure(name: str, cmd: list[str], url: str, ready: str, body: Path, args: a
     return rows
 
 
+def measure_floor(name: str, body: Path, args: argparse.Namespace, env: dict[str, str]) -> list[dict[str, object]]:
+    """`../shared/peers/minimal_path.py` (the floor of a Python request path) on $ANCHOR_MODELS/xgb, `body` an
+    `{"instances": [[32 floats]]}` file."""
+    port = free_port()
+    return measure(name, [sys.executable, str(PEERS / "minimal_path.py"), "--port", str(port)],
+                   f"http://127.0.0.1:{port}/", f"tcp://127.0.0.1:{port}", body, args, env)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--duration", type=int, default=10)
@@ -206,9 +214,7 @@ def main() -> None:
                     f"http://127.0.0.1:{port}/v1/models/xgb:predict", f"http://127.0.0.1:{port}/readyz",
                     tf_body, args, env)
     if (PEERS / "minimal_path.py").exists() and "minimal_path" not in args.skip:
-        port = free_port()
-        rows += measure("minimal_path", [sys.executable, str(PEERS / "minimal_path.py"), "--port", str(port)],
-                        f"http://127.0.0.1:{port}/", f"tcp://127.0.0.1:{port}", tf_body, args, env)
+        rows += measure_floor("minimal_path", tf_body, args, env)
     if PYTRITON_PY.exists() and (PEERS / "serve_pytriton.py").exists() and "pytriton" not in args.skip:
         libdir = sysconfig.get_config_var("LIBDIR")  # the python_backend stub needs this libpython
         rows += measure("pytriton", [str(PYTRITON_PY), str(PEERS / "serve_pytriton.py"), "--model", "xgb",

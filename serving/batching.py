@@ -320,6 +320,8 @@ class BatchQueue:
 
     def _account(self, rows: int, inline: bool) -> None:
         """After each batch, on the loop thread: CPU per row over windows of WINDOW batches."""
+        if not self.inline_limit:  # never inline: nothing to decide, so nothing to measure
+            return
         now, loop_cpu, cpu = time.perf_counter(), time.thread_time(), time.process_time()
         window = self._window
         if not window or window[5] != inline:

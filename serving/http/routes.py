@@ -18,10 +18,9 @@ from .. import __version__
 from ..auth import TokenAuth
 from ..codecs import eas, eas_proto, examples, kserve, tfserving
 from ..codecs.jsonutil import dumps, loads
-from ..dataplane import DataPlane, Outputs, error_of
+from ..dataplane import DataPlane, Outputs, error_of, examples_input
 from ..errors import EAS_STATUS, HTTP_STATUS, Code, ServingError, invalid_argument, not_found
 from ..metrics import Metrics
-from ..processor import implements
 from ..repository import ModelManager, Servable
 from ..signature import Signature
 from .protocol import Deferred, Request, Response
@@ -189,17 +188,10 @@ class RestApi:
 
     def _examples(self, servable: Servable, sig: Signature, doc: dict[str, Any], verb: str) -> Deferred:
         """`:classify` / `:regress`: JSON examples -> serialized tf.Examples -> the processor's method."""
-        assert servable.processor is not None
-        if not implements(servable.processor, verb):
-            raise ServingError(
-                Code.UNIMPLEMENTED,
-                f"model {servable.model} ({servable.platform}) does not implement {verb}: it serves predict only",
-            )
+        name = examples_input(servable, sig, verb, f"{verb}: it serves predict only")
         serialized = examples.examples_from_json(doc, verb)
-        if len(sig.inputs) != 1:
-            raise invalid_argument(f"signature {sig.name} takes {len(sig.inputs)} inputs, not one of examples")
         deadline = time.monotonic() + self.timeout_s
-        future = self.dataplane.infer(servable, sig, {next(iter(sig.inputs)): serialized}, deadline, verb)
+        future = self.dataplane.infer(servable, sig, {name: serialized}, deadline, verb)
         return Deferred(future, _examples_finish, (verb, len(serialized)), deadline, self._tf_timeout)
 
     def _tf_timeout(self) -> Response:

@@ -26,15 +26,15 @@ from .._proto.tensorflow_serving.apis import (
 )
 from ..codecs import examples
 from ..codecs.tensors import DTYPE_ENUMS, array_to_tensor, conform_all, tensor_to_array
-from ..dataplane import DataPlane, outputs_of
+from ..dataplane import DataPlane, examples_input, outputs_of
 from ..errors import Code, ServingError, invalid_argument, unimplemented
 from ..model_config import ConfigError, ModelSpec, specs_from_proto
-from ..processor import implements
 from ..repository import ModelManager, Servable
 from ..signature import CLASSIFY_METHOD, REGRESS_METHOD, STRING, Signature
 
 log = logging.getLogger(__name__)
 
+EXAMPLE_VERBS = {CLASSIFY_METHOD: "classify", REGRESS_METHOD: "regress"}
 STATES = {"START": 10, "LOADING": 20, "AVAILABLE": 30, "UNLOADING": 40, "END": 50}
 
 
@@ -135,16 +135,11 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer): 
     async def _examples(self, verb: str, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             servable = resolve(self.manager, request.model_spec)
-            assert servable.processor is not None
-            if not implements(servable.processor, verb):
-                raise unimplemented(f"model {servable.model} ({servable.platform}) does not implement "
-                                    f"{verb.capitalize()}")
             sig = servable.signature(request.model_spec.signature_name)
+            name = examples_input(servable, sig, verb, verb.capitalize())
             serialized = examples.examples_from_input(request.input)
-            if len(sig.inputs) != 1:
-                raise invalid_argument(f"signature {sig.name} takes {len(sig.inputs)} inputs, not one of examples")
             deadline = call_deadline(context, self.default_timeout_s)
-            future = self.dataplane.infer(servable, sig, {next(iter(sig.inputs)): serialized}, deadline, verb)
+            future = self.dataplane.infer(servable, sig, {name: serialized}, deadline, verb)
             outputs = await outputs_of(future)
             return outputs, servable, sig, len(serialized)
         except ServingError as e:
@@ -162,12 +157,12 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer): 
             plan = multi_inference_plan(servable, request.tasks)
             serialized = examples.examples_from_input(request.input)
             deadline = call_deadline(context, self.default_timeout_s)
-            futures = [self.dataplane.infer(servable, sig, {next(iter(sig.inputs)): serialized}, deadline, verb)
-                       for verb, sig in plan]
+            futures = [self.dataplane.infer(servable, sig, {name: serialized}, deadline, verb)
+                       for verb, sig, name in plan]
             results = await asyncio.gather(*(outputs_of(f) for f in futures))
             response = inference_pb2.MultiInferenceResponse()
             n = len(serialized)
-            for (verb, sig), outputs in zip(plan, results, strict=True):
+            for (verb, sig, _), outputs in zip(plan, results, strict=True):
                 result = response.results.add()
                 fill_model_spec(result.model_spec, servable, sig.name)
                 if verb == "classify":
@@ -179,28 +174,22 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer): 
             await abort(context, e)
 
 
-def multi_inference_plan(servable: Servable, tasks: Any) -> list[tuple[str, Signature]]:
-    """(verb, signature) of each MultiInference task, with TF Serving's checks."""
-    assert servable.processor is not None
-    verbs = {CLASSIFY_METHOD: "classify", REGRESS_METHOD: "regress"}
-    plan: list[tuple[str, Signature]] = []
-    input_tensor = None
+def multi_inference_plan(servable: Servable, tasks: Any) -> list[tuple[str, Signature, str]]:
+    """(verb, signature, input name) of each MultiInference task, with TF Serving's checks."""
+    plan: list[tuple[str, Signature, str]] = []
+    tensors = set()
     for task in tasks:
         sig = servable.signature(task.model_spec.signature_name)
-        if any(sig.name == s.name for _, s in plan):
+        if any(sig.name == s.name for _, s, _ in plan):
             raise invalid_argument(f"Duplicate evaluation of signature: {sig.name}")
-        verb = verbs.get(task.method_name)
+        verb = EXAMPLE_VERBS.get(task.method_name)
         if verb is None:
             raise unimplemented(f"Unsupported signature method_name: {task.method_name}")
-        if not implements(servable.processor, verb):
-            raise unimplemented(f"model {servable.model} ({servable.platform}) does not implement MultiInference")
-        if len(sig.inputs) != 1:
-            raise invalid_argument(f"signature {sig.name} takes {len(sig.inputs)} inputs, not one of examples")
-        spec = next(iter(sig.inputs.values()))
-        if input_tensor is not None and (spec.tensor_name or spec.name) != input_tensor:
+        name = examples_input(servable, sig, verb, "MultiInference")
+        tensors.add(sig.inputs[name].tensor_name or name)
+        if len(tensors) > 1:
             raise invalid_argument("Input tensor must be the same for all Signatures.")
-        input_tensor = spec.tensor_name or spec.name
-        plan.append((verb, sig))
+        plan.append((verb, sig, name))
     return plan
 
 
