@@ -156,8 +156,10 @@ async def outputs_of(future: asyncio.Future[Outputs]) -> Outputs:
         return await future
     except ServingError:
         raise
-    except Exception as e:  # noqa: BLE001 - the processor's failure, named for the client
-        raise ServingError(Code.INTERNAL, f"{type(e).__name__}: {e}") from e
+    except Exception as e:  # noqa: BLE001 - named for the client as the REST answers name it
+        error = error_of(future)
+        assert error is not None  # the future failed
+        raise error from e
 
 
 def error_of(future: asyncio.Future[Outputs]) -> ServingError | None:
