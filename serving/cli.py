@@ -1,4 +1,5 @@
-"""The `serving` command: TF Serving's flags (a drop-in for tensorflow_model_server) and a few of ours."""
+"""The `serving` command: TF Serving's flags (a drop-in for tensorflow_model_server) and a few of ours,
+all derived from the declaration in serving/settings.py."""
 
 from __future__ import annotations
 
@@ -6,79 +7,56 @@ import argparse
 import logging
 import os
 import sys
-from dataclasses import fields
+from collections.abc import Callable
+from dataclasses import Field, fields
+from typing import Any
 
-from .settings import Settings
+from .settings import GROUPS, Settings, convert, env_name, grouped, setting_type, shown_default
 
-DOCS = {
-    "rest_api_port": "HTTP port (default 8080)",
-    "port": "gRPC port: TF Serving PredictionService/ModelService, grpc.health.v1 (default 9090; 0 = off)",
-    "grpc_max_message_bytes": "largest gRPC message received or sent, bytes (default 67108864)",
-    "host": "address to listen on (default 0.0.0.0)",
-    "model_name": "name of the model in the single-model form (default 'model'; env MODEL_NAME)",
-    "model_base_path": "base path of the single model: integer version dirs below it "
-    "(env MODEL_BASE_PATH is the parent: ${MODEL_BASE_PATH}/${MODEL_NAME})",
-    "model_config_file": "a ModelServerConfig text file (model_config.pbtxt) listing the models to serve",
-    "model_config_file_poll_wait_seconds": "re-read --model_config_file every N s (default 0 = read once)",
-    "file_system_poll_wait_seconds": "look for new/removed version dirs every N s (default 1; 0 = at start only)",
-    "allow_version_labels_for_unavailable_models": "allow a new label to name a version that is not AVAILABLE",
-    "rest_api_timeout_in_ms": "deadline of a REST request in ms (default 30000)",
-    "model_platform": "processor of the single model: xgboost, lightgbm, ... (default: detected from files)",
-    "device": "device of the models: cpu, cuda, cuda:N, auto = cuda when present (default cpu; cuda without a "
-    "GPU fails the load)",
-    "tensorflow_intra_op_parallelism": "threads inside one TensorFlow op / ONNX or torch call (default 0 = framework)",
-    "tensorflow_inter_op_parallelism": "threads running independent TensorFlow / ONNX ops (default 0 = framework)",
-    "gpu_memory_limit_mb": "GPU memory a TensorFlow model may take, MiB (default 0 = grow as needed)",
-    "fp16": "run TorchScript models in half precision on CUDA (default false)",
-    "onnx_graph_optimization_level": "ONNX Runtime graph optimisation: disabled, basic, extended, all (default all)",
-    "rest_api_max_body_bytes": "largest request body in bytes, also after gzip (default 67108864; 413 above)",
-    "rest_api_read_timeout_seconds": "a request that stalls mid-way longer than this gets 408 (default 30)",
-    "rest_api_idle_timeout_seconds": "idle keep-alive connections are closed after this (default 75)",
-    "worker_threads": "batches running at once per model (default 5)",
-    "enable_batching": "dynamic batching, adaptive: no delay when idle (default true)",
-    "batching_parameters_file": "TF Serving BatchingParameters text file; overrides the batching flags",
-    "max_batch_size": "most rows in one batch; larger requests are split (default 16)",
-    "batch_timeout_micros": "longest wait for a fuller batch while other batches run, us (default 50000)",
-    "max_queue_size": "most requests queued per model; more get 503 / 450 (default 64)",
-    "allowed_batch_sizes": "comma-separated sizes a batch is padded up to; last = max_batch_size",
-    "pad_variable_length_inputs": "pad inputs whose non-batch dims differ to share a batch (default false)",
-    "inline_batch_micros": "run a model's batches on the event-loop thread while they average under this "
-    "many us of compute, 0 = always on worker threads (default 1000)",
-    "keepalive_ms": "deadline of a cloud processor route request in ms (default 5000; 408 past it)",
-    "rate_limit": "requests/s accepted by this instance, 0 = no limit (default 0; 429 over it)",
-    "io_threads": "accepted for compatibility with the service config; one event loop does the I/O",
-    "service_config": "cloud service config JSON: name, processor, model_path, warm_up_data_path, token, "
-    "metadata.rpc.{batching,keepalive,max_batch_size,max_batch_timeout,max_queue_size,worker_threads,"
-    "io_threads,rate_limit}",
-    "warm_up_data_path": "warm-up requests of the model: .bin (processor PredictRequest) or .txt (JSON lines)",
-    "num_request_iterations_for_warmup": "times each TF Serving warm-up record is replayed (default 1)",
-    "token": "access token required on predict routes and gRPC calls (env SERVING_TOKEN; default none)",
-    "load_threads": "threads loading models (default 2)",
-    "drain_timeout_seconds": "on SIGTERM, wait at most this long for requests in flight (default 30)",
-    "log_level": "DEBUG, INFO, WARNING or ERROR (default INFO)",
-}
+DESCRIPTION = (
+    "serving-engine: serve models over TF Serving's REST and gRPC APIs, KServe V2 and the cloud processor "
+    "protocol, with version management and dynamic batching."
+)
+EPILOG = (
+    "Every flag can also be set as an environment variable SERVING_<FLAG IN CAPITALS>. Settings come, in "
+    "this order, from the defaults, the --service_config JSON, the environment (MODEL_NAME, MODEL_BASE_PATH, "
+    "SERVING_<FLAG>) and the flags. Booleans: true/false, 1/0, yes/no, on/off; a bare boolean flag is true."
+)
 
 
-def _bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+def _flag_type(f: Field[Any]) -> Callable[[str], object]:
+    """The argparse type of a field: the settings' own parser, its message shown as argparse's."""
+
+    def parse(text: str) -> object:
+        try:
+            return convert(f, text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from e
+
+    return parse
+
+
+def _help(f: Field[Any]) -> str:
+    default = shown_default(f) or "none"
+    env = env_name(f) + (f" or {f.metadata['env']}" if f.metadata["env"] else "")
+    text = f"{f.metadata['help']} (default: {default}; env {env})"
+    # Markdown marks are for the README; argparse %-formats help strings.
+    return text.replace("`", "").replace("*", "").replace("%", "%%")
+
+
+def _metavar(f: Field[Any]) -> str:
+    return {int: "N", float: "X", bool: "BOOL", str: "TEXT"}[setting_type(f)]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="serving",
-        description="serving-engine: serve models over TF Serving's REST API (and gRPC, later) with "
-        "version management. Flags take TF Serving's names; SERVING_<FLAG> environment variables too.",
-    )
-    for f in fields(Settings):
-        kind = type(f.default)
-        if kind is bool:
-            ap.add_argument(f"--{f.name}", type=_bool, nargs="?", const=True, default=None, help=DOCS[f.name])
-        else:
-            ap.add_argument(f"--{f.name}", type=kind, default=None, help=DOCS[f.name])
+    ap = argparse.ArgumentParser(prog="serving", description=DESCRIPTION, epilog=EPILOG)
+    for group, group_fields in grouped():
+        section = ap.add_argument_group(group, GROUPS[group])
+        for f in group_fields:
+            # default=None: parse_settings applies only the flags given, over the environment.
+            extra: dict[str, Any] = {"nargs": "?", "const": True} if setting_type(f) is bool else {}
+            section.add_argument(f"--{f.name}", type=_flag_type(f), default=None, metavar=_metavar(f),
+                                 help=_help(f), **extra)
     return ap
 
 
@@ -87,12 +65,12 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
     args = parser.parse_args(argv)
     settings = Settings()
     service_config = args.service_config or os.environ.get("SERVING_SERVICE_CONFIG", "")
-    if service_config:
-        try:
+    try:
+        if service_config:
             settings.apply_service_config(service_config)
-        except ValueError as e:
-            parser.exit(1, f"serving: {e}\n")
-    settings.apply_env()
+        settings.apply_env()
+    except ValueError as e:
+        parser.exit(1, f"serving: {e}\n")
     for f in fields(Settings):
         value = getattr(args, f.name)
         if value is not None:

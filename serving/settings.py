@@ -1,8 +1,12 @@
-"""Typed settings, one documented attribute per knob, built from flags and the environment.
+"""Typed settings, each declared once: name, type, default, unit, help, environment variable and group.
+
+From the declaration come the flags and `serving --help` (serving/cli.py), the SERVING_<NAME>
+environment variables (`Settings.apply_env`) and README.md's flag table (`markdown_table`; a test fails
+when the README differs: `python -m serving.settings README.md` rewrites it).
 
 Order: defaults < the cloud service JSON (--service_config) < environment (MODEL_NAME, MODEL_BASE_PATH
 as the TF Serving container reads them, SERVING_* for the rest) < command-line flags; a
---batching_parameters_file then overrides the batching settings. `serving --help` lists every flag.
+--batching_parameters_file then overrides the batching settings.
 """
 
 from __future__ import annotations
@@ -10,108 +14,171 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import Field, dataclass, field, fields
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, get_type_hints
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+ENV_PREFIX = "SERVING_"
+
+# Group name -> title of its section in `serving --help`, in the order they are shown.
+GROUPS = {
+    "network": "listening sockets and shutdown",
+    "http": "the HTTP server (TF Serving REST, KServe V2, the cloud processor route)",
+    "models": "which models are served and how they are loaded",
+    "runtime": "devices and framework threads of the models",
+    "batching": "dynamic batching, per model queue",
+    "cloud": "the cloud service form (--service_config)",
+    "auth": "access tokens",
+    "logging": "what the server logs",
+}
+
+
+def setting(default: T, help: str, *, group: str, unit: str = "", env: str = "", shown_default: str = "") -> T:
+    """A settings field with its documentation; `env` names a variable read besides SERVING_<NAME>,
+    `shown_default` replaces the default where the raw value would say less (an empty string)."""
+    assert group in GROUPS, group
+    meta = {"help": help, "group": group, "unit": unit, "env": env, "shown_default": shown_default}
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class Settings:
-    #: HTTP port (TF Serving: --rest_api_port).
-    rest_api_port: int = 8080
-    #: gRPC port (TF Serving: --port); 0 turns the gRPC server off.
-    port: int = 9090
-    #: Largest gRPC message received or sent, bytes.
-    grpc_max_message_bytes: int = 64 * 1024 * 1024
-    #: Address to listen on.
-    host: str = "0.0.0.0"
-    #: Model name in the single-model form.
-    model_name: str = "model"
-    #: Base path of the single model (its children are integer version directories).
-    model_base_path: str = ""
-    #: A ModelServerConfig text file; takes precedence over model_name/model_base_path.
-    model_config_file: str = ""
-    #: Re-read model_config_file every N seconds (0: read once).
-    model_config_file_poll_wait_seconds: int = 0
-    #: Look for new / removed version directories every N seconds (0: only at start).
-    file_system_poll_wait_seconds: int = 1
-    #: Allow a new label to point at a version that is not AVAILABLE yet.
-    allow_version_labels_for_unavailable_models: bool = False
-    #: Deadline of a REST request, milliseconds.
-    rest_api_timeout_in_ms: int = 30000
-    #: Processor of the single-model form (detected from the files when empty).
-    model_platform: str = ""
-    #: Device of the models: cpu, cuda, cuda:N, auto (cuda when present).
-    device: str = "cpu"
-    #: Threads inside one TensorFlow op / one ONNX or torch call (0: the framework's default).
-    tensorflow_intra_op_parallelism: int = 0
-    #: Threads running independent TensorFlow ops (0: the framework's default).
-    tensorflow_inter_op_parallelism: int = 0
-    #: GPU memory one model may take, MiB (0: no limit; TensorFlow grows memory as needed).
-    gpu_memory_limit_mb: int = 0
-    #: Run TorchScript models in half precision on CUDA.
-    fp16: bool = False
-    #: ONNX Runtime graph optimisation: disabled, basic, extended, all.
-    onnx_graph_optimization_level: str = "all"
-    #: Largest request body accepted, bytes (413 above; also the limit after gzip decompression).
-    rest_api_max_body_bytes: int = 64 * 1024 * 1024
-    #: A request whose bytes stall longer than this is answered 408, seconds.
-    rest_api_read_timeout_seconds: float = 30.0
-    #: An idle keep-alive connection is closed after this, seconds.
-    rest_api_idle_timeout_seconds: float = 75.0
-    #: Batches running at once per model (and the prediction threads).
-    worker_threads: int = 5
-    #: Dynamic batching on/off (TF Serving: --enable_batching). Adaptive: no delay when idle.
-    enable_batching: bool = True
-    #: A BatchingParameters text file (TF Serving); overrides the batching settings below.
-    batching_parameters_file: str = ""
-    #: Most rows in one batch; larger requests are split.
-    max_batch_size: int = 16
-    #: Longest wait for a fuller batch while other batches run, microseconds.
-    batch_timeout_micros: int = 50_000
-    #: Most requests waiting per model queue; more are refused (503 / 450).
-    max_queue_size: int = 64
-    #: Comma-separated batch sizes to pad up to; the last must equal max_batch_size.
-    allowed_batch_sizes: str = ""
-    #: Pad inputs whose non-batch dims differ so they can share a batch.
-    pad_variable_length_inputs: bool = False
-    #: Run a model's batches on the event-loop thread while they average under this many µs (0: never).
-    inline_batch_micros: int = 1000
-    #: Deadline of a request on the cloud processor route, milliseconds (408 past it).
-    keepalive_ms: int = 5000
-    #: Requests per second accepted by this instance (0: no limit); more get 429.
-    rate_limit: float = 0.0
-    #: Accepted for compatibility with the service config; one event loop does the I/O.
-    io_threads: int = 4
-    #: The cloud service config JSON (name, processor, model_path, warm_up_data_path, token, metadata.rpc).
-    service_config: str = ""
-    #: Warm-up requests for the service's model: .bin (a processor PredictRequest) or .txt (JSON lines).
-    warm_up_data_path: str = ""
-    #: How many times each TF Serving warm-up record is replayed.
-    num_request_iterations_for_warmup: int = 1
-    #: Access token required on predict routes and gRPC calls (empty: none). Env: SERVING_TOKEN.
-    token: str = ""
-    #: Threads loading models.
-    load_threads: int = 2
-    #: On SIGTERM, wait at most this long for requests in flight, seconds.
-    drain_timeout_seconds: float = 30.0
-    #: Logging level name.
-    log_level: str = "INFO"
+    # network
+    rest_api_port: int = setting(8080, "HTTP port", group="network")
+    port: int = setting(
+        9090, "gRPC port: TF Serving PredictionService and ModelService, grpc.health.v1; 0 turns gRPC off",
+        group="network")
+    host: str = setting("0.0.0.0", "address to listen on", group="network")
+    grpc_max_message_bytes: int = setting(
+        64 * 1024 * 1024, "largest gRPC message received or sent", group="network", unit="bytes")
+    drain_timeout_seconds: float = setting(
+        30.0, "on SIGTERM, the longest wait for requests in flight", group="network", unit="s")
+    # http
+    rest_api_timeout_in_ms: int = setting(
+        30000, "deadline of a REST request (504 past it)", group="http", unit="ms")
+    rest_api_max_body_bytes: int = setting(
+        64 * 1024 * 1024, "largest request body, also after gzip decompression (413 above)", group="http",
+        unit="bytes")
+    rest_api_max_header_bytes: int = setting(
+        65536, "largest request header block: request line and headers (431 above)", group="http", unit="bytes")
+    rest_api_read_timeout_seconds: float = setting(
+        30.0, "a request whose bytes stall longer than this gets 408", group="http", unit="s")
+    rest_api_idle_timeout_seconds: float = setting(
+        75.0, "an idle keep-alive connection is closed after this", group="http", unit="s")
+    # models
+    model_name: str = setting(
+        "model", "model name in the single-model form", group="models", env="MODEL_NAME")
+    model_base_path: str = setting(
+        "", "base path of the single model, whose children 1/, 2/, ... are versions; from the "
+        "environment, as in the TF Serving image, it is `${MODEL_BASE_PATH}/${MODEL_NAME}`",
+        group="models", env="MODEL_BASE_PATH")
+    model_platform: str = setting(
+        "", "processor of the single model (`xgboost`, `lightgbm`, `linear`, ...); detected from the files "
+        "when absent", group="models", shown_default="detected")
+    model_config_file: str = setting(
+        "", "a `ModelServerConfig` text file (model_config.pbtxt) listing the models; takes precedence over "
+        "the single-model flags", group="models")
+    model_config_file_poll_wait_seconds: int = setting(
+        0, "re-read the config file every N s; 0 reads it once", group="models", unit="s")
+    file_system_poll_wait_seconds: int = setting(
+        1, "look for new / removed version directories every N s; 0: only at start", group="models", unit="s")
+    allow_version_labels_for_unavailable_models: bool = setting(
+        False, "a *new* label may name a version that is not AVAILABLE yet", group="models")
+    num_request_iterations_for_warmup: int = setting(
+        1, "times each TF Serving warm-up record is replayed", group="models")
+    load_threads: int = setting(2, "threads loading models", group="models")
+    # runtime
+    device: str = setting(
+        "cpu", "device of the models: `cpu`, `cuda`, `cuda:N`, `auto` (CUDA when present); CUDA asked for "
+        "where there is none fails the load with a message", group="runtime")
+    tensorflow_intra_op_parallelism: int = setting(
+        0, "threads inside one TensorFlow op (also ONNX Runtime's and torch's intra-op threads); 0 = the "
+        "framework's default", group="runtime")
+    tensorflow_inter_op_parallelism: int = setting(
+        0, "threads running independent TensorFlow / ONNX ops; 0 = the framework's default", group="runtime")
+    gpu_memory_limit_mb: int = setting(
+        0, "GPU memory a TensorFlow model may take; 0: memory growth, as needed", group="runtime", unit="MiB")
+    fp16: bool = setting(False, "run TorchScript models in half precision on CUDA", group="runtime")
+    onnx_graph_optimization_level: str = setting(
+        "all", "ONNX Runtime graph optimisation: `disabled`, `basic`, `extended`, `all`", group="runtime")
+    # batching
+    enable_batching: bool = setting(
+        True, "dynamic batching; adaptive, so it costs nothing when idle (`=false`: one call per request)",
+        group="batching")
+    batching_parameters_file: str = setting(
+        "", "TF Serving `BatchingParameters` text file; overrides the batching flags", group="batching")
+    max_batch_size: int = setting(
+        16, "most rows in one batch; a larger request is split and reassembled", group="batching", unit="rows")
+    batch_timeout_micros: int = setting(
+        50_000, "how long a queued request waits for a fuller batch *while other batches run*",
+        group="batching", unit="µs")
+    max_queue_size: int = setting(
+        64, "requests waiting per model queue; more are refused at once (503 / 450)", group="batching",
+        unit="requests")
+    worker_threads: int = setting(
+        5, "batches computed at once per model queue, not a thread count (the name is the service config's "
+        "`metadata.rpc.worker_threads`); the shared prediction pool has twice as many threads",
+        group="batching", unit="batches")
+    allowed_batch_sizes: str = setting(
+        "", "comma-separated sizes a batch is padded up to; the last must equal `--max_batch_size`",
+        group="batching")
+    pad_variable_length_inputs: bool = setting(
+        False, "zero-pad inputs whose non-batch dims differ so they share a batch", group="batching")
+    inline_batch_micros: int = setting(
+        1000, "a model whose batches average under this much compute runs them on the event-loop thread "
+        "instead of the prediction pool; 0 = always in the pool", group="batching", unit="µs")
+    # cloud
+    service_config: str = setting(
+        "", "the cloud service JSON: name, processor, model_path, warm_up_data_path, token, metadata.rpc",
+        group="cloud")
+    warm_up_data_path: str = setting(
+        "", "warm-up requests of the service's model: `.bin` (a processor PredictRequest) or `.txt` (JSON "
+        "lines)", group="cloud")
+    keepalive_ms: int = setting(
+        5000, "deadline of a cloud processor route request (408 past it)", group="cloud", unit="ms")
+    rate_limit: float = setting(
+        0.0, "requests accepted by this instance; 0 = no limit (429 over it)", group="cloud",
+        unit="requests/s")
+    io_threads: int = setting(
+        4, "read from the service config for compatibility; one event loop does all I/O", group="cloud")
+    # auth
+    token: str = setting(
+        "", "access token required on predict routes and gRPC calls; it shows in `ps`: prefer "
+        "`--token_file` or the environment", group="auth")
+    token_file: str = setting(
+        "", "read the access token from the first line of this file instead of `--token`", group="auth")
+    token_max_skew_seconds: float = setting(
+        900.0, "a signed (`EAS ...`) request whose `Date` header is further than this from the server's "
+        "clock is refused 401; 0 turns the check off", group="auth", unit="s")
+    # logging
+    log_level: str = setting("INFO", "`DEBUG`, `INFO`, `WARNING` or `ERROR`", group="logging")
 
     def apply_env(self, environ: Mapping[str, str] | None = None) -> None:
+        """Read the TF Serving container's variables (MODEL_NAME, MODEL_BASE_PATH), then SERVING_<NAME>;
+        a value that does not parse is a ValueError naming the variable."""
         env = os.environ if environ is None else environ
-        if env.get("MODEL_NAME"):
-            self.model_name = env["MODEL_NAME"]
-        if env.get("MODEL_BASE_PATH"):
-            # As the TF Serving image: the model lives at ${MODEL_BASE_PATH}/${MODEL_NAME}.
-            self.model_base_path = os.path.join(env["MODEL_BASE_PATH"], self.model_name)
         for f in fields(self):
-            key = "SERVING_" + f.name.upper()
+            extra = f.metadata["env"]
+            if extra and env.get(extra):
+                value = env[extra]
+                if f.name == "model_base_path":
+                    # As the TF Serving image: the model lives at ${MODEL_BASE_PATH}/${MODEL_NAME}.
+                    value = os.path.join(value, self.model_name)
+                setattr(self, f.name, value)
+        for f in fields(self):
+            key = env_name(f)
             if key in env:
-                setattr(self, f.name, _coerce(type(getattr(self, f.name)), env[key]))
+                try:
+                    setattr(self, f.name, convert(f, env[key]))
+                except ValueError as e:
+                    raise ValueError(f"environment {key}: {e}") from e
 
     def apply_service_config(self, path: str) -> None:
         """Read the cloud service JSON: name, processor, model_path, warm_up_data_path, token and
@@ -135,11 +202,13 @@ class Settings:
             if key in flat:
                 setattr(self, key, str(flat[key]))
         rpc = {k[len("metadata.rpc."):]: v for k, v in flat.items() if k.startswith("metadata.rpc.")}
+        by_name = {f.name: f for f in fields(self)}
         for key, attr, scale in RPC_KEYS:
             if key in rpc:
-                value = rpc[key]
-                kind = type(getattr(self, attr))
-                setattr(self, attr, _coerce(kind, str(value)) if kind is bool else kind(float(value) * scale))
+                try:
+                    setattr(self, attr, _scaled(by_name[attr], rpc[key], scale))
+                except ValueError as e:
+                    raise ValueError(f"service config {path}: metadata.rpc.{key}: {e}") from e
         unknown = sorted(set(rpc) - {k for k, _, _ in RPC_KEYS})
         if unknown:
             log.warning("service config: ignoring unknown metadata.rpc keys %s", ", ".join(unknown))
@@ -157,6 +226,58 @@ RPC_KEYS = [
     ("rate_limit", "rate_limit", 1),
 ]
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def parse_bool(text: str) -> bool:
+    """The one boolean parser of flags, environment and service config: anything but the words below
+    is an error, so a typo does not silently turn a feature off."""
+    word = text.strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise ValueError(f"expected true or false (also 1/0, yes/no, on/off), got {text!r}")
+
+
+def setting_type(f: Field[Any]) -> type:
+    """The annotated type of a settings field (int, float, str or bool)."""
+    kind = _types()[f.name]
+    assert kind in (int, float, str, bool), (f.name, kind)
+    return kind
+
+
+@cache
+def _types() -> dict[str, type]:
+    return get_type_hints(Settings)
+
+
+def env_name(f: Field[Any]) -> str:
+    return ENV_PREFIX + f.name.upper()
+
+
+def convert(f: Field[Any], text: str) -> object:
+    """Text (a flag or environment value) as the field's type; a ValueError says what was expected."""
+    kind = setting_type(f)
+    if kind is bool:
+        return parse_bool(text)
+    try:
+        return kind(text)
+    except ValueError as e:
+        raise ValueError(f"expected {kind.__name__}, got {text!r}") from e
+
+
+def _scaled(f: Field[Any], value: Any, scale: int) -> object:
+    """A service-config JSON value (number, boolean or string) as the field's type, times `scale`."""
+    kind = setting_type(f)
+    if kind is bool:
+        return value if isinstance(value, bool) else parse_bool(str(value))
+    try:
+        return kind(float(value) * scale)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"expected a number, got {value!r}") from e
+
 
 def _flatten(doc: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
@@ -169,7 +290,68 @@ def _flatten(doc: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _coerce(kind: type, text: str) -> object:
-    if kind is bool:
-        return text.strip().lower() in ("1", "true", "yes", "on")
-    return kind(text)
+# --- documentation derived from the declaration ---------------------------------------------------
+
+
+def grouped() -> Iterator[tuple[str, list[Field[Any]]]]:
+    """(group, its fields in declaration order) in GROUPS order."""
+    for group in GROUPS:
+        yield group, [f for f in fields(Settings) if f.metadata["group"] == group]
+
+
+def shown_default(f: Field[Any]) -> str:
+    """The default as the docs show it, with its unit: `30 s`, `true`, `` (empty)."""
+    if f.metadata["shown_default"]:
+        return str(f.metadata["shown_default"])
+    value = f.default
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, float):
+        text = f"{value:g}"
+    else:
+        text = str(value)
+    return f"{text} {f.metadata['unit']}" if text and f.metadata["unit"] else text
+
+
+def meaning(f: Field[Any]) -> str:
+    """The help text, naming the TF Serving container variable where one is read too."""
+    extra = f" (env `{f.metadata['env']}`)" if f.metadata["env"] else ""
+    return f.metadata["help"] + extra
+
+
+TABLE_HEADER = "| flag | default | meaning |\n|---|---|---|\n"
+
+
+def markdown_table() -> str:
+    """README.md's flag table: a bold row per group, then one row per setting."""
+    rows = [TABLE_HEADER]
+    for group, group_fields in grouped():
+        rows.append(_row(f"**{group}**", "", ""))
+        rows += [_row(f"`--{f.name}`", shown_default(f), meaning(f)) for f in group_fields]
+    return "".join(rows)
+
+
+def _row(*cells: str) -> str:
+    return "|" + "|".join(f" {cell} " if cell else " " for cell in cells) + "|\n"
+
+
+def table_span(readme: str) -> tuple[int, int]:
+    """Where README.md's flag table is: from TABLE_HEADER to the first line not starting with `|`."""
+    start = end = readme.index(TABLE_HEADER)
+    for line in readme[start:].splitlines(keepends=True):
+        if not line.startswith("|"):
+            break
+        end += len(line)
+    return start, end
+
+
+def replace_table(readme: str) -> str:
+    """`readme` with its flag table rendered anew from the declaration."""
+    start, end = table_span(readme)
+    return readme[:start] + markdown_table() + readme[end:]
+
+
+if __name__ == "__main__":
+    # python -m serving.settings README.md: rewrite README.md's flag table from the declaration.
+    readme = Path(sys.argv[1])
+    readme.write_text(replace_table(readme.read_text()))
