@@ -2,25 +2,23 @@
 
 Codecs call `DataPlane.infer()` with a resolved servable, arrays in the signature's dtypes and an
 absolute `time.monotonic()` deadline; they get an `asyncio.Future` of the named outputs (callbacks, no
-Task per request). Predict calls of batchable processors go through the servable's batch queue for
-that signature; other calls run on the executor directly. The servable is held (in-flight count) until
-the future is done, so an unload waits for it. Cancelling the future (client gone, front-end time-out)
-drops a queued request without computing it.
+Task per request). The processor's `validate()` sees every request before it is queued. Predict calls
+go through the servable's batch queue for that signature where it has one (built at load); other calls
+run on the executor directly, the servable held until the future is done, so an unload waits for them.
+Cancelling the future (client gone, front-end time-out) drops a queued request without computing it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import time
-from collections.abc import Callable
 
 import numpy as np
 
-from .batching import BatchingOptions, BatchQueue
+from .batching import BatchingOptions, Timing
 from .errors import Code, ServingError, invalid_argument, unimplemented
 from .processor import implements
-from .repository import Servable
+from .servable import Runtime, Servable
 from .signature import Signature
 
 Outputs = dict[str, np.ndarray]
@@ -60,7 +58,6 @@ def examples_input(servable: Servable, sig: Signature, verb: str, method: str) -
     """The input a classify / regress call feeds its serialized tf.Examples to. UNIMPLEMENTED where the
     processor has no `verb` (`method` names the call in the message), INVALID_ARGUMENT where the signature
     does not take exactly one input."""
-    assert servable.processor is not None
     if not implements(servable.processor, verb):
         raise unimplemented(f"model {servable.model} ({servable.platform}) does not implement {method}")
     if len(sig.inputs) != 1:
@@ -89,20 +86,13 @@ class RateLimiter:
 class DataPlane:
     """Runs validated requests; one instance per server."""
 
-    def __init__(self, batching: BatchingOptions | None = None, rate_limit: float = 0.0) -> None:
-        self.batching = batching or BatchingOptions()
-        self.batching.validate()
-        workers = max(self.batching.max_in_flight, 1)
-        self.executor = concurrent.futures.ThreadPoolExecutor(workers * 2, thread_name_prefix="predict")
+    def __init__(self, runtime: Runtime, rate_limit: float = 0.0) -> None:
+        self.runtime = runtime
         self.limiter = RateLimiter(rate_limit) if rate_limit > 0 else None
 
-    def queue(self, servable: Servable, sig: Signature) -> BatchQueue:
-        queue = servable.queues.get(sig.name)
-        if queue is None:
-            name = f"model {servable.model} version {servable.version} signature {sig.name}"
-            queue = BatchQueue(_runner(servable, sig.name), self.batching, self.executor, name)
-            servable.queues[sig.name] = queue
-        return queue
+    @property
+    def batching(self) -> BatchingOptions:
+        return self.runtime.batching
 
     def infer(
         self,
@@ -113,40 +103,25 @@ class DataPlane:
         method: str = "predict",
         *,
         rate_limited: bool = True,
+        timing: Timing | None = None,
     ) -> asyncio.Future[Outputs]:
-        """Queue (or run) one request; `rate_limited=False` for the server's own warm-up traffic."""
+        """Queue (or run) one request; `rate_limited=False` for the server's own warm-up traffic; `timing`
+        gets the perf_counter() instants its batch was dispatched and computed."""
         if rate_limited and self.limiter is not None and not self.limiter.allow():
             raise ServingError(Code.RESOURCE_EXHAUSTED,
                                f"rate limit of {self.limiter.rate:g} requests/s exceeded; retry later")
         validate_inputs(servable, sig, inputs)
-        processor = servable.processor
-        assert processor is not None
-        if sig.records:
-            processor.validate(inputs, sig)
-        if method == "predict" and self.batching.enabled and processor.batchable:
-            # The queue holds the servable: an unload waits for every queue to drain.
-            return self.queue(servable, sig).submit(inputs, deadline)
-        future = asyncio.get_running_loop().run_in_executor(self.executor, servable.run, method, inputs, sig.name)
-        servable.acquire()
-        future.add_done_callback(_releaser(servable))
+        servable.processor.validate(inputs, sig)
+        if method == "predict":
+            queue = servable.queues.get(sig.name)
+            if queue is not None:
+                return queue.submit(inputs, deadline, timing)
+        if timing is not None:
+            timing.dispatched = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self.runtime.executor, servable.run, method, inputs, sig.name)
+        servable.hold(future)
         return future
-
-    def shutdown(self) -> None:
-        self.executor.shutdown(wait=True)
-
-
-def _runner(servable: Servable, signature_name: str) -> Callable[[dict[str, np.ndarray]], Outputs]:
-    def run(inputs: dict[str, np.ndarray]) -> Outputs:
-        return servable.run("predict", inputs, signature_name)
-
-    return run
-
-
-def _releaser(servable: Servable) -> Callable[[asyncio.Future[Outputs]], None]:
-    def release(_: asyncio.Future[Outputs]) -> None:
-        servable.release()
-
-    return release
 
 
 async def outputs_of(future: asyncio.Future[Outputs]) -> Outputs:

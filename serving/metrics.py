@@ -42,16 +42,17 @@ class EngineCollector(Collector):  # type: ignore[misc]
         cost = GaugeMetricFamily("serving_batch_compute_seconds", "moving average of a batch's compute time",
                                  labels=["model", "version", "signature"])
         for name, model in sorted(self.manager.models.items()):
-            for version, servable in sorted(model.versions.items()):
+            for version, status in sorted(model.versions.items()):
                 for state in State:
-                    states.add_metric([name, str(version), state.value], 1.0 if servable.state is state else 0.0)
-                for signature, queue in sorted(servable.queues.items()):
-                    labels = [name, str(version), signature]
-                    for key, family in counters.items():
-                        family.add_metric(labels, float(getattr(queue.stats, key)))
-                    depth.add_metric(labels, float(len(queue.queue)))
-                    in_flight.add_metric(labels, float(queue.in_flight))
-                    cost.add_metric(labels, queue.cost)
+                    states.add_metric([name, str(version), state.value], 1.0 if status.state is state else 0.0)
+        for servable in self.manager.loaded():
+            for stats in servable.stats():
+                labels = [servable.model, str(servable.version), stats.signature]
+                for key, family in counters.items():
+                    family.add_metric(labels, float(getattr(stats.counters, key)))
+                depth.add_metric(labels, float(stats.waiting))
+                in_flight.add_metric(labels, float(stats.in_flight))
+                cost.add_metric(labels, stats.compute_seconds)
         responses = CounterMetricFamily("serving_http_responses", "HTTP answers by status code", labels=["code"])
         for code, count in sorted(HTTP_RESPONSES.items()):
             responses.add_metric([str(code)], float(count))

@@ -18,12 +18,10 @@ from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .errors import Code, ServingError, invalid_argument, not_found, unavailable
 from .model_config import ConfigError, ModelSpec, list_versions
 from .processor import Processor, canonical_name, detect_platform, processor_class
-from .signature import Signature
+from .servable import Runtime, Servable
 
 log = logging.getLogger(__name__)
 
@@ -36,59 +34,22 @@ class State(enum.Enum):
     END = "END"
 
 
-class Servable:
-    """One version of one model: its state, its error if any, and its loaded processor."""
+class VersionStatus:
+    """The status record of one version of one model: its state, its error if its load failed, its files,
+    and, while it is loaded, the `Servable` handle the load produced."""
 
-    __slots__ = ("model", "version", "path", "state", "error", "processor", "platform", "inflight", "_drained",
-                 "queues")
+    __slots__ = ("model", "version", "path", "state", "error", "platform", "servable")
 
     def __init__(self, model: str, version: int, path: Path) -> None:
         self.model, self.version, self.path = model, version, path
         self.state = State.START
         self.error: ServingError | None = None
-        self.processor: Processor | None = None
         self.platform = ""
-        self.inflight = 0
-        self._drained: asyncio.Event | None = None
-        self.queues: dict[str, Any] = {}  # signature name -> its batch queue (serving.batching.BatchQueue)
+        self.servable: Servable | None = None
 
     @property
     def available(self) -> bool:
         return self.state is State.AVAILABLE
-
-    def signature(self, name: str | None) -> Signature:
-        assert self.processor is not None
-        return self.processor.signature(name)
-
-    def run(self, method: str, inputs: dict[str, np.ndarray], signature_name: str) -> dict[str, np.ndarray]:
-        """Blocking: call the processor (in an executor thread); framework errors become INTERNAL."""
-        proc = self.processor
-        assert proc is not None
-        try:
-            return getattr(proc, method)(inputs, signature_name)  # type: ignore[no-any-return]
-        except ServingError:
-            raise
-        except Exception as e:
-            raise ServingError(
-                Code.INTERNAL, f"model {self.model} version {self.version} failed in {method}: "
-                f"{type(e).__name__}: {e}"
-            ) from e
-
-    def acquire(self) -> None:
-        self.inflight += 1
-
-    def release(self) -> None:
-        self.inflight -= 1
-        if self.inflight == 0 and self._drained is not None:
-            self._drained.set()
-
-    async def drained(self) -> None:
-        """Wait until no request uses this version: none in flight, every batch queue empty."""
-        if self.inflight:
-            self._drained = asyncio.Event()
-            await self._drained.wait()
-        for queue in list(self.queues.values()):
-            await queue.drained()
 
 
 class ManagedModel:
@@ -98,13 +59,13 @@ class ManagedModel:
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
-        self.versions: dict[int, Servable] = {}
+        self.versions: dict[int, VersionStatus] = {}
         self.labels: dict[str, int] = {}
         self.latest: Servable | None = None
 
     def refresh_latest(self) -> None:
         ready = [s for s in self.versions.values() if s.available]
-        self.latest = max(ready, key=lambda s: s.version) if ready else None
+        self.latest = max(ready, key=lambda s: s.version).servable if ready else None
 
 
 class ModelManager:
@@ -113,10 +74,12 @@ class ModelManager:
     def __init__(
         self,
         *,
+        runtime: Runtime | None = None,
         load_threads: int = 2,
         allow_version_labels_for_unavailable_models: bool = False,
         warmup: Callable[[Servable], Awaitable[None]] | None = None,
     ) -> None:
+        self.runtime = runtime or Runtime()
         self.warmup = warmup
         self.models: dict[str, ManagedModel] = {}
         self.allow_unavailable_labels = allow_version_labels_for_unavailable_models
@@ -138,16 +101,16 @@ class ModelManager:
             if model is None:
                 raise not_found(f"Servable not found for request: Latest({name})")
             raise unavailable(f"Servable not available for request: Latest({name}): no version is AVAILABLE")
-        servable = model.versions.get(version) if model is not None else None
-        if servable is None or servable.state is State.END:
+        status = model.versions.get(version) if model is not None else None
+        if status is None or status.state is State.END:
             raise not_found(f"Servable not found for request: Specific({name}, {version})")
-        if not servable.available:
+        if status.servable is None or not status.available:
             raise unavailable(
-                f"Servable not available for request: Specific({name}, {version}): it is {servable.state.value}"
+                f"Servable not available for request: Specific({name}, {version}): it is {status.state.value}"
             )
-        return servable
+        return status.servable
 
-    def status(self, name: str, version: int | None = None, label: str | None = None) -> list[Servable]:
+    def status(self, name: str, version: int | None = None, label: str | None = None) -> list[VersionStatus]:
         """Every known version of a model (or the one asked for), newest first, as TF Serving reports."""
         model = self.models.get(name)
         if label is not None:
@@ -157,15 +120,20 @@ class ModelManager:
         if model is None or not model.versions:
             raise not_found(f"Could not find any versions of model {name}")
         if version is not None:
-            servable = model.versions.get(version)
-            if servable is None:
+            status = model.versions.get(version)
+            if status is None:
                 raise not_found(f"Could not find version {version} of model {name}")
-            return [servable]
+            return [status]
         return sorted(model.versions.values(), key=lambda s: -s.version)
 
     def available_versions(self, name: str) -> list[int]:
         model = self.models.get(name)
         return sorted(v for v, s in model.versions.items() if s.available) if model else []
+
+    def loaded(self) -> list[Servable]:
+        """Every loaded version (AVAILABLE, warming up or draining), by model and version."""
+        return [s.servable for _, m in sorted(self.models.items()) for _, s in sorted(m.versions.items())
+                if s.servable is not None]
 
     def ready(self) -> bool:
         """True when every configured model has an AVAILABLE version."""
@@ -174,7 +142,8 @@ class ModelManager:
     # ---- changes ----
 
     async def apply(self, specs: Iterable[ModelSpec]) -> None:
-        """Serve exactly `specs`: add, change and remove models; then move labels.
+        """Serve exactly `specs`: add, change and remove models, load new versions, move labels, and only
+        then unload what is no longer wanted, so a label never names a version that is going away.
 
         Raises ConfigError when a label cannot be applied; the model's other changes stand and its
         old labels stay.
@@ -185,7 +154,7 @@ class ModelManager:
             for name in [n for n in self.models if n not in wanted]:
                 log.info("model %s removed from the config: unloading", name)
                 await self._unload_all(self.models.pop(name))
-            jobs = []
+            models = []
             for spec in specs:
                 model = self.models.get(spec.name) or ManagedModel(spec)
                 self.models[spec.name] = model
@@ -193,9 +162,10 @@ class ModelManager:
                     log.info("model %s changed its base path or platform: reloading", spec.name)
                     await self._unload_all(model)
                 model.spec = spec
-                jobs.append(self._reconcile(model))
-            await asyncio.gather(*jobs)
+                models.append(model)
+            aspired = await asyncio.gather(*(self._load_aspired(m) for m in models))
             errors = [e for m in specs if (e := self._apply_labels(self.models[m.name], m.labels))]
+            await asyncio.gather(*(self._unload_unaspired(m, a) for m, a in zip(models, aspired, strict=True)))
         if errors:
             raise ConfigError("; ".join(errors))
 
@@ -215,8 +185,8 @@ class ModelManager:
 
     def _apply_labels(self, model: ManagedModel, labels: dict[str, int]) -> str | None:
         for label, version in labels.items():
-            servable = model.versions.get(version)
-            if servable is not None and servable.available:
+            status = model.versions.get(version)
+            if status is not None and status.available:
                 continue
             if self.allow_unavailable_labels and label not in model.labels:
                 continue
@@ -228,6 +198,10 @@ class ModelManager:
         return None
 
     async def _reconcile(self, model: ManagedModel) -> None:
+        await self._unload_unaspired(model, await self._load_aspired(model))
+
+    async def _load_aspired(self, model: ManagedModel) -> set[int]:
+        """Load the versions the policy aspires to that are not loaded; the aspired versions."""
         on_disk = list_versions(model.spec.base_path, model.spec.flat)
         aspired = model.spec.policy.select(set(on_disk))
         if not on_disk:
@@ -236,73 +210,86 @@ class ModelManager:
         for version in sorted(aspired):
             current = model.versions.get(version)
             if current is None or (current.state is State.END and current.error is None):
-                servable = Servable(model.spec.name, version, on_disk[version])
-                model.versions[version] = servable
-                loads.append(self._load(model, servable))
+                status = VersionStatus(model.spec.name, version, on_disk[version])
+                model.versions[version] = status
+                loads.append(self._load(model, status))
         await asyncio.gather(*loads)
+        return aspired
+
+    async def _unload_unaspired(self, model: ManagedModel, aspired: set[int]) -> None:
         # Availability preserving: drop what is no longer aspired only once an aspired version serves
         # (or nothing is aspired at all, e.g. every version directory is gone).
         if aspired and not any(model.versions[v].available for v in aspired if v in model.versions):
             return
-        for servable in list(model.versions.values()):
-            if servable.version not in aspired:
-                if servable.available:
-                    await self._unload(model, servable)
-                elif servable.error is not None and servable.state is State.END:
-                    del model.versions[servable.version]  # a failed version that is gone from disk
+        for status in list(model.versions.values()):
+            if status.version not in aspired:
+                if status.available:
+                    await self._unload(model, status)
+                elif status.error is not None and status.state is State.END:
+                    del model.versions[status.version]  # a failed version that is gone from disk
 
-    async def _load(self, model: ManagedModel, servable: Servable) -> None:
+    async def _load(self, model: ManagedModel, status: VersionStatus) -> None:
         spec = model.spec
-        servable.state = State.LOADING
-        log.info("loading model %s version %d from %s", spec.name, servable.version, servable.path)
+        status.state = State.LOADING
+        log.info("loading model %s version %d from %s", spec.name, status.version, status.path)
         loop = asyncio.get_running_loop()
+        processor: Processor | None = None
         try:
-            servable.processor = await loop.run_in_executor(self._loader, self._load_blocking, spec, servable)
+            processor = await loop.run_in_executor(self._loader, self._load_blocking, spec, status)
+            status.servable = Servable(spec.name, status.version, status.path, status.platform, processor,
+                                       self.runtime)
             if self.warmup is not None:
-                await self.warmup(servable)  # through the data plane; the version is not AVAILABLE yet
+                await self.warmup(status.servable)  # through the data plane; the version is not AVAILABLE yet
         except Exception as e:  # noqa: BLE001 - any load failure is reported in the version's status
             error = e if isinstance(e, ServingError) else ServingError(Code.UNKNOWN, f"{type(e).__name__}: {e}")
-            servable.state, servable.error = State.END, error
-            log.error("model %s version %d failed to load: %s", spec.name, servable.version, error.message)
-            processor, servable.processor = servable.processor, None
-            servable.queues.clear()
+            status.state, status.error = State.END, error
+            log.error("model %s version %d failed to load: %s", spec.name, status.version, error.message)
+            servable, status.servable = status.servable, None
+            if servable is not None:
+                servable.close(error)
+                await servable.drained()
             if processor is not None:
                 await loop.run_in_executor(self._loader, processor.unload)
             return
-        servable.state = State.AVAILABLE
+        status.state = State.AVAILABLE
         model.refresh_latest()
-        log.info("model %s version %d is AVAILABLE (%s)", spec.name, servable.version, servable.platform)
+        log.info("model %s version %d is AVAILABLE (%s)", spec.name, status.version, status.platform)
 
     @staticmethod
-    def _load_blocking(spec: ModelSpec, servable: Servable) -> Processor:
-        platform = spec.platform or detect_platform(servable.path)
+    def _load_blocking(spec: ModelSpec, status: VersionStatus) -> Processor:
+        platform = spec.platform or detect_platform(status.path)
         if platform is None:
             raise ServingError(
                 Code.FAILED_PRECONDITION,
-                f"cannot tell which processor loads {servable.path}: set model_platform",
+                f"cannot tell which processor loads {status.path}: set model_platform",
             )
-        servable.platform = canonical_name(platform)
-        processor = processor_class(platform)()
+        status.platform = canonical_name(platform)
+        cls = processor_class(platform)
+        device = (spec.device or "cpu").split(":")[0].lower()
+        if device not in (*cls.devices, "auto"):
+            raise ServingError(Code.FAILED_PRECONDITION,
+                               f"processor {status.platform} runs on {', '.join(cls.devices)}, not {spec.device}")
+        processor = cls()
         options: dict[str, Any] = dict(spec.options)
-        processor.load(servable.path, spec.device, options)
+        processor.load(status.path, spec.device, options)
         if not processor.signatures:
             raise ServingError(Code.FAILED_PRECONDITION, f"processor {platform} loaded no signature")
         return processor
 
-    async def _unload(self, model: ManagedModel, servable: Servable) -> None:
-        servable.state = State.UNLOADING
+    async def _unload(self, model: ManagedModel, status: VersionStatus) -> None:
+        status.state = State.UNLOADING
         model.refresh_latest()
-        log.info("unloading model %s version %d", model.spec.name, servable.version)
-        await servable.drained()
-        processor, servable.processor = servable.processor, None
-        servable.queues.clear()
-        if processor is not None:
-            await asyncio.get_running_loop().run_in_executor(self._loader, processor.unload)
-        servable.state = State.END
+        log.info("unloading model %s version %d", model.spec.name, status.version)
+        servable = status.servable
+        if servable is not None:
+            await servable.drained()  # requests that resolved this version before it left finish first
+            status.servable = None
+            await asyncio.get_running_loop().run_in_executor(self._loader, servable.processor.unload)
+        status.state = State.END
 
     async def _unload_all(self, model: ManagedModel) -> None:
-        for servable in list(model.versions.values()):
-            if servable.available:
-                await self._unload(model, servable)
+        for status in list(model.versions.values()):
+            if status.available:
+                await self._unload(model, status)
         model.versions.clear()
         model.refresh_latest()

@@ -318,51 +318,43 @@ def test_inline_batch_micros_zero_keeps_every_batch_on_the_workers(executor):
 
 
 class ChargedClock:
-    """The clocks batching reads, plus CPU time a test model charges: as if it had burnt that much."""
+    """CPU time a test model charges on top of the real clocks: as if it had burnt that much."""
 
     def __init__(self):
         self.process_extra = 0.0
         self.loop_extra = 0.0
-
-    def __getattr__(self, name):
-        return getattr(time, name)
-
-    def process_time(self):
-        return time.process_time() + self.process_extra
-
-    def thread_time(self):
-        return time.thread_time() + self.loop_extra
+        self.clock = batching.Clock(thread_cpu=lambda: time.thread_time() + self.loop_extra,
+                                    process_cpu=lambda: time.process_time() + self.process_extra)
 
 
 class ChargingModel(ThreadRecorder):
     """Charges `inline_s` of CPU per batch run on the loop thread and `worker_s` per batch on a worker."""
 
-    def __init__(self, clock, inline_s, worker_s):
+    def __init__(self, charged, inline_s, worker_s):
         super().__init__()
-        self.clock, self.inline_s, self.worker_s = clock, inline_s, worker_s
+        self.charged, self.inline_s, self.worker_s = charged, inline_s, worker_s
         self.loop_thread = threading.get_ident()
 
     def __call__(self, inputs):
         if threading.get_ident() == self.loop_thread:
-            self.clock.process_extra += self.inline_s
-            self.clock.loop_extra += self.inline_s
+            self.charged.process_extra += self.inline_s
+            self.charged.loop_extra += self.inline_s
         else:
-            self.clock.process_extra += self.worker_s
+            self.charged.process_extra += self.worker_s
         return super().__call__(inputs)
 
 
-def charged_queue(monkeypatch, executor, inline_s, worker_s):
-    clock = ChargedClock()
-    monkeypatch.setattr(batching, "time", clock)
-    model = ChargingModel(clock, inline_s, worker_s)
-    return model, BatchQueue(model, BatchingOptions(inline_batch_micros=50_000), executor)
+def charged_queue(executor, inline_s, worker_s):
+    charged = ChargedClock()
+    model = ChargingModel(charged, inline_s, worker_s)
+    return model, BatchQueue(model, BatchingOptions(inline_batch_micros=50_000), executor, clock=charged.clock)
 
 
-def test_rows_that_cost_more_inline_on_a_busy_loop_go_back_to_the_workers(executor, monkeypatch):
+def test_rows_that_cost_more_inline_on_a_busy_loop_go_back_to_the_workers(executor):
     async def go():
         # As gRPC's one-by-one requests do: inline they make one-row batches that cost the process more
         # CPU a row than the worker batches did.
-        model, q = charged_queue(monkeypatch, executor, inline_s=0.002, worker_s=0.0001)
+        model, q = charged_queue(executor, inline_s=0.002, worker_s=0.0001)
         await warm_until(q, lambda: q.inline)
         start, n = len(model.threads), 2 * batching.WINDOW + 4
         await warm(q, n)
@@ -373,9 +365,9 @@ def test_rows_that_cost_more_inline_on_a_busy_loop_go_back_to_the_workers(execut
     run(go())
 
 
-def test_rows_that_cost_less_inline_stay_on_the_loop(executor, monkeypatch):
+def test_rows_that_cost_less_inline_stay_on_the_loop(executor):
     async def go():
-        model, q = charged_queue(monkeypatch, executor, inline_s=0.0001, worker_s=0.002)
+        model, q = charged_queue(executor, inline_s=0.0001, worker_s=0.002)
         await warm_until(q, lambda: q.inline)
         start, n = len(model.threads), 3 * batching.WINDOW
         await warm(q, n)
@@ -384,15 +376,115 @@ def test_rows_that_cost_less_inline_stay_on_the_loop(executor, monkeypatch):
     run(go())
 
 
-def test_rows_that_cost_more_inline_on_an_idle_loop_stay_on_it(executor, monkeypatch):
+def test_rows_that_cost_more_inline_on_an_idle_loop_stay_on_it(executor):
     async def go():
         # the loop waits 5 ms between requests: not busy, so the cheaper hand-off does not matter
-        model, q = charged_queue(monkeypatch, executor, inline_s=0.0002, worker_s=0.0001)
+        model, q = charged_queue(executor, inline_s=0.0002, worker_s=0.0001)
         await warm_until(q, lambda: q.inline)
         start, n = len(model.threads), 2 * batching.WINDOW + 4
         for i in range(n):
             await asyncio.sleep(0.005)
             assert (await q.submit(rows(float(i)), far()))["y"].tolist() == [[2.0 * i]]
         assert q.inline and model.threads[start:] == [model.loop_thread] * n
+
+    run(go())
+
+
+def test_a_large_request_counts_once_against_the_queue_bound(executor):
+    async def go():
+        rec = Recorder()
+        q = BatchQueue(rec, BatchingOptions(max_batch_size=4, max_queue_size=2, max_in_flight=1), executor, "m")
+        rec.gate.clear()
+        running = q.submit(rows(0.0), far())
+        await asyncio.sleep(0.05)
+        big = q.submit(rows(*range(10)), far())  # three pieces, one request
+        small = q.submit(rows(1.0), far())
+        with pytest.raises(ServingError, match=r"queue is full \(2 requests waiting\)"):
+            q.submit(rows(2.0), far())
+        rec.gate.set()
+        assert (await big)["y"][:, 0].tolist() == [2.0 * i for i in range(10)]
+        await asyncio.gather(running, small)
+
+    run(go())
+
+
+def test_cancelled_requests_stop_counting_against_the_queue_bound_at_once(executor):
+    async def go():
+        rec = Recorder()
+        q = BatchQueue(rec, BatchingOptions(max_batch_size=4, max_queue_size=2, max_in_flight=1), executor, "m")
+        rec.gate.clear()
+        running = q.submit(rows(0.0), far())
+        await asyncio.sleep(0.05)
+        gone = [q.submit(rows(*range(8)), far()), q.submit(rows(1.0), far())]
+        for f in gone:
+            f.cancel()  # the clients went away
+        await asyncio.sleep(0)  # one loop turn: the cancellations are seen
+        assert q.waiting == 0
+        kept = [q.submit(rows(5.0), far()), q.submit(rows(6.0), far())]
+        rec.gate.set()
+        await running
+        assert [(await f)["y"].tolist() for f in kept] == [[[10.0]], [[12.0]]]
+        assert 1.0 not in np.concatenate(rec.batches)[:, 0].tolist()
+
+    run(go())
+
+
+def test_a_small_request_behind_large_ones_waits_for_one_piece_of_each(executor):
+    async def go():
+        rec = Recorder()
+        q = BatchQueue(rec, BatchingOptions(max_batch_size=4, max_in_flight=1), executor)
+        rec.gate.clear()
+        bigs = [q.submit(rows(*[float(10 * b + i) for i in range(8)]), far()) for b in range(3)]
+        small = q.submit(rows(-1.0), far())
+        rec.gate.set()
+        outs = await asyncio.gather(*bigs, small)
+        firsts = [batch[0, 0] for batch in rec.batches]
+        # round robin (not the small one last); a large request's piece fills the small one's batch
+        assert firsts == [0.0, 4.0, 10.0, 20.0, -1.0, 24.0, 17.0]
+        assert rec.batches[4][:, 0].tolist() == [-1.0, 14.0, 15.0, 16.0]
+        for b, out in enumerate(outs[:3]):
+            assert out["y"][:, 0].tolist() == [2.0 * (10 * b + i) for i in range(8)]
+        assert outs[3]["y"].tolist() == [[-2.0]]
+
+    run(go())
+
+
+class WallCharge:
+    """A fake wall clock that only a model moves: each batch 'takes' `batch_s`."""
+
+    def __init__(self, batch_s):
+        self.now, self.batch_s = 0.0, batch_s
+        self.clock = batching.Clock(wall=lambda: self.now)
+
+
+def test_inline_batches_yield_the_loop_after_a_slice(executor):
+    async def go():
+        wall = WallCharge(0.0004)  # 0.4 ms a batch; the slice is --inline_batch_micros = 1 ms
+        events = []
+
+        class Model(ThreadRecorder):
+            def __call__(self, inputs):
+                if threading.get_ident() == loop_thread:
+                    wall.now += wall.batch_s
+                    events.append("batch")
+                return super().__call__(inputs)
+
+        loop_thread = threading.get_ident()
+        q = BatchQueue(Model(), BatchingOptions(max_batch_size=2, inline_batch_micros=1000), executor,
+                       clock=wall.clock)
+        await warm_until(q, lambda: q.inline)
+        events.clear()
+        big = q.submit(rows(*range(40)), far())  # 20 batches inline
+
+        def tick():
+            events.append("tick")
+            if not big.done():
+                asyncio.get_running_loop().call_soon(tick)
+
+        asyncio.get_running_loop().call_soon(tick)
+        await big
+        runs = "".join("b" if e == "batch" else "|" for e in events).split("|")
+        assert max(len(r) for r in runs) == 3  # 3 x 0.4 ms passes the 1 ms slice; then the loop goes on
+        assert events.count("batch") == 20 and q.inline
 
     run(go())

@@ -34,7 +34,7 @@ def test_latest_policy_serves_the_highest_version(tmp_path):
         m = ModelManager()
         await m.apply([spec(tmp_path)])
         s = m.get("m")
-        assert s.version == 2 and s.state is State.AVAILABLE
+        assert s.version == 2 and m.status("m", 2)[0].state is State.AVAILABLE
         assert predict(s, [[2.0]]).tolist() == [3.0]  # 0.5 * 2 + 2
         with pytest.raises(ServingError) as e:
             m.get("m", 1)
@@ -115,11 +115,11 @@ def test_poll_loads_new_version_then_unloads_old_one(tmp_path):
     async def go():
         m = ModelManager()
         await m.apply([spec(tmp_path)])
-        old = m.get("m")
+        old = m.status("m", 1)[0]
         make_linear(tmp_path, 2, bias=2.0)
         await m.poll()
         assert m.get("m").version == 2
-        assert old.state is State.END and old.processor is None
+        assert old.state is State.END and old.servable is None
         states = {s.version: s.state for s in m.status("m")}
         assert states == {2: State.AVAILABLE, 1: State.END}
         shutil.rmtree(tmp_path / "2")
@@ -186,7 +186,7 @@ def test_models_are_added_and_removed_by_apply(tmp_path):
         m = ModelManager()
         await m.apply([spec(tmp_path / "a", "a")])
         assert m.ready()
-        a = m.get("a")
+        a = m.status("a")[0]
         await m.apply([spec(tmp_path / "b", "b")])
         assert set(m.models) == {"b"} and a.state is State.END
         with pytest.raises(ServingError) as e:
@@ -203,16 +203,17 @@ def test_unload_waits_for_requests_in_flight(tmp_path):
     async def go():
         m = ModelManager()
         await m.apply([spec(tmp_path)])
-        s = m.get("m")
-        s.acquire()
+        s = m.status("m", 1)[0]
+        call = asyncio.get_running_loop().create_future()
+        m.get("m").hold(call)  # a request in flight on version 1
         make_linear(tmp_path, 2)
         poll = asyncio.create_task(m.poll())
         await asyncio.sleep(0.2)
-        assert s.state is State.UNLOADING and s.processor is not None  # still usable by its request
+        assert s.state is State.UNLOADING and s.servable is not None  # still loaded for its request
         assert m.get("m").version == 2
-        s.release()
+        call.set_result({})
         await poll
-        assert s.state is State.END
+        assert s.state is State.END and s.servable is None
         await m.shutdown()
 
     run(go())
@@ -241,3 +242,40 @@ def test_loads_happen_off_the_event_loop(tmp_path):
 
     run(go())
     assert seen == [False]
+
+
+def test_a_label_moves_before_the_version_it_left_is_unloaded(tmp_path):
+    for v in (1, 2):
+        make_linear(tmp_path, v, bias=float(v))
+
+    async def go():
+        m = ModelManager()
+        both = VersionPolicy("specific", versions=frozenset({1, 2}))
+        await m.apply([spec(tmp_path, policy=both, labels={"stable": 2})])
+        call = asyncio.get_running_loop().create_future()
+        m.get("m", 2).hold(call)  # version 2 is busy: its unload waits
+        only_one = VersionPolicy("specific", versions=frozenset({1}))
+        change = asyncio.create_task(m.apply([spec(tmp_path, policy=only_one, labels={"stable": 1})]))
+        await asyncio.sleep(0.2)
+        assert m.status("m", 2)[0].state is State.UNLOADING
+        assert m.get("m", label="stable").version == 1  # not 503 "Specific(m, 2): it is UNLOADING"
+        call.set_result({})
+        await change
+        await m.shutdown()
+
+    run(go())
+
+
+def test_a_processor_is_loaded_only_on_a_device_it_declares(tmp_path):
+    make_linear(tmp_path, 1)
+
+    async def go():
+        m = ModelManager()
+        await m.apply([ModelSpec(name="m", base_path=str(tmp_path), platform="linear", device="cuda")])
+        status = m.status("m")[0]
+        assert status.state is State.END and status.error is not None
+        assert status.error.code is Code.FAILED_PRECONDITION
+        assert status.error.message == "processor linear runs on cpu, not cuda"
+        await m.shutdown()
+
+    run(go())

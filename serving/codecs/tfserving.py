@@ -9,8 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import invalid_argument
-from ..repository import Servable
+from ..errors import encodable, invalid_argument
+from ..repository import VersionStatus
+from ..servable import Servable
 from ..signature import STRING, Signature, TensorSpec, tf_dtype_name
 from .arrays import column_matrix, encode_strings, is_b64, to_array
 from .jsonutil import dumps, dumps_with_nonfinite, finite, json_ready, short
@@ -170,7 +171,7 @@ def encode_predict(outputs: Mapping[str, np.ndarray], row_format: bool) -> bytes
     return dumps(doc) if safe else dumps_with_nonfinite(doc)
 
 
-def encode_status(servables: list[Servable]) -> bytes:
+def encode_status(servables: list[VersionStatus]) -> bytes:
     return dumps({
         "model_version_status": [
             {
@@ -214,4 +215,5 @@ def encode_metadata(servable: Servable) -> bytes:
 
 
 def encode_error(message: str) -> bytes:
-    return dumps({"error": message})
+    """`{"error": message}`, the body of every REST error (TF Serving, KServe V2 and cloud routes alike)."""
+    return dumps({"error": encodable(message)})

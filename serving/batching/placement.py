@@ -1,0 +1,120 @@
+"""Where a queue's batches run: on the event-loop thread (inline) or on the worker threads.
+
+For a model of tens of microseconds, handing each batch to a thread (wake-up, GIL hand-offs, the way
+back) costs more than the model. So each queue measures, and decides:
+- a moving average of a batch's compute: the worker thread's CPU time (waits for the GIL do not count),
+  wall time inline;
+- windows of WINDOW batches, each giving the process's CPU time per row served in one mode (on the workers
+  it includes the hand-offs and GIL traffic, inline the model on the loop) and how busy the loop thread was.
+A queue moves onto the loop once a worker window has been measured and the average batch is under the
+limit. It goes back to the workers when the inline average passes twice the limit (a model that waits on
+a device or the network uses little CPU on a worker but must not hold the loop), or when an inline window
+finds the loop thread busy (> BUSY_LOOP) and the process paying more per row than in the last worker
+window (requests that trickle in one by one, as gRPC delivers them, make one-row batches, and a costly
+model then does better on a worker, where rows pile up while it runs). After going back it tries again only
+after twice as many worker batches as the time before (16, 32, ... up to 1024).
+
+All readings come through a `Clock`, so tests charge CPU time to it instead of patching `time`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+#: Batches in one measuring window.
+WINDOW = 32
+#: "Busy": the loop thread used more than this share of a window's wall time.
+BUSY_LOOP = 0.7
+#: Worker batches before the first move onto the loop; doubles at each move back, up to MAX_BACKOFF.
+FIRST_BACKOFF = 8
+MAX_BACKOFF = 1024
+
+
+@dataclass(frozen=True)
+class Clock:
+    """The time sources of the scheduler: monotonic deadlines, wall time of a batch, CPU times."""
+
+    monotonic: Callable[[], float] = time.monotonic
+    wall: Callable[[], float] = time.perf_counter
+    thread_cpu: Callable[[], float] = time.thread_time
+    process_cpu: Callable[[], float] = time.process_time
+
+
+SYSTEM_CLOCK = Clock()
+
+
+@dataclass
+class Window:
+    """One measuring window: readings at its start, and what was served in it."""
+
+    inline: bool
+    wall: float
+    loop_cpu: float
+    process_cpu: float
+    rows: int = 0
+    batches: int = 0
+
+
+class Placement:
+    """The inline-or-worker decision of one queue (lives on the event-loop thread)."""
+
+    def __init__(self, limit_s: float, clock: Clock = SYSTEM_CLOCK, name: str = "") -> None:
+        self.limit_s, self.clock, self.name = limit_s, clock, name
+        self.inline = False
+        self.cost = 0.0  # moving average of a batch's compute, seconds
+        self.observed = 0  # batches observed
+        self.backoff = FIRST_BACKOFF
+        self.inline_after = FIRST_BACKOFF  # no move onto the loop before this many batches
+        self.window: Window | None = None
+        self.worker_row_cpu: float | None = None  # process CPU per row in the last worker window
+
+    def observe(self, cost: float, inline: bool) -> None:
+        """One batch's cost (worker CPU time, or inline wall time): average it, and move on it."""
+        self.observed += 1
+        self.cost = cost if self.observed == 1 else self.cost + 0.1 * (cost - self.cost)
+        if not self.limit_s:
+            return
+        if inline:
+            if self.cost > 2 * self.limit_s:
+                self.back_to_workers()
+        elif (not self.inline and self.observed >= self.inline_after and self.cost < self.limit_s
+              and self.worker_row_cpu is not None):
+            log.debug("%s: batches now run on the event-loop thread (average batch %.0f us)", self.name,
+                      self.cost * 1e6)
+            self.inline = True
+
+    def account(self, rows: int, inline: bool) -> None:
+        """After each batch, on the loop thread: close a window every WINDOW batches and judge it."""
+        if not self.limit_s:  # never inline: nothing to decide, so nothing to measure
+            return
+        clock = self.clock
+        window = self.window
+        if window is None or window.inline != inline:
+            self.window = Window(inline, clock.wall(), clock.thread_cpu(), clock.process_cpu())
+            return
+        window.rows += rows
+        window.batches += 1
+        if window.batches < WINDOW:
+            return
+        now, loop_cpu, cpu = clock.wall(), clock.thread_cpu(), clock.process_cpu()
+        self.window = Window(inline, now, loop_cpu, cpu)
+        per_row = (cpu - window.process_cpu) / window.rows
+        if not inline:
+            self.worker_row_cpu = per_row
+            return
+        elapsed = now - window.wall
+        busy = (loop_cpu - window.loop_cpu) / elapsed if elapsed > 0 else 1.0
+        if self.inline and busy > BUSY_LOOP and self.worker_row_cpu is not None and per_row > self.worker_row_cpu:
+            self.back_to_workers()
+
+    def back_to_workers(self) -> None:
+        log.debug("%s: batches go back to the worker threads (average batch %.0f us)", self.name, self.cost * 1e6)
+        self.inline = False
+        self.window = None
+        self.backoff = min(2 * self.backoff, MAX_BACKOFF)
+        self.inline_after = self.observed + self.backoff

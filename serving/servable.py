@@ -1,0 +1,120 @@
+"""A loaded version of a model, as one handle: what a successful load produced.
+
+TF Serving holds a served version through one non-null `ServableHandle` and wraps its session in a
+batching session at load; here a `Servable` is built by the load and owns its execution: a non-null
+processor, one batch queue per signature (for batchable processors with batching on), the count of
+calls that bypass the queues, `close()` / `drained()` for the unload and typed `stats()` for metrics. Its
+status (state, error, files) is a separate record in the repository (`serving.repository.VersionStatus`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .batching import BatchingOptions, BatchQueue, QueueStats
+from .errors import Code, ServingError
+from .processor import Processor
+from .signature import Signature
+
+Outputs = dict[str, np.ndarray]
+
+
+class Runtime:
+    """What every loaded version shares: the batching options and the worker threads that run batches."""
+
+    def __init__(self, batching: BatchingOptions | None = None) -> None:
+        self.batching = batching or BatchingOptions()
+        self.batching.validate()
+        workers = max(self.batching.max_in_flight, 1)
+        self.executor = concurrent.futures.ThreadPoolExecutor(workers * 2, thread_name_prefix="predict")
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=True)
+
+
+@dataclass(frozen=True)
+class SignatureStats:
+    """One batch queue's counters and gauges, read by metrics."""
+
+    signature: str
+    counters: QueueStats
+    waiting: int
+    in_flight: int
+    compute_seconds: float
+
+
+class Servable:
+    """One loaded version; live on the event-loop thread (its queues are made there)."""
+
+    __slots__ = ("model", "version", "path", "platform", "processor", "queues", "runtime", "inflight", "_idle")
+
+    def __init__(self, model: str, version: int, path: Path, platform: str, processor: Processor,
+                 runtime: Runtime) -> None:
+        self.model, self.version, self.path = model, version, path  # path: the version directory it loaded
+        self.platform, self.processor = platform, processor
+        self.runtime = runtime
+        self.inflight = 0
+        self._idle: asyncio.Event | None = None
+        options = runtime.batching
+        self.queues: dict[str, BatchQueue] = {}
+        if options.enabled and processor.batchable:
+            for name in processor.signatures:
+                where = f"model {model} version {version} signature {name}"
+                self.queues[name] = BatchQueue(self._runner(name), options, runtime.executor, where)
+
+    def signature(self, name: str | None) -> Signature:
+        return self.processor.signature(name)
+
+    def run(self, method: str, inputs: dict[str, np.ndarray], signature_name: str) -> Outputs:
+        """Blocking: call the processor (in an executor thread); framework errors become INTERNAL."""
+        try:
+            return getattr(self.processor, method)(inputs, signature_name)  # type: ignore[no-any-return]
+        except ServingError:
+            raise
+        except Exception as e:
+            raise ServingError(
+                Code.INTERNAL, f"model {self.model} version {self.version} failed in {method}: "
+                f"{type(e).__name__}: {e}"
+            ) from e
+
+    def _runner(self, signature_name: str) -> Callable[[dict[str, np.ndarray]], Outputs]:
+        def run(inputs: dict[str, np.ndarray]) -> Outputs:
+            return self.run("predict", inputs, signature_name)
+
+        return run
+
+    # ---- holding it during a call ----
+
+    def hold(self, future: asyncio.Future[Outputs]) -> None:
+        """Keep this version loaded until `future` is done (calls that do not go through a queue; a queue
+        keeps it loaded while it has requests or batches)."""
+        self.inflight += 1
+        future.add_done_callback(self._release)
+
+    def _release(self, _: asyncio.Future[Outputs]) -> None:
+        self.inflight -= 1
+        if self.inflight == 0 and self._idle is not None:
+            self._idle.set()
+
+    async def drained(self) -> None:
+        """Wait until no request uses this version: none held, every batch queue empty and idle."""
+        while self.inflight:
+            self._idle = asyncio.Event()
+            await self._idle.wait()
+        for queue in self.queues.values():
+            await queue.drained()
+
+    def close(self, error: ServingError) -> None:
+        """Fail what is still queued (a load that failed after the queues were made, e.g. in warm-up)."""
+        for queue in self.queues.values():
+            queue.close(error)
+
+    def stats(self) -> list[SignatureStats]:
+        return [SignatureStats(name, q.stats, q.waiting, q.in_flight, q.placement.cost)
+                for name, q in sorted(self.queues.items())]
