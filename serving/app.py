@@ -14,18 +14,18 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
-from ._proto.inference import grpc_predict_v2_pb2_grpc
-from ._proto.tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
-from .auth import TokenAuth
+from .auth import TokenAuth, read_token_file
 from .batching import BatchingOptions, from_batching_parameters
 from .dataplane import DataPlane
 from .http.protocol import DeadlineWheel, HttpConnection, HttpLimits
 from .http.routes import RestApi
 from .model_config import ConfigError, ModelSpec, read_model_config_file
 from .repository import ModelManager
+from .rpc.decode import add_services
 from .rpc.interceptors import TokenInterceptor
 from .rpc.kserve import InferenceService
 from .rpc.tfserving import ModelService, PredictionService
+from .servable import Runtime
 from .settings import Settings
 from .warmup import Warmup
 
@@ -98,11 +98,14 @@ class Server:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.dataplane = DataPlane(batching_options(settings), settings.rate_limit)
-        self.auth = TokenAuth(settings.token) if settings.token else None
+        self.runtime = Runtime(batching_options(settings))
+        self.dataplane = DataPlane(self.runtime, settings.rate_limit)
+        token = read_token_file(settings.token_file) if settings.token_file else settings.token
+        self.auth = TokenAuth(token, max_skew_s=settings.token_max_skew_seconds) if token else None
         warmup = Warmup(self.dataplane, iterations=settings.num_request_iterations_for_warmup,
                         service_model=settings.model_name, warm_up_data_path=settings.warm_up_data_path)
         self.manager = ModelManager(
+            runtime=self.runtime,
             load_threads=settings.load_threads,
             allow_version_labels_for_unavailable_models=settings.allow_version_labels_for_unavailable_models,
             warmup=warmup,
@@ -155,11 +158,9 @@ class Server:
             ("grpc.max_send_message_length", size),
             ("grpc.so_reuseport", 0),
         ])
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionService(self.manager, self.dataplane, s.rest_api_timeout_in_ms / 1000), self.grpc)
-        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.manager, self.reload), self.grpc)
-        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceService(self.manager, self.dataplane, s.rest_api_timeout_in_ms / 1000), self.grpc)
+        timeout_s = s.rest_api_timeout_in_ms / 1000
+        add_services(self.grpc, PredictionService(self.manager, self.dataplane, timeout_s),
+                     ModelService(self.manager, self.reload), InferenceService(self.manager, self.dataplane, timeout_s))
         self.health = health_aio.HealthServicer()
         await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
@@ -239,7 +240,7 @@ class Server:
         if self.grpc is not None:  # refuses new calls, lets calls in flight finish
             await self.grpc.stop(max(deadline - time.monotonic(), 0.1))
         await self.manager.shutdown()
-        self.dataplane.shutdown()
+        self.runtime.shutdown()
         log.info("stopped")
 
 

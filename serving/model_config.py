@@ -114,6 +114,12 @@ def specs_from_proto(config: msc.ModelServerConfig, source: str = "model config"
     return specs
 
 
+def missing_base_paths(specs: list[ModelSpec]) -> list[str]:
+    """TF Serving's words for each spec whose base path is not a directory: a model no poll can load."""
+    return [f"Could not find base path {s.base_path} for servable {s.name}"
+            for s in specs if not os.path.isdir(s.base_path)]
+
+
 def read_model_config_file(path: str | Path) -> list[ModelSpec]:
     try:
         text = Path(path).read_text()

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .errors import Code, ServingError, invalid_argument, unimplemented
+from .errors import Code, ServingError, unimplemented
 from .signature import DEFAULT_SIGNATURE, Signature
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,8 @@ class Processor:
         if sig is None:
             if not name and len(self.signatures) == 1:
                 return next(iter(self.signatures.values()))
-            raise invalid_argument(f"Serving signature name: \"{key}\" not found in signature def")
+            # TF Serving's code and words (predict_util.cc): FAILED_PRECONDITION, which REST maps to 400.
+            raise ServingError(Code.FAILED_PRECONDITION, f'Serving signature key "{key}" not found.')
         return sig
 
 

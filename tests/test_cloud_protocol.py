@@ -3,6 +3,7 @@ signature route, and token auth on HTTP and gRPC."""
 
 import email.utils
 import json
+import time
 
 import cramjam
 import grpc
@@ -55,7 +56,7 @@ def test_protobuf_body_errors(server):
     status, body = server.post("/api/predict/lin", b"\xff\xfe not protobuf", headers=auth())
     assert status == 400 and "neither JSON nor a valid tf_predict PredictRequest" in body["error"]
     status, body = server.post("/api/predict/lin", tf_request([1.0], signature_name="other"), headers=auth())
-    assert status == 400 and "not found in signature def" in body["error"]
+    assert status == 400 and 'Serving signature key "other" not found.' in body["error"]
     assert server.post("/api/predict/lin", [[2.0]], headers=auth()) == (200, [3.0])
 
 
@@ -131,3 +132,17 @@ def test_pytorch_body_positional_and_snappy():
     answer = pytorch_predict_pb2.PredictResponse.FromString(
         encode_pytorch({"output__1": np.array([7.0], np.float32)}, ["output__1"]))
     assert list(answer.outputs[0].float_val) == [7.0]
+
+
+def test_token_file_and_the_signed_date_window_configure_the_server(tmp_path):
+    make_linear(tmp_path / "lin", 1)
+    (tmp_path / "token").write_text(TOKEN + "\n")
+    body = json.dumps([[2.0]]).encode()
+    old = email.utils.formatdate(time.time() - 120, usegmt=True)  # two minutes ago
+    with Server(f"--model_base_path={tmp_path / 'lin'}", "--model_name=lin", f"--token_file={tmp_path / 'token'}",
+                "--token_max_skew_seconds=60") as s:
+        assert s.post("/api/predict/lin", [[2.0]], headers=auth()) == (200, [3.0])
+        assert s.post("/api/predict/lin", [[2.0]])[0] == 401
+        headers = sign(TOKEN, "POST", "/api/predict/lin", body, "application/json", old)
+        assert s.post("/api/predict/lin", body, headers=headers) == (
+            401, {"error": "Date header is outside the allowed clock skew of 60 seconds"})

@@ -112,8 +112,8 @@ def test_predict_by_version_and_label(channel):
         (lambda ch: predict(ch, values=((1.0, 2.0),)), grpc.StatusCode.INVALID_ARGUMENT, "expects shape [-1,1]"),
         (lambda ch: predict(ch, values=tensor([[1.0]], DT_DOUBLE)), grpc.StatusCode.INVALID_ARGUMENT,
          "expects float but double is provided"),
-        (lambda ch: predict(ch, signature_name="other"), grpc.StatusCode.INVALID_ARGUMENT,
-         'Serving signature name: "other" not found'),
+        (lambda ch: predict(ch, signature_name="other"), grpc.StatusCode.FAILED_PRECONDITION,
+         'Serving signature key "other" not found.'),
         (lambda ch: predict(ch, name=""), grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec"),
     ],
 )

@@ -163,7 +163,7 @@ def test_listing_and_health(server):
         ("/v1/models/lin:predict", {"instances": [[1.0], [1.0, 2.0]]}, 400, "ragged"),
         ("/v1/models/lin:predict", {"instances": []}, 400, "No values in 'instances' array"),
         ("/v1/models/lin:predict", {"signature_name": "other", "instances": [[1.0]]}, 400,
-         'Serving signature name: "other" not found'),
+         'Serving signature key "other" not found.'),
         ("/v1/models/nope:predict", {"instances": [[1.0]]}, 404, "Servable not found for request: Latest(nope)"),
         ("/v1/models/xgb/versions/7:predict", {"instances": [[1.0]]}, 404,
          "Servable not found for request: Specific(xgb, 7)"),

@@ -66,7 +66,7 @@ def test_errors(server):
     status, body = server.post("/v1/models/half:classify", {"examples": [{"x": 2.0}]})
     assert status == 400 and "Expected classification signature method_name" in body["error"]
     status, body = server.post("/v1/models/half:predict", {"signature_name": "nope", "instances": [1.0]})
-    assert status == 400 and 'Serving signature name: "nope" not found' in body["error"]
+    assert status == 400 and 'Serving signature key "nope" not found.' in body["error"]
     status, body = server.post("/v1/models/half:predict", {"instances": [[1.0, 2.0]]})
     assert status == 400 and "expects shape [-1]" in body["error"]
     status, body = server.post("/v1/models/half:predict", {"instances": ["a"]})

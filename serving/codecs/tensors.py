@@ -3,10 +3,13 @@ the cloud processor's ArrayProto. Bytes are viewed, not copied, where the layout
 
 from __future__ import annotations
 
+import math
+import sys
 from typing import Any
 
 import numpy as np
 
+from .._proto.tensorflow.core.framework import types_pb2
 from ..errors import invalid_argument, unimplemented
 from ..signature import BFLOAT16, STRING, TF_TYPE_WORDS, Signature, TensorSpec
 
@@ -30,30 +33,66 @@ ARRAY_FIELDS = {"f4": "float_val", "f8": "double_val", "i4": "int_val", "u1": "i
                 "i1": "int_val", "i8": "int64_val", "b1": "bool_val"}
 
 
+# numpy's limit on dimensions (TensorFlow allows 254; no served signature comes near either).
+MAX_RANK = 64
+# One value repeated to fill a shape is TensorFlow's shorthand; past this many bytes it is a large
+# allocation that a few bytes of request could ask for, so it is refused (the default gRPC message limit).
+MAX_FILL_BYTES = 64 << 20
+
+
 def _dtype(enum_value: int, name: str) -> np.dtype:
+    """The numpy dtype of a tensorflow.DataType; a type we cannot hold is the client's error, as
+    TensorFlow's "tensor parsing error" is."""
     dtype = DTYPES.get(enum_value)
     if dtype is None:
-        raise unimplemented(f"input '{name}': data type {enum_value} is not supported")
+        word = types_pb2.DataType.Name(enum_value) if enum_value in types_pb2.DataType.values() else enum_value
+        raise invalid_argument(f"input '{name}': data type {word} is not supported")
     return dtype
 
 
+def _shape(dims: Any, dtype: np.dtype, name: str) -> tuple[int, ...]:
+    """The dims of a tensor, checked so that numpy can hold them (Python ints: no silent overflow)."""
+    shape = tuple(int(d) for d in dims)
+    if any(d < 0 for d in shape):
+        raise invalid_argument(f"input '{name}': negative dimension in shape {list(shape)}")
+    if len(shape) > MAX_RANK:
+        raise invalid_argument(f"input '{name}': {len(shape)} dimensions, more than {MAX_RANK}")
+    # numpy refuses even an empty array whose non-zero dims multiply past the address space.
+    if math.prod(d for d in shape if d) * dtype.itemsize > sys.maxsize:
+        raise invalid_argument(f"input '{name}': the shape {list(shape)} is too large")
+    return shape
+
+
 def _fill(values: Any, dtype: np.dtype, shape: tuple[int, ...], name: str) -> np.ndarray:
-    size = int(np.prod(shape)) if shape else 1
-    if dtype == STRING:
-        array = np.empty(len(values), dtype=object)
-        array[:] = list(values)
-    elif dtype.kind == "c":
-        flat = np.asarray(values, dtype=np.float32 if dtype.itemsize == 8 else np.float64)
-        array = flat.view(dtype)
-    elif dtype.str[1:] == "f2" or dtype == BFLOAT16:  # half_val holds the 16-bit patterns
-        array = np.asarray(values, dtype=np.uint16).view(dtype)
-    else:
-        array = np.asarray(values, dtype=dtype)
+    size = math.prod(shape)
+    if dtype.kind == "c" and len(values) % 2:
+        raise invalid_argument(f"input '{name}': complex values come as (real, imaginary) pairs; "
+                               f"{len(values)} numbers given")
+    try:
+        array = _values(values, dtype)
+    except (OverflowError, ValueError) as e:  # e.g. int_val 300 for a uint8 tensor
+        raise invalid_argument(f"input '{name}': {e}") from e
     if array.size == size:
         return array.reshape(shape)
     if array.size == 1:  # one value fills the whole tensor, as TensorFlow reads it
+        if size * dtype.itemsize > MAX_FILL_BYTES:
+            raise invalid_argument(f"input '{name}': one value cannot fill the shape {list(shape)}: "
+                                   f"more than {MAX_FILL_BYTES} bytes")
         return np.full(shape, array[0], dtype=dtype)
     raise invalid_argument(f"input '{name}': {array.size} values do not fill the shape {list(shape)}")
+
+
+def _values(values: Any, dtype: np.dtype) -> np.ndarray:
+    """The repeated `*_val` field of a tensor as a flat array of `dtype`."""
+    if dtype == STRING:
+        array = np.empty(len(values), dtype=object)
+        array[:] = list(values)
+        return array
+    if dtype.kind == "c":
+        return np.asarray(values, dtype=np.float32 if dtype.itemsize == 8 else np.float64).view(dtype)
+    if dtype.str[1:] == "f2" or dtype == BFLOAT16:  # half_val holds the 16-bit patterns
+        return np.asarray(values, dtype=np.uint16).view(dtype)
+    return np.asarray(values, dtype=dtype)
 
 
 def tensor_to_array(proto: Any, name: str) -> np.ndarray:
@@ -61,13 +100,11 @@ def tensor_to_array(proto: Any, name: str) -> np.ndarray:
     dtype = _dtype(proto.dtype, name)
     if proto.tensor_shape.unknown_rank:
         raise invalid_argument(f"input '{name}': a tensor of unknown rank cannot be served")
-    shape = tuple(int(d.size) for d in proto.tensor_shape.dim)
-    if any(d < 0 for d in shape):
-        raise invalid_argument(f"input '{name}': negative dimension in shape {list(shape)}")
+    shape = _shape((d.size for d in proto.tensor_shape.dim), dtype, name)
     if proto.tensor_content:
         if dtype == STRING:
             raise invalid_argument(f"input '{name}': string tensors cannot use tensor_content")
-        size = int(np.prod(shape)) if shape else 1
+        size = math.prod(shape)
         if len(proto.tensor_content) != size * dtype.itemsize:
             raise invalid_argument(
                 f"input '{name}': tensor_content has {len(proto.tensor_content)} bytes, the shape "
@@ -81,7 +118,7 @@ def tensor_to_array(proto: Any, name: str) -> np.ndarray:
 def array_proto_to_array(proto: Any, name: str) -> np.ndarray:
     """A cloud processor ArrayProto (tf_predict.proto) as a numpy array."""
     dtype = _dtype(proto.dtype, name)
-    shape = tuple(int(d) for d in proto.array_shape.dim)
+    shape = _shape(proto.array_shape.dim, dtype, name)
     field = "string_val" if dtype == STRING else ARRAY_FIELDS.get(dtype.str[1:])
     if field is None:
         raise unimplemented(f"input '{name}': data type {TF_TYPE_WORDS.get(dtype, dtype.name)} has no ArrayProto field")

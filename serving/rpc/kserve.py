@@ -20,6 +20,8 @@ from .tfserving import abort, call_deadline
 
 
 class InferenceService(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+    SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+
     def __init__(self, manager: ModelManager, dataplane: DataPlane, default_timeout_s: float) -> None:
         self.manager, self.dataplane, self.default_timeout_s = manager, dataplane, default_timeout_s
 

@@ -19,8 +19,10 @@ from .._proto.tensorflow_serving.apis import (
     get_model_status_pb2,
     inference_pb2,
     model_management_pb2,
+    model_service_pb2,
     model_service_pb2_grpc,
     predict_pb2,
+    prediction_service_pb2,
     prediction_service_pb2_grpc,
     regression_pb2,
 )
@@ -28,7 +30,7 @@ from ..codecs import examples
 from ..codecs.tensors import DTYPE_ENUMS, array_to_tensor, conform_all, tensor_to_array
 from ..dataplane import DataPlane, examples_input, outputs_of
 from ..errors import Code, ServingError, invalid_argument, unimplemented
-from ..model_config import ConfigError, ModelSpec, specs_from_proto
+from ..model_config import ConfigError, ModelSpec, missing_base_paths, specs_from_proto
 from ..repository import ModelManager, Servable
 from ..signature import CLASSIFY_METHOD, REGRESS_METHOD, STRING, Signature
 
@@ -71,6 +73,8 @@ def fill_model_spec(target: Any, servable: Servable, signature_name: str) -> Non
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):  # type: ignore[misc]
+    SERVICE = prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"]
+
     def __init__(self, manager: ModelManager, dataplane: DataPlane, default_timeout_s: float) -> None:
         self.manager, self.dataplane, self.default_timeout_s = manager, dataplane, default_timeout_s
 
@@ -220,6 +224,8 @@ def signature_def(sig: Signature, target: Any) -> None:
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):  # type: ignore[misc]
+    SERVICE = model_service_pb2.DESCRIPTOR.services_by_name["ModelService"]
+
     def __init__(self, manager: ModelManager, reload: Callable[[list[ModelSpec]], Awaitable[None]]) -> None:
         self.manager, self.reload = manager, reload
 
@@ -233,22 +239,35 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):  # type: ignore
                 entry.version = s.version
                 entry.state = STATES[s.state.value]
                 if s.error is not None:
-                    entry.status.error_code = error_codes_pb2.Code.Value(s.error.code.name)
-                    entry.status.error_message = s.error.message
+                    fill_status(entry.status, s.error.code, s.error.message)
             return response
         except ServingError as e:
             await abort(context, e)
 
     async def HandleReloadConfigRequest(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        """Serve the given config; returns once its models are AVAILABLE or have failed."""
+        """Serve the given config; returns once its models are AVAILABLE or have failed.
+
+        A base path that does not exist refuses the whole config at once (the served models stay as
+        they are): TF Serving would wait for a load that cannot happen until the client's deadline.
+        """
         response = model_management_pb2.ReloadConfigResponse()
         try:
             specs = specs_from_proto(request.config, "ReloadConfigRequest")
         except ConfigError as e:
             await abort(context, ServingError(Code.INVALID_ARGUMENT, str(e)))
+        missing = missing_base_paths(specs)
+        if missing:
+            log.warning("ReloadConfigRequest not applied: %s", "; ".join(missing))
+            fill_status(response.status, Code.INVALID_ARGUMENT, "; ".join(missing))
+            return response
         try:
             await self.reload(specs)
         except ConfigError as e:
-            response.status.error_code = error_codes_pb2.Code.Value("FAILED_PRECONDITION")
-            response.status.error_message = str(e)
+            fill_status(response.status, Code.FAILED_PRECONDITION, str(e))
         return response
+
+
+def fill_status(status: Any, code: Code, message: str) -> None:
+    """A tensorflow.StatusProto (of a ModelVersionStatus or a ReloadConfigResponse)."""
+    status.error_code = error_codes_pb2.Code.Value(code.name)
+    status.error_message = message
