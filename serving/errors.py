@@ -61,12 +61,25 @@ EAS_STATUS: dict[Code, int] = {
 }
 
 
+def encodable(text: str) -> str:
+    """`text` as it can be written in UTF-8: a lone surrogate (a file name that is not UTF-8, a client's
+    `\\ud800` escape) becomes its `\\udXXX` escape instead of failing the encoder of an error answer."""
+    if text.isascii():  # the usual message: one flag test
+        return text
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode(errors="backslashreplace").decode()
+    return text
+
+
 class ServingError(Exception):
     """An error with a canonical code; the message is what the client reads."""
 
     __slots__ = ("code", "message")
 
     def __init__(self, code: Code, message: str) -> None:
+        message = encodable(message)  # once here, so every front end can write it (JSON, gRPC, logs)
         super().__init__(message)
         self.code = code
         self.message = message

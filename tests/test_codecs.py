@@ -159,3 +159,15 @@ def test_half_precision_over_json_is_unimplemented_as_in_tf_serving():
     with pytest.raises(ServingError) as e:
         tfserving.decode_predict({"instances": [1.0]}, half)
     assert e.value.code is Code.UNIMPLEMENTED and "to type: half" in e.value.message
+
+
+def test_string_lists_nested_past_the_recursion_limit_are_a_client_error():
+    from serving.codecs.arrays import convert
+    from serving.signature import STRING
+
+    nested: object = "a"
+    for _ in range(1020):  # orjson reads 1024 levels; Python recurses about 1000 deep
+        nested = [nested]
+    with pytest.raises(ServingError) as e:
+        convert(nested, STRING, "x")
+    assert (e.value.code, e.value.message) == (Code.INVALID_ARGUMENT, "string input: the lists are nested too deep")

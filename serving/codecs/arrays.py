@@ -66,10 +66,13 @@ def _leaves(value: Any) -> Iterator[Any]:
 def _type_error(value: Any, dtype: np.dtype) -> Exception:
     want = TF_TYPE_WORDS.get(dtype, dtype.name)
     ok = {"f": (int, float), "i": (int,), "u": (int,), "b": (bool,)}[dtype.kind]
-    for leaf in _leaves(value):
-        if not isinstance(leaf, ok) or (isinstance(leaf, bool) and dtype.kind != "b"):
-            kind = JSON_TYPE.get(type(leaf), "Null")
-            return invalid_argument(f"JSON Value: {short(leaf)} Type: {kind} is not of expected type: {want}")
+    try:
+        for leaf in _leaves(value):
+            if not isinstance(leaf, ok) or (isinstance(leaf, bool) and dtype.kind != "b"):
+                kind = JSON_TYPE.get(type(leaf), "Null")
+                return invalid_argument(f"JSON Value: {short(leaf)} Type: {kind} is not of expected type: {want}")
+    except RecursionError:  # lists nested deeper than the interpreter recurses
+        return invalid_argument(f"JSON Value: {short(value)} is nested too deep for a {want} tensor")
     return invalid_argument(f"JSON Value: {short(value)} is not of expected type: {want}")
 
 
@@ -91,7 +94,10 @@ def _string_array(value: Any) -> np.ndarray:
     def walk(v: Any) -> Any:
         return [walk(x) for x in v] if isinstance(v, list) else _decode_string(v)
 
-    nested = walk(value)
+    try:
+        nested = walk(value)
+    except RecursionError:  # orjson takes 1024 levels; numpy has at most 64 dims
+        raise invalid_argument("string input: the lists are nested too deep") from None
     shape = _shape(nested)
     out = np.empty(shape, dtype=object)
     try:

@@ -16,6 +16,7 @@ from .arrays import is_b64
 from .jsonutil import dumps, dumps_with_nonfinite, short
 
 KINDS = {"bytes_list": "bytes", "float_list": "float", "int64_list": "int64"}
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 def _add_value(feature: Any, name: str, value: Any) -> None:
@@ -30,6 +31,8 @@ def _add_value(feature: Any, name: str, value: Any) -> None:
         feature.int64_list.value.append(int(value))
     elif isinstance(value, int):
         need("int64_list")
+        if not INT64_MIN <= value <= INT64_MAX:  # the proto would raise a plain ValueError: a 500
+            raise invalid_argument(f"Feature: {name} has an integer that does not fit in int64: {short(value)}")
         feature.int64_list.value.append(value)
     elif isinstance(value, float):
         need("float_list")

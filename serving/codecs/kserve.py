@@ -125,6 +125,8 @@ def decode_rest(body: bytes, header_length: int | None, sig_for: Any) -> tuple[
     items = doc.get("inputs") if isinstance(doc, dict) else None
     if not isinstance(items, list):
         raise invalid_argument("the infer request must be a JSON object with an 'inputs' list")
+    if not isinstance(doc.get("id", ""), str):  # echoed in the answer: only a string, as Triton
+        raise invalid_argument("Unable to parse 'id': attempt to access JSON non-string as string")
     params = doc.get("parameters")
     sig: Signature = sig_for(params.get("signature_name") if isinstance(params, dict) else None)
     inputs: dict[str, np.ndarray] = {}
@@ -169,7 +171,9 @@ def encode_rest(model: str, version: int, doc: Mapping[str, Any], outputs: Mappi
             name = r.get("name") if isinstance(r, dict) else None
             if not isinstance(name, str) or name not in sig.outputs:
                 raise invalid_argument(f"unexpected inference output '{name}' for model '{model}'")
-            wanted.append((name, bool((r.get("parameters") or {}).get("binary_data", binary_default))))
+            out_params = r.get("parameters")
+            binary = out_params.get("binary_data", binary_default) if isinstance(out_params, dict) else binary_default
+            wanted.append((name, bool(binary)))
     else:
         wanted = [(n, binary_default) for n in sig.outputs]
     out_docs, blobs = [], []

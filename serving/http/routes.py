@@ -40,13 +40,16 @@ EAS_PATH = re.compile(r"/api/predict/(?P<name>[^/]+)/?$")
 
 
 def _parse_model_path(path: str) -> tuple[str | None, int | None, str | None, str | None, bool]:
-    """(name, version, label, verb, metadata) of a /v1/models/... path; name None when malformed."""
+    """(name, version, label, verb, metadata) of a /v1/models/... path; name None when malformed.
+
+    As TF Serving (http_rest_api_util.cc): the path matches whatever the case, but only the lower-case
+    verb is dispatched (`:PREDICT` is a malformed request) and only `/metadata` is the metadata route."""
     m = MODEL_PATH.match(path)
-    if m is None or (m["verb"] and m["metadata"]):
+    verb = m["verb"] if m is not None else None
+    if m is None or (verb and m["metadata"]) or (verb is not None and not verb.islower()):
         return None, None, None, None, False
     version = int(m["version"]) if m["version"] is not None else None
-    verb = m["verb"].lower() if m["verb"] else None
-    return m["name"], version, m["label"], verb, bool(m["metadata"])
+    return m["name"], version, m["label"], verb, m["metadata"] == "/metadata"
 
 
 def _tf_finish(future: asyncio.Future[Outputs], row_format: bool) -> Response:
