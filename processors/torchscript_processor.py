@@ -9,6 +9,14 @@ shapes: `{"inputs": [{"name", "dtype", "shape"}], "outputs": [...]}` (dtype nump
 "float32"; -1 for any size), so TF Serving and KServe V2 clients get proper metadata. Without it the
 inputs and outputs are counted from the TorchScript schema, float32, of unknown rank.
 
+A request the model cannot take is the client's error (INVALID_ARGUMENT, one line, no TorchScript
+traceback): the processor learns each input's row shape (the dims after the batch dim) from the batches
+it runs, widening a dim to -1 where two successful batches differ, so a failing batch whose rows do not fit
+them is answered with the shape expected and the shape sent; before any batch has run, a failure that
+TorchScript words as a shape or size mismatch is answered so too. Those row shapes are then refused in
+`validate()`, before queueing, so such a request never fails a batch it would have joined. Learned shapes
+are not enforced in advance: a model that takes several sequence lengths keeps taking them.
+
 CUDA: inputs go to the device once per batch from pinned host memory, outputs come back once;
 `options["fp16"]` runs the module in half precision.
 """
@@ -16,18 +24,25 @@ CUDA: inputs go to the device once per batch from pinned host memory, outputs co
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from serving.errors import Code, ServingError
+from serving.errors import Code, ServingError, invalid_argument
 from serving.processor import Processor, find_model_file, resolve_device
 from serving.signature import DEFAULT_SIGNATURE, Signature, TensorSpec
 
 F32 = np.dtype(np.float32)
+# Row shapes of one request or batch, per input (the dims after the batch dim); None: the rank varies.
+RowShapes = tuple[tuple[int, ...] | None, ...]
+# How TorchScript words a shape mismatch ("mat1 and mat2 shapes cannot be multiplied", "The size of tensor
+# a (2) must match ...", "Expected 3D ... input", "expected input[1, 2, 5] to have 3 channels").
+SHAPE_WORDS = re.compile(r"shape|size|dimension|\bdim\b|channels", re.IGNORECASE)
+MAX_REFUSED = 64  # row shapes remembered as refused; bounded so odd clients cannot grow it
 
 
 def _specs(entries: list[dict[str, Any]], prefix: str) -> dict[str, TensorSpec]:
@@ -61,6 +76,35 @@ def flatten(result: Any, names: list[str]) -> dict[str, np.ndarray]:
             for k, v in items}
 
 
+def row_shapes(inputs: Sequence[np.ndarray]) -> RowShapes:
+    return tuple(tuple(array.shape[1:]) for array in inputs)
+
+
+def widen(learned: RowShapes | None, seen: RowShapes) -> RowShapes:
+    """Row shapes that fit both: dims that differ become -1, a rank that differs None."""
+    if learned is None:
+        return seen
+    return tuple(None if was is None or now is None or len(was) != len(now)
+                 else tuple(w if w == n else -1 for w, n in zip(was, now, strict=True))
+                 for was, now in zip(learned, seen, strict=True))
+
+
+def fits(want: tuple[int, ...] | None, got: tuple[int, ...] | None) -> bool:
+    if want is None or got is None:
+        return True
+    return len(want) == len(got) and all(w in (-1, g) for w, g in zip(want, got, strict=True))
+
+
+def shape_text(shape: tuple[int, ...] | None) -> str:
+    return "[?]" if shape is None else "[" + ",".join(str(d) for d in shape) + "]"
+
+
+def last_line(error: BaseException) -> str:
+    """TorchScript's own message without its traceback: the last line, less its exception type."""
+    lines = str(error).strip().splitlines()
+    return re.sub(r"^[\w.]+(Error|Exception): ", "", lines[-1].strip()) if lines else type(error).__name__
+
+
 class TorchScriptProcessor(Processor):
     name = "torchscript"
     devices = ("cpu", "cuda")
@@ -72,6 +116,11 @@ class TorchScriptProcessor(Processor):
         self.input_names: list[str] = []
         self.output_names: list[str] = []
         self.fp16 = False
+        # Written from the executor threads that run batches, read on the event loop: each is replaced or
+        # set whole (one reference or one dict item), so no lock; a widening lost to a race comes back with
+        # the next batch.
+        self.learned: RowShapes | None = None
+        self.refused: dict[RowShapes, str] = {}
 
     def load(self, version_dir: Path, device: str, options: Mapping[str, Any]) -> None:
         path = find_model_file(version_dir, ("model.pt", "*.pt", "*.pth"), "TorchScript")
@@ -109,12 +158,49 @@ class TorchScriptProcessor(Processor):
         tensor = tensor.pin_memory().to(self.device, non_blocking=True)
         return tensor.half() if self.fp16 and tensor.is_floating_point() else tensor
 
+    def validate(self, inputs: dict[str, np.ndarray], signature: Signature) -> None:
+        """Refuse, before queueing, row shapes the model has already refused."""
+        if self.refused:
+            message = self.refused.get(row_shapes([inputs[name] for name in self.input_names]))
+            if message is not None:
+                raise invalid_argument(message)
+
     def predict(self, inputs: dict[str, np.ndarray], signature_name: str) -> dict[str, np.ndarray]:
         assert self.module is not None, "predict before load"
-        args = [self._to_device(inputs[name]) for name in self.input_names]
-        with torch.inference_mode():
-            result = self.module(*args)
+        arrays = [inputs[name] for name in self.input_names]
+        seen = row_shapes(arrays)
+        args = [self._to_device(array) for array in arrays]
+        try:
+            with torch.inference_mode():
+                result = self.module(*args)
+        except torch.cuda.OutOfMemoryError:
+            raise  # a RuntimeError too, but the server's trouble whatever the shapes
+        except (RuntimeError, torch.jit.Error) as e:
+            self._refuse(seen, e)
+            raise  # not the request's shapes: the model's own failure (INTERNAL)
+        if self.learned != seen:
+            self.learned = widen(self.learned, seen)
         return flatten(result, self.output_names)
+
+    def _refuse(self, rows: RowShapes, error: BaseException) -> None:
+        """Raise INVALID_ARGUMENT where the failure is the request's shapes, and remember them as refused."""
+        said = last_line(error)
+        learned = self.learned
+        if learned is not None:
+            wrong = [f"input '{name}' expects rows of shape {shape_text(want)}, got {shape_text(got)}"
+                     for name, want, got in zip(self.input_names, learned, rows, strict=True) if not fits(want, got)]
+            if not wrong:
+                return
+            message = f"{'; '.join(wrong)} (learned from the batches the model has run; TorchScript: {said})"
+        elif SHAPE_WORDS.search(said):
+            got = ", ".join(f"{name} rows of shape {shape_text(shape)}" for name, shape in zip(self.input_names, rows,
+                                                                                                strict=True))
+            message = f"the model cannot take {got}: {said}"
+        else:
+            return
+        if len(self.refused) < MAX_REFUSED:
+            self.refused[rows] = message
+        raise invalid_argument(message) from error
 
     def unload(self) -> None:
         self.module = None

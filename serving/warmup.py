@@ -3,7 +3,8 @@ same data plane (and batching path) as real traffic, so the first real request f
 compiled and allocated.
 
 - TF Serving: `<version>/assets.extra/tf_serving_warmup_requests`, a TFRecord file of PredictionLog
-  records, each replayed `num_request_iterations_for_warmup` times, at most 1000 records.
+  records (predict, classify, regress and multi-inference logs, as TF Serving's saved_model_warmup.cc
+  replays them), each replayed `num_request_iterations_for_warmup` times, at most 1000 records.
 - Cloud processor: the service's `warm_up_data_path`, a `.bin` file holding one serialized processor
   PredictRequest (tf_predict.proto) or a `.txt` file with one JSON request per line; each sent 5 times.
 
@@ -12,25 +13,30 @@ A bad record, a file that cannot be read or a request that fails fails the load,
 
 from __future__ import annotations
 
+import logging
 import struct
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 
-from .errors import Code, ServingError
-from .repository import Servable
+from .codecs import examples
+from .dataplane import DataPlane, examples_input, outputs_of
+from .errors import Code, ServingError, invalid_argument
+from .servable import Servable
+from .signature import Signature
 
-if TYPE_CHECKING:
-    from .dataplane import DataPlane
+log = logging.getLogger(__name__)
 
 TF_WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
 MAX_RECORDS = 1000
 EAS_REPEAT = 5
 WARMUP_DEADLINE_S = 600.0
+# The PredictionLog kinds TF Serving replays (saved_model_warmup.cc); it refuses session_run_log too.
+LOG_KINDS = ("predict_log", "classify_log", "regress_log", "multi_inference_log")
 
 
 def _fail(message: str) -> ServingError:
@@ -76,9 +82,21 @@ def write_tfrecords(path: Path, records: list[bytes]) -> None:
 
 @dataclass
 class WarmupRequest:
-    signature_name: str
-    inputs: dict[str, np.ndarray]
+    """One request to replay `repeat` times. `verb` is predict (named `inputs`) or, from TF Serving's other
+    log kinds, classify / regress / multi_inference over serialized tf.Examples; `name` says which record
+    or request it is in failure messages."""
+
+    name: str
     repeat: int
+    signature_name: str = ""
+    inputs: dict[str, np.ndarray] = field(default_factory=dict)
+    verb: str = "predict"
+    examples: np.ndarray | None = None
+    tasks: Sequence[Any] = ()  # multi_inference's InferenceTasks
+
+
+# One data-plane call of a replay: (verb, signature, inputs).
+Call = tuple[str, Signature, dict[str, np.ndarray]]
 
 
 def tf_serving_requests(version_dir: Path, iterations: int) -> list[WarmupRequest]:
@@ -86,28 +104,44 @@ def tf_serving_requests(version_dir: Path, iterations: int) -> list[WarmupReques
     if not path.is_file():
         return []
     from ._proto.tensorflow_serving.apis import prediction_log_pb2
-    from .codecs.tensors import tensor_to_array
 
     out = []
     for index, record in enumerate(read_tfrecords(path)):
         if index >= MAX_RECORDS:
             raise _fail(f"{path}: more than {MAX_RECORDS} warm-up records")
-        log = prediction_log_pb2.PredictionLog()
+        prediction_log = prediction_log_pb2.PredictionLog()
         try:
-            log.ParseFromString(record)
+            prediction_log.ParseFromString(record)
         except Exception as e:  # noqa: BLE001 - protobuf's DecodeError and friends
             raise _fail(f"{path}: record {index} is not a PredictionLog: {e}") from e
-        kind = log.WhichOneof("log_type")
-        if kind != "predict_log":
-            raise _fail(f"{path}: record {index} is a {kind or 'empty'} log; this processor warms up with "
-                        "predict_log records only")
-        request = log.predict_log.request
+        kind = prediction_log.WhichOneof("log_type")
+        if kind not in LOG_KINDS:
+            # A session_run_log (field 5, not declared in our proto) parses as an empty record.
+            what = f"a {kind}" if kind else "an empty (or session_run_log)"
+            raise _fail(f"{path}: record {index} is {what} log; warm-up replays predict_log, classify_log, "
+                        "regress_log and multi_inference_log records")
+        name = f"record {index} ({kind})"
         try:
-            inputs = {name: tensor_to_array(t, name) for name, t in request.inputs.items()}
+            out.append(_logged_request(name, kind, getattr(prediction_log, kind).request, iterations))
         except ServingError as e:
-            raise _fail(f"{path}: record {index}: {e.message}") from e
-        out.append(WarmupRequest(request.model_spec.signature_name, inputs, iterations))
+            raise _fail(f"{path}: {name}: {e.message}") from e
     return out
+
+
+def _logged_request(name: str, kind: str, request: Any, iterations: int) -> WarmupRequest:
+    """The request of one PredictionLog record, its inputs decoded now so a bad record fails before any runs."""
+    if kind == "predict_log":
+        from .codecs.tensors import tensor_to_array
+
+        inputs = {key: tensor_to_array(t, key) for key, t in request.inputs.items()}
+        return WarmupRequest(name, iterations, request.model_spec.signature_name, inputs)
+    serialized = examples.examples_from_input(request.input)
+    if kind == "multi_inference_log":
+        if not request.tasks:
+            raise invalid_argument("MultiInferenceRequest has no tasks")
+        return WarmupRequest(name, iterations, verb="multi_inference", examples=serialized, tasks=request.tasks)
+    return WarmupRequest(name, iterations, request.model_spec.signature_name, verb=kind.removesuffix("_log"),
+                         examples=serialized)
 
 
 def eas_requests(path: Path, servable: Servable) -> list[WarmupRequest]:
@@ -128,15 +162,16 @@ def eas_requests(path: Path, servable: Servable) -> list[WarmupRequest]:
             raise _fail(f"{path}: {e.message}") from e
         except Exception as e:  # noqa: BLE001 - protobuf's DecodeError
             raise _fail(f"{path}: not a serialized PredictRequest: {e}") from e
-        return [WarmupRequest(request.signature_name, inputs, EAS_REPEAT)]
+        return [WarmupRequest("request 0", EAS_REPEAT, request.signature_name, inputs)]
     if path.suffix == ".txt":
         sig = servable.signature(None)
-        out = []
+        out: list[WarmupRequest] = []
         for number, line in enumerate(path.read_text().splitlines(), 1):
             if not line.strip():
                 continue
             try:
-                out.append(WarmupRequest(sig.name, eas.decode_json(loads(line.encode()), sig), EAS_REPEAT))
+                inputs = eas.decode_json(loads(line.encode()), sig)
+                out.append(WarmupRequest(f"request {len(out)}", EAS_REPEAT, sig.name, inputs))
             except ServingError as e:
                 raise _fail(f"{path}: line {number}: {e.message}") from e
         return out
@@ -157,17 +192,49 @@ class Warmup:
         requests = tf_serving_requests(servable.path, self.iterations)
         if self.warm_up_data_path and servable.model == self.service_model:
             requests += eas_requests(Path(self.warm_up_data_path), servable)
-        for number, request in enumerate(requests):
-            await self._replay(servable, request, number)
+        started = time.monotonic()
+        for request in requests:
+            await self._replay(servable, request)
+        if requests:
+            log.info("warm-up of model %s version %d: %d requests, %d replays in all, in %.3f s", servable.model,
+                     servable.version, len(requests), sum(r.repeat for r in requests), time.monotonic() - started)
 
-    async def _replay(self, servable: Servable, request: WarmupRequest, number: int) -> None:
+    async def _replay(self, servable: Servable, request: WarmupRequest) -> None:
+        try:
+            calls = _calls(servable, request)
+            for _ in range(request.repeat):
+                for verb, sig, inputs in calls:
+                    deadline = time.monotonic() + WARMUP_DEADLINE_S
+                    future = self.dataplane.infer(servable, sig, inputs, deadline, verb, rate_limited=False)
+                    _check_answer(verb, await outputs_of(future), inputs)
+        except ServingError as e:
+            raise _fail(f"{request.name} failed: {e.message}") from e
+
+
+def _calls(servable: Servable, request: WarmupRequest) -> list[Call]:
+    """The data-plane calls one replay makes, resolved once: (verb, signature, inputs)."""
+    if request.verb == "predict":
         from .codecs.tensors import conform_all
 
-        try:
-            sig = servable.signature(request.signature_name)
-            inputs = conform_all(request.inputs, sig, "warm-up")
-            for _ in range(request.repeat):
-                await self.dataplane.infer(servable, sig, inputs, time.monotonic() + WARMUP_DEADLINE_S,
-                                           rate_limited=False)
-        except ServingError as e:
-            raise _fail(f"request {number} failed: {e.message}") from e
+        sig = servable.signature(request.signature_name)
+        return [("predict", sig, conform_all(request.inputs, sig, "warm-up"))]
+    if request.verb == "multi_inference":
+        # The plan is the gRPC MultiInference's own (TF Serving's checks); imported here, as it lives in the
+        # gRPC front end, so that warm-up does not load grpc for the other kinds.
+        from .rpc.tfserving import multi_inference_plan
+
+        plan = multi_inference_plan(servable, request.tasks)
+    else:
+        sig = servable.signature(request.signature_name)
+        plan = [(request.verb, sig, examples_input(servable, sig, request.verb, request.verb.capitalize()))]
+    assert request.examples is not None
+    return [(verb, sig, {name: request.examples}) for verb, sig, name in plan]
+
+
+def _check_answer(verb: str, outputs: dict[str, np.ndarray], inputs: dict[str, np.ndarray]) -> None:
+    """Turn classify / regress outputs into results as an answer would, so a signature whose outputs no
+    answer can be made of fails the load, not the first client."""
+    if verb == "classify":
+        examples.classification_pairs(outputs, len(next(iter(inputs.values()))))
+    elif verb == "regress":
+        examples.regression_values(outputs, len(next(iter(inputs.values()))))

@@ -125,3 +125,93 @@ def test_pytorch_predict_body_over_http(tmp_path):
         assert status == 200
         response = pytorch_predict_pb2.PredictResponse.FromString(body)
         np.testing.assert_allclose(response.outputs[0].float_val, reference(module, X, Z)[1], rtol=1e-5)
+
+
+GOOD = {"inputs": {"input__0": X.tolist(), "input__1": Z.tolist()}}
+TWO_FEATURES = {"inputs": {"input__0": [[1.0, 2.0]], "input__1": [0.0]}}
+
+
+def assert_one_line_without_traceback(message):
+    assert "\n" not in message and "Traceback" not in message and "__torch__" not in message, message
+
+
+def test_wrong_feature_count_without_signature_json_is_a_400_naming_the_learned_shape(tmp_path):
+    module, _ = make_mlp(tmp_path / "mlp")
+    want_scores, _ = reference(module, X, Z)
+    with Server(f"--model_base_path={tmp_path / 'mlp'}", "--model_name=mlp") as s:
+        assert s.post("/v1/models/mlp:predict", GOOD)[0] == 200  # the model learns rows of [3] and []
+        for _ in range(2):  # the model refuses the first; validate() refuses the second before queueing
+            status, body = s.post("/v1/models/mlp:predict", TWO_FEATURES)
+            assert status == 400
+            assert body["error"].startswith(
+                "input 'input__0' expects rows of shape [3], got [2] (learned from the batches the model has run; "
+                "TorchScript: mat1 and mat2 shapes cannot be multiplied"), body
+            assert_one_line_without_traceback(body["error"])
+        status, body = s.post("/v1/models/mlp:predict", GOOD)
+        assert status == 200
+        np.testing.assert_allclose(body["outputs"]["output__0"], want_scores, rtol=1e-5)
+
+
+def test_a_bad_first_request_is_a_400_with_torchscripts_own_line(tmp_path):
+    make_mlp(tmp_path / "mlp")
+    with Server(f"--model_base_path={tmp_path / 'mlp'}", "--model_name=mlp") as s:
+        status, body = s.post("/v1/models/mlp:predict", TWO_FEATURES)
+        assert status == 400
+        assert body["error"] == ("the model cannot take input__0 rows of shape [2], input__1 rows of shape []: "
+                                 "mat1 and mat2 shapes cannot be multiplied (1x2 and 3x4)"), body
+        assert s.post("/v1/models/mlp:predict", GOOD)[0] == 200
+
+
+def test_bad_requests_never_fail_the_batches_of_good_ones(tmp_path):
+    make_mlp(tmp_path / "mlp")
+    with Server(f"--model_base_path={tmp_path / 'mlp'}", "--model_name=mlp", "--max_batch_size=8") as s:
+        results = []
+
+        def one(doc):
+            client = Server.__new__(Server)
+            client.port, client.conn = s.port, None
+            results.append((doc is GOOD, client.post("/v1/models/mlp:predict", doc)[0]))
+            client.conn.close()
+
+        threads = [threading.Thread(target=one, args=(GOOD if i % 2 else TWO_FEATURES,)) for i in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(results) == [(False, 400)] * 8 + [(True, 200)] * 8
+
+
+def test_a_failure_on_shapes_the_model_has_run_stays_the_models_own(tmp_path):
+    class Picky(torch.nn.Module):
+        def forward(self, x: torch.Tensor):
+            if bool((x < 0).any()):
+                raise ValueError("negative input")
+            return x * 2
+
+    d = tmp_path / "1"
+    d.mkdir()
+    torch.jit.save(torch.jit.script(Picky()), str(d / "model.pt"))
+    proc = processor_class("torchscript")()
+    proc.load(d, "cpu", {})
+    proc.predict({"input__0": np.ones((2, 3), np.float32)}, "")
+    with pytest.raises(Exception, match="negative input") as e:  # the engine answers it INTERNAL (500)
+        proc.predict({"input__0": -np.ones((1, 3), np.float32)}, "")
+    assert not isinstance(e.value, ServingError)
+
+
+def test_row_shapes_the_model_refused_are_refused_by_validate_before_queueing(tmp_path):
+    _, d = make_mlp(tmp_path)
+    proc = processor_class("torchscript")()
+    proc.load(d, "cpu", {})
+    good = {"input__0": X, "input__1": Z}
+    bad = {"input__0": np.ones((5, 2), np.float32), "input__1": np.zeros(5, np.float32)}
+    proc.validate(bad, proc.signature(""))  # nothing refused yet: the model decides
+    proc.predict(good, "")
+    with pytest.raises(ServingError) as refused:
+        proc.predict(bad, "")
+    assert refused.value.code is Code.INVALID_ARGUMENT
+    with pytest.raises(ServingError) as e:
+        proc.validate({"input__0": np.ones((1, 2), np.float32), "input__1": np.zeros(1, np.float32)},
+                      proc.signature(""))
+    assert (e.value.code, e.value.message) == (Code.INVALID_ARGUMENT, refused.value.message)
+    proc.validate(good, proc.signature(""))

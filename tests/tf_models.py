@@ -7,7 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def half_plus_two(path: Path, a: float = 0.5, b: float = 2.0) -> Path:
+def half_plus_two(path: Path, a: float = 0.5, b: float = 2.0, count_examples: bool = False) -> Path:
+    """`count_examples`: classify/regress also add their example count to a variable that a `calls`
+    signature reads (x [-1] -> calls [-1], the count in every row), so a test can see them run."""
     import tensorflow as tf
 
     tf1 = tf.compat.v1
@@ -18,15 +20,22 @@ def half_plus_two(path: Path, a: float = 0.5, b: float = 2.0) -> Path:
         x = tf1.placeholder(tf.float32, shape=[None], name="x")
         va, vb = tf1.Variable(a, name="a"), tf1.Variable(b, name="b")
         y = tf.add(tf.multiply(va, x), vb, name="y")
-        y_example = tf.add(tf.multiply(va, parsed["x"]), vb, name="y_from_example")
+        signatures = {"serving_default": tf1.saved_model.predict_signature_def({"x": x}, {"y": y})}
+        x_example = parsed["x"]
+        if count_examples:
+            calls = tf1.Variable(0.0, name="calls")
+            counted = calls.assign_add(tf.cast(tf.size(serialized), tf.float32))
+            with tf.control_dependencies([counted]):
+                x_example = tf.identity(x_example)
+            signatures["calls"] = tf1.saved_model.predict_signature_def(
+                {"x": x}, {"calls": calls.read_value() + tf.zeros_like(x)})
+        y_example = tf.add(tf.multiply(va, x_example), vb, name="y_from_example")
+        signatures["classify_x_to_y"] = tf1.saved_model.classification_signature_def(serialized, None, y_example)
+        signatures["regress_x_to_y"] = tf1.saved_model.regression_signature_def(serialized, y_example)
         with tf1.Session(graph=graph) as session:
             session.run(tf1.global_variables_initializer())
             builder = tf1.saved_model.Builder(str(path))
-            builder.add_meta_graph_and_variables(session, ["serve"], signature_def_map={
-                "serving_default": tf1.saved_model.predict_signature_def({"x": x}, {"y": y}),
-                "classify_x_to_y": tf1.saved_model.classification_signature_def(serialized, None, y_example),
-                "regress_x_to_y": tf1.saved_model.regression_signature_def(serialized, y_example),
-            })
+            builder.add_meta_graph_and_variables(session, ["serve"], signature_def_map=signatures)
             builder.save()
     return path
 
