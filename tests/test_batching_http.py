@@ -102,8 +102,11 @@ def test_batched_answers_equal_unbatched_ones(tmp_path, batching):
         assert got == [(200, {"predictions": [[1.5, 1.5], [2.5, 5.5]]})] * 12
 
 
-def test_a_request_whose_client_went_away_is_not_computed(tmp_path):
+def test_a_request_whose_client_reset_the_connection_is_not_computed(tmp_path):
+    # A client that only closes its sending side (FIN) may still read: that is a half-close, answered
+    # (test_http_e2e). A reset says it is gone.
     import socket
+    import struct
     import time
 
     make_linear(tmp_path / "slow", 1, delay_ms=500)
@@ -115,6 +118,7 @@ def test_a_request_whose_client_went_away_is_not_computed(tmp_path):
         busy.sendall(request)  # A: computes for 0.5 s
         time.sleep(0.1)
         with socket.create_connection(("127.0.0.1", s.port)) as gone:
+            gone.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = reset
             gone.sendall(request)  # B: queued behind A, then its client leaves
         time.sleep(0.1)
         t0 = time.monotonic()

@@ -325,3 +325,26 @@ def test_many_idle_and_half_sent_connections_do_not_starve_others(server):
         for s in idle:
             s.close()
     still_serves(server)
+
+
+def test_a_header_block_over_the_limit_is_431_and_the_client_reads_it(server):
+    huge = b"POST /v1/models/lin:predict HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (1 << 20) + b"\r\n\r\n"
+    answer = server.raw(huge)  # the server keeps reading what it refused, so the answer is not reset away
+    assert answer.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n")
+    assert answer.endswith(b'{"error": "request header block larger than the limit of 65536 bytes"}')
+    still_serves(server)
+
+
+def test_a_url_over_the_limit_is_414_and_a_malformed_one_400(server):
+    long_url = b"/v1/models/lin:predict?" + b"%41" * 30000
+    answer = server.raw(b"GET " + long_url + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 414 URI Too Long\r\n")
+    assert server.raw(b"GET http://[::1 HTTP/1.1\r\nHost: x\r\n\r\n").startswith(b"HTTP/1.1 400")
+    still_serves(server)
+
+
+def test_a_client_that_half_closes_after_its_request_gets_the_answer(server):
+    body = b'{"instances": [[2.0]]}'
+    request = b"POST /v1/models/lin:predict HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    answer = server.raw(request + request, close_after_send=True)  # as `nc -N` does
+    assert answer.count(b"HTTP/1.1 200 OK\r\n") == 2 and answer.endswith(b'{"predictions":[3.0]}')

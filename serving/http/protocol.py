@@ -1,6 +1,7 @@
 """HTTP/1.1 on httptools as an asyncio.Protocol: keep-alive, pipelining (answers in request order),
-bounded bodies (413), gzip request bodies, flow control, read/idle time-outs. No ASGI layer: the
-connection hands each complete request to a handler that answers at once or with a future.
+bounded header blocks (431, 414) and bodies (413), gzip request bodies, flow control, read/idle time-outs,
+half-closed clients. No ASGI layer: the connection hands each complete request to a handler that answers
+at once or with a future.
 """
 
 from __future__ import annotations
@@ -18,15 +19,19 @@ from urllib.parse import unquote
 
 import httptools
 
+from ..codecs.jsonutil import dumps
 from ..metrics import HTTP_RESPONSES
 
 log = logging.getLogger(__name__)
 
 JSON = b"application/json"
 STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
+STATUS_LINES[414] = b"HTTP/1.1 414 URI Too Long\r\n"  # RFC 9110's name; Python 3.11 has the old one
 STATUS_LINES[450] = b"HTTP/1.1 450 Queue Full\r\n"
 STATUS_LINES[499] = b"HTTP/1.1 499 Client Closed Request\r\n"
 MAX_PIPELINE = 64
+#: After refusing a request the client may still be sending: read and drop its bytes this long before closing.
+LINGER_S = 2.0
 
 
 @dataclass(slots=True)
@@ -100,6 +105,7 @@ class HttpLimits:
     max_body_bytes: int = 64 * 1024 * 1024
     read_timeout_s: float = 30.0  # a started request must arrive whole within this
     idle_timeout_s: float = 75.0  # a keep-alive connection with nothing to do is closed after this
+    max_header_bytes: int = 64 * 1024  # URL + header names and values; more is 431, a longer URL alone 414
 
 
 KEPT_HEADERS = {b"content-encoding", b"content-type", b"authorization", b"content-md5", b"date", b"expect",
@@ -151,17 +157,22 @@ class HttpConnection(asyncio.Protocol):
     """One client connection. Per-connection state here; per-request state reset at message begin."""
 
     def __init__(self, handler: Handler, limits: HttpLimits, registry: set[HttpConnection],
-                 wheel: DeadlineWheel) -> None:
+                 wheel: DeadlineWheel, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.handler, self.limits, self.registry, self.wheel = handler, limits, registry, wheel
+        self.clock = clock  # what check_timeouts' `now` is measured with
+        self.max_header_bytes = limits.max_header_bytes
         self.loop = asyncio.get_running_loop()
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.pending: collections.deque[_Slot] = collections.deque()
         self.reading_paused = self.writing_paused = False
         self.closing = False
-        self.last_activity = time.monotonic()
+        self.eof = False  # the client half-closed: close our side once the answers owed are written
+        self.linger = False  # a request was refused mid-stream: close gently (see _flush)
+        self.last_activity = clock()
         self.request_started: float | None = None
         self._reset()
+        self.in_headers = False  # no message begun yet
 
     def _reset(self) -> None:
         self.url = b""
@@ -169,6 +180,9 @@ class HttpConnection(asyncio.Protocol):
         self.body: list[bytes] = []
         self.body_size = 0
         self.too_big = False
+        self.header_room = self.max_header_bytes  # less each URL piece and header as they arrive
+        self.header_wire = 0  # bytes of chunks that arrived while the header block was still incomplete
+        self.in_headers = True  # from on_message_begin to on_headers_complete
 
     # ---- asyncio.Protocol ----
 
@@ -192,29 +206,45 @@ class HttpConnection(asyncio.Protocol):
         self._maybe_resume_reading()
 
     def data_received(self, data: bytes) -> None:
-        self.last_activity = time.monotonic()
+        self.last_activity = self.clock()
         if self.closing:
             return
+        if self.in_headers:
+            self.header_wire += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(400, b'{"error": "protocol upgrades are not supported"}')
         except httptools.HttpParserError as e:
-            self._fail(400, b'{"error": "malformed HTTP request: %s"}' % str(e).encode().replace(b'"', b"'"))
+            self._fail(400, dumps({"error": f"malformed HTTP request: {e}"}))
+        # httptools holds a header line until it ends, so on_header alone cannot stop one endless line:
+        # a header block still open after this chunk was all header bytes since the chunk it began in.
+        if self.in_headers and self.header_wire > self.max_header_bytes:
+            self._fail(431, self._too_big_headers())
 
     def eof_received(self) -> bool | None:
-        return None  # close our side too once the answers are written
+        """The client shut its sending side (SHUT_WR, `nc -N`, some proxies) but may still read: keep
+        ours open while answers are owed (_flush closes it after the last one); nothing owed: close now."""
+        if self.pending:
+            self.eof = True
+            return True
+        self.closing = True
+        return None
 
     # ---- httptools callbacks ----
 
     def on_message_begin(self) -> None:
         self._reset()
-        self.request_started = time.monotonic()
+        self.request_started = self.clock()
 
     def on_url(self, url: bytes) -> None:
-        self.url += url
+        self.url += url  # arrives in pieces as the chunks come, so this stops an endless URL early
+        self.header_room -= len(url)
+        if self.header_room < 0:  # before any header: the URL alone is too long
+            self._fail(414, b'{"error": "request URL longer than the limit of %d bytes"}' % self.max_header_bytes)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_room -= len(name) + len(value)  # checked once, at the end of the header block
         name = name.lower()
         if name in KEPT_HEADERS:
             self.headers[name] = value
@@ -227,6 +257,11 @@ class HttpConnection(asyncio.Protocol):
                 self.too_big = True
 
     def on_headers_complete(self) -> None:
+        self.in_headers = False
+        if self.header_room < 0:
+            self._fail(431, self._too_big_headers())
+        if self.closing:  # refused already: no 100 Continue ahead of the answers owed
+            return
         if self.too_big:
             self._fail(413, self._too_big_body())
         elif self.headers.get(b"expect", b"").lower() == b"100-continue" and self.transport is not None:
@@ -251,7 +286,11 @@ class HttpConnection(asyncio.Protocol):
         if len(self.pending) >= MAX_PIPELINE:
             self._pause_reading()
         if b"?" in self.url or b"%" in self.url or not self.url.startswith(b"/"):
-            url = httptools.parse_url(self.url) if self.url else None
+            try:
+                url = httptools.parse_url(self.url) if self.url else None
+            except httptools.HttpParserError:  # the framing is sound, so only this request fails
+                self._complete(slot, Response(400, b'{"error": "malformed request URL"}'))
+                return
             path = unquote(url.path.decode("latin-1")) if url and url.path else "/"
             query = url.query.decode("latin-1") if url and url.query else ""
         else:
@@ -302,10 +341,21 @@ class HttpConnection(asyncio.Protocol):
             transport.write(slot.data)  # type: ignore[arg-type]
             if slot.close:
                 self.closing = True
-                transport.close()
+                if self.linger and transport.can_write_eof():
+                    # Closing with the client's bytes unread resets the connection, which can destroy the
+                    # answer before the client reads it: stop writing, drop what still comes, close later.
+                    transport.write_eof()
+                    self.loop.call_later(LINGER_S, transport.close)
+                else:
+                    transport.close()
                 self.transport = transport = None
         if transport is not None:
-            self._maybe_resume_reading()
+            if self.eof and not pending:  # a half-closed client has had every answer
+                self.closing = True
+                transport.close()
+                self.transport = None
+            else:
+                self._maybe_resume_reading()
 
     def _fail(self, status: int, body: bytes) -> None:
         """Answer a request that cannot be parsed or accepted, after the answers already owed; then close."""
@@ -313,12 +363,16 @@ class HttpConnection(asyncio.Protocol):
             return
         slot = _Slot(self)
         slot.close = True
+        self.linger = True
         self.pending.append(slot)
         self._complete(slot, Response(status, body))
         self.closing = True
 
     def _too_big_body(self) -> bytes:
         return b'{"error": "request body larger than the limit of %d bytes"}' % self.limits.max_body_bytes
+
+    def _too_big_headers(self) -> bytes:
+        return b'{"error": "request header block larger than the limit of %d bytes"}' % self.max_header_bytes
 
     def _gunzip(self, body: bytes) -> bytes | None:
         limit = self.limits.max_body_bytes
@@ -332,7 +386,7 @@ class HttpConnection(asyncio.Protocol):
                 raise zlib.error("truncated gzip stream")
             return data
         except zlib.error as e:
-            self._fail_last(400, b'{"error": "cannot decompress the gzip request body: %s"}' % str(e).encode())
+            self._fail_last(400, dumps({"error": f"cannot decompress the gzip request body: {e}"}))
             return None
 
     def _fail_last(self, status: int, body: bytes) -> None:

@@ -1,0 +1,457 @@
+"""The HTTP/1.1 protocol below the process boundary: HttpConnection driven by bytes through a fake
+transport that records what it is told, with a fake clock for the time-outs (uvicorn's way,
+tests/protocols/test_http.py). One test uses a loopback socket, for what the event loops do with
+eof_received's answer; the real server process is test_http_e2e.py's."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import gzip
+import json
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+
+from serving.http.protocol import MAX_PIPELINE, DeadlineWheel, Deferred, HttpConnection, HttpLimits, Request, Response
+
+TIMED_OUT = b'{"error": "Timed out waiting for the answer"}'
+
+
+def in_loop(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """Run an async test in a fresh event loop (pytest-asyncio is not a dependency)."""
+
+    @functools.wraps(test)
+    def run(*args: Any, **kwargs: Any) -> None:
+        asyncio.run(test(*args, **kwargs))
+
+    return run
+
+
+class FakeTransport(asyncio.Transport):
+    """What HttpConnection sees of a socket. close() reports the loss on the next loop turn, as
+    asyncio's transports do."""
+
+    def __init__(self, protocol: HttpConnection) -> None:
+        super().__init__()
+        self.protocol = protocol
+        self.written = bytearray()
+        self.reading = True
+        self.closed = False
+        self.eof_written = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        assert not self.closed, "write after close"
+        self.written += data
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        """The server stopped writing (a lingering close); the test's client then goes away."""
+        self.eof_written = True
+        self.close()
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 50000)}.get(name, default)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class App:
+    """A trivial handler: /wait/NAME answers when the test resolves futures[NAME] (or on_timeout past
+    `timeout_s`); any other path answers at once with what arrived."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.futures: dict[str, asyncio.Future[bytes]] = {}
+        self.seen: list[Request] = []
+
+    def __call__(self, request: Request) -> Response | Deferred:
+        self.seen.append(request)
+        if request.path.startswith("/wait/"):
+            future = self.futures[request.path[6:]] = asyncio.get_running_loop().create_future()
+            return Deferred(future, lambda f, _: Response(200, f.result()), None,
+                            time.monotonic() + self.timeout_s, lambda: Response(504, TIMED_OUT))
+        return Response(200, echoed(request.path, request.query, request.body))
+
+
+def echoed(path: str, query: str = "", body: bytes = b"") -> bytes:
+    return json.dumps({"path": path, "query": query, "body": body.decode()}).encode()
+
+
+class Client:
+    """One HttpConnection on a fake transport and a fake clock."""
+
+    def __init__(self, limits: HttpLimits | None = None, *, timeout_s: float = 30.0, tick_s: float = 0.005) -> None:
+        loop = asyncio.get_running_loop()
+        self.app = App(timeout_s)
+        self.clock = FakeClock()
+        self.registry: set[HttpConnection] = set()
+        self.protocol = HttpConnection(self.app, limits or HttpLimits(), self.registry, DeadlineWheel(loop, tick_s),
+                                       clock=self.clock)
+        self.transport = FakeTransport(self.protocol)
+        self.protocol.connection_made(self.transport)
+
+    def send(self, *chunks: bytes) -> None:
+        for chunk in chunks:
+            self.protocol.data_received(chunk)
+
+    def answers(self) -> list[tuple[int, bytes]]:
+        return [(status, body) for status, _, body in parse(bytes(self.transport.written))]
+
+    def closed_after_answering(self) -> bool:
+        last = parse(bytes(self.transport.written))[-1]
+        return self.transport.closed and last[1].get(b"connection") == b"close"
+
+
+def parse(data: bytes) -> list[tuple[int, dict[bytes, bytes], bytes]]:
+    out = []
+    while data:
+        head, _, rest = data.partition(b"\r\n\r\n")
+        status_line, *lines = head.split(b"\r\n")
+        headers = {k.lower(): v for k, v in (line.split(b": ", 1) for line in lines)}
+        n = int(headers.get(b"content-length", b"0"))
+        out.append((int(status_line.split(b" ")[1]), headers, rest[:n]))
+        data = rest[n:]
+    return out
+
+
+def get(target: bytes, *headers: bytes) -> bytes:
+    return b"GET %s HTTP/1.1\r\nHost: t\r\n%s\r\n" % (target, b"".join(h + b"\r\n" for h in headers))
+
+
+def post(target: bytes, body: bytes, *headers: bytes) -> bytes:
+    return get(target, b"Content-Length: %d" % len(body), *headers) + body
+
+
+async def next_turn() -> None:
+    """Done callbacks and transport losses run on the next loop turn."""
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+
+
+# ---- pipelining ----
+
+@in_loop
+async def test_pipelined_answers_go_out_in_request_order_even_when_the_second_finishes_first():
+    c = Client()
+    c.send(get(b"/wait/a") + get(b"/now") + get(b"/wait/b"))
+    c.app.futures["b"].set_result(b'"b"')
+    await next_turn()
+    assert c.answers() == []  # the first answer is still owed
+    c.app.futures["a"].set_result(b'"a"')
+    await next_turn()
+    assert c.answers() == [(200, b'"a"'), (200, echoed("/now")), (200, b'"b"')]
+    assert not c.transport.closed
+
+
+# ---- bodies ----
+
+@in_loop
+async def test_content_length_over_the_body_limit_is_413_before_the_body_arrives():
+    c = Client(HttpLimits(max_body_bytes=100))
+    c.send(post(b"/at-limit", b"x" * 100))
+    c.send(get(b"/over", b"Content-Length: 101"))
+    assert c.answers() == [(200, echoed("/at-limit", body=b"x" * 100)),
+                           (413, b'{"error": "request body larger than the limit of 100 bytes"}')]
+    assert c.closed_after_answering()
+    assert [r.path for r in c.app.seen] == ["/at-limit"]
+
+
+@in_loop
+async def test_chunked_body_over_the_limit_is_413():
+    c = Client(HttpLimits(max_body_bytes=100))
+    c.send(get(b"/over", b"Transfer-Encoding: chunked"), b"3c\r\n" + b"x" * 60 + b"\r\n")
+    assert c.answers() == []
+    c.send(b"3c\r\n" + b"x" * 60 + b"\r\n0\r\n\r\n")
+    assert c.answers() == [(413, b'{"error": "request body larger than the limit of 100 bytes"}')]
+    assert c.closed_after_answering()
+    assert c.app.seen == []
+
+
+@in_loop
+async def test_gzip_request_body_is_inflated():
+    c = Client()
+    c.send(post(b"/zipped", gzip.compress(b"hello"), b"Content-Encoding: gzip"))
+    assert c.answers() == [(200, echoed("/zipped", body=b"hello"))]
+
+
+@in_loop
+async def test_corrupt_gzip_request_body_is_400_and_closes():
+    c = Client()
+    c.send(post(b"/zipped", b"not gzip at all", b"Content-Encoding: gzip"))
+    assert c.answers() == [(400, b'{"error":"cannot decompress the gzip request body: '
+                                 b'Error -3 while decompressing data: incorrect header check"}')]
+    assert c.closed_after_answering()
+    assert c.app.seen == []
+
+
+@in_loop
+async def test_gzip_bomb_inflating_past_the_body_limit_is_413():
+    bomb = gzip.compress(b"0" * 100_000)
+    assert len(bomb) < 1000  # it passes the limit on the wire, only inflating breaks it
+    c = Client(HttpLimits(max_body_bytes=1000))
+    c.send(post(b"/zipped", bomb, b"Content-Encoding: gzip"))
+    assert c.answers() == [(413, b'{"error": "request body larger than the limit of 1000 bytes"}')]
+    assert c.closed_after_answering()
+
+
+# ---- time-outs (fake clock) ----
+
+@in_loop
+async def test_request_that_stalls_past_the_read_timeout_is_408():
+    c = Client(HttpLimits(read_timeout_s=30.0))
+    c.send(b"POST /slow HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc")
+    c.clock.now += 30.0
+    c.protocol.check_timeouts(c.clock())
+    assert c.answers() == []
+    c.clock.now += 0.1
+    c.protocol.check_timeouts(c.clock())
+    assert c.answers() == [(408, b'{"error": "the request did not arrive in time"}')]
+    assert c.closed_after_answering()
+
+
+@in_loop
+async def test_idle_keep_alive_connection_is_closed_after_the_idle_timeout():
+    c = Client(HttpLimits(idle_timeout_s=75.0))
+    c.send(get(b"/now"))
+    c.clock.now += 75.0
+    c.protocol.check_timeouts(c.clock())
+    assert not c.transport.closed
+    c.clock.now += 0.1
+    c.protocol.check_timeouts(c.clock())
+    assert c.transport.closed
+    await next_turn()
+    assert c.registry == set()
+
+
+@in_loop
+async def test_a_connection_waiting_on_an_answer_is_not_idle():
+    c = Client(HttpLimits(idle_timeout_s=75.0))
+    c.send(get(b"/wait/a"))
+    c.clock.now += 100.0
+    c.protocol.check_timeouts(c.clock())
+    assert not c.transport.closed
+
+
+# ---- flow control ----
+
+@in_loop
+async def test_reading_pauses_at_max_pipeline_pending_and_resumes_when_half_drained():
+    c = Client()
+    c.send(b"".join(get(b"/wait/%d" % i) for i in range(MAX_PIPELINE - 1)))
+    assert c.transport.reading
+    c.send(get(b"/wait/%d" % (MAX_PIPELINE - 1)))
+    assert not c.transport.reading
+    for i in range(MAX_PIPELINE // 2):
+        c.app.futures[str(i)].set_result(b"1")
+    await next_turn()
+    assert not c.transport.reading  # MAX_PIPELINE // 2 still owed
+    c.app.futures[str(MAX_PIPELINE // 2)].set_result(b"1")
+    await next_turn()
+    assert c.transport.reading
+    assert len(c.answers()) == MAX_PIPELINE // 2 + 1
+
+
+@in_loop
+async def test_pause_writing_pauses_reading_until_resume_writing():
+    c = Client()
+    c.protocol.pause_writing()
+    assert not c.transport.reading
+    c.send(get(b"/now"))  # answering does not resume reading while the socket buffer is full
+    assert not c.transport.reading
+    c.protocol.resume_writing()
+    assert c.transport.reading
+
+
+# ---- deferred answers ----
+
+@in_loop
+async def test_deferred_past_its_deadline_is_answered_by_on_timeout_and_its_future_cancelled():
+    c = Client(timeout_s=0.01, tick_s=0.001)
+    c.send(get(b"/wait/a") + get(b"/now"))
+    await asyncio.sleep(0.1)
+    assert c.answers() == [(504, TIMED_OUT), (200, echoed("/now"))]
+    assert c.app.futures["a"].cancelled()
+    assert not c.transport.closed
+
+
+@in_loop
+async def test_connection_lost_cancels_the_pending_futures():
+    c = Client()
+    c.send(get(b"/wait/a") + get(b"/wait/b"))
+    c.protocol.connection_lost(ConnectionResetError())
+    assert c.app.futures["a"].cancelled() and c.app.futures["b"].cancelled()
+    assert c.registry == set()
+
+
+# ---- header block and URL limits ----
+
+@in_loop
+async def test_header_block_over_the_limit_is_431_and_closes():
+    c = Client()
+    c.send(get(b"/fits", b"X-Pad: " + b"a" * 60_000))
+    c.send(get(b"/huge", b"X-Pad: " + b"a" * (1 << 20)))
+    assert c.answers() == [(200, echoed("/fits")),
+                           (431, b'{"error": "request header block larger than the limit of 65536 bytes"}')]
+    assert c.closed_after_answering()
+    assert [r.path for r in c.app.seen] == ["/fits"]
+
+
+@in_loop
+async def test_one_endless_header_line_is_431_before_it_ends():
+    c = Client()
+    c.send(b"GET / HTTP/1.1\r\nX-Pad: ")
+    c.send(*[b"a" * 16384] * 3)
+    assert c.answers() == []
+    c.send(*[b"a" * 16384] * 2)
+    assert c.answers() == [(431, b'{"error": "request header block larger than the limit of 65536 bytes"}')]
+    assert c.transport.closed
+
+
+@in_loop
+async def test_431_goes_out_after_the_answers_already_owed_and_never_with_100_continue():
+    c = Client(HttpLimits(max_header_bytes=1000))
+    c.send(get(b"/wait/a"), get(b"/huge", b"Expect: 100-continue", b"X-Pad: " + b"a" * 2000))
+    assert c.answers() == []
+    c.app.futures["a"].set_result(b'"a"')
+    await next_turn()
+    assert c.answers() == [(200, b'"a"'),
+                           (431, b'{"error": "request header block larger than the limit of 1000 bytes"}')]
+    assert c.closed_after_answering()
+
+
+@in_loop
+async def test_413_with_expect_100_continue_waits_for_the_answers_owed():
+    c = Client(HttpLimits(max_body_bytes=100))
+    c.send(get(b"/wait/a"), get(b"/over", b"Expect: 100-continue", b"Content-Length: 101"))
+    assert c.transport.written == b""
+    c.app.futures["a"].set_result(b'"a"')
+    await next_turn()
+    assert c.answers() == [(200, b'"a"'), (413, b'{"error": "request body larger than the limit of 100 bytes"}')]
+
+
+@pytest.mark.parametrize("query", [b"?q=", b"%41"])
+@in_loop
+async def test_url_over_the_limit_is_414_and_closes(query):
+    c = Client()
+    c.send(get(b"/long" + query + b"x" * 65536))
+    assert c.answers() == [(414, b'{"error": "request URL longer than the limit of 65536 bytes"}')]
+    assert c.transport.written.startswith(b"HTTP/1.1 414 URI Too Long\r\n")  # RFC 9110's reason phrase
+    assert c.closed_after_answering()
+    assert c.app.seen == []
+
+
+@in_loop
+async def test_endless_url_is_414_before_the_request_line_ends():
+    c = Client()
+    c.send(b"GET /long?q=", *[b"x" * 16384] * 5)
+    assert c.answers() == [(414, b'{"error": "request URL longer than the limit of 65536 bytes"}')]
+    assert c.transport.closed
+
+
+@pytest.mark.parametrize("target", [b"http://host:99999/x", b"/long?q=" + b"x" * 70_000])
+@in_loop
+async def test_url_httptools_cannot_split_is_400_in_its_own_slot_and_the_connection_goes_on(target):
+    c = Client(HttpLimits(max_header_bytes=1 << 20))  # room for a URL longer than parse_url's 65535
+    c.send(get(b"/wait/a") + get(target) + get(b"/now?x=1"))
+    assert c.answers() == []
+    c.app.futures["a"].set_result(b'"a"')
+    await next_turn()
+    assert c.answers() == [(200, b'"a"'), (400, b'{"error": "malformed request URL"}'),
+                           (200, echoed("/now", "x=1"))]
+    assert not c.transport.closed
+
+
+# ---- half-closed clients ----
+
+@in_loop
+async def test_half_closed_client_gets_the_answers_owed_then_the_connection_closes():
+    c = Client()
+    c.send(get(b"/wait/a") + get(b"/wait/b"))
+    assert c.protocol.eof_received() is True  # keep our sending side open
+    c.app.futures["b"].set_result(b'"b"')
+    await next_turn()
+    assert not c.transport.closed
+    c.app.futures["a"].set_result(b'"a"')
+    await next_turn()
+    assert c.answers() == [(200, b'"a"'), (200, b'"b"')]
+    assert c.transport.closed
+    assert c.registry == set()  # nothing left behind
+
+
+@in_loop
+async def test_half_closed_client_owed_nothing_is_closed_at_once():
+    c = Client()
+    c.send(get(b"/now"), b"GET /never-finished HTTP/1.1\r\n")
+    assert not c.protocol.eof_received()  # asyncio closes the transport
+    assert c.answers() == [(200, echoed("/now"))]
+
+
+@in_loop
+async def test_half_closed_client_whose_request_times_out_is_answered_and_closed():
+    c = Client(timeout_s=0.01, tick_s=0.001)
+    c.send(get(b"/wait/a"))
+    assert c.protocol.eof_received() is True
+    await asyncio.sleep(0.1)
+    assert c.answers() == [(504, TIMED_OUT)]
+    assert c.transport.closed
+    assert c.registry == set()
+
+
+async def half_close_over_a_socket() -> tuple[bytes, set[HttpConnection]]:
+    loop = asyncio.get_running_loop()
+    registry: set[HttpConnection] = set()
+    app = App(timeout_s=5.0)
+    server = await loop.create_server(lambda: HttpConnection(app, HttpLimits(), registry, DeadlineWheel(loop)),
+                                      "127.0.0.1", 0)
+    reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname())
+    try:
+        writer.write(get(b"/wait/a"))
+        writer.write_eof()  # shutdown(SHUT_WR), as `nc -N` does
+        while "a" not in app.futures:
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(0.01)  # the EOF reaches the server before the answer is ready
+        if not app.futures["a"].done():  # a server that closed on the EOF cancelled it
+            app.futures["a"].set_result(b'"a"')
+        answer = await asyncio.wait_for(reader.read(), 5)  # to EOF: the server closes after answering
+    finally:
+        writer.close()
+        server.close()
+        await server.wait_closed()
+    return answer, registry
+
+
+@pytest.mark.parametrize("loop_name", ["asyncio", "uvloop"])
+def test_half_closed_client_on_a_real_socket_gets_its_answer(loop_name):
+    """The fake transport cannot show what the event loops do with eof_received's answer."""
+    if loop_name == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        answer, registry = uvloop.run(half_close_over_a_socket())
+    else:
+        answer, registry = asyncio.run(half_close_over_a_socket())
+    assert [(s, b) for s, _, b in parse(answer)] == [(200, b'"a"')]
+    assert registry == set()
