@@ -14,17 +14,19 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
-from .auth import TokenAuth, read_token_file
 from .batching import BatchingOptions, from_batching_parameters
 from .dataplane import DataPlane
 from .http.protocol import DeadlineWheel, HttpConnection, HttpLimits
 from .http.routes import RestApi
+from .metrics import Metrics, RequestMetrics
 from .model_config import ConfigError, ModelSpec, read_model_config_file
+from .pipeline import Pipeline
+from .protocols.cloud.auth import TokenAuth, read_token_file
+from .protocols.kserve.rpc import InferenceService
+from .protocols.tfserving.rpc import ModelService, PredictionService
 from .repository import ModelManager
 from .rpc.decode import add_services
 from .rpc.interceptors import TokenInterceptor
-from .rpc.kserve import InferenceService
-from .rpc.tfserving import ModelService, PredictionService
 from .servable import Runtime
 from .settings import Settings
 from .warmup import Warmup
@@ -110,6 +112,9 @@ class Server:
             allow_version_labels_for_unavailable_models=settings.allow_version_labels_for_unavailable_models,
             warmup=warmup,
         )
+        self.pipeline = Pipeline(self.manager, self.dataplane)
+        self.request_metrics = RequestMetrics()
+        self.pipeline.observe(self.request_metrics)
         self.specs: list[ModelSpec] = []
         self.connections: set[HttpConnection] = set()
         self.http: asyncio.Server | None = None
@@ -125,10 +130,12 @@ class Server:
         self.specs = initial_specs(self.settings)  # a bad config stops the start here, before any port opens
         s = self.settings
         api = RestApi(
-            self.manager, self.dataplane, timeout_s=s.rest_api_timeout_in_ms / 1000,
+            self.manager, self.pipeline, timeout_s=s.rest_api_timeout_in_ms / 1000,
             keepalive_s=s.keepalive_ms / 1000, default_model=self.default_model, auth=self.auth,
+            metrics=Metrics(self.manager, self.request_metrics),
         )
-        limits = HttpLimits(s.rest_api_max_body_bytes, s.rest_api_read_timeout_seconds, s.rest_api_idle_timeout_seconds)
+        limits = HttpLimits(s.rest_api_max_body_bytes, s.rest_api_read_timeout_seconds, s.rest_api_idle_timeout_seconds,
+                            s.rest_api_max_header_bytes)
         loop = asyncio.get_running_loop()
         wheel = DeadlineWheel(loop)
         self.http = await loop.create_server(
@@ -159,8 +166,8 @@ class Server:
             ("grpc.so_reuseport", 0),
         ])
         timeout_s = s.rest_api_timeout_in_ms / 1000
-        add_services(self.grpc, PredictionService(self.manager, self.dataplane, timeout_s),
-                     ModelService(self.manager, self.reload), InferenceService(self.manager, self.dataplane, timeout_s))
+        add_services(self.grpc, PredictionService(self.manager, self.pipeline, timeout_s),
+                     ModelService(self.manager, self.reload), InferenceService(self.manager, self.pipeline, timeout_s))
         self.health = health_aio.HealthServicer()
         await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)

@@ -16,8 +16,7 @@ import time
 import numpy as np
 
 from .batching import BatchingOptions, Timing
-from .errors import Code, ServingError, invalid_argument, unimplemented
-from .processor import implements
+from .errors import Code, ServingError, invalid_argument
 from .servable import Runtime, Servable
 from .signature import Signature
 
@@ -52,17 +51,6 @@ def validate_inputs(servable: Servable, sig: Signature, inputs: dict[str, np.nda
 def _where(servable: Servable, sig: Signature) -> str:
     """Error messages' prefix (built only when there is an error)."""
     return f"model {servable.model} version {servable.version} signature {sig.name}"
-
-
-def examples_input(servable: Servable, sig: Signature, verb: str, method: str) -> str:
-    """The input a classify / regress call feeds its serialized tf.Examples to. UNIMPLEMENTED where the
-    processor has no `verb` (`method` names the call in the message), INVALID_ARGUMENT where the signature
-    does not take exactly one input."""
-    if not implements(servable.processor, verb):
-        raise unimplemented(f"model {servable.model} ({servable.platform}) does not implement {method}")
-    if len(sig.inputs) != 1:
-        raise invalid_argument(f"signature {sig.name} takes {len(sig.inputs)} inputs, not one of examples")
-    return next(iter(sig.inputs))
 
 
 class RateLimiter:

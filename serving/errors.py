@@ -1,7 +1,7 @@
 """One error model for the whole engine: a canonical (gRPC) code and a message.
 
 Every front end maps `ServingError.code` through ONE table: gRPC uses the code as is, HTTP through
-`HTTP_STATUS` (TF Serving's `ToHTTPStatusCode`), the cloud processor route through `EAS_STATUS`.
+`HTTP_STATUS` (TF Serving's `ToHTTPStatusCode`), the cloud processor protocol through `CLOUD_STATUS`.
 """
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ HTTP_STATUS: dict[Code, int] = {
     Code.UNAUTHENTICATED: 401,
 }
 
-# The cloud processor (EAS) route answers with its own codes where they differ.
-EAS_STATUS: dict[Code, int] = {
+# The cloud processor protocol answers with its own codes where they differ.
+CLOUD_STATUS: dict[Code, int] = {
     **HTTP_STATUS,
     Code.DEADLINE_EXCEEDED: 408,
     Code.UNAVAILABLE: 450,

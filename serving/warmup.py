@@ -23,9 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from .codecs import examples
-from .dataplane import DataPlane, examples_input, outputs_of
-from .errors import Code, ServingError, invalid_argument
+from .dataplane import DataPlane, outputs_of
+from .errors import Code, ServingError
+from .protocols.tfserving import examples
+from .protocols.tfserving.examples import examples_input, multi_inference_plan
 from .servable import Servable
 from .signature import Signature
 
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 
 TF_WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
 MAX_RECORDS = 1000
-EAS_REPEAT = 5
+CLOUD_REPEAT = 5
 WARMUP_DEADLINE_S = 600.0
 # The PredictionLog kinds TF Serving replays (saved_model_warmup.cc); it refuses session_run_log too.
 LOG_KINDS = ("predict_log", "classify_log", "regress_log", "multi_inference_log")
@@ -137,16 +138,14 @@ def _logged_request(name: str, kind: str, request: Any, iterations: int) -> Warm
         return WarmupRequest(name, iterations, request.model_spec.signature_name, inputs)
     serialized = examples.examples_from_input(request.input)
     if kind == "multi_inference_log":
-        if not request.tasks:
-            raise invalid_argument("MultiInferenceRequest has no tasks")
         return WarmupRequest(name, iterations, verb="multi_inference", examples=serialized, tasks=request.tasks)
     return WarmupRequest(name, iterations, request.model_spec.signature_name, verb=kind.removesuffix("_log"),
                          examples=serialized)
 
 
-def eas_requests(path: Path, servable: Servable) -> list[WarmupRequest]:
-    from .codecs import eas
+def cloud_requests(path: Path, servable: Servable) -> list[WarmupRequest]:
     from .codecs.jsonutil import loads
+    from .protocols.cloud import codec as cloud
 
     if not path.is_file():
         raise _fail(f"warm_up_data_path {path} is not a file")
@@ -162,7 +161,7 @@ def eas_requests(path: Path, servable: Servable) -> list[WarmupRequest]:
             raise _fail(f"{path}: {e.message}") from e
         except Exception as e:  # noqa: BLE001 - protobuf's DecodeError
             raise _fail(f"{path}: not a serialized PredictRequest: {e}") from e
-        return [WarmupRequest("request 0", EAS_REPEAT, request.signature_name, inputs)]
+        return [WarmupRequest("request 0", CLOUD_REPEAT, request.signature_name, inputs)]
     if path.suffix == ".txt":
         sig = servable.signature(None)
         out: list[WarmupRequest] = []
@@ -170,8 +169,8 @@ def eas_requests(path: Path, servable: Servable) -> list[WarmupRequest]:
             if not line.strip():
                 continue
             try:
-                inputs = eas.decode_json(loads(line.encode()), sig)
-                out.append(WarmupRequest(f"request {len(out)}", EAS_REPEAT, sig.name, inputs))
+                inputs = cloud.decode_json(loads(line.encode()), sig)
+                out.append(WarmupRequest(f"request {len(out)}", CLOUD_REPEAT, sig.name, inputs))
             except ServingError as e:
                 raise _fail(f"{path}: line {number}: {e.message}") from e
         return out
@@ -191,7 +190,7 @@ class Warmup:
     async def __call__(self, servable: Servable) -> None:
         requests = tf_serving_requests(servable.path, self.iterations)
         if self.warm_up_data_path and servable.model == self.service_model:
-            requests += eas_requests(Path(self.warm_up_data_path), servable)
+            requests += cloud_requests(Path(self.warm_up_data_path), servable)
         started = time.monotonic()
         for request in requests:
             await self._replay(servable, request)
@@ -219,10 +218,6 @@ def _calls(servable: Servable, request: WarmupRequest) -> list[Call]:
         sig = servable.signature(request.signature_name)
         return [("predict", sig, conform_all(request.inputs, sig, "warm-up"))]
     if request.verb == "multi_inference":
-        # The plan is the gRPC MultiInference's own (TF Serving's checks); imported here, as it lives in the
-        # gRPC front end, so that warm-up does not load grpc for the other kinds.
-        from .rpc.tfserving import multi_inference_plan
-
         plan = multi_inference_plan(servable, request.tasks)
     else:
         sig = servable.signature(request.signature_name)

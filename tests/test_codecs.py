@@ -6,9 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from serving.codecs import eas, tfserving
 from serving.codecs.jsonutil import loads
 from serving.errors import Code, ServingError
+from serving.protocols.cloud import codec as cloud
+from serving.protocols.tfserving import codec as tfserving
 from serving.signature import STRING, Signature, TensorSpec
 
 F32 = np.dtype(np.float32)
@@ -145,13 +146,13 @@ def test_rows_with_different_batch_sizes_cannot_be_rows():
     assert "different 0th dimensions" in err(tfserving.encode_predict, out, True)
 
 
-def test_eas_json_rows_and_objects():
-    assert eas.decode_json([[1, 2], [3, 4]], TABULAR)["inputs"].tolist() == [[1, 2], [3, 4]]
-    assert eas.decode_json([{"a": 1, "b": 2}], TABULAR)["inputs"].tolist() == [[1, 2]]
-    assert eas.decode_json({"instances": [[1, 2]]}, TABULAR)["inputs"].tolist() == [[1, 2]]
-    assert "non-empty JSON list" in err(eas.decode_json, [], TABULAR)
-    assert "non-empty JSON list" in err(eas.decode_json, "x", TABULAR)
-    assert json.loads(eas.encode_json({"y": np.array([0.5, 1.0], np.float32)})) == [0.5, 1.0]
+def test_cloud_json_rows_and_objects():
+    assert cloud.decode_json([[1, 2], [3, 4]], TABULAR)["inputs"].tolist() == [[1, 2], [3, 4]]
+    assert cloud.decode_json([{"a": 1, "b": 2}], TABULAR)["inputs"].tolist() == [[1, 2]]
+    assert cloud.decode_json({"instances": [[1, 2]]}, TABULAR)["inputs"].tolist() == [[1, 2]]
+    assert "non-empty JSON list" in err(cloud.decode_json, [], TABULAR)
+    assert "non-empty JSON list" in err(cloud.decode_json, "x", TABULAR)
+    assert json.loads(cloud.encode_json({"y": np.array([0.5, 1.0], np.float32)})) == [0.5, 1.0]
 
 
 def test_half_precision_over_json_is_unimplemented_as_in_tf_serving():

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from serving.codecs.tfserving import record_rows
 from serving.errors import Code, ServingError
 from serving.processor import processor_class
+from serving.protocols.tfserving.codec import record_rows
 from tests.helpers import Server
 
 pytest.importorskip("pypmml", reason="pypmml (extra pmml) is not installed")

@@ -254,8 +254,8 @@ def test_classify_regress_and_multi_inference_records_run_on_the_model_before_it
         (examples_log("classify_log", [1.0], "nope"), r"record 1 \(classify_log\) failed: .*\bnope\b"),
         (examples_log("multi_inference_log", [1.0], tasks=[("regress_x_to_y", "regress")] * 2),
          r"record 1 \(multi_inference_log\) failed: Duplicate evaluation of signature: regress_x_to_y$"),
-        (examples_log("multi_inference_log", [1.0]), r"record 1 \(multi_inference_log\): MultiInferenceRequest has "
-                                                     "no tasks$"),
+        (examples_log("multi_inference_log", [1.0]),
+         r"record 1 \(multi_inference_log\) failed: MultiInferenceRequest has no tasks$"),
     ],
     ids=["classify-on-a-regress-signature", "classify-on-no-signature", "duplicate-task", "no-tasks"],
 )

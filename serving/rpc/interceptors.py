@@ -7,8 +7,8 @@ from typing import Any
 
 import grpc
 
-from ..auth import TokenAuth
 from ..errors import ServingError
+from ..protocols.cloud.auth import TokenAuth
 
 OPEN_SERVICES = ("/grpc.health.v1.Health/",)
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import UTC
 
-from .errors import Code, ServingError
+from ...errors import Code, ServingError
 
 
 def _denied(message: str) -> ServingError:

@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import invalid_argument, unimplemented
-from ..signature import BFLOAT16, STRING, Signature, TensorSpec
-from .arrays import convert
-from .jsonutil import dumps, dumps_with_nonfinite, loads
+from ...codecs.arrays import convert
+from ...codecs.jsonutil import dumps, dumps_with_nonfinite, loads
+from ...errors import invalid_argument, unimplemented
+from ...signature import BFLOAT16, STRING, Signature, TensorSpec
 
 DATATYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_), "UINT8": np.dtype(np.uint8), "UINT16": np.dtype(np.uint16),

@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import invalid_argument, unimplemented
-from ..signature import STRING, Signature
-from .tensors import ARRAY_FIELDS, DTYPE_ENUMS, array_proto_to_array, conform_all
+from ...codecs.tensors import ARRAY_FIELDS, DTYPE_ENUMS, array_proto_to_array, conform_all
+from ...errors import invalid_argument, unimplemented
+from ...signature import STRING, Signature
 
 
 def looks_like_json(body: bytes) -> bool:
@@ -30,7 +30,7 @@ def _parse(message: Any, body: bytes, what: str) -> Any:
 
 def decode_tf(body: bytes, sig_for: Any) -> tuple[Signature, dict[str, np.ndarray], list[str]]:
     """A tf_predict PredictRequest -> (signature, named inputs, output names)."""
-    from .._proto.eas import tf_predict_pb2
+    from ..._proto.eas import tf_predict_pb2
 
     request = _parse(tf_predict_pb2.PredictRequest(), body, "tf_predict PredictRequest")
     sig: Signature = sig_for(request.signature_name)
@@ -46,7 +46,7 @@ def decode_tf(body: bytes, sig_for: Any) -> tuple[Signature, dict[str, np.ndarra
 
 def decode_pytorch(body: bytes, sig: Signature) -> tuple[dict[str, np.ndarray], list[str]]:
     """A pytorch_predict PredictRequest (maybe snappy-compressed) -> (named inputs, output names)."""
-    from .._proto.eas import pytorch_predict_pb2
+    from ..._proto.eas import pytorch_predict_pb2
 
     request = pytorch_predict_pb2.PredictRequest()
     try:
@@ -88,7 +88,7 @@ def fill_array(array: np.ndarray, proto: Any) -> None:
 
 
 def encode_tf(outputs: Mapping[str, np.ndarray], names: list[str]) -> bytes:
-    from .._proto.eas import tf_predict_pb2
+    from ..._proto.eas import tf_predict_pb2
 
     response = tf_predict_pb2.PredictResponse()
     for name in names:
@@ -97,7 +97,7 @@ def encode_tf(outputs: Mapping[str, np.ndarray], names: list[str]) -> bytes:
 
 
 def encode_pytorch(outputs: Mapping[str, np.ndarray], names: list[str]) -> bytes:
-    from .._proto.eas import pytorch_predict_pb2
+    from ..._proto.eas import pytorch_predict_pb2
 
     response = pytorch_predict_pb2.PredictResponse()
     for name in names:

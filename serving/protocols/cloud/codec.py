@@ -1,4 +1,4 @@
-"""The cloud processor (EAS) JSON body for tabular models: a list of rows in, a list of outputs out.
+"""The cloud processor protocol's JSON body for tabular models: a list of rows in, a list of outputs out.
 
 Rows are lists of feature values (`[[1.0, 2.0], ...]`) or objects keyed by feature name
 (`[{"f0": 1.0, "f1": 2.0}, ...]`); a TF Serving style object (`{"instances": ...}` / `{"inputs": ...}`)
@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import invalid_argument
-from ..signature import Signature, tf_dtype_name
-from . import tfserving
-from .arrays import column_matrix, to_array
-from .jsonutil import dumps, dumps_with_nonfinite, finite, json_ready
+from ...codecs.arrays import column_matrix, to_array
+from ...codecs.jsonutil import dumps, dumps_with_nonfinite, finite, json_ready
+from ...errors import invalid_argument
+from ...signature import Signature, tf_dtype_name
+from ..tfserving import codec as tfserving
 
 
 def decode_json(doc: Any, sig: Signature) -> dict[str, np.ndarray]:

@@ -11,11 +11,16 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import invalid_argument
-from .arrays import is_b64
-from .jsonutil import dumps, dumps_with_nonfinite, short
+from ...codecs.arrays import is_b64
+from ...codecs.jsonutil import dumps, dumps_with_nonfinite, short
+from ...errors import invalid_argument, unimplemented
+from ...processor import implements
+from ...servable import Servable
+from ...signature import CLASSIFY_METHOD, REGRESS_METHOD, Signature
 
 KINDS = {"bytes_list": "bytes", "float_list": "float", "int64_list": "int64"}
+#: The method names of classify / regress signatures -> the processor's method ("verb").
+EXAMPLE_VERBS = {CLASSIFY_METHOD: "classify", REGRESS_METHOD: "regress"}
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
@@ -52,7 +57,7 @@ def _add_value(feature: Any, name: str, value: Any) -> None:
 
 
 def _example(doc: Any) -> Any:
-    from .._proto.tensorflow.core.example import example_pb2
+    from ..._proto.tensorflow.core.example import example_pb2
 
     if not isinstance(doc, dict):
         raise invalid_argument(f"Example must be JSON object but got JSON {short(doc)}")
@@ -140,3 +145,35 @@ def encode_regress(outputs: Mapping[str, np.ndarray], n: int) -> bytes:
     values = regression_values(outputs, n)
     body = dumps({"results": values})
     return body if b"null" not in body else dumps_with_nonfinite({"results": values})
+
+
+def examples_input(servable: Servable, sig: Signature, verb: str, method: str) -> str:
+    """The input a classify / regress call feeds its serialized tf.Examples to. UNIMPLEMENTED where the
+    processor has no `verb` (`method` names the call in the message), INVALID_ARGUMENT where the signature
+    does not take exactly one input."""
+    if not implements(servable.processor, verb):
+        raise unimplemented(f"model {servable.model} ({servable.platform}) does not implement {method}")
+    if len(sig.inputs) != 1:
+        raise invalid_argument(f"signature {sig.name} takes {len(sig.inputs)} inputs, not one of examples")
+    return next(iter(sig.inputs))
+
+
+def multi_inference_plan(servable: Servable, tasks: Any) -> list[tuple[str, Signature, str]]:
+    """(verb, signature, input name) of each MultiInference task, with TF Serving's checks."""
+    if not tasks:
+        raise invalid_argument("MultiInferenceRequest has no tasks")
+    plan: list[tuple[str, Signature, str]] = []
+    tensors = set()
+    for task in tasks:
+        sig = servable.signature(task.model_spec.signature_name)
+        if any(sig.name == s.name for _, s, _ in plan):
+            raise invalid_argument(f"Duplicate evaluation of signature: {sig.name}")
+        verb = EXAMPLE_VERBS.get(task.method_name)
+        if verb is None:
+            raise unimplemented(f"Unsupported signature method_name: {task.method_name}")
+        name = examples_input(servable, sig, verb, "MultiInference")
+        tensors.add(sig.inputs[name].tensor_name or name)
+        if len(tensors) > 1:
+            raise invalid_argument("Input tensor must be the same for all Signatures.")
+        plan.append((verb, sig, name))
+    return plan

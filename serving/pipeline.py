@@ -1,0 +1,135 @@
+"""The request pipeline: every protocol's inference request is one `Call` through one shared step.
+
+A protocol adapter (serving/protocols/<protocol>/) decodes what it can without the model (route, JSON,
+protobuf) into a `Call`: the model and its version or label, a `decode` that turns the request into the
+signature and named input arrays once the servable is known, the wanted outputs, the deadline, the
+request id, and the adapter's `encode` / `error` for the answer. `Pipeline.infer(call)` is the shared
+step: it resolves the servable, decodes, checks the wanted outputs against the signature, applies the
+rate limit and the deadline, and queues (or runs) the call through the data plane; the adapter gets a
+future of the outputs.
+
+Cross-cutting work attaches through observers (`Pipeline.observe`): `received(call)` once the call is
+decoded and `finished(call, error, timings)` once its outputs or its error are ready, with the queue wait,
+the compute time and the total. With no observer attached the step reads no clock and adds no callback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from .dataplane import DataPlane, Outputs, error_of
+from .errors import ServingError, invalid_argument
+from .repository import ModelManager
+from .servable import Servable
+from .signature import Signature
+
+Inputs = dict[str, np.ndarray]
+#: (call, servable) -> (signature, inputs); may keep what the answer needs in `call.context`.
+Decode = Callable[["Call", Servable], tuple[Signature, Inputs]]
+
+
+def unknown_output(call: Call, name: str) -> ServingError:
+    """TF Serving's answer to an output filter naming an output the signature lacks."""
+    assert call.signature is not None
+    return invalid_argument(f"output tensor alias not found in signature: {name} Outputs expected to be in the set "
+                            f"{{{','.join(call.signature.outputs)}}}.")
+
+
+class Call:
+    """One inference call, protocol-neutral. The adapter fills the first part; the pipeline the rest."""
+
+    __slots__ = ("protocol", "model", "version", "label", "decode", "outputs", "deadline", "method", "request_id",
+                 "unknown_output", "context", "codec", "servable", "signature", "inputs", "received", "dispatched",
+                 "computed")
+
+    def __init__(self, protocol: str, model: str, version: int | None, label: str | None, decode: Decode,
+                 deadline: float, *, outputs: Sequence[str] = (), method: str = "predict", request_id: str = "",
+                 unknown_output: Callable[[Call, str], ServingError] = unknown_output,
+                 context: Any = None) -> None:
+        self.protocol, self.model, self.version, self.label = protocol, model, version, label
+        self.decode, self.deadline, self.outputs, self.method = decode, deadline, outputs, method
+        self.request_id, self.unknown_output, self.context = request_id, unknown_output, context
+        self.codec: Any = None  # the adapter's answer codec
+        self.servable: Servable | None = None
+        self.signature: Signature | None = None
+        self.inputs: Inputs | None = None
+        self.received = self.dispatched = self.computed = 0.0  # time.perf_counter(), with observers only
+
+    def output_names(self) -> list[str]:
+        """The outputs to answer: the wanted ones, else every output of the signature."""
+        assert self.signature is not None
+        return list(self.outputs) or list(self.signature.outputs)
+
+
+@dataclass(frozen=True, slots=True)
+class Timings:
+    """Seconds a finished call spent waiting in its batch queue, computing, and in all."""
+
+    queue: float
+    compute: float
+    total: float
+
+
+class Observer(Protocol):
+    def received(self, call: Call) -> None: ...
+
+    def finished(self, call: Call, error: ServingError | None, timings: Timings) -> None: ...
+
+
+class Pipeline:
+    """The shared step of every inference request; one per server."""
+
+    def __init__(self, manager: ModelManager, dataplane: DataPlane) -> None:
+        self.manager, self.dataplane = manager, dataplane
+        self.observers: list[Observer] = []
+
+    def observe(self, observer: Observer) -> None:
+        self.observers.append(observer)
+
+    def infer(self, call: Call) -> asyncio.Future[Outputs]:
+        """Resolve, decode, check and queue `call`; a ServingError for what fails before it is queued."""
+        if not self.observers:
+            return self._infer(call)
+        call.received = time.perf_counter()
+        try:
+            future = self._infer(call)
+        except ServingError as e:
+            self._finished(call, e)
+            raise
+        future.add_done_callback(functools.partial(self._done, call))
+        return future
+
+    def _infer(self, call: Call) -> asyncio.Future[Outputs]:
+        servable = call.servable = self.manager.get(call.model, call.version, call.label)
+        sig, inputs = call.decode(call, servable)
+        call.signature, call.inputs = sig, inputs
+        for name in call.outputs:
+            if name not in sig.outputs:
+                raise call.unknown_output(call, name)
+        if self.observers:
+            for observer in self.observers:
+                observer.received(call)
+            timing: Call | None = call
+        else:
+            timing = None
+        return self.dataplane.infer(servable, sig, inputs, call.deadline, call.method, timing=timing)
+
+    def _done(self, call: Call, future: asyncio.Future[Outputs]) -> None:
+        self._finished(call, error_of(future))
+
+    def _finished(self, call: Call, error: ServingError | None) -> None:
+        end = time.perf_counter()
+        if call.dispatched:  # it reached a batch (or a worker)
+            timings = Timings(call.dispatched - call.received, (call.computed or end) - call.dispatched,
+                              end - call.received)
+        else:
+            timings = Timings(0.0, 0.0, end - call.received)
+        for observer in self.observers:
+            observer.finished(call, error, timings)

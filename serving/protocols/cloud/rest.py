@@ -1,0 +1,104 @@
+"""The cloud processor protocol over HTTP: `POST /api/predict/<model>` (and `POST /` for the default model)
+with a JSON body, a `tf_predict.proto` or a `pytorch_predict.proto` body, as a `Call` through the request
+pipeline; `GET /api/predict/<model>` answers the signature. Errors use the protocol's own status codes
+(408 past the keepalive deadline, 450 queue full, 429 rate limit)."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+
+from ...codecs.jsonutil import dumps, loads
+from ...dataplane import Outputs
+from ...errors import CLOUD_STATUS, Code, ServingError, not_found
+from ...http.protocol import Deferred, Request, Response
+from ...pipeline import Call, Inputs, Pipeline
+from ...repository import ModelManager
+from ...servable import Servable
+from ...signature import Signature
+from ..adapters import answer_later
+from ..tfserving.codec import encode_error
+from . import codec, proto
+
+OCTET_STREAM = b"application/octet-stream"
+PREDICT_PATH = re.compile(r"/api/predict/(?P<name>[^/]+)/?$")
+
+
+def error_response(error: ServingError) -> Response:
+    return Response(CLOUD_STATUS.get(error.code, 500), encode_error(error.message))
+
+
+class _Answer:
+    timeout = ServingError(Code.DEADLINE_EXCEEDED, "request timed out")
+    error = staticmethod(error_response)
+
+
+class _Json(_Answer):
+    @staticmethod
+    def encode(call: Call, outputs: Outputs) -> Response:
+        assert call.signature is not None
+        return Response(200, codec.encode_json(outputs, call.signature.records))
+
+
+class _Proto(_Answer):
+    @staticmethod
+    def encode(call: Call, outputs: Outputs) -> Response:
+        encode, names = call.context
+        return Response(200, encode(outputs, names), OCTET_STREAM)
+
+
+JSON, PROTO = _Json(), _Proto()
+
+
+def _decode_json(call: Call, servable: Servable) -> tuple[Signature, Inputs]:
+    sig = servable.signature(None)
+    return sig, codec.decode_json(loads(call.context), sig)
+
+
+def _decode_proto(call: Call, servable: Servable) -> tuple[Signature, Inputs]:
+    """tf_predict for signature models, pytorch_predict for processors with positional inputs; the context
+    becomes the answer's encoder and output names."""
+    body: bytes = call.context
+    encode: Callable[[Outputs, list[str]], bytes]
+    if servable.processor.positional_inputs:
+        sig = servable.signature(None)
+        inputs, names = proto.decode_pytorch(body, sig)
+        encode = proto.encode_pytorch
+    else:
+        sig, inputs, names = proto.decode_tf(body, servable.signature)
+        encode = proto.encode_tf
+    call.context = (encode, names)
+    return sig, inputs
+
+
+class CloudRest:
+    """Routes /api/predict/... and POST / requests."""
+
+    error = staticmethod(error_response)
+
+    def __init__(self, manager: ModelManager, pipeline: Pipeline, keepalive_s: float,
+                 default_model: Callable[[], str | None]) -> None:
+        self.manager, self.pipeline, self.keepalive_s = manager, pipeline, keepalive_s
+        self.default_model = default_model
+
+    def __call__(self, request: Request) -> Response | Deferred:
+        if request.method not in ("POST", "GET") or (request.method == "GET" and request.path == "/"):
+            raise ServingError(Code.NOT_FOUND, f"Not found: {request.method} {request.path} (predict with POST)")
+        if request.path == "/":
+            name = self.default_model()
+            if name is None:
+                raise not_found("no default model: name one with POST /api/predict/<model>")
+        else:
+            m = PREDICT_PATH.match(request.path)
+            if m is None:
+                raise not_found(f"Not found: {request.path}")
+            name = m["name"]
+        if request.method == "GET":
+            return Response(200, dumps(codec.signature_json(self.manager.get(name).signature(None))))
+        deadline = time.monotonic() + self.keepalive_s
+        if proto.looks_like_json(request.body):
+            call = Call("cloud", name, None, None, _decode_json, deadline, context=request.body)
+            return answer_later(call, self.pipeline.infer(call), JSON)
+        call = Call("cloud", name, None, None, _decode_proto, deadline, context=request.body)
+        return answer_later(call, self.pipeline.infer(call), PROTO)

@@ -1,0 +1,100 @@
+"""KServe V2 REST (Open Inference Protocol): server and model health, metadata, Triton's model config, and
+`POST /v2/models/<name>[/versions/<v>]/infer` (JSON, or JSON + binary tensors) as a `Call` through the
+request pipeline. Errors are `{"error": ...}` with the same HTTP codes as TF Serving's."""
+
+from __future__ import annotations
+
+import re
+import time
+
+from ... import __version__
+from ...codecs.jsonutil import dumps
+from ...dataplane import Outputs
+from ...errors import Code, ServingError, invalid_argument, not_found
+from ...http.protocol import Deferred, Request, Response
+from ...pipeline import Call, Inputs, Pipeline
+from ...repository import ModelManager
+from ...servable import Servable
+from ...signature import Signature
+from ..adapters import answer_later
+from ..tfserving.rest import ROUTE_CACHE, error_response
+from . import codec
+
+OCTET_STREAM = b"application/octet-stream"
+V2_MODEL_PATH = re.compile(
+    r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]*))?(?:/(?P<verb>ready|infer|config))?$"
+)
+
+
+class _Infer:
+    timeout = ServingError(Code.DEADLINE_EXCEEDED, "Deadline Exceeded")
+    error = staticmethod(error_response)
+
+    @staticmethod
+    def encode(call: Call, outputs: Outputs) -> Response:
+        assert call.servable is not None and call.signature is not None
+        body, json_length = codec.encode_rest(call.servable.model, call.servable.version, call.context, outputs,
+                                              call.signature)
+        if json_length is None:
+            return Response(200, body)
+        return Response(200, body, OCTET_STREAM, b"Inference-Header-Content-Length: %d\r\n" % json_length)
+
+
+INFER = _Infer()
+
+
+def _decode(call: Call, servable: Servable) -> tuple[Signature, Inputs]:
+    request: Request = call.context
+    header = request.headers.get(codec.HEADER_LENGTH)
+    try:
+        length = int(header) if header is not None else None
+    except ValueError:
+        raise invalid_argument("Inference-Header-Content-Length must be an integer") from None
+    sig, inputs, call.context = codec.decode_rest(request.body, length, servable.signature)  # context: the doc
+    return sig, inputs
+
+
+class KServeRest:
+    """Routes /v2... requests."""
+
+    error = staticmethod(error_response)
+
+    def __init__(self, manager: ModelManager, pipeline: Pipeline, timeout_s: float) -> None:
+        self.manager, self.pipeline, self.timeout_s = manager, pipeline, timeout_s
+        self._routes: dict[str, tuple[str, str | None, str | None] | None] = {}
+
+    def __call__(self, request: Request) -> Response | Deferred:
+        path, method = request.path.rstrip("/"), request.method
+        if method == "GET" and path == "/v2":
+            return Response(200, dumps({"name": "serving-engine", "version": __version__,
+                                        "extensions": ["binary_tensor_data"]}))
+        if method == "GET" and path == "/v2/health/live":
+            return Response(200, b"{}")
+        if method == "GET" and path == "/v2/health/ready":
+            return Response(200, b"{}") if self.manager.ready() else Response(400, b'{"error": "not ready"}')
+        if path in self._routes:
+            route = self._routes[path]
+        else:
+            m = V2_MODEL_PATH.match(path)
+            route = self._routes[path] = (m["name"], m["version"], m["verb"]) if m is not None else None
+            if len(self._routes) > ROUTE_CACHE:
+                self._routes.clear()
+        if route is None:
+            raise not_found(f"Not found: {method} {request.path}")
+        name, version_text, verb = route
+        version = codec.parse_version(version_text)
+        if method == "POST" and verb == "infer":
+            call = Call("kserve", name, version, None, _decode, time.monotonic() + self.timeout_s, context=request)
+            return answer_later(call, self.pipeline.infer(call), INFER)
+        if method == "GET" and verb == "ready":
+            try:
+                self.manager.get(name, version)
+            except ServingError:
+                return Response(400, dumps({"error": f"model {name} is not ready"}))
+            return Response(200, b"{}")
+        servable = self.manager.get(name, version)
+        if method == "GET" and verb is None:
+            return Response(200, dumps(codec.model_metadata(servable, self.manager.available_versions(name))))
+        if method == "GET" and verb == "config":
+            return Response(200, dumps(codec.triton_config(servable, self.pipeline.dataplane.batching)))
+        raise not_found(f"Not found: {method} {request.path}")

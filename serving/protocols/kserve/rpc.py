@@ -1,0 +1,83 @@
+"""KServe V2 gRPC: inference.GRPCInferenceService (ServerLive, ServerReady, ModelReady, ServerMetadata,
+ModelMetadata, ModelConfig, ModelInfer with typed contents or raw_input_contents; outputs as
+raw_output_contents, as Triton answers). ModelInfer goes through the request pipeline as a `Call`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+
+from ... import __version__
+from ..._proto.inference import grpc_predict_v2_pb2 as pb
+from ..._proto.inference import grpc_predict_v2_pb2_grpc
+from ...dataplane import outputs_of
+from ...errors import ServingError, invalid_argument
+from ...pipeline import Call, Inputs, Pipeline
+from ...repository import ModelManager
+from ...servable import Servable
+from ...signature import Signature
+from ..adapters import call_deadline, grpc_errors
+from . import codec
+
+
+def _decode(call: Call, servable: Servable) -> tuple[Signature, Inputs]:
+    request = call.context
+    param = request.parameters.get("signature_name")
+    sig = servable.signature(param.string_param if param is not None else None)
+    return sig, codec.decode_grpc(request, sig)
+
+
+def unknown_output(call: Call, name: str) -> ServingError:
+    """Triton's words for an output the model does not have."""
+    return invalid_argument(f"unexpected inference output '{name}' for model '{call.model}'")
+
+
+class InferenceService(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+    SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+
+    def __init__(self, manager: ModelManager, pipeline: Pipeline, default_timeout_s: float) -> None:
+        self.manager, self.pipeline, self.default_timeout_s = manager, pipeline, default_timeout_s
+
+    async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        return pb.ServerReadyResponse(ready=self.manager.ready())
+
+    async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        try:
+            self.manager.get(request.name, codec.parse_version(request.version))
+        except ServingError:
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=True)
+
+    async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        return pb.ServerMetadataResponse(name="serving-engine", version=__version__, extensions=["binary_tensor_data"])
+
+    @grpc_errors
+    async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        servable = self.manager.get(request.name, codec.parse_version(request.version))
+        metadata = codec.model_metadata(servable, self.manager.available_versions(request.name))
+        return json_format.ParseDict(metadata, pb.ModelMetadataResponse())
+
+    @grpc_errors
+    async def ModelConfig(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        servable = self.manager.get(request.name, codec.parse_version(request.version))
+        config = codec.triton_config(servable, self.pipeline.dataplane.batching)
+        response = pb.ModelConfigResponse()
+        json_format.ParseDict(config, response.config)
+        return response
+
+    @grpc_errors
+    async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        call = Call("kserve", request.model_name, codec.parse_version(request.model_version), None, _decode,
+                    call_deadline(context, self.default_timeout_s), outputs=[o.name for o in request.outputs],
+                    request_id=request.id, unknown_output=unknown_output, context=request)
+        outputs = await outputs_of(self.pipeline.infer(call))
+        assert call.servable is not None
+        response = pb.ModelInferResponse(model_name=call.servable.model, model_version=str(call.servable.version),
+                                         id=request.id)
+        codec.encode_grpc(response, outputs, call.output_names())
+        return response

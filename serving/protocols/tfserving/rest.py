@@ -1,0 +1,137 @@
+"""TF Serving's REST API: `/v1/models/<name>[/versions/<n> | /labels/<l>][:predict | :classify | :regress]`,
+`/metadata`, model status and the model list. Predict, classify and regress are `Call`s through the request
+pipeline; errors are TF Serving's `{"error": ...}` with its HTTP codes."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+from ...codecs.jsonutil import dumps, loads
+from ...dataplane import Outputs
+from ...errors import HTTP_STATUS, Code, ServingError, invalid_argument
+from ...http.protocol import Deferred, Request, Response
+from ...pipeline import Call, Inputs, Pipeline
+from ...repository import ModelManager
+from ...servable import Servable
+from ...signature import Signature
+from ..adapters import answer_later
+from . import codec, examples
+
+ROUTE_CACHE = 4096
+MODEL_PATH = re.compile(
+    r"/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>-?\d+)|/labels/(?P<label>[^/:]+))?"
+    r"(?:(?P<metadata>/metadata)|:(?P<verb>predict|classify|regress))?/?$",
+    re.IGNORECASE,
+)
+Route = tuple[str | None, int | None, str | None, str | None, bool]
+
+
+def parse_model_path(path: str) -> Route:
+    """(name, version, label, verb, metadata) of a /v1/models/... path; name None when malformed.
+
+    As TF Serving (http_rest_api_util.cc): the path matches whatever the case, but only the lower-case
+    verb is dispatched (`:PREDICT` is a malformed request) and only `/metadata` is the metadata route."""
+    m = MODEL_PATH.match(path)
+    verb = m["verb"] if m is not None else None
+    if m is None or (verb and m["metadata"]) or (verb is not None and not verb.islower()):
+        return None, None, None, None, False
+    version = int(m["version"]) if m["version"] is not None else None
+    return m["name"], version, m["label"], verb, m["metadata"] == "/metadata"
+
+
+def error_response(error: ServingError) -> Response:
+    return Response(HTTP_STATUS.get(error.code, 500), codec.encode_error(error.message))
+
+
+class _Answer:
+    """The answers of TF Serving's REST API (errors, time-outs)."""
+
+    timeout = ServingError(Code.DEADLINE_EXCEEDED, "Deadline Exceeded")
+
+    @staticmethod
+    def error(error: ServingError) -> Response:
+        return error_response(error)
+
+
+class _Predict(_Answer):
+    @staticmethod
+    def encode(call: Call, outputs: Outputs) -> Response:
+        return Response(200, codec.encode_predict(outputs, call.context))
+
+
+class _Examples(_Answer):
+    @staticmethod
+    def encode(call: Call, outputs: Outputs) -> Response:
+        assert call.inputs is not None
+        n = len(next(iter(call.inputs.values())))
+        encode = examples.encode_classify if call.method == "classify" else examples.encode_regress
+        return Response(200, encode(outputs, n))
+
+
+PREDICT, EXAMPLES = _Predict(), _Examples()
+
+
+def _decode_predict(call: Call, servable: Servable) -> tuple[Signature, Inputs]:
+    doc = loads(call.context)
+    sig = servable.signature(codec.signature_name(doc))
+    inputs, call.context = codec.decode_predict(doc, sig)  # the context becomes the answer's row format
+    return sig, inputs
+
+
+def _decode_examples(call: Call, servable: Servable) -> tuple[Signature, Inputs]:
+    """`:classify` / `:regress`: JSON examples -> serialized tf.Examples for the processor's method."""
+    doc = loads(call.context)
+    sig = servable.signature(codec.signature_name(doc))
+    name = examples.examples_input(servable, sig, call.method, f"{call.method}: it serves predict only")
+    return sig, {name: examples.examples_from_json(doc, call.method)}
+
+
+class TfServingRest:
+    """Routes /v1/... requests."""
+
+    error = staticmethod(error_response)
+
+    def __init__(self, manager: ModelManager, pipeline: Pipeline, timeout_s: float) -> None:
+        self.manager, self.pipeline, self.timeout_s = manager, pipeline, timeout_s
+        self._routes: dict[str, Route] = {}
+
+    def __call__(self, request: Request) -> Response | Deferred:
+        path = request.path
+        if path.rstrip("/") == "/v1/models" and request.method == "GET":
+            return Response(200, self._list_models())
+        route = self._routes.get(path)
+        if route is None:
+            route = self._routes[path] = parse_model_path(path)
+            if len(self._routes) > ROUTE_CACHE:
+                self._routes.clear()
+        name, version, label, verb, metadata = route
+        if name is None or (verb is None) != (request.method == "GET") or request.method not in ("GET", "POST"):
+            raise invalid_argument(f"Malformed request: {request.method} {path}")
+        if verb is None:
+            if metadata:
+                return Response(200, codec.encode_metadata(self.manager.get(name, version, label)))
+            return Response(200, codec.encode_status(self.manager.status(name, version, label)))
+        deadline = time.monotonic() + self.timeout_s
+        if verb == "predict":
+            call = Call("tfserving", name, version, label, _decode_predict, deadline, context=request.body)
+            return answer_later(call, self.pipeline.infer(call), PREDICT)
+        call = Call("tfserving", name, version, label, _decode_examples, deadline, method=verb,
+                    context=request.body)
+        return answer_later(call, self.pipeline.infer(call), EXAMPLES)
+
+    def _list_models(self) -> bytes:
+        models: list[dict[str, Any]] = []
+        for name, model in sorted(self.manager.models.items()):
+            models.append({
+                "name": name,
+                "platform": model.spec.platform or "",
+                "base_path": model.spec.base_path,
+                "labels": model.labels,
+                "model_version_status": [
+                    {"version": str(s.version), "state": s.state.value}
+                    for s in sorted(model.versions.values(), key=lambda s: -s.version)
+                ],
+            })
+        return dumps({"models": models})

@@ -1,0 +1,239 @@
+"""TF Serving's gRPC services: PredictionService (Predict, GetModelMetadata; Classify, Regress and
+MultiInference, which answer UNIMPLEMENTED for processors without those methods) and ModelService
+(GetModelStatus, HandleReloadConfigRequest). Inference goes through the request pipeline as `Call`s."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from ..._proto.tensorflow.core.protobuf import error_codes_pb2
+from ..._proto.tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    inference_pb2,
+    model_management_pb2,
+    model_service_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2,
+    prediction_service_pb2_grpc,
+    regression_pb2,
+)
+from ...codecs.tensors import DTYPE_ENUMS, array_to_tensor, conform_all, tensor_to_array
+from ...dataplane import outputs_of
+from ...errors import Code, ServingError, invalid_argument
+from ...model_config import ConfigError, ModelSpec, missing_base_paths, specs_from_proto
+from ...pipeline import Call, Inputs, Pipeline
+from ...repository import ModelManager
+from ...servable import Servable
+from ...signature import STRING, Signature
+from ..adapters import call_deadline, grpc_errors, spec_version
+from . import examples
+from .examples import examples_input, multi_inference_plan
+
+log = logging.getLogger(__name__)
+
+STATES = {"START": 10, "LOADING": 20, "AVAILABLE": 30, "UNLOADING": 40, "END": 50}
+
+
+def fill_model_spec(target: Any, servable: Servable, signature_name: str) -> None:
+    target.name = servable.model
+    target.version.value = servable.version
+    target.signature_name = signature_name
+
+
+def _decode_predict(call: Call, servable: Servable) -> tuple[Signature, Inputs]:
+    request = call.context
+    sig = servable.signature(request.model_spec.signature_name)
+    raw = {name: tensor_to_array(tensor, name) for name, tensor in request.inputs.items()}
+    return sig, conform_all(raw, sig, f"model {servable.model} version {servable.version} signature {sig.name}")
+
+
+def _decode_examples(call: Call, servable: Servable) -> tuple[Signature, Inputs]:
+    """Classify / Regress: the request's tf.Examples into the signature's one input."""
+    request = call.context
+    sig = servable.signature(request.model_spec.signature_name)
+    name = examples_input(servable, sig, call.method, call.method.capitalize())
+    serialized = examples.examples_from_input(request.input)
+    return sig, {name: serialized}
+
+
+class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):  # type: ignore[misc]
+    SERVICE = prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"]
+
+    def __init__(self, manager: ModelManager, pipeline: Pipeline, default_timeout_s: float) -> None:
+        self.manager, self.pipeline, self.default_timeout_s = manager, pipeline, default_timeout_s
+
+    def _call(self, request: Any, context: grpc.aio.ServicerContext, decode: Any, method: str = "predict",
+              outputs: Any = ()) -> Call:
+        version, label = spec_version(request.model_spec)
+        return Call("tfserving", request.model_spec.name, version, label, decode,
+                    call_deadline(context, self.default_timeout_s), outputs=outputs, method=method,
+                    context=request)
+
+    @grpc_errors
+    async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802 - gRPC's name
+        call = self._call(request, context, _decode_predict, outputs=request.output_filter)
+        outputs = await outputs_of(self.pipeline.infer(call))
+        assert call.servable is not None and call.signature is not None
+        response = predict_pb2.PredictResponse()
+        fill_model_spec(response.model_spec, call.servable, call.signature.name)
+        for name in call.output_names():
+            array_to_tensor(outputs[name], response.outputs[name])
+        return response
+
+    @grpc_errors
+    async def GetModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        fields = list(request.metadata_field)
+        if not fields:
+            raise invalid_argument("GetModelMetadataRequest must specify at least one metadata_field")
+        for field in fields:
+            if field != "signature_def":
+                raise invalid_argument(f"Metadata field {field} is not supported")
+        version, label = spec_version(request.model_spec)
+        servable = self.manager.get(request.model_spec.name, version, label)
+        sig_map = get_model_metadata_pb2.SignatureDefMap()
+        for name, sig in servable.processor.signatures.items():
+            signature_def(sig, sig_map.signature_def[name])
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        fill_model_spec(response.model_spec, servable, "")
+        response.metadata["signature_def"].Pack(sig_map)
+        return response
+
+    @grpc_errors
+    async def Classify(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        call, outputs = await self._examples("classify", request, context)
+        response = classification_pb2.ClassificationResponse()
+        fill_model_spec(response.model_spec, call.servable, call.signature.name)
+        fill_classification(response.result, outputs, _examples_count(call))
+        return response
+
+    @grpc_errors
+    async def Regress(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        call, outputs = await self._examples("regress", request, context)
+        response = regression_pb2.RegressionResponse()
+        fill_model_spec(response.model_spec, call.servable, call.signature.name)
+        fill_regression(response.result, outputs, _examples_count(call))
+        return response
+
+    async def _examples(self, verb: str, request: Any, context: grpc.aio.ServicerContext) -> tuple[Any, Any]:
+        call = self._call(request, context, _decode_examples, verb)
+        return call, await outputs_of(self.pipeline.infer(call))
+
+    @grpc_errors
+    async def MultiInference(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        """Several classify / regress signatures of one model over the same Input, as TF Serving runs them."""
+        if not request.tasks:
+            raise invalid_argument("MultiInferenceRequest has no tasks")
+        name = request.tasks[0].model_spec.name
+        if any(task.model_spec.name != name for task in request.tasks):
+            raise invalid_argument("All ModelSpecs in a MultiInferenceRequest must access the same model name.")
+        version, label = spec_version(request.tasks[0].model_spec)
+        servable = self.manager.get(name, version, label)
+        plan = multi_inference_plan(servable, request.tasks)
+        serialized = examples.examples_from_input(request.input)
+        deadline = call_deadline(context, self.default_timeout_s)
+        calls = [Call("tfserving", name, servable.version, None, _planned, deadline, method=verb,
+                      context=(sig, {input_name: serialized})) for verb, sig, input_name in plan]
+        results = await asyncio.gather(*(outputs_of(self.pipeline.infer(call)) for call in calls))
+        response = inference_pb2.MultiInferenceResponse()
+        n = len(serialized)
+        for (verb, sig, _), outputs in zip(plan, results, strict=True):
+            result = response.results.add()
+            fill_model_spec(result.model_spec, servable, sig.name)
+            if verb == "classify":
+                fill_classification(result.classification_result, outputs, n)
+            else:
+                fill_regression(result.regression_result, outputs, n)
+        return response
+
+
+def _planned(call: Call, servable: Servable) -> tuple[Signature, Inputs]:
+    """A MultiInference task: its signature and inputs were resolved with the plan."""
+    sig, inputs = call.context
+    return sig, inputs
+
+
+def _examples_count(call: Call) -> int:
+    assert call.inputs is not None
+    return len(next(iter(call.inputs.values())))
+
+
+def fill_classification(result: Any, outputs: dict[str, Any], n: int) -> None:
+    """A ClassificationResult: per example, its (label, score) classes."""
+    for pairs in examples.classification_pairs(outputs, n):
+        entry = result.classifications.add()
+        for label, score in pairs:
+            entry.classes.add(label=label, score=score)
+
+
+def fill_regression(result: Any, outputs: dict[str, Any], n: int) -> None:
+    for value in examples.regression_values(outputs, n):
+        result.regressions.add(value=value)
+
+
+def signature_def(sig: Signature, target: Any) -> None:
+    for specs, out in ((sig.inputs, target.inputs), (sig.outputs, target.outputs)):
+        for alias, spec in specs.items():
+            info = out[alias]
+            info.name = spec.tensor_name or spec.name
+            info.dtype = DTYPE_ENUMS.get(STRING if spec.dtype.kind in "OSU" else spec.dtype, 0)
+            if spec.shape is None:
+                info.tensor_shape.unknown_rank = True
+            for d in spec.shape or ():
+                info.tensor_shape.dim.add().size = d
+    target.method_name = sig.method_name
+
+
+class ModelService(model_service_pb2_grpc.ModelServiceServicer):  # type: ignore[misc]
+    SERVICE = model_service_pb2.DESCRIPTOR.services_by_name["ModelService"]
+
+    def __init__(self, manager: ModelManager, reload: Callable[[list[ModelSpec]], Awaitable[None]]) -> None:
+        self.manager, self.reload = manager, reload
+
+    @grpc_errors
+    async def GetModelStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        version, label = spec_version(request.model_spec)
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for s in self.manager.status(request.model_spec.name, version, label):
+            entry = response.model_version_status.add()
+            entry.version = s.version
+            entry.state = STATES[s.state.value]
+            if s.error is not None:
+                fill_status(entry.status, s.error.code, s.error.message)
+        return response
+
+    @grpc_errors
+    async def HandleReloadConfigRequest(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        """Serve the given config; returns once its models are AVAILABLE or have failed.
+
+        A base path that does not exist refuses the whole config at once (the served models stay as
+        they are): TF Serving would wait for a load that cannot happen until the client's deadline.
+        """
+        response = model_management_pb2.ReloadConfigResponse()
+        try:
+            specs = specs_from_proto(request.config, "ReloadConfigRequest")
+        except ConfigError as e:
+            raise ServingError(Code.INVALID_ARGUMENT, str(e)) from e
+        missing = missing_base_paths(specs)
+        if missing:
+            log.warning("ReloadConfigRequest not applied: %s", "; ".join(missing))
+            fill_status(response.status, Code.INVALID_ARGUMENT, "; ".join(missing))
+            return response
+        try:
+            await self.reload(specs)
+        except ConfigError as e:
+            fill_status(response.status, Code.FAILED_PRECONDITION, str(e))
+        return response
+
+
+def fill_status(status: Any, code: Code, message: str) -> None:
+    """A tensorflow.StatusProto (of a ModelVersionStatus or a ReloadConfigResponse)."""
+    status.error_code = error_codes_pb2.Code.Value(code.name)
+    status.error_message = message
