@@ -33,12 +33,15 @@ sys.path.insert(0, str(ROOT))  # noqa: E402 - a script run from a checkout
 
 from benchmarks.xgb_http import PEERS, prepare_model  # noqa: E402
 from serving.batching import BatchingOptions  # noqa: E402
-from serving.codecs import tfserving  # noqa: E402
 from serving.dataplane import DataPlane, validate_inputs  # noqa: E402
 from serving.http.protocol import DeadlineWheel, HttpConnection, HttpLimits, Request, Response  # noqa: E402
 from serving.http.routes import RestApi  # noqa: E402
+from serving.metrics import RequestMetrics  # noqa: E402
 from serving.model_config import ModelSpec  # noqa: E402
+from serving.pipeline import Pipeline  # noqa: E402
+from serving.protocols.tfserving import codec as tfserving  # noqa: E402
 from serving.repository import ModelManager  # noqa: E402
+from serving.servable import Runtime  # noqa: E402
 
 
 class FakeTransport:
@@ -92,15 +95,21 @@ async def main(total: int) -> None:
     body = orjson.dumps({"instances": [row]})
     request = b"POST /v1/models/xgb:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" \
               b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
-    manager = ModelManager()
+    runtime = Runtime(BatchingOptions(max_batch_size=64, max_in_flight=1))
+    manager = ModelManager(runtime=runtime)
     await manager.apply([ModelSpec("xgb", str(repo), "xgboost")])
-    dataplane = DataPlane(BatchingOptions(max_batch_size=64, max_in_flight=1))
-    api = RestApi(manager, dataplane, timeout_s=30, default_model=lambda: "xgb")
+    dataplane = DataPlane(runtime)
+    bare = Pipeline(manager, dataplane)  # no observer
+    served = Pipeline(manager, dataplane)  # as the server runs: the request metrics observe every call
+    served.observe(RequestMetrics())
     loop = asyncio.get_running_loop()
     wheel = DeadlineWheel(loop)
-    ours1 = await closed_loop(lambda: HttpConnection(api, HttpLimits(), set(), wheel), request, total // 10, 1)
-    ours = await closed_loop(lambda: HttpConnection(api, HttpLimits(), set(), wheel), request, total)
-    print(f"serving-engine closed loop: 1 in flight {ours1:.1f}, 64 in flight {ours:.1f} CPU us/request")
+    for label, pipeline in (("no observer", bare), ("request metrics", served)):
+        api = RestApi(manager, pipeline, timeout_s=30, default_model=lambda: "xgb")
+        ours1 = await closed_loop(lambda: HttpConnection(api, HttpLimits(), set(), wheel), request, total // 10, 1)
+        ours = await closed_loop(lambda: HttpConnection(api, HttpLimits(), set(), wheel), request, total)
+        print(f"serving-engine closed loop ({label}): 1 in flight {ours1:.1f}, 64 in flight {ours:.1f} "
+              "CPU us/request")
     floor = None
     if (PEERS / "minimal_path.py").exists():
         os.environ["ANCHOR_MODELS"] = str(work)
@@ -122,20 +131,20 @@ async def main(total: int) -> None:
     sig = servable.signature("")
     doc = orjson.loads(body)
     inputs, _ = tfserving.decode_predict(doc, sig)
-    queue = dataplane.queue(servable, sig)
+    queue = servable.queues[sig.name]
     queue.in_flight = 1 << 30  # submit only, never dispatch
 
     def submit() -> None:
         queue.submit(inputs, 1e18)
         queue.queue.clear()
-        queue.rows_queued = 0
+        queue.rows_queued = queue.waiting = 0
 
     outputs = {"predictions": np.array([0.5], np.float32)}
     done = loop.create_future()
     done.set_result(outputs)
-    stub = DataPlane(BatchingOptions())
+    stub = DataPlane(runtime)
     stub.infer = lambda *a, **k: done  # type: ignore[method-assign]
-    routes_only = RestApi(manager, stub, timeout_s=30, default_model=lambda: "xgb")
+    routes_only = RestApi(manager, Pipeline(manager, stub), timeout_s=30, default_model=lambda: "xgb")
     req = Request("POST", "/v1/models/xgb:predict", "", {}, body)
     conn = HttpConnection(lambda r: Response(200, b'{"predictions":[0.5]}'), HttpLimits(), set(), wheel)
     conn.connection_made(FakeTransport(loop, {"left": 0, "done": 0, "total": -1, "future": done}, b""))

@@ -30,7 +30,7 @@ ENV_PREFIX = "SERVING_"
 # Group name -> title of its section in `serving --help`, in the order they are shown.
 GROUPS = {
     "network": "listening sockets and shutdown",
-    "http": "the HTTP server (TF Serving REST, KServe V2, the cloud processor route)",
+    "http": "the HTTP server (TF Serving REST, KServe V2, the cloud processor protocol)",
     "models": "which models are served and how they are loaded",
     "runtime": "devices and framework threads of the models",
     "batching": "dynamic batching, per model queue",
@@ -115,7 +115,7 @@ class Settings:
     batching_parameters_file: str = setting(
         "", "TF Serving `BatchingParameters` text file; overrides the batching flags", group="batching")
     max_batch_size: int = setting(
-        16, "most rows in one batch; a larger request is split and reassembled", group="batching", unit="rows")
+        16, "most rows in one batch; a larger request is served in pieces, round robin", group="batching", unit="rows")
     batch_timeout_micros: int = setting(
         50_000, "how long a queued request waits for a fuller batch *while other batches run*",
         group="batching", unit="µs")
@@ -142,7 +142,7 @@ class Settings:
         "", "warm-up requests of the service's model: `.bin` (a processor PredictRequest) or `.txt` (JSON "
         "lines)", group="cloud")
     keepalive_ms: int = setting(
-        5000, "deadline of a cloud processor route request (408 past it)", group="cloud", unit="ms")
+        5000, "deadline of a cloud processor protocol request (408 past it)", group="cloud", unit="ms")
     rate_limit: float = setting(
         0.0, "requests accepted by this instance; 0 = no limit (429 over it)", group="cloud",
         unit="requests/s")
