@@ -1,4 +1,15 @@
 import os
 
+import pytest
+
 # Keep the frameworks on one thread each: the suite runs on 2 cores beside server processes.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="module")
+def channel(server):
+    """A gRPC channel to the module's `server` fixture (a tests.helpers.Server)."""
+    import grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as ch:
+        yield ch

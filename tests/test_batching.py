@@ -390,13 +390,19 @@ def test_rows_that_cost_more_inline_on_an_idle_loop_stay_on_it(executor):
     run(go())
 
 
+async def busy_queue(executor, **options):
+    """A queue of one worker whose model is held, running one request: later ones wait."""
+    rec = Recorder()
+    q = BatchQueue(rec, BatchingOptions(max_in_flight=1, **options), executor, "m")
+    rec.gate.clear()
+    running = q.submit(rows(0.0), far())
+    await asyncio.sleep(0.05)
+    return rec, q, running
+
+
 def test_a_large_request_counts_once_against_the_queue_bound(executor):
     async def go():
-        rec = Recorder()
-        q = BatchQueue(rec, BatchingOptions(max_batch_size=4, max_queue_size=2, max_in_flight=1), executor, "m")
-        rec.gate.clear()
-        running = q.submit(rows(0.0), far())
-        await asyncio.sleep(0.05)
+        rec, q, running = await busy_queue(executor, max_batch_size=4, max_queue_size=2)
         big = q.submit(rows(*range(10)), far())  # three pieces, one request
         small = q.submit(rows(1.0), far())
         with pytest.raises(ServingError, match=r"queue is full \(2 requests waiting\)"):
@@ -410,11 +416,7 @@ def test_a_large_request_counts_once_against_the_queue_bound(executor):
 
 def test_cancelled_requests_stop_counting_against_the_queue_bound_at_once(executor):
     async def go():
-        rec = Recorder()
-        q = BatchQueue(rec, BatchingOptions(max_batch_size=4, max_queue_size=2, max_in_flight=1), executor, "m")
-        rec.gate.clear()
-        running = q.submit(rows(0.0), far())
-        await asyncio.sleep(0.05)
+        rec, q, running = await busy_queue(executor, max_batch_size=4, max_queue_size=2)
         gone = [q.submit(rows(*range(8)), far()), q.submit(rows(1.0), far())]
         for f in gone:
             f.cancel()  # the clients went away

@@ -42,12 +42,6 @@ def server(tmp_path_factory):
         yield s
 
 
-@pytest.fixture(scope="module")
-def channel(server):
-    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as ch:
-        yield ch
-
-
 def tensor(values, dtype=DT_FLOAT, content=False):
     array = np.asarray(values, dtype={DT_FLOAT: np.float32, DT_DOUBLE: np.float64, DT_INT64: np.int64}[dtype])
     from serving._proto.tensorflow.core.framework import tensor_pb2

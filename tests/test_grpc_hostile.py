@@ -42,12 +42,6 @@ def server(tmp_path_factory):
         yield s
 
 
-@pytest.fixture(scope="module")
-def channel(server):
-    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as ch:
-        yield ch
-
-
 def send_raw(channel, method, data):
     """One call carrying `data` as the request bytes, as a broken or hostile client sends them."""
     call = channel.unary_unary(method, request_serializer=lambda b: b, response_deserializer=lambda b: b)

@@ -108,23 +108,22 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer): 
 
     @grpc_errors
     async def Classify(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        call, outputs = await self._examples("classify", request, context)
-        response = classification_pb2.ClassificationResponse()
-        fill_model_spec(response.model_spec, call.servable, call.signature.name)
-        fill_classification(response.result, outputs, _examples_count(call))
-        return response
+        return await self._examples("classify", request, context)
 
     @grpc_errors
     async def Regress(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        call, outputs = await self._examples("regress", request, context)
-        response = regression_pb2.RegressionResponse()
-        fill_model_spec(response.model_spec, call.servable, call.signature.name)
-        fill_regression(response.result, outputs, _examples_count(call))
-        return response
+        return await self._examples("regress", request, context)
 
-    async def _examples(self, verb: str, request: Any, context: grpc.aio.ServicerContext) -> tuple[Any, Any]:
+    async def _examples(self, verb: str, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """Classify / Regress: the examples through the pipeline, the results in the verb's response."""
         call = self._call(request, context, _decode_examples, verb)
-        return call, await outputs_of(self.pipeline.infer(call))
+        outputs = await outputs_of(self.pipeline.infer(call))
+        assert call.servable is not None and call.signature is not None and call.inputs is not None
+        make, fill = EXAMPLE_ANSWERS[verb]
+        response = make()
+        fill_model_spec(response.model_spec, call.servable, call.signature.name)
+        fill(response.result, outputs, len(next(iter(call.inputs.values()))))
+        return response
 
     @grpc_errors
     async def MultiInference(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
@@ -160,11 +159,6 @@ def _planned(call: Call, servable: Servable) -> tuple[Signature, Inputs]:
     return sig, inputs
 
 
-def _examples_count(call: Call) -> int:
-    assert call.inputs is not None
-    return len(next(iter(call.inputs.values())))
-
-
 def fill_classification(result: Any, outputs: dict[str, Any], n: int) -> None:
     """A ClassificationResult: per example, its (label, score) classes."""
     for pairs in examples.classification_pairs(outputs, n):
@@ -189,6 +183,12 @@ def signature_def(sig: Signature, target: Any) -> None:
             for d in spec.shape or ():
                 info.tensor_shape.dim.add().size = d
     target.method_name = sig.method_name
+
+
+EXAMPLE_ANSWERS: dict[str, tuple[Callable[[], Any], Callable[[Any, dict[str, Any], int], None]]] = {
+    "classify": (classification_pb2.ClassificationResponse, fill_classification),
+    "regress": (regression_pb2.RegressionResponse, fill_regression),
+}
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):  # type: ignore[misc]
