@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .dataplane import DataPlane, Outputs, error_of
-from .errors import ServingError, invalid_argument
+from .errors import ServingError, internal, invalid_argument
 from .repository import ModelManager
 from .servable import Servable
 from .signature import Signature
@@ -102,6 +102,9 @@ class Pipeline:
             future = self._infer(call)
         except ServingError as e:
             self._finished(call, e)
+            raise
+        except Exception as e:  # a decoder's bug: the front end answers 500; observers still see the call
+            self._finished(call, internal(f"{type(e).__name__}: {e}"))
             raise
         future.add_done_callback(functools.partial(self._done, call))
         return future

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import http.client
 import json
 import os
@@ -10,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +62,16 @@ def make_linear(base: Path, version: int | str, weights: Any = (0.5,), bias: Any
     d.mkdir(parents=True, exist_ok=True)
     (d / "linear.json").write_text(json.dumps({"weights": list(weights), "bias": bias, **extra}))
     return d
+
+
+def in_loop(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """Run an async test in a fresh event loop (pytest-asyncio is not a dependency)."""
+
+    @functools.wraps(test)
+    def run(*args: Any, **kwargs: Any) -> None:
+        asyncio.run(test(*args, **kwargs))
+
+    return run
 
 
 def free_port() -> int:

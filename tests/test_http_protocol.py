@@ -6,28 +6,17 @@ eof_received's answer; the real server process is test_http_e2e.py's."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import gzip
 import json
 import time
-from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
 
 from serving.http.protocol import MAX_PIPELINE, DeadlineWheel, Deferred, HttpConnection, HttpLimits, Request, Response
+from tests.helpers import in_loop
 
 TIMED_OUT = b'{"error": "Timed out waiting for the answer"}'
-
-
-def in_loop(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
-    """Run an async test in a fresh event loop (pytest-asyncio is not a dependency)."""
-
-    @functools.wraps(test)
-    def run(*args: Any, **kwargs: Any) -> None:
-        asyncio.run(test(*args, **kwargs))
-
-    return run
 
 
 class FakeTransport(asyncio.Transport):

@@ -13,7 +13,7 @@ import numpy as np
 
 from ...codecs.arrays import convert
 from ...codecs.jsonutil import dumps, dumps_with_nonfinite, loads
-from ...errors import invalid_argument, unimplemented
+from ...errors import ServingError, invalid_argument, unimplemented
 from ...signature import BFLOAT16, STRING, Signature, TensorSpec
 
 DATATYPES: dict[str, np.dtype] = {
@@ -30,6 +30,20 @@ CONTENTS = {"BOOL": "bool_contents", "UINT8": "uint_contents", "UINT16": "uint_c
             "INT16": "int_contents", "INT32": "int_contents", "INT64": "int64_contents",
             "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents"}
 HEADER_LENGTH = b"inference-header-content-length"
+
+
+def unknown_output(call: Any, name: object) -> ServingError:
+    """Triton's words for a wanted output the model does not have (`call`: a serving.pipeline.Call)."""
+    return invalid_argument(f"unexpected inference output '{name}' for model '{call.model}'")
+
+
+def requested_outputs(doc: Mapping[str, Any]) -> list[Any]:
+    """The output names a REST infer request asks for (empty: all); a name that is not a string stays as
+    it is, for unknown_output to name."""
+    requested = doc.get("outputs")
+    if not isinstance(requested, list):
+        return []
+    return [r.get("name") if isinstance(r, dict) else None for r in requested]
 
 
 def parse_version(text: str | None) -> int | None:
@@ -168,9 +182,7 @@ def encode_rest(model: str, version: int, doc: Mapping[str, Any], outputs: Mappi
     if isinstance(requested, list) and requested:
         wanted: list[tuple[str, bool]] = []
         for r in requested:
-            name = r.get("name") if isinstance(r, dict) else None
-            if not isinstance(name, str) or name not in sig.outputs:
-                raise invalid_argument(f"unexpected inference output '{name}' for model '{model}'")
+            name = r["name"]  # checked against the signature before the request was queued (unknown_output)
             out_params = r.get("parameters")
             binary = out_params.get("binary_data", binary_default) if isinstance(out_params, dict) else binary_default
             wanted.append((name, bool(binary)))

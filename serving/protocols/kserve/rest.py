@@ -50,7 +50,8 @@ def _decode(call: Call, servable: Servable) -> tuple[Signature, Inputs]:
         length = int(header) if header is not None else None
     except ValueError:
         raise invalid_argument("Inference-Header-Content-Length must be an integer") from None
-    sig, inputs, call.context = codec.decode_rest(request.body, length, servable.signature)  # context: the doc
+    sig, inputs, doc = codec.decode_rest(request.body, length, servable.signature)
+    call.context, call.outputs, call.request_id = doc, codec.requested_outputs(doc), doc.get("id", "")
     return sig, inputs
 
 
@@ -84,7 +85,8 @@ class KServeRest:
         name, version_text, verb = route
         version = codec.parse_version(version_text)
         if method == "POST" and verb == "infer":
-            call = Call("kserve", name, version, None, _decode, time.monotonic() + self.timeout_s, context=request)
+            call = Call("kserve", name, version, None, _decode, time.monotonic() + self.timeout_s, context=request,
+                        unknown_output=codec.unknown_output)
             return answer_later(call, self.pipeline.infer(call), INFER)
         if method == "GET" and verb == "ready":
             try:

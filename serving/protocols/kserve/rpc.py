@@ -13,7 +13,7 @@ from ... import __version__
 from ..._proto.inference import grpc_predict_v2_pb2 as pb
 from ..._proto.inference import grpc_predict_v2_pb2_grpc
 from ...dataplane import outputs_of
-from ...errors import ServingError, invalid_argument
+from ...errors import ServingError
 from ...pipeline import Call, Inputs, Pipeline
 from ...repository import ModelManager
 from ...servable import Servable
@@ -27,11 +27,6 @@ def _decode(call: Call, servable: Servable) -> tuple[Signature, Inputs]:
     param = request.parameters.get("signature_name")
     sig = servable.signature(param.string_param if param is not None else None)
     return sig, codec.decode_grpc(request, sig)
-
-
-def unknown_output(call: Call, name: str) -> ServingError:
-    """Triton's words for an output the model does not have."""
-    return invalid_argument(f"unexpected inference output '{name}' for model '{call.model}'")
 
 
 class InferenceService(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
@@ -74,7 +69,7 @@ class InferenceService(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):  
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         call = Call("kserve", request.model_name, codec.parse_version(request.model_version), None, _decode,
                     call_deadline(context, self.default_timeout_s), outputs=[o.name for o in request.outputs],
-                    request_id=request.id, unknown_output=unknown_output, context=request)
+                    request_id=request.id, unknown_output=codec.unknown_output, context=request)
         outputs = await outputs_of(self.pipeline.infer(call))
         assert call.servable is not None
         response = pb.ModelInferResponse(model_name=call.servable.model, model_version=str(call.servable.version),
