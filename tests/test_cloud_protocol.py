@@ -28,6 +28,7 @@ def server(tmp_path_factory):
 
 
 def tf_request(values, signature_name="", output_filter=()):
+    """A cloud tf_predict PredictRequest of one float column."""
     request = tf_predict_pb2.PredictRequest(signature_name=signature_name, output_filter=list(output_filter))
     array = request.inputs["inputs"]
     array.dtype = tf_predict_pb2.DT_FLOAT

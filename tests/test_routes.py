@@ -29,6 +29,7 @@ from serving.protocols.cloud.auth import TokenAuth
 from serving.repository import ModelManager
 from serving.servable import Runtime
 from tests.helpers import in_loop, make_linear, make_xgb, training_data
+from tests.test_cloud_protocol import tf_request
 
 TOKEN = "s3cret-token"
 SLOW_MS = 200
@@ -111,16 +112,6 @@ def decoded(response: Response) -> tuple[int, Any]:
     if response.content_type == b"application/json":
         return response.status, json.loads(response.body)
     return response.status, response.body
-
-
-def tf_request(values: list[float], signature_name: str = "", output_filter: tuple[str, ...] = ()) -> bytes:
-    """A cloud tf_predict PredictRequest of one float column."""
-    request = tf_predict_pb2.PredictRequest(signature_name=signature_name, output_filter=list(output_filter))
-    array = request.inputs["inputs"]
-    array.dtype = tf_predict_pb2.DT_FLOAT
-    array.array_shape.dim.extend([len(values), 1])
-    array.float_val.extend(values)
-    return request.SerializeToString()
 
 
 # ---- TF Serving REST ----
