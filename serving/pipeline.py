@@ -1,12 +1,12 @@
 """The request pipeline: every protocol's inference request is one `Call` through one shared step.
 
-A protocol adapter (serving/protocols/<protocol>/) decodes what it can without the model (route, JSON,
-protobuf) into a `Call`: the model and its version or label, a `decode` that turns the request into the
+A protocol adapter (serving/protocols/<protocol>/) decodes what it can without the model (the route)
+into a `Call`: the model and its version or label, a `decode` that turns the request into the
 signature and named input arrays once the servable is known, the wanted outputs, the deadline, the
-request id, and the adapter's `encode` / `error` for the answer. `Pipeline.infer(call)` is the shared
-step: it resolves the servable, decodes, checks the wanted outputs against the signature, applies the
-rate limit and the deadline, and queues (or runs) the call through the data plane; the adapter gets a
-future of the outputs.
+request id and the adapter's own context. `Pipeline.infer(call)` is the shared step: it resolves the
+servable, refuses at once when its batch queues are full (before the body is decoded), decodes, checks
+the wanted outputs against the signature, applies the rate limit and the deadline, and queues (or runs)
+the call through the data plane; the adapter gets a future of the outputs.
 
 Cross-cutting work attaches through observers (`Pipeline.observe`): `received(call)` once the call is
 decoded and `finished(call, error, timings)` once its outputs or its error are ready, with the queue wait,
@@ -111,6 +111,8 @@ class Pipeline:
 
     def _infer(self, call: Call) -> asyncio.Future[Outputs]:
         servable = call.servable = self.manager.get(call.model, call.version, call.label)
+        if call.method == "predict" and (refused := servable.refusal()) is not None:
+            raise refused
         sig, inputs = call.decode(call, servable)
         call.signature, call.inputs = sig, inputs
         for name in call.outputs:

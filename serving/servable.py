@@ -68,6 +68,14 @@ class Servable:
                 where = f"model {model} version {version} signature {name}"
                 self.queues[name] = BatchQueue(self._runner(name), options, runtime.executor, where)
 
+    def refusal(self) -> ServingError | None:
+        """When every batch queue is full, the error that refuses a predict request before it is even
+        decoded (a large body costs more to decode than to refuse); None otherwise."""
+        for queue in self.queues.values():
+            if not queue.full:
+                return None
+        return next(iter(self.queues.values())).refusal() if self.queues else None
+
     def signature(self, name: str | None) -> Signature:
         return self.processor.signature(name)
 

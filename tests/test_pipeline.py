@@ -129,6 +129,25 @@ async def test_a_call_behind_a_busy_queue_reports_its_queue_wait(repo: Path) -> 
 
 
 @in_loop
+async def test_a_full_queue_refuses_before_the_body_is_decoded(repo: Path) -> None:
+    decoded = []
+
+    def decode(call: Call, servable: Servable) -> tuple[Signature, Inputs]:
+        decoded.append(call)
+        return decode_rows(call, servable)
+
+    async with pipeline(repo, batching=BatchingOptions(max_in_flight=1, max_queue_size=1)) as step:
+        running, queued = step.infer(a_call("slow")), step.infer(a_call("slow"))
+        with pytest.raises(ServingError) as e:
+            step.infer(a_call("slow", decode=decode))
+        assert e.value.code is Code.UNAVAILABLE and "the request queue is full (1 requests waiting)" in e.value.message
+        assert decoded == []
+        await asyncio.gather(running, queued)
+        step.infer(a_call("slow", decode=decode)).cancel()  # room again: decoded and queued
+        assert len(decoded) == 1
+
+
+@in_loop
 async def test_a_failure_before_queueing_is_finished_with_its_error_and_no_queue_or_compute(repo: Path) -> None:
     recorder = Recorder()
     async with pipeline(repo, recorder) as step:

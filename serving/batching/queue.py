@@ -140,9 +140,7 @@ class BatchQueue:
         the instants its (first) batch was dispatched and its (last) batch computed."""
         opts = self.options
         if self.waiting >= opts.max_queue_size:
-            self.stats.rejected += 1
-            raise ServingError(Code.UNAVAILABLE, f"{self.name}: the request queue is full "
-                                                 f"({opts.max_queue_size} requests waiting); retry later")
+            raise self.refusal()
         rows = rows_of(inputs)
         future: asyncio.Future[Outputs] = self.loop.create_future()
         request = _Request(inputs, rows, shape_key(inputs, opts.pad_variable_length_inputs), deadline,
@@ -154,6 +152,16 @@ class BatchQueue:
         self.stats.requests += 1
         self._schedule()
         return future
+
+    @property
+    def full(self) -> bool:
+        return self.waiting >= self.options.max_queue_size
+
+    def refusal(self) -> ServingError:
+        """The error of a request refused because the queue is full (counted as rejected)."""
+        self.stats.rejected += 1
+        return ServingError(Code.UNAVAILABLE, f"{self.name}: the request queue is full "
+                                              f"({self.options.max_queue_size} requests waiting); retry later")
 
     def _settled(self, request: _Request, _: asyncio.Future[Outputs]) -> None:
         """A request's future is done: if it still waited, it stops counting (it is skipped when reached)."""
