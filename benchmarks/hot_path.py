@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import importlib.util
 import os
 import sys
@@ -106,8 +107,9 @@ async def main(total: int) -> None:
     wheel = DeadlineWheel(loop)
     for label, pipeline in (("no observer", bare), ("request metrics", served)):
         api = RestApi(manager, pipeline, timeout_s=30, default_model=lambda: "xgb")
-        ours1 = await closed_loop(lambda: HttpConnection(api, HttpLimits(), set(), wheel), request, total // 10, 1)
-        ours = await closed_loop(lambda: HttpConnection(api, HttpLimits(), set(), wheel), request, total)
+        connection = functools.partial(HttpConnection, api, HttpLimits(), set(), wheel)
+        ours1 = await closed_loop(connection, request, total // 10, 1)
+        ours = await closed_loop(connection, request, total)
         print(f"serving-engine closed loop ({label}): 1 in flight {ours1:.1f}, 64 in flight {ours:.1f} "
               "CPU us/request")
     floor = None
