@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import gc
 import importlib.util
 import os
 import sys
@@ -105,6 +106,8 @@ async def main(total: int) -> None:
     served.observe(RequestMetrics())
     loop = asyncio.get_running_loop()
     wheel = DeadlineWheel(loop)
+    gc.collect()
+    gc.freeze()  # as the server does once its models are loaded (serving/app.py)
     for label, pipeline in (("no observer", bare), ("request metrics", served)):
         api = RestApi(manager, pipeline, timeout_s=30, default_model=lambda: "xgb")
         connection = functools.partial(HttpConnection, api, HttpLimits(), set(), wheel)

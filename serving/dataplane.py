@@ -104,11 +104,12 @@ class DataPlane:
             queue = servable.queues.get(sig.name)
             if queue is not None:
                 return queue.submit(inputs, deadline, timing)
-        if timing is not None:
-            timing.dispatched = time.perf_counter()
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self.runtime.executor, servable.run, method, inputs, sig.name)
         servable.hold(future)
+        if timing is not None:
+            timing.dispatched = time.perf_counter()
+            future.add_done_callback(timing.finished)
         return future
 
 

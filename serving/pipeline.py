@@ -16,11 +16,9 @@ the compute time and the total. With no observer attached the step reads no cloc
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -47,7 +45,7 @@ class Call:
 
     __slots__ = ("protocol", "model", "version", "label", "decode", "outputs", "deadline", "method", "request_id",
                  "unknown_output", "context", "codec", "servable", "signature", "inputs", "received", "dispatched",
-                 "computed")
+                 "computed", "observers")
 
     def __init__(self, protocol: str, model: str, version: int | None, label: str | None, decode: Decode,
                  deadline: float, *, outputs: Sequence[str] = (), method: str = "predict", request_id: str = "",
@@ -61,6 +59,11 @@ class Call:
         self.signature: Signature | None = None
         self.inputs: Inputs | None = None
         self.received = self.dispatched = self.computed = 0.0  # time.perf_counter(), with observers only
+        self.observers: Sequence[Observer] = ()
+
+    def finished(self, future: asyncio.Future[Outputs]) -> None:
+        """Its outputs or error are ready (the batch queue or the executor says so): tell the observers."""
+        notify(self, error_of(future))
 
     def output_names(self) -> list[str]:
         """The outputs to answer: the wanted ones, else every output of the signature."""
@@ -68,8 +71,7 @@ class Call:
         return list(self.outputs) or list(self.signature.outputs)
 
 
-@dataclass(frozen=True, slots=True)
-class Timings:
+class Timings(NamedTuple):
     """Seconds a finished call spent waiting in its batch queue, computing, and in all."""
 
     queue: float
@@ -94,20 +96,20 @@ class Pipeline:
         self.observers.append(observer)
 
     def infer(self, call: Call) -> asyncio.Future[Outputs]:
-        """Resolve, decode, check and queue `call`; a ServingError for what fails before it is queued."""
+        """Resolve, decode, check and queue `call`; a ServingError for what fails before it is queued.
+        Observed, the call is told when it is finished by what completes it (no callback of its own)."""
         if not self.observers:
             return self._infer(call)
         call.received = time.perf_counter()
+        call.observers = self.observers
         try:
-            future = self._infer(call)
+            return self._infer(call)
         except ServingError as e:
-            self._finished(call, e)
+            notify(call, e)
             raise
         except Exception as e:  # a decoder's bug: the front end answers 500; observers still see the call
-            self._finished(call, internal(f"{type(e).__name__}: {e}"))
+            notify(call, internal(f"{type(e).__name__}: {e}"))
             raise
-        future.add_done_callback(functools.partial(self._done, call))
-        return future
 
     def _infer(self, call: Call) -> asyncio.Future[Outputs]:
         servable = call.servable = self.manager.get(call.model, call.version, call.label)
@@ -126,15 +128,15 @@ class Pipeline:
             timing = None
         return self.dataplane.infer(servable, sig, inputs, call.deadline, call.method, timing=timing)
 
-    def _done(self, call: Call, future: asyncio.Future[Outputs]) -> None:
-        self._finished(call, error_of(future))
 
-    def _finished(self, call: Call, error: ServingError | None) -> None:
-        end = time.perf_counter()
-        if call.dispatched:  # it reached a batch (or a worker)
-            timings = Timings(call.dispatched - call.received, (call.computed or end) - call.dispatched,
-                              end - call.received)
-        else:
-            timings = Timings(0.0, 0.0, end - call.received)
-        for observer in self.observers:
-            observer.finished(call, error, timings)
+
+def notify(call: Call, error: ServingError | None) -> None:
+    """Tell the call's observers it is finished, with its timings."""
+    end = time.perf_counter()
+    if call.dispatched:  # it reached a batch (or a worker)
+        timings = Timings(call.dispatched - call.received, (call.computed or end) - call.dispatched,
+                          end - call.received)
+    else:
+        timings = Timings(0.0, 0.0, end - call.received)
+    for observer in call.observers:
+        observer.finished(call, error, timings)

@@ -124,5 +124,7 @@ class Servable:
             queue.close(error)
 
     def stats(self) -> list[SignatureStats]:
+        for queue in self.queues.values():
+            queue.purge()  # requests settled while they waited are not waiting
         return [SignatureStats(name, q.stats, q.waiting, q.in_flight, q.placement.cost)
                 for name, q in sorted(self.queues.items())]

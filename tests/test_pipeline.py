@@ -211,14 +211,17 @@ async def test_a_method_the_processor_lacks_fails_after_dispatch_with_unimplemen
 async def test_a_cancelled_call_is_finished_once_as_cancelled(repo: Path) -> None:
     recorder = Recorder()
     async with pipeline(repo, recorder, batching=BatchingOptions(max_in_flight=1)) as step:
-        running, queued = step.infer(a_call("slow")), step.infer(a_call("slow"))
+        running_call, queued_call = a_call("slow"), a_call("slow")
+        running, queued = step.infer(running_call), step.infer(queued_call)
         queued.cancel()  # as the HTTP connection does past the deadline: dropped before it is computed
         await asyncio.wait([running])
         await asyncio.sleep(0)
         assert step.manager.get("slow").queues["serving_default"].stats.batches == 1
-    errors = [e[2] for e in recorder.events if e[0] == "finished"]
-    assert len(errors) == 2 and errors[0] is not None and errors[1] is None
-    assert (errors[0].code, errors[0].message) == (Code.CANCELLED, "request cancelled")
+    finished = [(e[1], e[2]) for e in recorder.events if e[0] == "finished"]
+    assert len(finished) == 2  # once each: the queue tells the cancelled call when it reaches it
+    errors = {id(call): error for call, error in finished}
+    cancelled = errors[id(running_call)] is None and errors[id(queued_call)]
+    assert cancelled and (cancelled.code, cancelled.message) == (Code.CANCELLED, "request cancelled")
 
 
 @in_loop

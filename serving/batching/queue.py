@@ -2,8 +2,9 @@
 
 Event-driven, with `time.monotonic()` deadlines and no polling:
 - the queue counts requests, not rows or pieces, and refuses one past `max_queue_size` at once
-  (UNAVAILABLE); a request that is settled while it waits (its client went away, its gRPC call was
-  cancelled, its front end answered it at the deadline) stops counting at once;
+  (UNAVAILABLE); a request settled while it waits (its client went away, its gRPC call was cancelled,
+  its front end answered it at the deadline) no longer counts once the queue looks at it: it looks
+  whenever it seems full (no callback per request to learn it sooner);
 - a request larger than `max_batch_size` rows is served in pieces of at most `max_batch_size` rows, and
   after each piece it goes to the back of the queue: a small request behind big ones waits for one piece
   of each, not for all of them; the pieces' outputs are put back together in order;
@@ -28,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -56,8 +56,11 @@ RunBatch = Callable[[Inputs], Outputs]
 class Timing(Protocol):
     """Where a request's batch times go (the request pipeline's call, when something observes it)."""
 
-    dispatched: float  # perf_counter() when its batch was assembled
-    computed: float  # perf_counter() when its batch's outputs came back
+    dispatched: float  # perf_counter() when its (first) batch was assembled
+    computed: float  # perf_counter() when its (last) batch's outputs came back
+
+    def finished(self, future: asyncio.Future[Outputs]) -> None:
+        """The queue is done with the request: its future is settled (or was, by its front end)."""
 
 
 class _Request:
@@ -78,19 +81,28 @@ class _Request:
     def fail(self, error: BaseException) -> None:
         if not self.future.done():
             self.future.set_exception(error)
+        self.settle()
 
     def deliver(self, start: int, outputs: Outputs, rows: int) -> None:
         """Outputs of rows [start, start + rows) of this request."""
         future = self.future
-        if future.done():
-            return
-        if rows == self.rows:
-            future.set_result(outputs)
-            return
-        self.parts.append((start, outputs))
-        self.left -= rows
-        if self.left == 0:
-            future.set_result(reassemble(self.parts))
+        if not future.done():
+            if rows == self.rows:
+                future.set_result(outputs)
+            else:
+                self.parts.append((start, outputs))
+                self.left -= rows
+                if self.left:
+                    return
+                future.set_result(reassemble(self.parts))
+        self.settle()
+
+    def settle(self) -> None:
+        """Tell the request's timing, once, that the queue is done with it."""
+        timing = self.timing
+        if timing is not None:
+            self.timing = None
+            timing.finished(self.future)
 
 
 #: A batch: (request, first row, end row) of each request's piece in it, in order.
@@ -139,13 +151,12 @@ class BatchQueue:
         """Queue one request (arrays already validated, all with the same batch size); `timing`, if any, gets
         the instants its (first) batch was dispatched and its (last) batch computed."""
         opts = self.options
-        if self.waiting >= opts.max_queue_size:
+        if self.full:
             raise self.refusal()
         rows = rows_of(inputs)
         future: asyncio.Future[Outputs] = self.loop.create_future()
         request = _Request(inputs, rows, shape_key(inputs, opts.pad_variable_length_inputs), deadline,
                            self.clock.monotonic(), future, timing)
-        future.add_done_callback(functools.partial(self._settled, request))
         self.queue.append(request)
         self.waiting += 1
         self.rows_queued += rows
@@ -155,18 +166,28 @@ class BatchQueue:
 
     @property
     def full(self) -> bool:
+        """No room for another request, once the requests settled while they waited are let go."""
+        if self.waiting < self.options.max_queue_size:
+            return False
+        self.purge()
         return self.waiting >= self.options.max_queue_size
+
+    def purge(self) -> None:
+        """Let go of the requests settled while they waited (O(queue length), only when it matters)."""
+        queue = self.queue  # in place, in order: a batch being taken may hold it
+        for _ in range(len(queue)):
+            request = queue.popleft()
+            if request.queued and request.future.done():
+                self._leave(request)
+                request.settle()
+            if request.queued:
+                queue.append(request)
 
     def refusal(self) -> ServingError:
         """The error of a request refused because the queue is full (counted as rejected)."""
         self.stats.rejected += 1
         return ServingError(Code.UNAVAILABLE, f"{self.name}: the request queue is full "
                                               f"({self.options.max_queue_size} requests waiting); retry later")
-
-    def _settled(self, request: _Request, _: asyncio.Future[Outputs]) -> None:
-        """A request's future is done: if it still waited, it stops counting (it is skipped when reached)."""
-        if request.queued:
-            self._leave(request)
 
     def _leave(self, request: _Request) -> None:
         request.queued = False
@@ -209,7 +230,11 @@ class BatchQueue:
         key = None
         while queue and rows < limit:
             request = queue.popleft()
-            if not request.queued:  # settled while it waited
+            if not request.queued:  # let go of already
+                continue
+            if request.future.done():  # settled while it waited
+                self._leave(request)
+                request.settle()
                 continue
             if request.deadline <= now:
                 self._leave(request)
@@ -355,6 +380,7 @@ class BatchQueue:
 
     async def drained(self) -> None:
         """Wait until nothing is queued or running."""
+        self.purge()
         while self.in_flight or self.waiting:
             self._idle = asyncio.Event()
             await self._idle.wait()
