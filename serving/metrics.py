@@ -27,11 +27,16 @@ HTTP_RESPONSES: collections.Counter[int] = collections.Counter()
 
 
 class _Series:
-    __slots__ = ("codes", "queue", "compute", "total")
+    __slots__ = ("ok", "codes", "queue", "compute", "total")
 
     def __init__(self) -> None:
+        self.ok = 0  # answered (the common case, counted apart from the error codes)
         self.codes: collections.Counter[str] = collections.Counter()
         self.queue = self.compute = self.total = 0.0
+
+    def counts(self) -> collections.Counter[str]:
+        """Calls by outcome code ("OK" included)."""
+        return self.codes + collections.Counter({"OK": self.ok})
 
 
 class RequestMetrics:
@@ -51,10 +56,14 @@ class RequestMetrics:
         series = self.series.get(key)
         if series is None:
             series = self.series[key] = _Series()
-        series.codes["OK" if error is None else error.code.name] += 1
-        series.queue += timings.queue
-        series.compute += timings.compute
-        series.total += timings.total
+        if error is None:
+            series.ok += 1
+        else:
+            series.codes[error.code.name] += 1
+        queue, compute, total = timings
+        series.queue += queue
+        series.compute += compute
+        series.total += total
 
     def collect(self) -> Iterator[Metric]:
         labels = ["model", "version", "protocol", "method"]
@@ -66,7 +75,7 @@ class RequestMetrics:
                                       ("total", "seconds from decoded request to outputs or error"))}
         for (model, version, protocol, method), series in sorted(self.series.items()):
             values = [model, str(version) if version >= 0 else "", protocol, method]
-            for code, n in sorted(series.codes.items()):
+            for code, n in sorted(series.counts().items()):
                 count.add_metric([*values, code], float(n))
             seconds["queue"].add_metric(values, series.queue)
             seconds["compute"].add_metric(values, series.compute)

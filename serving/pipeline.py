@@ -41,11 +41,17 @@ def unknown_output(call: Call, name: str) -> ServingError:
 
 
 class Call:
-    """One inference call, protocol-neutral. The adapter fills the first part; the pipeline the rest."""
+    """One inference call, protocol-neutral. The adapter fills the first part; the pipeline the rest.
 
-    __slots__ = ("protocol", "model", "version", "label", "decode", "outputs", "deadline", "method", "request_id",
-                 "unknown_output", "context", "codec", "servable", "signature", "inputs", "received", "dispatched",
-                 "computed", "observers")
+    No __slots__: what is set on every call is set in __init__, and what most calls never set (the
+    observers' clocks, the adapter's codec) reads the class defaults, which costs nothing per call."""
+
+    servable: Servable | None = None  # resolved by the pipeline
+    signature: Signature | None = None  # decoded
+    inputs: Inputs | None = None  # decoded
+    codec: Any = None  # the adapter's answer codec (answer_later)
+    received = dispatched = computed = 0.0  # time.perf_counter(), set only while observers watch
+    observers: Sequence[Observer] = ()
 
     def __init__(self, protocol: str, model: str, version: int | None, label: str | None, decode: Decode,
                  deadline: float, *, outputs: Sequence[str] = (), method: str = "predict", request_id: str = "",
@@ -54,12 +60,6 @@ class Call:
         self.protocol, self.model, self.version, self.label = protocol, model, version, label
         self.decode, self.deadline, self.outputs, self.method = decode, deadline, outputs, method
         self.request_id, self.unknown_output, self.context = request_id, unknown_output, context
-        self.codec: Any = None  # the adapter's answer codec
-        self.servable: Servable | None = None
-        self.signature: Signature | None = None
-        self.inputs: Inputs | None = None
-        self.received = self.dispatched = self.computed = 0.0  # time.perf_counter(), with observers only
-        self.observers: Sequence[Observer] = ()
 
     def finished(self, future: asyncio.Future[Outputs]) -> None:
         """Its outputs or error are ready (the batch queue or the executor says so): tell the observers."""

@@ -72,7 +72,7 @@ class Servable:
         """When every batch queue is full, the error that refuses a predict request before it is even
         decoded (a large body costs more to decode than to refuse); None otherwise."""
         for queue in self.queues.values():
-            if not queue.full:
+            if queue.waiting < queue.options.max_queue_size or not queue.full:
                 return None
         return next(iter(self.queues.values())).refusal() if self.queues else None
 

@@ -276,7 +276,7 @@ async def test_request_metrics_count_by_model_version_protocol_method_and_code(r
         for name in ("nope", "other"):
             with pytest.raises(ServingError):
                 step.infer(a_call(name))
-    assert {key: dict(series.codes) for key, series in metrics.series.items()} == {
+    assert {key: dict(series.counts()) for key, series in metrics.series.items()} == {
         ("lin", 1, "test", "predict"): {"OK": 2, "INVALID_ARGUMENT": 1},
         ("lin", 1, "kserve", "predict"): {"OK": 1},
         ("lin", 1, "test", "classify"): {"UNIMPLEMENTED": 1},

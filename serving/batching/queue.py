@@ -76,7 +76,7 @@ class _Request:
         self.taken = 0
         self.queued = True  # counts against max_queue_size (rows left to take, not settled)
         self.left = rows  # rows not answered yet
-        self.parts: list[tuple[int, Outputs]] = []
+        self.parts: list[tuple[int, Outputs]] | None = None  # a large request's pieces' outputs
 
     def fail(self, error: BaseException) -> None:
         if not self.future.done():
@@ -90,6 +90,8 @@ class _Request:
             if rows == self.rows:
                 future.set_result(outputs)
             else:
+                if self.parts is None:
+                    self.parts = []
                 self.parts.append((start, outputs))
                 self.left -= rows
                 if self.left:
@@ -151,7 +153,7 @@ class BatchQueue:
         """Queue one request (arrays already validated, all with the same batch size); `timing`, if any, gets
         the instants its (first) batch was dispatched and its (last) batch computed."""
         opts = self.options
-        if self.full:
+        if self.waiting >= opts.max_queue_size and self.full:
             raise self.refusal()
         rows = rows_of(inputs)
         future: asyncio.Future[Outputs] = self.loop.create_future()

@@ -25,17 +25,18 @@ from ..pipeline import Call
 class RestCodec(Protocol):
     """How one protocol answers a call over HTTP."""
 
-    timeout: ServingError  # what a call past its deadline is told
-
     def encode(self, call: Call, outputs: Outputs) -> Response: ...
 
     def error(self, error: ServingError) -> Response: ...
+
+    def on_timeout(self) -> Response:
+        """The answer to a call past its deadline."""
 
 
 def answer_later(call: Call, future: asyncio.Future[Outputs], codec: RestCodec) -> Deferred:
     """The HTTP connection's pending answer to `call`."""
     call.codec = codec
-    return Deferred(future, _answer, call, call.deadline, functools.partial(codec.error, codec.timeout))
+    return Deferred(future, _answer, call, call.deadline, codec.on_timeout)
 
 
 def _answer(future: asyncio.Future[Outputs], call: Call) -> Response:

@@ -30,7 +30,10 @@ def error_response(error: ServingError) -> Response:
 
 
 class _Answer:
-    timeout = ServingError(Code.DEADLINE_EXCEEDED, "request timed out")
+    TIMEOUT = ServingError(Code.DEADLINE_EXCEEDED, "request timed out")
+
+    def on_timeout(self) -> Response:
+        return self.error(self.TIMEOUT)
     error = staticmethod(error_response)
 
 

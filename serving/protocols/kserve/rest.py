@@ -10,14 +10,14 @@ import time
 from ... import __version__
 from ...codecs.jsonutil import dumps
 from ...dataplane import Outputs
-from ...errors import Code, ServingError, invalid_argument, not_found
+from ...errors import ServingError, invalid_argument, not_found
 from ...http.protocol import Deferred, Request, Response
 from ...pipeline import Call, Inputs, Pipeline
 from ...repository import ModelManager
 from ...servable import Servable
 from ...signature import Signature
 from ..adapters import answer_later
-from ..tfserving.rest import ROUTE_CACHE, error_response
+from ..tfserving.rest import ROUTE_CACHE, Answer, error_response
 from . import codec
 
 OCTET_STREAM = b"application/octet-stream"
@@ -26,9 +26,8 @@ V2_MODEL_PATH = re.compile(
 )
 
 
-class _Infer:
-    timeout = ServingError(Code.DEADLINE_EXCEEDED, "Deadline Exceeded")
-    error = staticmethod(error_response)
+class _Infer(Answer):
+    """KServe V2 errors and time-outs are TF Serving's `{"error": ...}` with the same codes."""
 
     @staticmethod
     def encode(call: Call, outputs: Outputs) -> Response:

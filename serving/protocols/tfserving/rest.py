@@ -45,23 +45,26 @@ def error_response(error: ServingError) -> Response:
     return Response(HTTP_STATUS.get(error.code, 500), codec.encode_error(error.message))
 
 
-class _Answer:
+class Answer:
     """The answers of TF Serving's REST API (errors, time-outs)."""
 
-    timeout = ServingError(Code.DEADLINE_EXCEEDED, "Deadline Exceeded")
+    TIMEOUT = ServingError(Code.DEADLINE_EXCEEDED, "Deadline Exceeded")
+
+    def on_timeout(self) -> Response:
+        return self.error(self.TIMEOUT)
 
     @staticmethod
     def error(error: ServingError) -> Response:
         return error_response(error)
 
 
-class _Predict(_Answer):
+class _Predict(Answer):
     @staticmethod
     def encode(call: Call, outputs: Outputs) -> Response:
         return Response(200, codec.encode_predict(outputs, call.context))
 
 
-class _Examples(_Answer):
+class _Examples(Answer):
     @staticmethod
     def encode(call: Call, outputs: Outputs) -> Response:
         assert call.inputs is not None
