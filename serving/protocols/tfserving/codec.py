@@ -206,7 +206,6 @@ def signature_def(sig: Signature) -> dict[str, Any]:
 
 
 def encode_metadata(servable: Servable) -> bytes:
-    assert servable.processor is not None
     sigs = servable.processor.signatures
     return dumps({
         "model_spec": {"name": servable.model, "signature_name": "", "version": str(servable.version)},
