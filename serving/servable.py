@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .batching import BatchingOptions, BatchQueue, QueueStats
+from .batching import BatchingOptions, BatchObserver, BatchQueue, QueueStats
 from .errors import Code, ServingError
 from .processor import Processor
 from .signature import Signature
@@ -25,10 +25,17 @@ from .signature import Signature
 Outputs = dict[str, np.ndarray]
 
 
-class Runtime:
-    """What every loaded version shares: the batching options and the worker threads that run batches."""
+#: (model, version, signature) -> what each batch of that queue is told to (metrics), or None.
+BatchObservers = Callable[[str, int, str], BatchObserver | None]
 
-    def __init__(self, batching: BatchingOptions | None = None) -> None:
+
+class Runtime:
+    """What every loaded version shares: the batching options, the worker threads that run batches, and
+    who is told of every batch (`batch_observers`, set by the server for its metrics)."""
+
+    def __init__(self, batching: BatchingOptions | None = None, batch_observers: BatchObservers | None = None
+                 ) -> None:
+        self.batch_observers = batch_observers
         self.batching = batching or BatchingOptions()
         self.batching.validate()
         workers = max(self.batching.max_in_flight, 1)
@@ -66,7 +73,9 @@ class Servable:
         if options.enabled and processor.batchable:
             for name in processor.signatures:
                 where = f"model {model} version {version} signature {name}"
-                self.queues[name] = BatchQueue(self._runner(name), options, runtime.executor, where)
+                observer = runtime.batch_observers(model, version, name) if runtime.batch_observers else None
+                self.queues[name] = BatchQueue(self._runner(name), options, runtime.executor, where,
+                                               on_batch=observer)
 
     def refusal(self) -> ServingError | None:
         """When every batch queue is full, the error that refuses a predict request before it is even

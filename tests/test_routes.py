@@ -415,10 +415,10 @@ async def test_metrics_count_requests_by_model_protocol_and_code(repo: Path) -> 
             assert status == 200
             lines = text.decode().splitlines()
             for want in [
-                'code="OK",method="predict",model="lin",protocol="tfserving",version="2"} 1.0',
-                'code="OK",method="predict",model="lin",protocol="tfserving",version="1"} 1.0',
-                'code="INVALID_ARGUMENT",method="predict",model="lin",protocol="tfserving",version="2"} 1.0',
-                'code="OK",method="predict",model="two",protocol="kserve",version="1"} 1.0',
+                'code="OK",method="predict",model="lin",protocol="tfserving_rest",version="2"} 1.0',
+                'code="OK",method="predict",model="lin",protocol="tfserving_rest",version="1"} 1.0',
+                'code="INVALID_ARGUMENT",method="predict",model="lin",protocol="tfserving_rest",version="2"} 1.0',
+                'code="OK",method="predict",model="two",protocol="kserve_rest",version="1"} 1.0',
                 'code="OK",method="predict",model="lin",protocol="cloud",version="2"} 1.0',
                 'code="NOT_FOUND",method="predict",model="",protocol="cloud",version=""} 1.0',
             ]:

@@ -4,7 +4,7 @@ typed windows with an injectable clock: `placement.Placement`) and pure batch as
 
 from .options import BatchingOptions, from_batching_parameters
 from .placement import BUSY_LOOP, SYSTEM_CLOCK, WINDOW, Clock, Placement
-from .queue import DEADLINE_MESSAGE, BatchQueue, QueueStats, Timing
+from .queue import DEADLINE_MESSAGE, BatchObserver, BatchQueue, QueueStats, Timing
 
-__all__ = ["BUSY_LOOP", "DEADLINE_MESSAGE", "SYSTEM_CLOCK", "WINDOW", "BatchQueue", "BatchingOptions", "Clock",
-           "Placement", "QueueStats", "Timing", "from_batching_parameters"]
+__all__ = ["BUSY_LOOP", "DEADLINE_MESSAGE", "SYSTEM_CLOCK", "WINDOW", "BatchObserver", "BatchQueue",
+           "BatchingOptions", "Clock", "Placement", "QueueStats", "Timing", "from_batching_parameters"]

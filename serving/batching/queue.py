@@ -51,6 +51,8 @@ from .placement import SYSTEM_CLOCK, Clock, Placement
 
 DEADLINE_MESSAGE = "request deadline exceeded before it was computed"
 RunBatch = Callable[[Inputs], Outputs]
+#: Told of every batch that ran: its rows and its compute wall time in seconds.
+BatchObserver = Callable[[int, float], None]
 
 
 class Timing(Protocol):
@@ -121,6 +123,8 @@ class QueueStats:
     rejected: int = 0
     expired: int = 0
     batch_sizes: collections.Counter[int] = field(default_factory=collections.Counter)
+    #: Compute wall seconds by batch size (rows), of the batches that ran (succeeded or not).
+    batch_seconds: dict[int, float] = field(default_factory=lambda: collections.defaultdict(float))
     inline_batches: int = 0
 
 
@@ -128,8 +132,9 @@ class BatchQueue:
     """The queue of one (model, version, signature); lives on the event loop thread."""
 
     def __init__(self, run: RunBatch, options: BatchingOptions, executor: concurrent.futures.Executor,
-                 name: str = "", clock: Clock = SYSTEM_CLOCK) -> None:
+                 name: str = "", clock: Clock = SYSTEM_CLOCK, on_batch: BatchObserver | None = None) -> None:
         self.run, self.options, self.executor, self.name, self.clock = run, options, executor, name, clock
+        self.on_batch = on_batch
         self.loop = asyncio.get_running_loop()
         self.queue: collections.deque[_Request] = collections.deque()
         self.waiting = 0  # requests counting against max_queue_size
@@ -300,7 +305,7 @@ class BatchQueue:
         if inputs is None:
             return True
         self.in_flight += 1
-        job = self.executor.submit(_timed, self.run, inputs, self.clock.thread_cpu)
+        job = self.executor.submit(_timed, self.run, inputs, self.clock)
         job.add_done_callback(lambda j: self.loop.call_soon_threadsafe(self._finish, batch, rows, j))
         return True
 
@@ -328,6 +333,7 @@ class BatchQueue:
                 error = e
             end = clock.wall()
             placement.observe(end - start, inline=True)
+            self._ran(rows, end - start)
             self._complete(batch, rows, outputs, error)
             placement.account(rows, True)
             if end - started >= self.slice_s:
@@ -335,13 +341,15 @@ class BatchQueue:
         self._schedule()  # what is left: in the next turn, or on the workers
         self._check_idle()
 
-    def _finish(self, batch: Batch, rows: int, job: concurrent.futures.Future[tuple[Outputs, float]]) -> None:
+    def _finish(self, batch: Batch, rows: int,
+                job: concurrent.futures.Future[tuple[Outputs, float, float]]) -> None:
         self.in_flight -= 1
         error = job.exception()
         outputs = None
         if error is None:
-            outputs, cost = job.result()
+            outputs, cost, wall = job.result()
             self.placement.observe(cost, inline=False)
+            self._ran(rows, wall)
         self._complete(batch, rows, outputs, error)
         self.placement.account(rows, False)
         self._schedule()
@@ -374,6 +382,11 @@ class BatchQueue:
             request.deliver(start, slice_outputs(outputs, offset, offset + n, rows), n)
             offset += n
 
+    def _ran(self, rows: int, seconds: float) -> None:
+        self.stats.batch_seconds[rows] += seconds
+        if self.on_batch is not None:
+            self.on_batch(rows, seconds)
+
     def _check_idle(self) -> None:
         if self._idle is not None and not self.in_flight and not self.waiting:
             self._idle.set()
@@ -399,8 +412,9 @@ class BatchQueue:
                 request.fail(error)
 
 
-def _timed(run: RunBatch, inputs: Inputs, thread_cpu: Callable[[], float]) -> tuple[Outputs, float]:
-    """On a worker: the batch's outputs and the CPU time this thread spent on them (GIL waits excluded)."""
-    start = thread_cpu()
+def _timed(run: RunBatch, inputs: Inputs, clock: Clock) -> tuple[Outputs, float, float]:
+    """On a worker: the batch's outputs, the CPU time this thread spent on them (GIL waits excluded) and
+    the wall time."""
+    wall, cpu = clock.wall(), clock.thread_cpu()
     outputs = run(inputs)
-    return outputs, thread_cpu() - start
+    return outputs, clock.thread_cpu() - cpu, clock.wall() - wall

@@ -84,7 +84,7 @@ class KServeRest:
         name, version_text, verb = route
         version = codec.parse_version(version_text)
         if method == "POST" and verb == "infer":
-            call = Call("kserve", name, version, None, _decode, time.monotonic() + self.timeout_s, context=request,
+            call = Call("kserve_rest", name, version, None, _decode, time.monotonic() + self.timeout_s, context=request,
                         unknown_output=codec.unknown_output)
             return answer_later(call, self.pipeline.infer(call), INFER)
         if method == "GET" and verb == "ready":

@@ -67,7 +67,7 @@ class InferenceService(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):  
 
     @grpc_errors
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        call = Call("kserve", request.model_name, codec.parse_version(request.model_version), None, _decode,
+        call = Call("kserve_grpc", request.model_name, codec.parse_version(request.model_version), None, _decode,
                     call_deadline(context, self.default_timeout_s), outputs=[o.name for o in request.outputs],
                     request_id=request.id, unknown_output=codec.unknown_output, context=request)
         outputs = await outputs_of(self.pipeline.infer(call))

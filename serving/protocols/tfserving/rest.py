@@ -118,9 +118,9 @@ class TfServingRest:
             return Response(200, codec.encode_status(self.manager.status(name, version, label)))
         deadline = time.monotonic() + self.timeout_s
         if verb == "predict":
-            call = Call("tfserving", name, version, label, _decode_predict, deadline, context=request.body)
+            call = Call("tfserving_rest", name, version, label, _decode_predict, deadline, context=request.body)
             return answer_later(call, self.pipeline.infer(call), PREDICT)
-        call = Call("tfserving", name, version, label, _decode_examples, deadline, method=verb,
+        call = Call("tfserving_rest", name, version, label, _decode_examples, deadline, method=verb,
                     context=request.body)
         return answer_later(call, self.pipeline.infer(call), EXAMPLES)
 

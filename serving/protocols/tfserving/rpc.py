@@ -73,7 +73,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer): 
     def _call(self, request: Any, context: grpc.aio.ServicerContext, decode: Any, method: str = "predict",
               outputs: Any = ()) -> Call:
         version, label = spec_version(request.model_spec)
-        return Call("tfserving", request.model_spec.name, version, label, decode,
+        return Call("tfserving_grpc", request.model_spec.name, version, label, decode,
                     call_deadline(context, self.default_timeout_s), outputs=outputs, method=method,
                     context=request)
 
@@ -138,7 +138,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer): 
         plan = multi_inference_plan(servable, request.tasks)
         serialized = examples.examples_from_input(request.input)
         deadline = call_deadline(context, self.default_timeout_s)
-        calls = [Call("tfserving", name, servable.version, None, _planned, deadline, method=verb,
+        calls = [Call("tfserving_grpc", name, servable.version, None, _planned, deadline, method=verb,
                       context=(sig, {input_name: serialized})) for verb, sig, input_name in plan]
         results = await asyncio.gather(*(outputs_of(self.pipeline.infer(call)) for call in calls))
         response = inference_pb2.MultiInferenceResponse()
