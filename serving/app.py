@@ -100,7 +100,8 @@ class Server:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.runtime = Runtime(batching_options(settings))
+        self.request_metrics = RequestMetrics()
+        self.runtime = Runtime(batching_options(settings), batch_observers=self.request_metrics.batch_observer)
         self.dataplane = DataPlane(self.runtime, settings.rate_limit)
         token = read_token_file(settings.token_file) if settings.token_file else settings.token
         self.auth = TokenAuth(token, max_skew_s=settings.token_max_skew_seconds) if token else None
@@ -113,7 +114,6 @@ class Server:
             warmup=warmup,
         )
         self.pipeline = Pipeline(self.manager, self.dataplane)
-        self.request_metrics = RequestMetrics()
         self.pipeline.observe(self.request_metrics)
         self.specs: list[ModelSpec] = []
         self.connections: set[HttpConnection] = set()

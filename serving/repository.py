@@ -11,9 +11,11 @@ with an error when its load fails.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import enum
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -38,7 +40,8 @@ class VersionStatus:
     """The status record of one version of one model: its state, its error if its load failed, its files,
     and, while it is loaded, the `Servable` handle the load produced."""
 
-    __slots__ = ("model", "version", "path", "state", "error", "platform", "servable")
+    __slots__ = ("model", "version", "path", "state", "error", "platform", "servable", "load_seconds",
+                 "warmup_seconds")
 
     def __init__(self, model: str, version: int, path: Path) -> None:
         self.model, self.version, self.path = model, version, path
@@ -46,6 +49,8 @@ class VersionStatus:
         self.error: ServingError | None = None
         self.platform = ""
         self.servable: Servable | None = None
+        self.load_seconds = 0.0  # the processor's load, once it ended (succeeded or not)
+        self.warmup_seconds = 0.0  # the warm-up replay, once it ended
 
     @property
     def available(self) -> bool:
@@ -85,6 +90,7 @@ class ModelManager:
         self.allow_unavailable_labels = allow_version_labels_for_unavailable_models
         self._loader = concurrent.futures.ThreadPoolExecutor(load_threads, thread_name_prefix="load")
         self._lock = asyncio.Lock()
+        self.load_failures: collections.Counter[str] = collections.Counter()  # by model name
 
     # ---- look-ups (hot path: plain dict reads, no awaits) ----
 
@@ -234,16 +240,26 @@ class ModelManager:
         log.info("loading model %s version %d from %s", spec.name, status.version, status.path)
         loop = asyncio.get_running_loop()
         processor: Processor | None = None
+        started = time.monotonic()
         try:
-            processor = await loop.run_in_executor(self._loader, self._load_blocking, spec, status)
+            try:
+                processor = await loop.run_in_executor(self._loader, self._load_blocking, spec, status)
+            finally:
+                status.load_seconds = time.monotonic() - started
             status.servable = Servable(spec.name, status.version, status.path, status.platform, processor,
                                        self.runtime)
             if self.warmup is not None:
-                await self.warmup(status.servable)  # through the data plane; the version is not AVAILABLE yet
+                warming = time.monotonic()
+                try:
+                    await self.warmup(status.servable)  # through the data plane; the version is not AVAILABLE yet
+                finally:
+                    status.warmup_seconds = time.monotonic() - warming
         except Exception as e:  # noqa: BLE001 - any load failure is reported in the version's status
             error = e if isinstance(e, ServingError) else ServingError(Code.UNKNOWN, f"{type(e).__name__}: {e}")
             status.state, status.error = State.END, error
-            log.error("model %s version %d failed to load: %s", spec.name, status.version, error.message)
+            self.load_failures[spec.name] += 1
+            log.error("model %s version %d failed to load after %.2f s: %s", spec.name, status.version,
+                      time.monotonic() - started, error.message)
             servable, status.servable = status.servable, None
             if servable is not None:
                 servable.close(error)
@@ -253,7 +269,8 @@ class ModelManager:
             return
         status.state = State.AVAILABLE
         model.refresh_latest()
-        log.info("model %s version %d is AVAILABLE (%s)", spec.name, status.version, status.platform)
+        log.info("model %s version %d is AVAILABLE (%s; load %.2f s, warm-up %.2f s)", spec.name, status.version,
+                 status.platform, status.load_seconds, status.warmup_seconds)
 
     @staticmethod
     def _load_blocking(spec: ModelSpec, status: VersionStatus) -> Processor:

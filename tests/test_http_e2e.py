@@ -305,7 +305,7 @@ def test_prometheus_metrics(server):
         inline = [line for line in text.splitlines()
                   if line.startswith('serving_batch_inline_batches_total{model="lin",signature="serving_default"')]
         assert inline and float(inline[0].rsplit(" ", 1)[1]) >= 1
-        assert 'serving_batch_compute_seconds{model="lin",signature="serving_default"' in text
+        assert 'serving_batch_compute_average_seconds{model="lin",signature="serving_default"' in text
         assert 'serving_http_responses_total{code="404"}' in text
 
 

@@ -277,11 +277,14 @@ async def test_request_metrics_count_by_model_version_protocol_method_and_code(r
             with pytest.raises(ServingError):
                 step.infer(a_call(name))
     assert {key: dict(series.counts()) for key, series in metrics.series.items()} == {
-        ("lin", 1, "test", "predict"): {"OK": 2, "INVALID_ARGUMENT": 1},
-        ("lin", 1, "kserve", "predict"): {"OK": 1},
-        ("lin", 1, "test", "classify"): {"UNIMPLEMENTED": 1},
-        ("", -1, "test", "predict"): {"NOT_FOUND": 2},  # no series per client-chosen name
+        ("lin", 1, "serving_default", "test", "predict"): {"OK": 2, "INVALID_ARGUMENT": 1},
+        ("lin", 1, "serving_default", "kserve", "predict"): {"OK": 1},
+        ("lin", 1, "serving_default", "test", "classify"): {"UNIMPLEMENTED": 1},
+        ("", -1, "", "test", "predict"): {"NOT_FOUND": 2},  # no series per client-chosen name
     }
-    ok = metrics.series[("lin", 1, "test", "predict")]
-    assert ok.total >= ok.queue + ok.compute - 1e-9 and ok.total > 0
-    assert metrics.series[("", -1, "test", "predict")].compute == 0.0
+    ok = metrics.series[("lin", 1, "serving_default", "test", "predict")]
+    assert sum(ok.latency.counts) == 3 and ok.latency.sum > 0  # every finished call, errors too
+    assert sum(ok.rows.counts) == 2 and ok.rows.sum == 2.0  # the rows of the answered ones
+    assert sum(ok.queue.counts) == 2  # the refused one never reached a queue
+    unknown = metrics.series[("", -1, "", "test", "predict")]
+    assert sum(unknown.queue.counts) == 0 and sum(unknown.latency.counts) == 2

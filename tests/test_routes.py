@@ -415,12 +415,16 @@ async def test_metrics_count_requests_by_model_protocol_and_code(repo: Path) -> 
             assert status == 200
             lines = text.decode().splitlines()
             for want in [
-                'code="OK",method="predict",model="lin",protocol="tfserving_rest",version="2"} 1.0',
-                'code="OK",method="predict",model="lin",protocol="tfserving_rest",version="1"} 1.0',
-                'code="INVALID_ARGUMENT",method="predict",model="lin",protocol="tfserving_rest",version="2"} 1.0',
-                'code="OK",method="predict",model="two",protocol="kserve_rest",version="1"} 1.0',
-                'code="OK",method="predict",model="lin",protocol="cloud",version="2"} 1.0',
-                'code="NOT_FOUND",method="predict",model="",protocol="cloud",version=""} 1.0',
+                'code="OK",method="predict",model="lin",protocol="tfserving_rest",signature="serving_default",'
+                'version="2"} 1.0',
+                'code="OK",method="predict",model="lin",protocol="tfserving_rest",signature="serving_default",'
+                'version="1"} 1.0',
+                'code="INVALID_ARGUMENT",method="predict",model="lin",protocol="tfserving_rest",'
+                'signature="serving_default",version="2"} 1.0',
+                'code="OK",method="predict",model="two",protocol="kserve_rest",signature="serving_default",'
+                'version="1"} 1.0',
+                'code="OK",method="predict",model="lin",protocol="cloud",signature="serving_default",version="2"} 1.0',
+                'code="NOT_FOUND",method="predict",model="",protocol="cloud",signature="",version=""} 1.0',
             ]:
                 assert "serving_requests_total{" + want in lines, want
             assert not any('model="nope"' in line for line in lines)  # no label per client-chosen name
