@@ -7,7 +7,7 @@ DEMO ?= demo_models
 REST_PORT ?= 8080
 GRPC_PORT ?= 9090
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-EXTRAS ?= xgboost,lightgbm,pmml,torch,onnx,tensorflow
+EXTRAS ?= xgboost,lightgbm,pmml,torch,onnx,tensorflow,otel
 
 .PHONY: serve test install install-test demo lint protos bench clean
 

@@ -52,6 +52,7 @@ class Call:
     codec: Any = None  # the adapter's answer codec (answer_later)
     received = dispatched = computed = 0.0  # time.perf_counter(), set only while observers watch
     observers: Sequence[Observer] = ()
+    carrier: Any = None  # what carries the caller's trace context: HTTP headers, or the gRPC call context
 
     def __init__(self, protocol: str, model: str, version: int | None, label: str | None, decode: Decode,
                  deadline: float, *, outputs: Sequence[str] = (), method: str = "predict", request_id: str = "",
