@@ -9,11 +9,13 @@ import logging
 import os
 import signal
 import time
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
+from .accesslog import AccessLog
 from .batching import BatchingOptions, from_batching_parameters
 from .dataplane import DataPlane
 from .http.protocol import DeadlineWheel, HttpConnection, HttpLimits
@@ -23,12 +25,14 @@ from .model_config import ConfigError, ModelSpec, read_model_config_file
 from .pipeline import Pipeline
 from .protocols.cloud.auth import TokenAuth, read_token_file
 from .protocols.kserve.rpc import InferenceService
+from .protocols.kserve.statistics import Statistics
 from .protocols.tfserving.rpc import ModelService, PredictionService
 from .repository import ModelManager
 from .rpc.decode import add_services
 from .rpc.interceptors import TokenInterceptor
 from .servable import Runtime
 from .settings import Settings
+from .tracing import Tracing, configured_endpoint, otlp_tracing
 from .warmup import Warmup
 
 log = logging.getLogger("serving")
@@ -95,6 +99,18 @@ def batching_options(settings: Settings) -> BatchingOptions:
     return options
 
 
+def tracing(settings: Settings) -> Tracing | None:
+    """The OpenTelemetry observer when an OTLP endpoint is configured (serving/tracing.py), else None."""
+    if not configured_endpoint(settings.otel_exporter_otlp_endpoint):
+        return None
+    try:
+        return otlp_tracing(settings.otel_exporter_otlp_endpoint, settings.model_name)
+    except ImportError:
+        log.error("an OTLP endpoint is set but OpenTelemetry is not installed: pip install serving-engine[otel]; "
+                  "no spans are exported")
+        return None
+
+
 class Server:
     """Everything one serving process runs; `start()` then `stop()`."""
 
@@ -115,6 +131,13 @@ class Server:
         )
         self.pipeline = Pipeline(self.manager, self.dataplane)
         self.pipeline.observe(self.request_metrics)
+        self.access_log = AccessLog.open(settings.access_log, sample_rate=settings.access_log_sample_rate,
+                                         health=settings.access_log_health, path=settings.access_log_file)
+        self.statistics = Statistics(self.manager)  # Triton's statistics extension (KServe V2)
+        self.pipeline.observe(self.statistics)
+        self.tracing = tracing(settings)
+        if self.tracing is not None:
+            self.pipeline.observe(self.tracing)
         self.specs: list[ModelSpec] = []
         self.connections: set[HttpConnection] = set()
         self.http: asyncio.Server | None = None
@@ -132,14 +155,15 @@ class Server:
         api = RestApi(
             self.manager, self.pipeline, timeout_s=s.rest_api_timeout_in_ms / 1000,
             keepalive_s=s.keepalive_ms / 1000, default_model=self.default_model, auth=self.auth,
-            metrics=Metrics(self.manager, self.request_metrics),
+            metrics=Metrics(self.manager, self.request_metrics), statistics=self.statistics,
         )
         limits = HttpLimits(s.rest_api_max_body_bytes, s.rest_api_read_timeout_seconds, s.rest_api_idle_timeout_seconds,
                             s.rest_api_max_header_bytes)
         loop = asyncio.get_running_loop()
         wheel = DeadlineWheel(loop)
         self.http = await loop.create_server(
-            lambda: HttpConnection(api, limits, self.connections, wheel), s.host, s.rest_api_port, backlog=1024
+            lambda: HttpConnection(api, limits, self.connections, wheel, access_log=self.access_log), s.host,
+            s.rest_api_port, backlog=1024
         )
         for sock in self.http.sockets:
             log.info("HTTP (TF Serving REST API) listening on %s", sock.getsockname()[:2])
@@ -166,8 +190,12 @@ class Server:
             ("grpc.so_reuseport", 0),
         ])
         timeout_s = s.rest_api_timeout_in_ms / 1000
-        add_services(self.grpc, PredictionService(self.manager, self.pipeline, timeout_s),
-                     ModelService(self.manager, self.reload), InferenceService(self.manager, self.pipeline, timeout_s))
+        services: list[Any] = [PredictionService(self.manager, self.pipeline, timeout_s),
+                               ModelService(self.manager, self.reload),
+                               InferenceService(self.manager, self.pipeline, timeout_s, self.statistics)]
+        for service in services:  # read by adapters.grpc_errors
+            service.access_log = self.access_log
+        add_services(self.grpc, *services)
         self.health = health_aio.HealthServicer()
         await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
@@ -248,6 +276,10 @@ class Server:
             await self.grpc.stop(max(deadline - time.monotonic(), 0.1))
         await self.manager.shutdown()
         self.runtime.shutdown()
+        if self.access_log is not None:
+            self.access_log.close()
+        if self.tracing is not None:
+            self.tracing.shutdown()  # export the spans still buffered
         log.info("stopped")
 
 

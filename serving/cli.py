@@ -78,12 +78,21 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
     return settings
 
 
+def setup_logging(settings: Settings) -> None:
+    """The server's own log on standard error, text or JSON lines; records about a request carry its id."""
+    from .accesslog import JsonFormatter, RequestIdFilter, TextFormatter
+
+    if settings.log_format not in ("text", "json"):
+        sys.exit(f"serving: --log_format: expected text or json, got {settings.log_format!r}")
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if settings.log_format == "json" else TextFormatter())
+    handler.addFilter(RequestIdFilter())
+    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
+
+
 def main(argv: list[str] | None = None) -> None:
     settings = parse_settings(argv)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(settings)
     from .app import run  # imported after logging is set up
 
     sys.exit(run(settings))

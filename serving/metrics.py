@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
 #: HTTP answers by status code; the connection adds one per response it writes.
 HTTP_RESPONSES: collections.Counter[int] = collections.Counter()
+#: Access log lines dropped because the sink stalled (serving/accesslog.py), in a one-item list.
+ACCESS_LOG_DROPPED = [0]
 #: Seconds: from 50 µs (a small model inline) to 30 s.
 LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                    1.0, 2.5, 5.0, 10.0, 30.0)
@@ -214,12 +216,15 @@ class EngineCollector(Collector):  # type: ignore[misc]
         responses = CounterMetricFamily("serving_http_responses", "HTTP answers by status code", labels=["code"])
         for code, count in sorted(HTTP_RESPONSES.items()):
             responses.add_metric([str(code)], float(count))
+        dropped = CounterMetricFamily("serving_access_log_dropped", "access log lines dropped: the sink stalled")
+        dropped.add_metric([], float(ACCESS_LOG_DROPPED[0]))
         yield from (states, load, warmup, failures)
         yield from counters.values()
         yield depth
         yield in_flight
         yield cost
         yield responses
+        yield dropped
         if self.requests is not None:
             yield from self.requests.collect()
 

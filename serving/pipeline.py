@@ -57,10 +57,11 @@ class Call:
     def __init__(self, protocol: str, model: str, version: int | None, label: str | None, decode: Decode,
                  deadline: float, *, outputs: Sequence[str] = (), method: str = "predict", request_id: str = "",
                  unknown_output: Callable[[Call, str], ServingError] = unknown_output,
-                 context: Any = None) -> None:
+                 context: Any = None, carrier: Any = None) -> None:
         self.protocol, self.model, self.version, self.label = protocol, model, version, label
         self.decode, self.deadline, self.outputs, self.method = decode, deadline, outputs, method
         self.request_id, self.unknown_output, self.context = request_id, unknown_output, context
+        self.carrier = carrier
 
     def finished(self, future: asyncio.Future[Outputs]) -> None:
         """Its outputs or error are ready (the batch queue or the executor says so): tell the observers."""

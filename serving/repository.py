@@ -297,12 +297,14 @@ class ModelManager:
         status.state = State.UNLOADING
         model.refresh_latest()
         log.info("unloading model %s version %d", model.spec.name, status.version)
+        started = time.monotonic()
         servable = status.servable
         if servable is not None:
             await servable.drained()  # requests that resolved this version before it left finish first
             status.servable = None
             await asyncio.get_running_loop().run_in_executor(self._loader, servable.processor.unload)
         status.state = State.END
+        log.info("model %s version %d unloaded in %.2f s", model.spec.name, status.version, time.monotonic() - started)
 
     async def _unload_all(self, model: ManagedModel) -> None:
         for status in list(model.versions.values()):

@@ -159,6 +159,22 @@ class Settings:
         "clock is refused 401; 0 turns the check off", group="auth", unit="s")
     # logging
     log_level: str = setting("INFO", "`DEBUG`, `INFO`, `WARNING` or `ERROR`", group="logging")
+    log_format: str = setting(
+        "text", "the server's own log on standard error: `text`, or `json` (one object per line: time, level, "
+        "logger, message, request_id)", group="logging")
+    access_log: str = setting(
+        "json", "one line per HTTP request and gRPC call: `json`, `text` or `off`", group="logging")
+    access_log_sample_rate: float = setting(
+        1.0, "the share of requests written to the access log, from 0 to 1", group="logging")
+    access_log_health: bool = setting(
+        False, "also log /healthz, /readyz, /metrics and /v2/health/*", group="logging")
+    access_log_file: str = setting(
+        "", "append the access log to this file instead of standard output", group="logging",
+        shown_default="standard output")
+    otel_exporter_otlp_endpoint: str = setting(
+        "", "export an OpenTelemetry span per inference call (with its queue wait and batch) over OTLP/HTTP to "
+        "this base URL, e.g. `http://collector:4318`; without it, the standard `OTEL_EXPORTER_OTLP_ENDPOINT` / "
+        "`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`; needs the `otel` extra", group="logging", shown_default="none")
 
     def apply_env(self, environ: Mapping[str, str] | None = None) -> None:
         """Read the TF Serving container's variables (MODEL_NAME, MODEL_BASE_PATH), then SERVING_<NAME>;

@@ -1,7 +1,8 @@
 """HTTP/1.1 on httptools as an asyncio.Protocol: keep-alive, pipelining (answers in request order),
 bounded header blocks (431, 414) and bodies (413), gzip request bodies, flow control, read/idle time-outs,
 half-closed clients. No ASGI layer: the connection hands each complete request to a handler that answers
-at once or with a future.
+at once or with a future. Every answer carries the request's `X-Request-Id` (the client's or ours); with an
+access log (serving/accesslog.py) each answer written is one line, else the log costs a None check.
 """
 
 from __future__ import annotations
@@ -14,13 +15,17 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import httptools
 
+from ..accesslog import request_id_of
 from ..codecs.jsonutil import dumps
 from ..metrics import HTTP_RESPONSES
+
+if TYPE_CHECKING:
+    from ..accesslog import AccessLog
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +100,8 @@ class Request:
     query: str
     headers: dict[bytes, bytes]
     body: bytes
+    request_id: str = ""  # the client's x-request-id, else ours; answered as X-Request-Id
+    call: Any = None  # the pipeline Call an adapter made of it (for the access log)
 
 
 Handler = Callable[[Request], "Response | Deferred"]
@@ -109,20 +116,25 @@ class HttpLimits:
 
 
 KEPT_HEADERS = {b"content-encoding", b"content-type", b"authorization", b"content-md5", b"date", b"expect",
-                b"inference-header-content-length"}
+                b"inference-header-content-length", b"x-request-id", b"traceparent", b"tracestate"}
 
 
 class _Slot:
     """One request's place in the connection's answer order."""
 
-    __slots__ = ("conn", "data", "close", "deferred", "wheel_key")
+    __slots__ = ("conn", "data", "close", "deferred", "wheel_key", "request_id", "request", "started", "bytes_in")
 
-    def __init__(self, conn: HttpConnection) -> None:
+    def __init__(self, conn: HttpConnection, request_id: str) -> None:
         self.conn = conn
         self.data: bytes | None = None
         self.close = False
         self.deferred: Deferred | None = None
         self.wheel_key = 0
+        self.request_id = request_id
+        # Set only while the access log is on:
+        self.request: Request | None = None
+        self.started = 0.0  # time.perf_counter() when the request had arrived whole
+        self.bytes_in = 0
 
     def done(self, future: asyncio.Future[Any]) -> None:
         deferred = self.deferred
@@ -132,7 +144,7 @@ class _Slot:
         try:
             response = deferred.finish(future, deferred.context)
         except Exception:  # noqa: BLE001 - an encoder bug answers 500 and the server goes on
-            log.exception("encoding a response failed")
+            log.exception("encoding a response failed", extra={"request_id": self.request_id})
             response = Response(500, b'{"error": "internal server error"}')
         self.deferred = None
         self.conn._complete(self, response)
@@ -157,8 +169,11 @@ class HttpConnection(asyncio.Protocol):
     """One client connection. Per-connection state here; per-request state reset at message begin."""
 
     def __init__(self, handler: Handler, limits: HttpLimits, registry: set[HttpConnection],
-                 wheel: DeadlineWheel, *, clock: Callable[[], float] = time.monotonic) -> None:
+                 wheel: DeadlineWheel, *, clock: Callable[[], float] = time.monotonic,
+                 access_log: AccessLog | None = None) -> None:
         self.handler, self.limits, self.registry, self.wheel = handler, limits, registry, wheel
+        self.access_log = access_log  # None: off, one check per request
+        self.peer: Any = None
         self.clock = clock  # what check_timeouts' `now` is measured with
         self.max_header_bytes = limits.max_header_bytes
         self.loop = asyncio.get_running_loop()
@@ -189,6 +204,8 @@ class HttpConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.registry.add(self)
+        if self.access_log is not None:
+            self.peer = transport.get_extra_info("peername")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -280,8 +297,10 @@ class HttpConnection(asyncio.Protocol):
         if self.closing:
             return
         self.request_started = None
-        slot = _Slot(self)
+        slot = _Slot(self, request_id_of(self.headers.get(b"x-request-id")))
         slot.close = not self.parser.should_keep_alive()
+        if self.access_log is not None:
+            slot.started, slot.bytes_in = time.perf_counter(), self.body_size
         self.pending.append(slot)
         if len(self.pending) >= MAX_PIPELINE:
             self._pause_reading()
@@ -301,11 +320,14 @@ class HttpConnection(asyncio.Protocol):
             if unzipped is None:
                 return
             body = unzipped
-        request = Request(self.parser.get_method().decode("latin-1"), path, query, self.headers, body)
+        request = Request(self.parser.get_method().decode("latin-1"), path, query, self.headers, body,
+                          slot.request_id)
+        if self.access_log is not None:
+            slot.request = request
         try:
             result = self.handler(request)
         except Exception:  # noqa: BLE001 - a handler bug answers 500 and the server goes on
-            log.exception("handler failed for %s %s", request.method, path)
+            log.exception("handler failed for %s %s", request.method, path, extra={"request_id": slot.request_id})
             result = Response(500, b'{"error": "internal server error"}')
         if isinstance(result, Response):
             self._complete(slot, result)
@@ -322,13 +344,17 @@ class HttpConnection(asyncio.Protocol):
     def _complete(self, slot: _Slot, response: Response) -> None:
         HTTP_RESPONSES[response.status] += 1
         extra = b"Connection: close\r\n" + response.headers if slot.close else response.headers
-        slot.data = b"%sContent-Type: %s\r\nContent-Length: %d\r\n%s\r\n%s" % (
+        slot.data = data = b"%sContent-Type: %s\r\nContent-Length: %d\r\nX-Request-Id: %s\r\n%s\r\n%s" % (
             STATUS_LINES.get(response.status) or b"HTTP/1.1 %d Unknown\r\n" % response.status,
             response.content_type,
             len(response.body),
+            slot.request_id.encode("latin-1"),
             extra,
             response.body,
         )
+        if self.access_log is not None:
+            self.access_log.http(slot.request, slot.request_id, self.peer, response.status, slot.started or
+                                 time.perf_counter(), slot.bytes_in, len(data))
         self._flush()
 
     def _flush(self) -> None:
@@ -361,7 +387,7 @@ class HttpConnection(asyncio.Protocol):
         """Answer a request that cannot be parsed or accepted, after the answers already owed; then close."""
         if self.closing:
             return
-        slot = _Slot(self)
+        slot = _Slot(self, request_id_of(self.headers.get(b"x-request-id")))
         slot.close = True
         self.linger = True
         self.pending.append(slot)

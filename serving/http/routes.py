@@ -18,6 +18,7 @@ from ..pipeline import Pipeline
 from ..protocols.cloud.auth import TokenAuth
 from ..protocols.cloud.rest import CloudRest
 from ..protocols.kserve.rest import KServeRest
+from ..protocols.kserve.statistics import Statistics
 from ..protocols.tfserving.codec import encode_error
 from ..protocols.tfserving.rest import TfServingRest
 from ..repository import ModelManager
@@ -39,11 +40,12 @@ class RestApi:
         default_model: Callable[[], str | None],
         auth: TokenAuth | None = None,
         metrics: Metrics | None = None,
+        statistics: Statistics | None = None,
     ) -> None:
         self.manager, self.auth = manager, auth
         self.metrics = metrics or Metrics(manager)
         self.tfserving = TfServingRest(manager, pipeline, timeout_s)
-        self.kserve = KServeRest(manager, pipeline, timeout_s)
+        self.kserve = KServeRest(manager, pipeline, timeout_s, statistics)
         self.cloud = CloudRest(manager, pipeline, keepalive_s, default_model)
 
     def __call__(self, request: Request) -> Response | Deferred:

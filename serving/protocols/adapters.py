@@ -3,7 +3,8 @@
 An HTTP adapter answers a call with `answer_later(call, future, codec)`: one completion turns the future
 into the protocol's response (`codec.encode`) or its error (`codec.error`), and a call past its deadline
 into `codec.error(codec.timeout)`. A gRPC method decorated with `@grpc_errors` raises ServingError and the
-client gets that status code and message.
+client gets that status code and message; the decorator also answers the call's request id (trailing
+metadata `x-request-id`) and writes its access log line; the method makes its `Call`s with `grpc_call`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 
+from ..accesslog import GRPC_EXCHANGE, AccessLog, GrpcExchange, request_id_of
 from ..dataplane import Outputs, error_of
 from ..errors import ServingError, invalid_argument
 from ..http.protocol import Deferred, Response
@@ -55,16 +57,49 @@ Method = Callable[[Servicer, Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
 def grpc_errors(method: Method[Servicer]) -> Method[Servicer]:
-    """A gRPC method whose ServingError becomes the call's status code and message."""
+    """A gRPC method whose ServingError becomes the call's status code and message, answered with its
+    request id and written to the servicer's `access_log` (an attribute the server sets; None: off)."""
 
     @functools.wraps(method)
     async def guarded(self: Servicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        rid = request_id_of(next((v for k, v in context.invocation_metadata() or () if k == "x-request-id"), None))
+        trailing = (("x-request-id", rid),)
+        context.set_trailing_metadata(trailing)
+        exchange = GrpcExchange(rid, context)
+        token = GRPC_EXCHANGE.set(exchange)
+        access_log: AccessLog | None = getattr(self, "access_log", None)
+        started = time.perf_counter() if access_log is not None else 0.0
+        code, response = "UNKNOWN", None  # what grpc answers a method that raised anything else
         try:
-            return await method(self, request, context)
+            response = await method(self, request, context)
+            code = "OK"
+            return response
         except ServingError as e:
-            await context.abort(grpc.StatusCode[e.code.name], e.message)
+            code = e.code.name
+            await context.abort(grpc.StatusCode[code], e.message, trailing)
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        finally:
+            GRPC_EXCHANGE.reset(token)
+            if access_log is not None:
+                service = getattr(self, "SERVICE", None)
+                route = f"/{service.full_name}/{method.__name__}" if service is not None else method.__name__
+                access_log.grpc(route, rid, context.peer(), exchange.call, code, started, request.ByteSize(),
+                                response.ByteSize() if response is not None else 0)
 
     return guarded
+
+
+def grpc_call(*args: Any, **kwargs: Any) -> Call:
+    """A `Call(*args, **kwargs)` of the gRPC method running now (see grpc_errors): it gets the method's
+    request id, and the access log line its model, version, signature and rows."""
+    exchange = GRPC_EXCHANGE.get()
+    call = Call(*args, request_id=exchange.request_id if exchange is not None else "", **kwargs)
+    if exchange is not None:
+        exchange.call = call
+        call.carrier = exchange.context  # its metadata carries the caller's trace context
+    return call
 
 
 def call_deadline(context: grpc.aio.ServicerContext, default_s: float) -> float:

@@ -101,7 +101,9 @@ class CloudRest:
             return Response(200, dumps(codec.signature_json(self.manager.get(name).signature(None))))
         deadline = time.monotonic() + self.keepalive_s
         if proto.looks_like_json(request.body):
-            call = Call("cloud", name, None, None, _decode_json, deadline, context=request.body)
+            request.call = call = Call("cloud", name, None, None, _decode_json, deadline,
+                                       request_id=request.request_id, carrier=request.headers, context=request.body)
             return answer_later(call, self.pipeline.infer(call), JSON)
-        call = Call("cloud", name, None, None, _decode_proto, deadline, context=request.body)
+        request.call = call = Call("cloud", name, None, None, _decode_proto, deadline,
+                                   request_id=request.request_id, carrier=request.headers, context=request.body)
         return answer_later(call, self.pipeline.infer(call), PROTO)

@@ -1,6 +1,7 @@
-"""KServe V2 REST (Open Inference Protocol): server and model health, metadata, Triton's model config, and
-`POST /v2/models/<name>[/versions/<v>]/infer` (JSON, or JSON + binary tensors) as a `Call` through the
-request pipeline. Errors are `{"error": ...}` with the same HTTP codes as TF Serving's."""
+"""KServe V2 REST (Open Inference Protocol): server and model health, metadata, Triton's model config and
+statistics, and `POST /v2/models/<name>[/versions/<v>]/infer` (JSON, or JSON + binary tensors) as a `Call`
+through the request pipeline. Errors are `{"error": ...}` with the same HTTP codes as TF Serving's, but
+for the statistics of a model that is not ready, which answer 400 as Triton's do."""
 
 from __future__ import annotations
 
@@ -19,10 +20,11 @@ from ...signature import Signature
 from ..adapters import answer_later
 from ..tfserving.rest import ROUTE_CACHE, Answer, error_response
 from . import codec
+from .statistics import Statistics, extensions
 
 OCTET_STREAM = b"application/octet-stream"
 V2_MODEL_PATH = re.compile(
-    r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]*))?(?:/(?P<verb>ready|infer|config))?$"
+    r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]*))?(?:/(?P<verb>ready|infer|config|stats))?$"
 )
 
 
@@ -50,7 +52,7 @@ def _decode(call: Call, servable: Servable) -> tuple[Signature, Inputs]:
     except ValueError:
         raise invalid_argument("Inference-Header-Content-Length must be an integer") from None
     sig, inputs, doc = codec.decode_rest(request.body, length, servable.signature)
-    call.context, call.outputs, call.request_id = doc, codec.requested_outputs(doc), doc.get("id", "")
+    call.context, call.outputs = doc, codec.requested_outputs(doc)  # the body's "id" is echoed, not the request id
     return sig, inputs
 
 
@@ -59,19 +61,24 @@ class KServeRest:
 
     error = staticmethod(error_response)
 
-    def __init__(self, manager: ModelManager, pipeline: Pipeline, timeout_s: float) -> None:
+    def __init__(self, manager: ModelManager, pipeline: Pipeline, timeout_s: float,
+                 statistics: Statistics | None = None) -> None:
         self.manager, self.pipeline, self.timeout_s = manager, pipeline, timeout_s
+        self.statistics = statistics  # None: the statistics extension is not served
+        self.extensions = extensions(statistics)
         self._routes: dict[str, tuple[str, str | None, str | None] | None] = {}
 
     def __call__(self, request: Request) -> Response | Deferred:
         path, method = request.path.rstrip("/"), request.method
         if method == "GET" and path == "/v2":
             return Response(200, dumps({"name": "serving-engine", "version": __version__,
-                                        "extensions": ["binary_tensor_data"]}))
+                                        "extensions": self.extensions}))
         if method == "GET" and path == "/v2/health/live":
             return Response(200, b"{}")
         if method == "GET" and path == "/v2/health/ready":
             return Response(200, b"{}") if self.manager.ready() else Response(400, b'{"error": "not ready"}')
+        if method == "GET" and path == "/v2/models/stats" and self.statistics is not None:
+            return self._statistics("", None)
         if path in self._routes:
             route = self._routes[path]
         else:
@@ -84,8 +91,9 @@ class KServeRest:
         name, version_text, verb = route
         version = codec.parse_version(version_text)
         if method == "POST" and verb == "infer":
-            call = Call("kserve_rest", name, version, None, _decode, time.monotonic() + self.timeout_s, context=request,
-                        unknown_output=codec.unknown_output)
+            request.call = call = Call("kserve_rest", name, version, None, _decode, time.monotonic() + self.timeout_s,
+                                       request_id=request.request_id, carrier=request.headers, context=request,
+                                       unknown_output=codec.unknown_output)
             return answer_later(call, self.pipeline.infer(call), INFER)
         if method == "GET" and verb == "ready":
             try:
@@ -93,9 +101,15 @@ class KServeRest:
             except ServingError:
                 return Response(400, dumps({"error": f"model {name} is not ready"}))
             return Response(200, b"{}")
+        if method == "GET" and verb == "stats" and self.statistics is not None:
+            return self._statistics(name, version)
         servable = self.manager.get(name, version)
         if method == "GET" and verb is None:
             return Response(200, dumps(codec.model_metadata(servable, self.manager.available_versions(name))))
         if method == "GET" and verb == "config":
             return Response(200, dumps(codec.triton_config(servable, self.pipeline.dataplane.batching)))
         raise not_found(f"Not found: {method} {request.path}")
+
+    def _statistics(self, name: str, version: int | None) -> Response:
+        assert self.statistics is not None
+        return Response(200, dumps(self.statistics.report(name, version)))  # not ready: INVALID_ARGUMENT, 400

@@ -1,6 +1,6 @@
 """KServe V2 gRPC: inference.GRPCInferenceService (ServerLive, ServerReady, ModelReady, ServerMetadata,
-ModelMetadata, ModelConfig, ModelInfer with typed contents or raw_input_contents; outputs as
-raw_output_contents, as Triton answers). ModelInfer goes through the request pipeline as a `Call`."""
+ModelMetadata, ModelConfig, ModelStatistics, ModelInfer with typed contents or raw_input_contents; outputs
+as raw_output_contents, as Triton answers). ModelInfer goes through the request pipeline as a `Call`."""
 
 from __future__ import annotations
 
@@ -13,13 +13,14 @@ from ... import __version__
 from ..._proto.inference import grpc_predict_v2_pb2 as pb
 from ..._proto.inference import grpc_predict_v2_pb2_grpc
 from ...dataplane import outputs_of
-from ...errors import ServingError
+from ...errors import Code, ServingError
 from ...pipeline import Call, Inputs, Pipeline
 from ...repository import ModelManager
 from ...servable import Servable
 from ...signature import Signature
-from ..adapters import call_deadline, grpc_errors
+from ..adapters import call_deadline, grpc_call, grpc_errors
 from . import codec
+from .statistics import Statistics, extensions
 
 
 def _decode(call: Call, servable: Servable) -> tuple[Signature, Inputs]:
@@ -32,8 +33,11 @@ def _decode(call: Call, servable: Servable) -> tuple[Signature, Inputs]:
 class InferenceService(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 
-    def __init__(self, manager: ModelManager, pipeline: Pipeline, default_timeout_s: float) -> None:
+    def __init__(self, manager: ModelManager, pipeline: Pipeline, default_timeout_s: float,
+                 statistics: Statistics | None = None) -> None:
         self.manager, self.pipeline, self.default_timeout_s = manager, pipeline, default_timeout_s
+        self.statistics = statistics  # None: the statistics extension is not served
+        self.extensions = extensions(statistics)
 
     async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         return pb.ServerLiveResponse(live=True)
@@ -49,7 +53,7 @@ class InferenceService(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):  
         return pb.ModelReadyResponse(ready=True)
 
     async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        return pb.ServerMetadataResponse(name="serving-engine", version=__version__, extensions=["binary_tensor_data"])
+        return pb.ServerMetadataResponse(name="serving-engine", version=__version__, extensions=self.extensions)
 
     @grpc_errors
     async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
@@ -66,10 +70,18 @@ class InferenceService(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):  
         return response
 
     @grpc_errors
+    async def ModelStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        if self.statistics is None:
+            raise ServingError(Code.UNIMPLEMENTED, "the statistics extension is not served")
+        report = self.statistics.report(request.name, codec.parse_version(request.version))
+        return json_format.ParseDict(report, pb.ModelStatisticsResponse())
+
+    @grpc_errors
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        call = Call("kserve_grpc", request.model_name, codec.parse_version(request.model_version), None, _decode,
-                    call_deadline(context, self.default_timeout_s), outputs=[o.name for o in request.outputs],
-                    request_id=request.id, unknown_output=codec.unknown_output, context=request)
+        call = grpc_call("kserve_grpc", request.model_name, codec.parse_version(request.model_version), None,
+                         _decode, call_deadline(context, self.default_timeout_s),
+                         outputs=[o.name for o in request.outputs], unknown_output=codec.unknown_output,
+                         context=request)  # the body's id is echoed below; the request id is x-request-id
         outputs = await outputs_of(self.pipeline.infer(call))
         assert call.servable is not None
         response = pb.ModelInferResponse(model_name=call.servable.model, model_version=str(call.servable.version),

@@ -118,10 +118,11 @@ class TfServingRest:
             return Response(200, codec.encode_status(self.manager.status(name, version, label)))
         deadline = time.monotonic() + self.timeout_s
         if verb == "predict":
-            call = Call("tfserving_rest", name, version, label, _decode_predict, deadline, context=request.body)
+            request.call = call = Call("tfserving_rest", name, version, label, _decode_predict, deadline,
+                                       request_id=request.request_id, carrier=request.headers, context=request.body)
             return answer_later(call, self.pipeline.infer(call), PREDICT)
-        call = Call("tfserving_rest", name, version, label, _decode_examples, deadline, method=verb,
-                    context=request.body)
+        request.call = call = Call("tfserving_rest", name, version, label, _decode_examples, deadline, method=verb,
+                                   request_id=request.request_id, carrier=request.headers, context=request.body)
         return answer_later(call, self.pipeline.infer(call), EXAMPLES)
 
     def _list_models(self) -> bytes:

@@ -33,7 +33,7 @@ from ...pipeline import Call, Inputs, Pipeline
 from ...repository import ModelManager
 from ...servable import Servable
 from ...signature import STRING, Signature
-from ..adapters import call_deadline, grpc_errors, spec_version
+from ..adapters import call_deadline, grpc_call, grpc_errors, spec_version
 from . import examples
 from .examples import examples_input, multi_inference_plan
 
@@ -73,9 +73,9 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer): 
     def _call(self, request: Any, context: grpc.aio.ServicerContext, decode: Any, method: str = "predict",
               outputs: Any = ()) -> Call:
         version, label = spec_version(request.model_spec)
-        return Call("tfserving_grpc", request.model_spec.name, version, label, decode,
-                    call_deadline(context, self.default_timeout_s), outputs=outputs, method=method,
-                    context=request)
+        return grpc_call("tfserving_grpc", request.model_spec.name, version, label, decode,
+                         call_deadline(context, self.default_timeout_s), outputs=outputs, method=method,
+                         context=request)
 
     @grpc_errors
     async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802 - gRPC's name
@@ -138,8 +138,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer): 
         plan = multi_inference_plan(servable, request.tasks)
         serialized = examples.examples_from_input(request.input)
         deadline = call_deadline(context, self.default_timeout_s)
-        calls = [Call("tfserving_grpc", name, servable.version, None, _planned, deadline, method=verb,
-                      context=(sig, {input_name: serialized})) for verb, sig, input_name in plan]
+        calls = [grpc_call("tfserving_grpc", name, servable.version, None, _planned, deadline, method=verb,
+                           context=(sig, {input_name: serialized})) for verb, sig, input_name in plan]
         results = await asyncio.gather(*(outputs_of(self.pipeline.infer(call)) for call in calls))
         response = inference_pb2.MultiInferenceResponse()
         n = len(serialized)

@@ -1,0 +1,314 @@
+"""Request ids, the access log and the server's log format: in process through HttpConnection on a fake
+transport (lines, ids, sampling, health, a stalled sink, text lines), then against the real server over
+HTTP and gRPC (inference details, gRPC lines, --log_format=json, secrets never written)."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import re
+import threading
+import time
+from email.utils import formatdate
+
+import grpc
+import pytest
+
+from serving._proto.tensorflow.core.framework import tensor_pb2
+from serving._proto.tensorflow_serving.apis import (
+    model_management_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+from serving.accesslog import MAX_ID_LENGTH, AccessLog
+from serving.http.protocol import DeadlineWheel, HttpConnection, HttpLimits
+from serving.metrics import ACCESS_LOG_DROPPED
+from serving.protocols.cloud.auth import sign
+from tests.helpers import Server, in_loop, make_linear, wait_until
+from tests.test_http_protocol import App, FakeTransport, get, parse, post
+
+GENERATED_ID = re.compile(r"[0-9a-f]{20}\Z")
+TOKEN = "tok-7f3a9c1e5b"
+
+
+class Sink:
+    """A file-like sink that keeps what the writer thread writes; `stall()` blocks its writes."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.open = threading.Event()
+        self.open.set()
+        self.entered = threading.Event()  # a write has begun
+
+    def stall(self) -> None:
+        self.open.clear()
+
+    def write(self, data: bytes) -> int:
+        self.entered.set()
+        self.open.wait(10)
+        self.data += data
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class Logged:
+    """One HttpConnection on a fake transport, logging to a Sink."""
+
+    def __init__(self, fmt: str = "json", **options: object) -> None:
+        self.sink = Sink()
+        self.log = AccessLog(fmt, sink=self.sink, **options)  # type: ignore[arg-type]
+        self.app = App(30.0)
+        loop = asyncio.get_running_loop()
+        self.protocol = HttpConnection(self.app, HttpLimits(max_body_bytes=100), set(), DeadlineWheel(loop),
+                                       access_log=self.log)
+        self.transport = FakeTransport(self.protocol)
+        self.protocol.connection_made(self.transport)
+
+    def send(self, data: bytes) -> None:
+        self.protocol.data_received(data)
+
+    def answers(self) -> list[tuple[int, dict[bytes, bytes], bytes]]:
+        return parse(bytes(self.transport.written))
+
+    def text(self) -> str:
+        self.log.close()
+        return self.sink.data.decode()
+
+    def lines(self) -> list[dict]:
+        return [json.loads(line) for line in self.text().splitlines()]
+
+
+# ---- in process ----
+
+@in_loop
+async def test_every_http_answer_is_one_json_line_with_the_request_id_route_status_and_bytes():
+    c = Logged()
+    c.send(post(b"/echo", b"abc", b"X-Request-Id: client-id-1"))
+    [(status, headers, _)] = c.answers()
+    assert (status, headers[b"x-request-id"]) == (200, b"client-id-1")
+    [line] = c.lines()
+    assert list(line) == ["time", "request_id", "remote", "protocol", "route", "model", "version", "signature",
+                          "status", "rows", "queue_ms", "compute_ms", "total_ms", "bytes_in", "bytes_out"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line["time"])
+    assert {k: v for k, v in line.items() if k not in ("time", "total_ms")} == {
+        "request_id": "client-id-1", "remote": "127.0.0.1:50000", "protocol": "http", "route": "GET /echo",
+        "model": "", "version": None, "signature": "", "status": 200, "rows": None, "queue_ms": None,
+        "compute_ms": None, "bytes_in": 3, "bytes_out": len(c.transport.written)}
+    assert 0 <= line["total_ms"] < 1000
+
+
+@in_loop
+async def test_a_request_without_an_id_or_with_an_overlong_one_gets_a_generated_id_answered_and_logged():
+    c = Logged()
+    c.send(get(b"/a") + get(b"/b") + get(b"/c", b"X-Request-Id: " + b"x" * (MAX_ID_LENGTH + 1)))
+    ids = [headers[b"x-request-id"].decode() for _, headers, _ in c.answers()]
+    assert all(GENERATED_ID.match(i) for i in ids), ids
+    assert len(set(ids)) == 3
+    assert [line["request_id"] for line in c.lines()] == ids
+
+
+@in_loop
+async def test_a_refused_request_is_logged_with_its_status_and_the_clients_id():
+    c = Logged()
+    c.send(get(b"/big", b"Content-Length: 101", b"X-Request-Id: big-1"))
+    assert [(s, h[b"x-request-id"]) for s, h, _ in c.answers()] == [(413, b"big-1")]
+    assert [(line["request_id"], line["status"]) for line in c.lines()] == [("big-1", 413)]
+
+
+@in_loop
+async def test_sample_rate_zero_logs_nothing_but_still_answers_the_request_id():
+    c = Logged(sample_rate=0.0)
+    c.send(get(b"/a", b"X-Request-Id: r1") + get(b"/b"))
+    first, second = (h[b"x-request-id"].decode() for _, h, _ in c.answers())
+    assert first == "r1" and GENERATED_ID.match(second)
+    assert c.text() == ""
+
+
+@in_loop
+async def test_health_routes_are_logged_only_with_access_log_health():
+    quiet, loud = Logged(), Logged(health=True)
+    for c in (quiet, loud):
+        c.send(get(b"/healthz") + get(b"/readyz") + get(b"/metrics") + get(b"/v2/health/live") + get(b"/work"))
+    assert [line["route"] for line in quiet.lines()] == ["GET /work"]
+    assert [line["route"] for line in loud.lines()] == ["GET /healthz", "GET /readyz", "GET /metrics",
+                                                         "GET /v2/health/live", "GET /work"]
+
+
+@in_loop
+async def test_a_stalled_sink_drops_and_counts_lines_instead_of_blocking_the_answers():
+    c = Logged(max_queued=4)
+    c.sink.stall()
+    c.send(get(b"/first"))
+    assert c.sink.entered.wait(5)  # the writer thread is stuck in the sink's write
+    before = ACCESS_LOG_DROPPED[0]
+    t0 = time.perf_counter()
+    for i in range(20):
+        c.send(get(b"/more/%d" % i))
+    assert time.perf_counter() - t0 < 1.0
+    assert len(c.answers()) == 21  # every request answered while the sink is stuck
+    assert (c.log.dropped, ACCESS_LOG_DROPPED[0] - before) == (16, 16)  # 4 queued, the rest dropped
+    c.sink.open.set()
+    assert [line["route"] for line in c.lines()] == ["GET /first", *(f"GET /more/{i}" for i in range(4))]
+
+
+@in_loop
+async def test_text_format_is_one_line_of_fields_with_client_text_quoted():
+    c = Logged("text")
+    c.send(get(b"/odd%20path%0Ainjected", b'X-Request-Id: id "quoted"'))
+    [line] = c.text().splitlines()
+    assert re.fullmatch(
+        r'\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z "id \\"quoted\\"" 127\.0\.0\.1:50000 protocol=http '
+        r'route="GET /odd path\\ninjected" model=- version=- signature=- status=200 rows=- queue_ms=- '
+        r'compute_ms=- total_ms=[\d.]+ bytes_in=0 bytes_out=\d+', line), line
+
+
+def test_unknown_access_log_format_and_sample_rate_are_refused():
+    with pytest.raises(ValueError) as e:
+        AccessLog.open("xml", sample_rate=1.0, health=False, path="")
+    assert str(e.value) == "--access_log: expected off, json or text, got 'xml'"
+    with pytest.raises(ValueError) as e:
+        AccessLog.open("json", sample_rate=1.5, health=False, path="")
+    assert str(e.value) == "--access_log_sample_rate: expected a number from 0 to 1, got 1.5"
+    assert AccessLog.open("off", sample_rate=1.0, health=False, path="") is None
+
+
+# ---- the real server ----
+
+def access_lines(server: Server, **match: object) -> list[dict]:
+    """The server's access log lines (its standard output) whose fields have the given values."""
+    out = []
+    for text in server.output().splitlines():
+        if text.startswith('{"time"') and '"route"' in text:
+            line = json.loads(text)
+            if all(line.get(k) == v for k, v in match.items()):
+                out.append(line)
+    return out
+
+
+def one_line(server: Server, **match: object) -> dict:
+    [line] = wait_until(lambda: access_lines(server, **match), what=f"an access log line {match}")
+    return line
+
+
+def predict_request(model: str, rows: list[float]) -> predict_pb2.PredictRequest:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    t = tensor_pb2.TensorProto(dtype=1)
+    t.tensor_shape.dim.add().size = len(rows)
+    t.tensor_shape.dim.add().size = 1
+    t.float_val.extend(rows)
+    request.inputs["inputs"].CopyFrom(t)
+    return request
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("accesslog")
+    make_linear(root / "lin", 1)  # y = 0.5x + 2, input "inputs"
+    with Server(f"--model_base_path={root / 'lin'}", "--model_name=lin", "--model_platform=linear",
+                "--log_format=json") as s:
+        s.root = root
+        yield s
+
+
+def test_http_inference_lines_carry_model_version_signature_rows_status_and_timings(server):
+    status, body = server.post("/v1/models/lin:predict", {"instances": [[1.0], [2.0], [3.0]]},
+                               headers={"X-Request-Id": "e2e-predict"})
+    assert (status, body) == (200, {"predictions": [2.5, 3.0, 3.5]})
+    line = one_line(server, request_id="e2e-predict")
+    assert {k: line[k] for k in ("protocol", "route", "model", "version", "signature", "status", "rows")} == {
+        "protocol": "tfserving_rest", "route": "POST /v1/models/lin:predict", "model": "lin", "version": 1,
+        "signature": "serving_default", "status": 200, "rows": 3}
+    assert 0 <= line["queue_ms"] and 0 <= line["compute_ms"] and line["compute_ms"] <= line["total_ms"]
+    assert line["bytes_in"] == len(json.dumps({"instances": [[1.0], [2.0], [3.0]]}))
+    status, _ = server.post("/v1/models/nope:predict", {"instances": [[1.0]]}, headers={"X-Request-Id": "e2e-404"})
+    assert status == 404
+    line = one_line(server, request_id="e2e-404")
+    assert (line["model"], line["status"], line["rows"]) == ("nope", 404, None)
+
+
+def test_kserve_body_id_is_echoed_in_the_body_and_the_request_id_is_the_header(server):
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    conn.request("POST", "/v2/models/lin/infer", json.dumps(
+        {"id": "body-id", "inputs": [{"name": "inputs", "shape": [2, 1], "datatype": "FP32", "data": [1, 2]}]}))
+    response = conn.getresponse()
+    body = json.loads(response.read())
+    rid = response.getheader("X-Request-Id")
+    conn.close()
+    assert (response.status, body["id"]) == (200, "body-id")
+    assert GENERATED_ID.match(rid), rid
+    line = one_line(server, request_id=rid)
+    assert (line["protocol"], line["rows"], line["status"]) == ("kserve_rest", 2, 200)
+
+
+def test_health_probes_are_not_logged_by_default(server):
+    server.get("/healthz")
+    server.get("/v2/health/ready")
+    server.post("/v1/models/lin:predict", {"instances": [[1.0]]}, headers={"X-Request-Id": "after-health"})
+    one_line(server, request_id="after-health")
+    assert access_lines(server, route="GET /healthz") == access_lines(server, route="GET /v2/health/ready") == []
+
+
+def test_grpc_calls_answer_their_request_id_and_are_logged_with_their_code(server):
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        _, call = stub.Predict.with_call(predict_request("lin", [1.0, 2.0]), metadata=[("x-request-id", "g-1")])
+        assert ("x-request-id", "g-1") in call.trailing_metadata()
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Predict(predict_request("nope", [1.0]))
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND
+        rid = dict(e.value.trailing_metadata())["x-request-id"]
+    assert GENERATED_ID.match(rid), rid
+    line = one_line(server, request_id="g-1")
+    assert {k: line[k] for k in ("protocol", "route", "model", "version", "signature", "status", "rows")} == {
+        "protocol": "tfserving_grpc", "route": "/tensorflow.serving.PredictionService/Predict", "model": "lin",
+        "version": 1, "signature": "serving_default", "status": "OK", "rows": 2}
+    assert line["remote"].startswith("ipv4:127.0.0.1:") and line["bytes_in"] > 0 and line["bytes_out"] > 0
+    line = one_line(server, request_id=rid)
+    assert (line["status"], line["model"]) == ("NOT_FOUND", "nope")
+
+
+def test_log_format_json_writes_objects_and_the_request_id_of_a_log_line_about_a_request(server):
+    startup = [json.loads(t) for t in server.output().splitlines() if "listening on" in t]
+    assert startup and set(startup[0]) == {"time", "level", "logger", "message"}
+    config = model_management_pb2.ReloadConfigRequest()
+    model = config.config.model_config_list.config.add()
+    model.name, model.base_path, model.model_platform = "gone", str(server.root / "missing"), "linear"
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(
+            config, metadata=[("x-request-id", "reload-1")])
+    warning = wait_until(lambda: [json.loads(t) for t in server.output().splitlines()
+                                  if "ReloadConfigRequest not applied" in t], what="the reload warning")
+    assert {k: warning[0][k] for k in ("level", "logger", "request_id")} == {
+        "level": "WARNING", "logger": "serving.protocols.tfserving.rpc", "request_id": "reload-1"}
+
+
+def test_the_token_and_signatures_are_never_logged(tmp_path):
+    make_linear(tmp_path / "lin", 1)
+    body = json.dumps([[1.0]]).encode()
+    date = formatdate(usegmt=True)
+    signed = sign(TOKEN, "POST", "/api/predict/lin", body, "application/json", date)
+    forged = sign("not-the-token", "POST", "/api/predict/lin", body, "application/json", date)
+    with Server(f"--model_base_path={tmp_path / 'lin'}", "--model_name=lin", "--model_platform=linear",
+                f"--token={TOKEN}", "--access_log=json", "--log_level=DEBUG") as s:
+        statuses = [s.post("/api/predict/lin", body, headers=h)[0] for h in (
+            {"Authorization": TOKEN}, signed, {"Authorization": TOKEN + "x"}, forged, {})]
+        assert statuses == [200, 200, 401, 401, 401]
+        with grpc.insecure_channel(f"127.0.0.1:{s.grpc_port}") as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            stub.Predict(predict_request("lin", [1.0]), metadata=[("authorization", TOKEN)])
+            with pytest.raises(grpc.RpcError):
+                stub.Predict(predict_request("lin", [1.0]), metadata=[("authorization", TOKEN + "x")])
+        wait_until(lambda: len(access_lines(s, route="POST /api/predict/lin")) == 5, what="five access lines")
+        assert [line["status"] for line in access_lines(s, route="POST /api/predict/lin")] == statuses
+        assert s.stop() == 0
+        output = s.output()
+    secrets = [TOKEN, signed["Authorization"], signed["Authorization"][4:], forged["Authorization"][4:]]
+    assert [secret for secret in secrets if secret in output] == []
