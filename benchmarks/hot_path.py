@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # noqa: E402 - a script run from a checkout
 
 from benchmarks.xgb_http import PEERS, prepare_model  # noqa: E402
+from serving.accesslog import AccessLog  # noqa: E402
 from serving.batching import BatchingOptions  # noqa: E402
 from serving.dataplane import DataPlane, validate_inputs  # noqa: E402
 from serving.http.protocol import DeadlineWheel, HttpConnection, HttpLimits, Request, Response  # noqa: E402
@@ -41,9 +42,11 @@ from serving.http.routes import RestApi  # noqa: E402
 from serving.metrics import RequestMetrics  # noqa: E402
 from serving.model_config import ModelSpec  # noqa: E402
 from serving.pipeline import Pipeline  # noqa: E402
+from serving.protocols.kserve.statistics import Statistics  # noqa: E402
 from serving.protocols.tfserving import codec as tfserving  # noqa: E402
 from serving.repository import ModelManager  # noqa: E402
 from serving.servable import Runtime  # noqa: E402
+from serving.tracing import Tracing  # noqa: E402
 
 
 class FakeTransport:
@@ -61,6 +64,9 @@ class FakeTransport:
             self.loop.call_soon(self.protocol.data_received, self.request)
         elif state["done"] == state["total"] and not state["future"].done():
             state["future"].set_result(None)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 50000) if name == "peername" else default
 
     def pause_reading(self) -> None: ...
     def resume_reading(self) -> None: ...
@@ -84,6 +90,24 @@ async def closed_loop(make_protocol: Callable[[], Any], request: bytes, total: i
     return (time.process_time() - t0) / total * 1e6
 
 
+def discarding_tracing() -> Tracing | None:
+    """The OpenTelemetry observer with its batch processor and an exporter that drops the spans (None
+    without the otel extra): the cost of making and handing over the spans, not of a network."""
+    try:
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+    except ImportError:
+        return None
+
+    class Discard(SpanExporter):  # type: ignore[misc]
+        def export(self, spans: Any) -> Any:
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(Discard()))
+    return Tracing(provider)
+
+
 def per_call(fn: Callable[[], Any], n: int = 20000) -> float:
     t0 = time.perf_counter()
     for _ in range(n):
@@ -102,19 +126,35 @@ async def main(total: int) -> None:
     await manager.apply([ModelSpec("xgb", str(repo), "xgboost")])
     dataplane = DataPlane(runtime)
     bare = Pipeline(manager, dataplane)  # no observer
-    served = Pipeline(manager, dataplane)  # as the server runs: the request metrics observe every call
+    served = Pipeline(manager, dataplane)  # as the server runs: request metrics and Triton's statistics
     served.observe(RequestMetrics())
+    served.observe(Statistics(manager))
+    traced = Pipeline(manager, dataplane)
+    for observer in served.observers:
+        traced.observe(observer)
+    variants: list[tuple[str, Pipeline, AccessLog | None]] = [
+        ("no observer, access log off", bare, None),
+        ("metrics + statistics, access log off", served, None),
+        ("metrics + statistics, access log json", served,
+         AccessLog.open("json", sample_rate=1.0, health=False, path=os.devnull)),
+    ]
+    tracing = discarding_tracing()
+    if tracing is not None:
+        traced.observe(tracing)
+        variants.append(("metrics + statistics + OpenTelemetry spans, access log off", traced, None))
     loop = asyncio.get_running_loop()
     wheel = DeadlineWheel(loop)
     gc.collect()
     gc.freeze()  # as the server does once its models are loaded (serving/app.py)
-    for label, pipeline in (("no observer", bare), ("request metrics", served)):
+    for label, pipeline, access_log in variants:
         api = RestApi(manager, pipeline, timeout_s=30, default_model=lambda: "xgb")
-        connection = functools.partial(HttpConnection, api, HttpLimits(), set(), wheel)
+        connection = functools.partial(HttpConnection, api, HttpLimits(), set(), wheel, access_log=access_log)
         ours1 = await closed_loop(connection, request, total // 10, 1)
         ours = await closed_loop(connection, request, total)
         print(f"serving-engine closed loop ({label}): 1 in flight {ours1:.1f}, 64 in flight {ours:.1f} "
-              "CPU us/request")
+              "CPU us/request (process CPU: writer and exporter threads included)")
+        if access_log is not None:
+            access_log.close()
     floor = None
     if (PEERS / "minimal_path.py").exists():
         os.environ["ANCHOR_MODELS"] = str(work)

@@ -78,7 +78,7 @@ class Tracing:
             attributes["serving.request_id"] = call.request_id
         span = self.tracer.start_span(f"{call.protocol} {call.method} {call.model}", context=self._parent(call),
                                       kind=self._server, start_time=start, attributes=attributes)
-        if call.dispatched:
+        if call.dispatched and span.is_recording():  # a span the sampler dropped gets no children
             inside = self._trace.set_span_in_context(span)
             dispatched = self._ns(call.dispatched)
             self.tracer.start_span("queue", context=inside, start_time=start).end(end_time=dispatched)
