@@ -65,6 +65,8 @@ class Call:
 
     def finished(self, future: asyncio.Future[Outputs]) -> None:
         """Its outputs or error are ready (the batch queue or the executor says so): tell the observers."""
+        if self.dispatched and not self.computed:  # the executor's path: done now
+            self.computed = time.perf_counter()
         notify(self, error_of(future))
 
     def output_names(self) -> list[str]:
