@@ -184,7 +184,8 @@ class Server:
     async def _start_grpc(self) -> None:
         s = self.settings
         size = s.grpc_max_message_bytes
-        self.grpc = grpc.aio.server(interceptors=[TokenInterceptor(self.auth)] if self.auth else [], options=[
+        interceptors = [TokenInterceptor(self.auth, self.access_log)] if self.auth else []
+        self.grpc = grpc.aio.server(interceptors=interceptors, options=[
             ("grpc.max_receive_message_length", size),
             ("grpc.max_send_message_length", size),
             ("grpc.so_reuseport", 0),

@@ -308,6 +308,9 @@ def test_the_token_and_signatures_are_never_logged(tmp_path):
                 stub.Predict(predict_request("lin", [1.0]), metadata=[("authorization", TOKEN + "x")])
         wait_until(lambda: len(access_lines(s, route="POST /api/predict/lin")) == 5, what="five access lines")
         assert [line["status"] for line in access_lines(s, route="POST /api/predict/lin")] == statuses
+        grpc_route = "/tensorflow.serving.PredictionService/Predict"
+        wait_until(lambda: len(access_lines(s, route=grpc_route)) == 2, what="two gRPC access lines")
+        assert [line["status"] for line in access_lines(s, route=grpc_route)] == ["OK", "UNAUTHENTICATED"]
         assert s.stop() == 0
         output = s.output()
     secrets = [TOKEN, signed["Authorization"], signed["Authorization"][4:], forged["Authorization"][4:]]
