@@ -210,9 +210,11 @@ class Server:
     async def reload(self, specs: list[ModelSpec]) -> None:
         """Serve a new model config (ModelService.HandleReloadConfigRequest), as the file poller does."""
         self.specs = with_runtime(specs, self.settings)
+        started = time.monotonic()
         try:
             await self.manager.apply(self.specs)
         finally:
+            log.info("reload (ReloadConfigRequest) of %d models done in %.2f s", len(specs), time.monotonic() - started)
             await self._update_health()
 
     async def _update_health(self) -> None:
@@ -250,10 +252,12 @@ class Server:
                 continue
             log.info("model config file changed: applying it")
             self.specs = specs
+            started = time.monotonic()
             try:
                 await self.manager.apply(specs)
             except ConfigError as e:
                 log.error("model config applied in part: %s", e)
+            log.info("model config file applied in %.2f s", time.monotonic() - started)
             await self._update_health()
 
     async def stop(self) -> None:
