@@ -145,10 +145,10 @@ def call_details(call: Call | None) -> tuple[str, int | None, str, int | None, f
             sig.name if sig is not None else "", rows, queue, compute)
 
 
-# An entry: what the loop knows, formatted in the writer thread (the call's details are read there too:
-# the call is finished, nothing changes it any more).
-# (time, request id, remote, protocol, route, call or None, status, total s, bytes in, bytes out)
-Entry = tuple[float, str, Any, str, str, "Call | None", "int | str", float, int, int]
+# An entry: what the loop knows, formatted in the writer thread. Plain values only: an entry that held the
+# request's Call would keep its arrays and body alive until the writer drains, more for the collector.
+# (time, request id, remote, protocol, route, call details, status, total s, bytes in, bytes out)
+Entry = tuple[float, str, Any, str, str, tuple[Any, ...], "int | str", float, int, int]
 
 
 class AccessLog:
@@ -199,7 +199,7 @@ class AccessLog:
                 return
             route, call = f"{request.method} {path}", request.call
             protocol = call.protocol if call is not None else "http"
-        self._put((time.time(), request_id, remote, protocol, route, call, status,
+        self._put((time.time(), request_id, remote, protocol, route, call_details(call), status,
                    time.perf_counter() - started, bytes_in, bytes_out))
 
     def grpc(self, route: str, request_id: str, remote: str, call: Call | None, code: str, started: float,
@@ -208,7 +208,7 @@ class AccessLog:
         if self.sample_rate < 1.0 and random.random() >= self.sample_rate:
             return
         protocol = call.protocol if call is not None else "grpc"
-        self._put((time.time(), request_id, remote, protocol, route, call, code,
+        self._put((time.time(), request_id, remote, protocol, route, call_details(call), code,
                    time.perf_counter() - started, bytes_in, bytes_out))
 
     def _put(self, entry: Entry) -> None:
@@ -263,15 +263,13 @@ def _remote(peer: Any) -> str:
 
 
 def _fields(entry: Entry) -> tuple[Any, ...]:
-    t, rid, remote, protocol, route, call, status, total, b_in, b_out = entry
-    model, version, sig, rows, queue, compute = call_details(call)
+    t, rid, remote, protocol, route, (model, version, sig, rows, queue, compute), status, total, b_in, b_out = entry
     return (rfc3339(t), rid, _remote(remote), protocol, route, model, version, sig, status, rows, _ms(queue),
             _ms(compute), _ms(total), b_in, b_out)
 
 
 def _json_line(entry: Entry) -> bytes:
-    t, rid, remote, protocol, route, call, status, total, b_in, b_out = entry
-    model, version, sig, rows, queue, compute = call_details(call)
+    t, rid, remote, protocol, route, (model, version, sig, rows, queue, compute), status, total, b_in, b_out = entry
     return orjson.dumps({
         "time": rfc3339(t), "request_id": rid, "remote": _remote(remote), "protocol": protocol, "route": route,
         "model": model, "version": version, "signature": sig, "status": status, "rows": rows,
