@@ -37,6 +37,7 @@ serve: demo
 		--rest_api_port=$(REST_PORT) --port=$(GRPC_PORT) --model_config_file_poll_wait_seconds=5
 
 test: install-test
+	$(VENV)/bin/hadolint Dockerfile.cpu Dockerfile.gpu
 	$(VENV)/bin/ruff check serving processors protos tests benchmarks
 	$(VENV)/bin/mypy
 	$(PY) -m pytest

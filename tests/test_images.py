@@ -1,0 +1,144 @@
+"""The container images (Dockerfile.cpu, Dockerfile.gpu) read as text: they install through pyproject.toml's
+extras as `make` does, run as a non-root user, serve the TF Serving image's ports and model path, and their
+HEALTHCHECK command tells a live server from a dead one. No Docker engine is needed; hadolint lints the
+files themselves from `make test`."""
+
+import json
+import re
+import shlex
+import subprocess
+import sys
+import tomllib
+
+import pytest
+
+from tests.helpers import ROOT, Server, make_xgb
+
+IMAGES = ("Dockerfile.cpu", "Dockerfile.gpu")
+# The torch==2.13.0 wheel PyPI serves for Linux x86_64 is the multi-GB CUDA build: the CPU image leaves torch
+# to the GPU image rather than carry CUDA libraries it cannot use.
+NOT_IN_CPU_IMAGE = {"torch"}
+# Extras naming a CPU-only wheel, and what the GPU image installs instead: the GPU extra of pyproject.toml, or
+# the CUDA build named in the Dockerfile (onnxruntime-gpu and tensorflow share an import name with
+# onnxruntime and tensorflow-cpu, so installing both extras would shadow one build with the other).
+CUDA_BUILD_OF = {"xgboost": "xgboost-gpu", "onnx": "onnxruntime-gpu", "tensorflow": "tensorflow[and-cuda]"}
+
+
+def instructions(image: str) -> list[tuple[str, str]]:
+    """(KEYWORD, arguments) for each instruction, continuation lines joined and comment lines dropped."""
+    lines = [ln for ln in (ROOT / image).read_text().splitlines() if not ln.lstrip().startswith("#")]
+    joined = re.sub(r"\\\n\s*", " ", "\n".join(lines))
+    out = []
+    for line in joined.splitlines():
+        if line.strip():
+            keyword, _, args = line.strip().partition(" ")
+            out.append((keyword.upper(), args.strip()))
+    return out
+
+
+def args_of(image: str, keyword: str) -> list[str]:
+    return [args for kw, args in instructions(image) if kw == keyword]
+
+
+def env_of(image: str) -> dict[str, str]:
+    return dict(pair.split("=", 1) for args in args_of(image, "ENV") for pair in shlex.split(args))
+
+
+def build_arg(image: str, name: str) -> str:
+    values = [args.split("=", 1)[1] for args in args_of(image, "ARG") if args.startswith(f"{name}=")]
+    assert len(values) == 1, f"{image}: expected one ARG {name}=..., found {values}"
+    return values[0]
+
+
+def pip_install(image: str) -> list[str]:
+    """The words of the one `pip install` that installs the project."""
+    runs = [args for args in args_of(image, "RUN") if '".[${EXTRAS}]"' in args]
+    assert len(runs) == 1, f"{image}: expected one RUN pip install \".[${{EXTRAS}}]\", found {runs}"
+    return shlex.split(runs[0].split("pip install", 1)[1])
+
+
+def image_extras(image: str) -> set[str]:
+    assert ".[${EXTRAS}]" in pip_install(image), f"{image} does not install the project with its EXTRAS"
+    return set(build_arg(image, "EXTRAS").split(","))
+
+
+def cuda_packages(image: str) -> dict[str, str]:
+    """Requirements the image installs beside the project's extras: name -> version specifier."""
+    words = [w for w in pip_install(image) if not w.startswith("-") and w != ".[${EXTRAS}]"]
+    return dict(re.match(r"([\w.\-\[\]]+)(.*)", w).groups() for w in words)  # type: ignore[union-attr]
+
+
+def pyproject_extras() -> dict[str, list[str]]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+
+
+def makefile_extras() -> set[str]:
+    match = re.search(r"^EXTRAS \?= (\S+)$", (ROOT / "Makefile").read_text(), re.MULTILINE)
+    assert match, "the Makefile sets no EXTRAS"
+    return set(match.group(1).split(","))
+
+
+@pytest.mark.parametrize("image", IMAGES)
+def test_every_extra_an_image_installs_exists_in_pyproject(image):
+    assert image_extras(image) - set(pyproject_extras()) == set()
+
+
+def test_the_cpu_image_carries_the_makefiles_extras_but_the_cuda_only_torch():
+    assert image_extras("Dockerfile.cpu") == makefile_extras() - NOT_IN_CPU_IMAGE
+    assert cuda_packages("Dockerfile.cpu") == {}
+
+
+def test_the_gpu_image_carries_every_framework_of_the_makefile_as_its_cuda_build():
+    extras, packages = image_extras("Dockerfile.gpu"), cuda_packages("Dockerfile.gpu")
+    expected = {CUDA_BUILD_OF.get(extra, extra) for extra in makefile_extras()}
+    assert expected == extras | set(packages)
+    assert extras & set(CUDA_BUILD_OF) == set(), "a CPU-only wheel would shadow its CUDA build"
+
+
+def test_the_gpu_images_cuda_builds_keep_the_version_floors_of_the_extras_they_replace():
+    packages = cuda_packages("Dockerfile.gpu")
+    for extra, package in CUDA_BUILD_OF.items():
+        if package in packages:
+            (requirement,) = pyproject_extras()[extra]
+            floor = re.search(r">=\S+", requirement)
+            assert floor and packages[package] == floor.group(0), f"{package}{packages[package]} vs {requirement}"
+
+
+@pytest.mark.parametrize("image", IMAGES)
+def test_the_image_runs_as_a_non_root_user(image):
+    users = args_of(image, "USER")
+    assert users, f"{image} has no USER"
+    assert users[-1].split(":")[0] not in ("root", "0")
+
+
+@pytest.mark.parametrize("image", IMAGES)
+def test_the_image_exposes_the_ports_its_entrypoint_serves_on(image):
+    assert args_of(image, "EXPOSE") == ["8080 9090"]
+    assert args_of(image, "ENTRYPOINT") == ['["serving", "--rest_api_port=8080", "--port=9090"]']
+
+
+@pytest.mark.parametrize("image", IMAGES)
+def test_the_image_reads_the_model_from_models_as_tf_servings_image(image):
+    env = env_of(image)
+    assert (env["MODEL_NAME"], env["MODEL_BASE_PATH"]) == ("model", "/models")
+
+
+def healthcheck(image: str, port: int) -> list[str]:
+    """The image's HEALTHCHECK command, pointed at `port` and run with this interpreter."""
+    (args,) = args_of(image, "HEALTHCHECK")
+    command = re.sub(r"^(--\S+\s+)*CMD\s+", "", args)
+    argv = [word.replace("127.0.0.1:8080/healthz", f"127.0.0.1:{port}/healthz") for word in json.loads(command)]
+    assert argv[0] == "python" and "/healthz" in argv[-1], f"{image}: HEALTHCHECK is {argv}"
+    return [sys.executable, *argv[1:]]
+
+
+def test_the_healthcheck_passes_on_a_live_server_and_fails_on_a_dead_one(tmp_path):
+    make_xgb(tmp_path / "model", 1)
+    # The images' own environment, but for the base path: this machine has no /models.
+    with Server(env={"MODEL_NAME": "model", "MODEL_BASE_PATH": str(tmp_path)}) as s:
+        commands = [healthcheck(image, s.port) for image in IMAGES]
+        for command in commands:
+            assert subprocess.run(command, capture_output=True, timeout=30).returncode == 0
+    for command in commands:
+        failed = subprocess.run(command, capture_output=True, text=True, timeout=30)
+        assert failed.returncode == 1 and "Connection refused" in failed.stderr
