@@ -37,6 +37,11 @@ from .warmup import Warmup
 
 log = logging.getLogger("serving")
 
+#: In a drain, an idle keep-alive connection is closed once it had no bytes for this long: a client that
+#: just had an answer gets the time to send its next request, which is answered with `Connection: close`,
+#: instead of finding its connection closed under it.
+DRAIN_IDLE_S = 0.5
+
 
 def initial_specs(settings: Settings) -> list[ModelSpec]:
     """The models to serve at start-up: the config file, or the single-model flags."""
@@ -111,6 +116,14 @@ def tracing(settings: Settings) -> Tracing | None:
         return None
 
 
+def grace_period_s(settings: Settings) -> float:
+    """--termination_grace_period_seconds, or its older alias --drain_timeout_seconds where only that is set."""
+    default = next(f.default for f in dataclasses.fields(Settings) if f.name == "termination_grace_period_seconds")
+    if settings.termination_grace_period_seconds == default and settings.drain_timeout_seconds >= 0:
+        return settings.drain_timeout_seconds
+    return settings.termination_grace_period_seconds
+
+
 class Server:
     """Everything one serving process runs; `start()` then `stop()`."""
 
@@ -140,6 +153,7 @@ class Server:
             self.pipeline.observe(self.tracing)
         self.specs: list[ModelSpec] = []
         self.connections: set[HttpConnection] = set()
+        self.api: RestApi | None = None
         self.http: asyncio.Server | None = None
         self.grpc: grpc.aio.Server | None = None
         self.health: health_aio.HealthServicer | None = None
@@ -152,13 +166,13 @@ class Server:
     async def start(self) -> None:
         self.specs = initial_specs(self.settings)  # a bad config stops the start here, before any port opens
         s = self.settings
-        api = RestApi(
+        self.api = api = RestApi(
             self.manager, self.pipeline, timeout_s=s.rest_api_timeout_in_ms / 1000,
             keepalive_s=s.keepalive_ms / 1000, default_model=self.default_model, auth=self.auth,
             metrics=Metrics(self.manager, self.request_metrics), statistics=self.statistics,
         )
         limits = HttpLimits(s.rest_api_max_body_bytes, s.rest_api_read_timeout_seconds, s.rest_api_idle_timeout_seconds,
-                            s.rest_api_max_header_bytes)
+                            s.rest_api_max_header_bytes, s.max_connections)
         loop = asyncio.get_running_loop()
         wheel = DeadlineWheel(loop)
         self.http = await loop.create_server(
@@ -260,25 +274,39 @@ class Server:
             log.info("model config file applied in %.2f s", time.monotonic() - started)
             await self._update_health()
 
-    async def stop(self) -> None:
-        """Stop accepting, answer every request already received, then unload."""
-        log.info("draining: no new connections; finishing requests in flight")
-        if self.http is not None:
-            self.http.close()
+    async def drain(self) -> None:
+        """SIGTERM: not ready at once, serve on for --drain_delay_seconds, then `stop()`, all within the
+        grace period."""
+        deadline = time.monotonic() + grace_period_s(self.settings)
+        delay = min(self.settings.drain_delay_seconds, max(deadline - time.monotonic(), 0.0))
+        log.info("draining: not ready; serving on for %g s before the listener closes", delay)
+        await self._not_ready()
+        await asyncio.sleep(delay)
+        await self.stop(deadline)
+
+    async def _not_ready(self) -> None:
+        """/readyz 503, KServe ready 400, gRPC health NOT_SERVING from now on (later updates are ignored)."""
+        if self.api is not None:
+            self.api.draining = True
         if self.health is not None:
             await self.health.enter_graceful_shutdown()
+
+    async def stop(self, deadline: float | None = None) -> None:
+        """Stop accepting, answer every request already received (until `deadline`), then unload."""
+        if deadline is None:
+            deadline = time.monotonic() + grace_period_s(self.settings)
+        log.info("draining: no new connections; finishing requests in flight")
+        await self._not_ready()
+        if self.http is not None:
+            self.http.close()
+        grpc_stopped = None
+        if self.grpc is not None:  # refuses new calls, lets calls in flight finish
+            grpc_stopped = asyncio.create_task(self.grpc.stop(max(deadline - time.monotonic(), 0.1)))
+        await self._finish_connections(deadline)
         for task in self.tasks:
             task.cancel()
-        deadline = time.monotonic() + self.settings.drain_timeout_seconds
-        for conn in list(self.connections):
-            conn.shutdown()
-        while any(c.pending for c in self.connections) and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        for conn in list(self.connections):
-            if conn.transport is not None:
-                conn.transport.close()
-        if self.grpc is not None:  # refuses new calls, lets calls in flight finish
-            await self.grpc.stop(max(deadline - time.monotonic(), 0.1))
+        if grpc_stopped is not None:
+            await grpc_stopped
         await self.manager.shutdown()
         self.runtime.shutdown()
         if self.access_log is not None:
@@ -286,6 +314,22 @@ class Server:
         if self.tracing is not None:
             self.tracing.shutdown()  # export the spans still buffered
         log.info("stopped")
+
+    async def _finish_connections(self, deadline: float) -> None:
+        """Answer what each connection was sent, the last answer with `Connection: close`, until `deadline`."""
+        while self.connections and time.monotonic() < deadline:
+            now = time.monotonic()
+            for conn in list(self.connections):
+                # Polled, not marked once: a keep-alive client may send another request after its answer.
+                if conn.pending or (conn.request_started is None and now - conn.last_activity >= DRAIN_IDLE_S):
+                    conn.shutdown()
+            await asyncio.sleep(0.02)
+        if self.connections:
+            log.warning("grace period over: closing %d HTTP connections with requests unanswered",
+                        len(self.connections))
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.close()
 
 
 async def serve(settings: Settings) -> int:
@@ -295,8 +339,18 @@ async def serve(settings: Settings) -> int:
         log.error("%s", e)
         return 1
     loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if not server.stopping.is_set():
+            server.stopping.set()
+            return
+        # A second signal: the operator does not want to wait. Requests in flight stay unanswered.
+        log.warning("%s during the drain: exiting now (status %d)", sig.name, 128 + sig)
+        logging.shutdown()
+        os._exit(128 + sig)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, server.stopping.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     try:
         await server.start()
     except ConfigError as e:
@@ -307,7 +361,7 @@ async def serve(settings: Settings) -> int:
         log.error("cannot listen: %s", e)
         return 1
     await server.stopping.wait()
-    await server.stop()
+    await server.drain()
     return 0
 
 

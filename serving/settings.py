@@ -58,8 +58,15 @@ class Settings:
     host: str = setting("0.0.0.0", "address to listen on", group="network")
     grpc_max_message_bytes: int = setting(
         64 * 1024 * 1024, "largest gRPC message received or sent", group="network", unit="bytes")
+    drain_delay_seconds: float = setting(
+        0.0, "on SIGTERM, keep accepting and serving this long while readiness answers draining, so load "
+        "balancers (Kubernetes endpoints) stop sending before the listener closes", group="network", unit="s")
+    termination_grace_period_seconds: float = setting(
+        30.0, "on SIGTERM, the longest drain, its delay included: requests received are answered within it, "
+        "then the process exits 0; as the pod's `terminationGracePeriodSeconds`", group="network", unit="s")
     drain_timeout_seconds: float = setting(
-        30.0, "on SIGTERM, the longest wait for requests in flight", group="network", unit="s")
+        -1.0, "alias of `--termination_grace_period_seconds` (its older name), used when that one is left at "
+        "its default", group="network", unit="s", shown_default="unset")
     # http
     rest_api_timeout_in_ms: int = setting(
         30000, "deadline of a REST request (504 past it)", group="http", unit="ms")
@@ -72,6 +79,9 @@ class Settings:
         30.0, "a request whose bytes stall longer than this gets 408", group="http", unit="s")
     rest_api_idle_timeout_seconds: float = setting(
         75.0, "an idle keep-alive connection is closed after this", group="http", unit="s")
+    max_connections: int = setting(
+        10000, "open HTTP connections at once; one more is answered 503 and closed", group="http",
+        unit="connections")
     # models
     model_name: str = setting(
         "model", "model name in the single-model form", group="models", env="MODEL_NAME")

@@ -113,6 +113,7 @@ class HttpLimits:
     read_timeout_s: float = 30.0  # a started request must arrive whole within this
     idle_timeout_s: float = 75.0  # a keep-alive connection with nothing to do is closed after this
     max_header_bytes: int = 64 * 1024  # URL + header names and values; more is 431, a longer URL alone 414
+    max_connections: int = 10000  # open connections; one more is answered 503 and closed
 
 
 KEPT_HEADERS = {b"content-encoding", b"content-type", b"authorization", b"content-md5", b"date", b"expect",
@@ -203,6 +204,9 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        if len(self.registry) >= self.limits.max_connections:  # once per connection, not per request
+            self._refuse_connection()
+            return
         self.registry.add(self)
         if self.access_log is not None:
             self.peer = transport.get_extra_info("peername")
@@ -213,6 +217,21 @@ class HttpConnection(asyncio.Protocol):
         for slot in self.pending:  # the client is gone: drop its queued work
             slot.drop()
         self.pending.clear()
+
+    def _refuse_connection(self) -> None:
+        """Over the connection limit: 503 before any request is read, then close gently (see _flush)."""
+        HTTP_RESPONSES[503] += 1
+        transport, self.transport = self.transport, None  # not registered: nothing else writes to it
+        self.closing = True  # what the client sends is dropped unread
+        body = b'{"error": "too many connections"}'
+        assert transport is not None
+        transport.write(b"%sContent-Type: %s\r\nContent-Length: %d\r\nX-Request-Id: %s\r\nConnection: close\r\n\r\n%s"
+                        % (STATUS_LINES[503], JSON, len(body), request_id_of(None).encode("latin-1"), body))
+        if transport.can_write_eof():
+            transport.write_eof()
+            self.loop.call_later(LINGER_S, transport.close)
+        else:
+            transport.close()
 
     def pause_writing(self) -> None:
         self.writing_paused = True

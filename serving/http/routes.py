@@ -47,12 +47,16 @@ class RestApi:
         self.tfserving = TfServingRest(manager, pipeline, timeout_s)
         self.kserve = KServeRest(manager, pipeline, timeout_s, statistics)
         self.cloud = CloudRest(manager, pipeline, keepalive_s, default_model)
+        #: Set by the server on SIGTERM: readiness answers not ready while requests are still served.
+        self.draining = False
 
     def __call__(self, request: Request) -> Response | Deferred:
         path = request.path
         if path.startswith("/v1/"):
             adapter: TfServingRest | KServeRest | CloudRest = self.tfserving
         elif path.startswith("/v2"):
+            if self.draining and path == "/v2/health/ready":
+                return Response(400, b'{"error": "not ready: draining"}')
             adapter = self.kserve
         elif path.startswith("/api/predict/") or path == "/":
             adapter = self.cloud
@@ -71,6 +75,8 @@ class RestApi:
         if path == "/healthz":
             return Response(200, b'{"status": "live"}')
         if path == "/readyz":
+            if self.draining:
+                return Response(503, b'{"status": "draining"}')
             if self.manager.ready():
                 return Response(200, b'{"status": "ready"}')
             waiting = sorted(n for n, m in self.manager.models.items() if m.latest is None)
