@@ -131,18 +131,14 @@ def call_details(call: Call | None) -> tuple[str, int | None, str, int | None, f
     which the pipeline sets while it is observed (the server's request metrics always observe)."""
     if call is None:
         return "", None, "", None, None, None
-    servable, sig, inputs = call.servable, call.signature, call.inputs
-    rows = None
-    if inputs:
-        first = next(iter(inputs.values()))
-        rows = len(first) if first.ndim else 1
+    servable, sig = call.servable, call.signature
     queue = compute = None
     if call.dispatched:
         queue = call.dispatched - call.received
         compute = (call.computed or time.perf_counter()) - call.dispatched
     return (servable.model if servable is not None else call.model,
             servable.version if servable is not None else call.version,
-            sig.name if sig is not None else "", rows, queue, compute)
+            sig.name if sig is not None else "", call.rows, queue, compute)
 
 
 # An entry: what the loop knows, formatted in the writer thread. Plain values only: an entry that held the

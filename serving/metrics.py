@@ -110,9 +110,6 @@ class RequestMetrics:
         self.series: dict[SeriesKey, _Series] = {}
         self.batches: dict[tuple[str, int, str], _Batches] = {}
 
-    def received(self, call: Call) -> None:
-        pass
-
     def finished(self, call: Call, error: ServingError | None, timings: Timings) -> None:
         servable, sig = call.servable, call.signature
         key = (servable.model if servable is not None else "", servable.version if servable is not None else -1,
@@ -122,12 +119,8 @@ class RequestMetrics:
             series = self.series[key] = _Series()
         if error is None:
             series.ok += 1
-            inputs = call.inputs
-            if inputs:
-                for array in inputs.values():
-                    if array.ndim:
-                        series.rows.observe(array.shape[0])
-                        break
+            if call.rows is not None:
+                series.rows.observe(call.rows)
         else:
             series.codes[error.code.name] += 1
         series.latency.observe(timings.total)

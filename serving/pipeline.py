@@ -8,9 +8,10 @@ servable, refuses at once when its batch queues are full (before the body is dec
 the wanted outputs against the signature, applies the rate limit and the deadline, and queues (or runs)
 the call through the data plane; the adapter gets a future of the outputs.
 
-Cross-cutting work attaches through observers (`Pipeline.observe`): `received(call)` once the call is
-decoded and `finished(call, error, timings)` once its outputs or its error are ready, with the queue wait,
-the compute time and the total. With no observer attached the step reads no clock and adds no callback.
+Cross-cutting work attaches through observers (`Pipeline.observe`): `finished(call, error, timings)` once
+its outputs or its error are ready, with the queue wait, the compute time and the total, and, for an
+observer that defines it, `received(call)` once the call is decoded (with `call.rows` counted once for
+all). With no observer attached the step reads no clock and adds no callback.
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ class Call:
     inputs: Inputs | None = None  # decoded
     codec: Any = None  # the adapter's answer codec (answer_later)
     received = dispatched = computed = 0.0  # time.perf_counter(), set only while observers watch
+    rows: int | None = None  # the request's rows, counted once it decoded, while observers watch
     observers: Sequence[Observer] = ()
-    carrier: Any = None  # what carries the caller's trace context: HTTP headers, or the gRPC call context
 
     def __init__(self, protocol: str, model: str, version: int | None, label: str | None, decode: Decode,
                  deadline: float, *, outputs: Sequence[str] = (), method: str = "predict", request_id: str = "",
@@ -61,7 +62,7 @@ class Call:
         self.protocol, self.model, self.version, self.label = protocol, model, version, label
         self.decode, self.deadline, self.outputs, self.method = decode, deadline, outputs, method
         self.request_id, self.unknown_output, self.context = request_id, unknown_output, context
-        self.carrier = carrier
+        self.carrier = carrier  # what carries the caller's trace context: HTTP headers, or the gRPC context
 
     def finished(self, future: asyncio.Future[Outputs]) -> None:
         """Its outputs or error are ready (the batch queue or the executor says so): tell the observers."""
@@ -84,9 +85,18 @@ class Timings(NamedTuple):
 
 
 class Observer(Protocol):
-    def received(self, call: Call) -> None: ...
+    """What watches the pipeline. It may also define `received(call)`, called once the call decoded; most
+    observers need only `finished`, and the step calls no empty hook for them."""
 
     def finished(self, call: Call, error: ServingError | None, timings: Timings) -> None: ...
+
+
+def rows_of(inputs: Inputs) -> int:
+    """A request's rows: the first batched input's dim 0 (1 when every input is a scalar)."""
+    for array in inputs.values():
+        if array.ndim:
+            return int(array.shape[0])
+    return 1
 
 
 class Pipeline:
@@ -95,9 +105,13 @@ class Pipeline:
     def __init__(self, manager: ModelManager, dataplane: DataPlane) -> None:
         self.manager, self.dataplane = manager, dataplane
         self.observers: list[Observer] = []
+        self.receivers: list[Callable[[Call], None]] = []  # the observers' `received`, where they have one
 
     def observe(self, observer: Observer) -> None:
         self.observers.append(observer)
+        received = getattr(observer, "received", None)
+        if received is not None:
+            self.receivers.append(received)
 
     def infer(self, call: Call) -> asyncio.Future[Outputs]:
         """Resolve, decode, check and queue `call`; a ServingError for what fails before it is queued.
@@ -125,8 +139,9 @@ class Pipeline:
             if name not in sig.outputs:
                 raise call.unknown_output(call, name)
         if self.observers:
-            for observer in self.observers:
-                observer.received(call)
+            call.rows = rows_of(inputs)
+            for received in self.receivers:
+                received(call)
             timing: Call | None = call
         else:
             timing = None

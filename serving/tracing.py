@@ -63,9 +63,6 @@ class Tracing:
         # perf_counter() instants -> epoch nanoseconds
         self.offset_ns = time.time_ns() - time.perf_counter_ns()
 
-    def received(self, call: Call) -> None:
-        pass
-
     def finished(self, call: Call, error: ServingError | None, timings: Timings) -> None:
         start = self._ns(call.received)
         end = start + int(timings.total * 1e9)

@@ -97,7 +97,7 @@ class WarmupRequest:
 
 
 # One data-plane call of a replay: (verb, signature, inputs).
-Call = tuple[str, Signature, dict[str, np.ndarray]]
+Replay = tuple[str, Signature, dict[str, np.ndarray]]
 
 
 def tf_serving_requests(version_dir: Path, iterations: int) -> list[WarmupRequest]:
@@ -210,7 +210,7 @@ class Warmup:
             raise _fail(f"{request.name} failed: {e.message}") from e
 
 
-def _calls(servable: Servable, request: WarmupRequest) -> list[Call]:
+def _calls(servable: Servable, request: WarmupRequest) -> list[Replay]:
     """The data-plane calls one replay makes, resolved once: (verb, signature, inputs)."""
     if request.verb == "predict":
         from .codecs.tensors import conform_all

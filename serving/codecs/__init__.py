@@ -1,1 +1,2 @@
-"""Wire codecs: bytes of one protocol <-> named numpy arrays. The engine core never sees a wire format."""
+"""What the protocols' codecs share: JSON reading and writing, JSON values to arrays, and the TensorFlow
+tensor protos (dtype tables included). Each protocol's own codec is in serving/protocols/<protocol>/."""

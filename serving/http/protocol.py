@@ -219,19 +219,10 @@ class HttpConnection(asyncio.Protocol):
         self.pending.clear()
 
     def _refuse_connection(self) -> None:
-        """Over the connection limit: 503 before any request is read, then close gently (see _flush)."""
-        HTTP_RESPONSES[503] += 1
-        transport, self.transport = self.transport, None  # not registered: nothing else writes to it
-        self.closing = True  # what the client sends is dropped unread
-        body = b'{"error": "too many connections"}'
-        assert transport is not None
-        transport.write(b"%sContent-Type: %s\r\nContent-Length: %d\r\nX-Request-Id: %s\r\nConnection: close\r\n\r\n%s"
-                        % (STATUS_LINES[503], JSON, len(body), request_id_of(None).encode("latin-1"), body))
-        if transport.can_write_eof():
-            transport.write_eof()
-            self.loop.call_later(LINGER_S, transport.close)
-        else:
-            transport.close()
+        """Over the connection limit: 503 before any request is read, then close gently (see _flush). Not in
+        the access log: a flood of connections must not become a flood of lines."""
+        self.access_log = None
+        self._fail(503, b'{"error": "too many connections"}')
 
     def pause_writing(self) -> None:
         self.writing_paused = True

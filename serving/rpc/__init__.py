@@ -1,3 +1,3 @@
-"""The gRPC front end (grpc.aio on the server's event loop): TF Serving's PredictionService and
-ModelService, and grpc.health.v1. Codecs turn protobuf messages into named numpy arrays and back;
-errors leave as gRPC status codes from the one canonical error model."""
+"""The gRPC server's own parts (grpc.aio on the server's event loop): registering the services with a
+decoder that answers undecodable messages INVALID_ARGUMENT (`decode.py`) and the token check
+(`interceptors.py`). The services themselves are the protocols' adapters (serving/protocols/*/rpc.py)."""

@@ -54,9 +54,6 @@ class Statistics:
         self.manager = manager
         self.sums: dict[tuple[str, int], _Sums] = {}
 
-    def received(self, call: Call) -> None:
-        pass
-
     def finished(self, call: Call, error: ServingError | None, timings: Timings) -> None:
         servable = call.servable
         if servable is None or call.method != "predict":
@@ -71,14 +68,7 @@ class Statistics:
             sums.success_s += total
             sums.queue_s += queue
             sums.compute_s += compute
-            assert call.inputs is not None  # decoded: it succeeded
-            for array in call.inputs.values():  # rows: the first batched input's dim 0 (1 for all scalars)
-                shape = array.shape
-                if shape:
-                    sums.rows += shape[0]
-                    break
-            else:
-                sums.rows += 1
+            sums.rows += call.rows or 0  # decoded: it succeeded
         else:
             sums.fail += 1
             sums.fail_s += total

@@ -158,10 +158,19 @@ def examples_input(servable: Servable, sig: Signature, verb: str, method: str) -
     return next(iter(sig.inputs))
 
 
-def multi_inference_plan(servable: Servable, tasks: Any) -> list[tuple[str, Signature, str]]:
-    """(verb, signature, input name) of each MultiInference task, with TF Serving's checks."""
+def multi_inference_spec(tasks: Any) -> Any:
+    """The one ModelSpec a MultiInference's tasks share (the first task's), with TF Serving's checks."""
     if not tasks:
         raise invalid_argument("MultiInferenceRequest has no tasks")
+    name = tasks[0].model_spec.name
+    if any(task.model_spec.name != name for task in tasks):
+        raise invalid_argument("All ModelSpecs in a MultiInferenceRequest must access the same model name.")
+    return tasks[0].model_spec
+
+
+def multi_inference_plan(servable: Servable, tasks: Any) -> list[tuple[str, Signature, str]]:
+    """(verb, signature, input name) of each MultiInference task, with TF Serving's checks."""
+    multi_inference_spec(tasks)
     plan: list[tuple[str, Signature, str]] = []
     tensors = set()
     for task in tasks:

@@ -35,7 +35,7 @@ from ...servable import Servable
 from ...signature import STRING, Signature
 from ..adapters import call_deadline, grpc_call, grpc_errors, spec_version
 from . import examples
-from .examples import examples_input, multi_inference_plan
+from .examples import examples_input, multi_inference_plan, multi_inference_spec
 
 log = logging.getLogger(__name__)
 
@@ -128,12 +128,9 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer): 
     @grpc_errors
     async def MultiInference(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         """Several classify / regress signatures of one model over the same Input, as TF Serving runs them."""
-        if not request.tasks:
-            raise invalid_argument("MultiInferenceRequest has no tasks")
-        name = request.tasks[0].model_spec.name
-        if any(task.model_spec.name != name for task in request.tasks):
-            raise invalid_argument("All ModelSpecs in a MultiInferenceRequest must access the same model name.")
-        version, label = spec_version(request.tasks[0].model_spec)
+        spec = multi_inference_spec(request.tasks)
+        name = spec.name
+        version, label = spec_version(spec)
         servable = self.manager.get(name, version, label)
         plan = multi_inference_plan(servable, request.tasks)
         serialized = examples.examples_from_input(request.input)
