@@ -133,11 +133,12 @@ def latency_ms(text: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def run_wrk(url: str, body: Path, conc: int, duration: int) -> dict[str, float]:
+def run_wrk(url: str, body: Path, conc: int, duration: int, threads: int = 1) -> dict[str, float]:
     lua = body.with_suffix(".lua")
     lua.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
                    f'wrk.body = io.open("{body}"):read("*a")\n')
-    out = subprocess.run(["wrk", "-t1", f"-c{conc}", f"-d{duration}s", "--latency", "-s", str(lua), url],
+    cmd = ["wrk", f"-t{min(threads, conc)}", f"-c{conc}", f"-d{duration}s", "--latency", "-s", str(lua), url]
+    out = subprocess.run(cmd,
                          capture_output=True, text=True, check=True, timeout=duration + 30).stdout
     pct = dict(re.findall(r"^\s+(\d+)%\s+(\S+)", out, re.M))
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -161,7 +162,7 @@ def measure(name: str, cmd: list[str], url: str, ready: str, body: Path, args: a
         run_wrk(url, body, 8, 2)  # warm
         for conc in args.concurrency:
             before = tree_cpu(proc.pid)
-            r = run_wrk(url, body, conc, args.duration)
+            r = run_wrk(url, body, conc, args.duration, getattr(args, "wrk_threads", 1))
             cpu_us = 1e6 * (tree_cpu(proc.pid) - before) / max(r["requests"], 1)
             rows.append({"server": name, "conc": conc, **r, "cpu_us": cpu_us})
             print(f"{name:15s} c={conc:<3d} {r['rps']:>9.0f} req/s  p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms"

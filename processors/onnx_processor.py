@@ -17,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from serving.errors import Code, ServingError
-from serving.processor import Processor, find_model_file, resolve_device
+from serving.processor import Processor, cuda_device_count, find_model_file, resolve_device
 from serving.signature import DEFAULT_SIGNATURE, STRING, Signature, TensorSpec
 
 ONNX_TYPES = {
@@ -53,7 +53,7 @@ class ONNXProcessor(Processor):
     def load(self, version_dir: Path, device: str, options: Mapping[str, Any]) -> None:
         path = find_model_file(version_dir, ("model.onnx", "*.onnx"), "ONNX")
         cuda = "CUDAExecutionProvider" in ort.get_available_providers()
-        self.device = resolve_device(device, cuda, "onnx")
+        self.device = resolve_device(device, cuda_device_count() if cuda else 0, "onnx")
         providers: list[Any] = ["CPUExecutionProvider"]
         if self.device.startswith("cuda"):
             index = int(self.device.partition(":")[2] or 0)

@@ -94,7 +94,7 @@ class TensorFlowProcessor(Processor):
 
     def load(self, version_dir: Path, device: str, options: Mapping[str, Any]) -> None:
         gpus = tf.config.list_physical_devices("GPU")
-        self.device = resolve_device(device, bool(gpus), "tensorflow")
+        self.device = resolve_device(device, len(gpus), "tensorflow")
         _configure_runtime(options, gpus if self.device.startswith("cuda") else [])
         if self.device.startswith("cuda"):
             self.tf_device = f"/GPU:{self.device.partition(':')[2] or 0}"

@@ -124,7 +124,7 @@ class TorchScriptProcessor(Processor):
 
     def load(self, version_dir: Path, device: str, options: Mapping[str, Any]) -> None:
         path = find_model_file(version_dir, ("model.pt", "*.pt", "*.pth"), "TorchScript")
-        self.device = resolve_device(device, torch.cuda.is_available(), "torchscript")
+        self.device = resolve_device(device, torch.cuda.device_count(), "torchscript")
         try:
             module = torch.jit.load(str(path), map_location=self.device)
         except (RuntimeError, ValueError) as e:
@@ -173,8 +173,10 @@ class TorchScriptProcessor(Processor):
         try:
             with torch.inference_mode():
                 result = self.module(*args)
-        except torch.cuda.OutOfMemoryError:
-            raise  # a RuntimeError too, but the server's trouble whatever the shapes
+        except torch.cuda.OutOfMemoryError as e:  # a RuntimeError too, but no fault of the shapes
+            del args
+            torch.cuda.empty_cache()  # give back what the failed batch cached, for the next batches
+            raise ServingError(Code.RESOURCE_EXHAUSTED, f"out of GPU memory running the batch: {last_line(e)}") from e
         except (RuntimeError, torch.jit.Error) as e:
             self._refuse(seen, e)
             raise  # not the request's shapes: the model's own failure (INTERNAL)

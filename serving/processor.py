@@ -11,7 +11,9 @@ installed; third-party processors add themselves through the `serving.processors
 
 from __future__ import annotations
 
+import ctypes
 import fnmatch
+import functools
 import importlib
 import logging
 from collections.abc import Mapping
@@ -184,19 +186,39 @@ def parse_processor_code(code: str) -> tuple[str, str]:
     return key, device
 
 
-def resolve_device(requested: str, cuda_available: bool, processor: str) -> str:
-    """`cpu`, `cuda`, `cuda:N` or `auto` -> the device to use; CUDA asked for where none is present fails
-    the load with a clear message (no silent CPU fallback) unless `auto` was asked."""
+@functools.cache
+def cuda_device_count() -> int:
+    """CUDA devices the driver sees (libcuda's cuDeviceGetCount), 0 without a driver: for frameworks that
+    have no count of their own (onnxruntime, XGBoost). Honours CUDA_VISIBLE_DEVICES, as the driver does."""
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0
+    count = ctypes.c_int(0)
+    if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0
+    return count.value
+
+
+def resolve_device(requested: str, cuda_devices: int, processor: str) -> str:
+    """`cpu`, `cuda`, `cuda:N` or `auto` -> the device to use, given how many CUDA devices the framework
+    sees; CUDA asked for where none is present (or `cuda:N` past the last) fails the load with a clear
+    message (no silent CPU fallback) unless `auto` was asked."""
     key = (requested or "cpu").strip().lower()
     if key == "auto":
-        return "cuda" if cuda_available else "cpu"
+        return "cuda" if cuda_devices else "cpu"
     if key == "cpu":
         return "cpu"
     if key == "cuda" or key.startswith("cuda:"):
-        if not cuda_available:
+        if not cuda_devices:
             raise ServingError(Code.FAILED_PRECONDITION,
                                f"processor {processor}: device {requested} asked for, but no CUDA device is present "
                                "(use --device cpu, or auto to fall back)")
+        index = key.partition(":")[2]
+        if index and (not index.isdigit() or int(index) >= cuda_devices):
+            raise ServingError(Code.FAILED_PRECONDITION,
+                               f"processor {processor}: device {requested} asked for, but {cuda_devices} CUDA "
+                               f"device(s) are present (cuda:0 to cuda:{cuda_devices - 1})")
         return key
     raise ServingError(Code.INVALID_ARGUMENT, f"unknown device '{requested}': use cpu, cuda, cuda:N or auto")
 

@@ -13,3 +13,14 @@ def channel(server):
 
     with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as ch:
         yield ch
+
+
+def pytest_addoption(parser):
+    parser.addoption("--device", default="cpu", choices=("cpu", "cuda"),
+                     help="cuda: run tests/test_cuda.py's CUDA tests and fail (not skip) where no CUDA device is "
+                          "present; cpu (the default): they are skipped")
+
+
+@pytest.fixture(scope="session")
+def device(request):
+    return request.config.getoption("--device")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from serving.errors import Code, ServingError
-from serving.processor import REGISTRY, ProcessorEntry, detect_platform, processor_class
+from serving.processor import REGISTRY, ProcessorEntry, detect_platform, processor_class, resolve_device
 from tests.helpers import make_lgbm, make_linear, make_xgb, training_data
 
 xgb = pytest.importorskip("xgboost", reason="xgboost-cpu is not installed")
@@ -100,3 +100,19 @@ def test_third_party_processors_register_through_entry_points(monkeypatch):
     monkeypatch.setattr(processor, "_entry_points", lambda: {"bad": "serving.errors:Code"})
     with pytest.raises(ServingError, match="is not a Processor subclass"):
         processor_class("bad")
+
+
+def test_device_resolution_counts_the_devices():
+    assert resolve_device("auto", 0, "p") == "cpu" and resolve_device("auto", 2, "p") == "cuda"
+    assert resolve_device("CUDA:1", 2, "p") == "cuda:1" and resolve_device("cpu", 0, "p") == "cpu"
+    for requested, count, said in [
+        ("cuda", 0, "no CUDA device is present"),
+        ("cuda:2", 2, "2 CUDA device(s) are present (cuda:0 to cuda:1)"),
+        ("cuda:x", 1, "1 CUDA device(s) are present"),
+    ]:
+        with pytest.raises(ServingError) as e:
+            resolve_device(requested, count, "p")
+        assert e.value.code is Code.FAILED_PRECONDITION and said in e.value.message, (requested, e.value.message)
+    with pytest.raises(ServingError) as e:
+        resolve_device("tpu", 1, "p")
+    assert e.value.code is Code.INVALID_ARGUMENT
