@@ -20,9 +20,11 @@ import logging
 import os
 import random
 import re
+import select
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from typing import IO, TYPE_CHECKING, Any
 
 import orjson
@@ -86,12 +88,35 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+def blocks(lines: list[bytes], size: int = select.PIPE_BUF) -> Iterator[bytes]:
+    """Lines joined into blocks of at most `size` bytes (a longer line alone): a write of at most PIPE_BUF
+    bytes to a pipe is never interleaved with another process's, so workers sharing standard output never
+    split each other's lines."""
+    block: list[bytes] = []
+    length = 0
+    for line in lines:
+        if block and length + len(line) > size:
+            yield b"".join(block)
+            block, length = [], 0
+        block.append(line)
+        length += len(line)
+    if block:
+        yield b"".join(block)
+
+
 class JsonFormatter(logging.Formatter):
-    """`--log_format=json`: one object per line: time, level, logger, message, request_id when known."""
+    """`--log_format=json`: one object per line: time, level, logger, message, request_id when known, and
+    the worker's index under a supervisor (--workers)."""
+
+    def __init__(self, worker: str | None = None) -> None:
+        super().__init__()
+        self.worker = worker
 
     def format(self, record: logging.LogRecord) -> str:
         doc = {"time": rfc3339(record.created), "level": record.levelname, "logger": record.name,
                "message": record.getMessage()}
+        if self.worker is not None:
+            doc["worker"] = self.worker
         rid = getattr(record, "request_id", None)
         if rid:
             doc["request_id"] = rid
@@ -103,8 +128,9 @@ class JsonFormatter(logging.Formatter):
 class TextFormatter(logging.Formatter):
     """`--log_format=text`: the classic line, with `request_id=...` appended when the record has one."""
 
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    def __init__(self, worker: str | None = None) -> None:
+        where = "" if worker is None else f"[worker {worker}] "
+        super().__init__(f"%(asctime)s %(levelname)s {where}%(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
@@ -230,8 +256,9 @@ class AccessLog:
                     time.sleep(0)  # let the event loop have the GIL between chunks
             if lines:
                 try:
-                    self.sink.write(b"".join(lines))
-                    self.sink.flush()
+                    for block in blocks(lines):
+                        self.sink.write(block)
+                        self.sink.flush()  # one write() a block: whole lines beside other workers' on one pipe
                 except (OSError, ValueError):  # a full disk or a closed sink must not kill the thread
                     self.dropped += len(lines)
                     ACCESS_LOG_DROPPED[0] += len(lines)

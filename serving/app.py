@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import gc
 import logging
 import os
+import pickle
 import signal
 import time
 from typing import Any
 
 import grpc
+import orjson
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
 from .accesslog import AccessLog
 from .batching import BatchingOptions, from_batching_parameters
 from .dataplane import DataPlane
-from .http.protocol import DeadlineWheel, HttpConnection, HttpLimits
+from .errors import ServingError
+from .http.protocol import DeadlineWheel, Deferred, HttpConnection, HttpLimits, Request, Response
 from .http.routes import RestApi
 from .metrics import Metrics, RequestMetrics
 from .model_config import ConfigError, ModelSpec, read_model_config_file
@@ -34,6 +38,7 @@ from .servable import Runtime
 from .settings import Settings
 from .tracing import Tracing, configured_endpoint, otlp_tracing
 from .warmup import Warmup
+from .workers import START_FAILED, Peers, metric_state
 
 log = logging.getLogger("serving")
 
@@ -41,6 +46,10 @@ log = logging.getLogger("serving")
 #: just had an answer gets the time to send its next request, which is answered with `Connection: close`,
 #: instead of finding its connection closed under it.
 DRAIN_IDLE_S = 0.5
+#: How often a worker looks at its siblings' readiness (under a supervisor).
+SIBLINGS_POLL_S = 0.2
+#: The longest a reload may take in a sibling worker (model loads and warm-ups).
+RELOAD_TIMEOUT_S = 3600.0
 
 
 def initial_specs(settings: Settings) -> list[ModelSpec]:
@@ -146,7 +155,11 @@ class Server:
         self.pipeline.observe(self.request_metrics)
         self.access_log = AccessLog.open(settings.access_log, sample_rate=settings.access_log_sample_rate,
                                          health=settings.access_log_health, path=settings.access_log_file)
-        self.statistics = Statistics(self.manager)  # Triton's statistics extension (KServe V2)
+        #: Under a supervisor (--workers): the sibling workers, for readiness, metrics, statistics, reloads.
+        self.peers = Peers.from_env()
+        if self.peers is not None:
+            self.manager.siblings_ready = self.peers.all_ready
+        self.statistics = Statistics(self.manager, self.peers)  # Triton's statistics extension (KServe V2)
         self.pipeline.observe(self.statistics)
         self.tracing = tracing(settings)
         if self.tracing is not None:
@@ -155,6 +168,7 @@ class Server:
         self.connections: set[HttpConnection] = set()
         self.api: RestApi | None = None
         self.http: asyncio.Server | None = None
+        self.internal: asyncio.Server | None = None  # the Unix socket the sibling workers ask
         self.grpc: grpc.aio.Server | None = None
         self.health: health_aio.HealthServicer | None = None
         self.tasks: list[asyncio.Task[None]] = []
@@ -165,26 +179,42 @@ class Server:
 
     async def start(self) -> None:
         self.specs = initial_specs(self.settings)  # a bad config stops the start here, before any port opens
+        reloaded = self.peers.saved_reload() if self.peers is not None else None
+        if reloaded is not None:  # a worker started after a reload serves what its siblings serve
+            self.specs = with_runtime(reloaded, self.settings)
         s = self.settings
+        metrics = Metrics(self.manager, self.request_metrics)
         self.api = api = RestApi(
             self.manager, self.pipeline, timeout_s=s.rest_api_timeout_in_ms / 1000,
             keepalive_s=s.keepalive_ms / 1000, default_model=self.default_model, auth=self.auth,
-            metrics=Metrics(self.manager, self.request_metrics), statistics=self.statistics,
+            metrics=metrics, statistics=self.statistics, peers=self.peers,
         )
         limits = HttpLimits(s.rest_api_max_body_bytes, s.rest_api_read_timeout_seconds, s.rest_api_idle_timeout_seconds,
                             s.rest_api_max_header_bytes, s.max_connections)
         loop = asyncio.get_running_loop()
         wheel = DeadlineWheel(loop)
+        self.tasks.append(asyncio.create_task(self._sweep_connections()))
+        if self.peers is not None:
+            internal = InternalApi(self, metrics)
+            path = self.peers.socket_path(self.peers.index)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # left by this worker's predecessor
+            self.internal = await loop.create_unix_server(
+                lambda: HttpConnection(internal, limits, set(), wheel), path)
+            self.tasks.append(asyncio.create_task(self._watch_siblings()))
+            # A worker joins the shared ports once its models are loaded: a restarted worker must not take
+            # connections (SO_REUSEPORT gives it its share at once) that it can only answer 503.
+            await self.manager.apply(self.specs)
         self.http = await loop.create_server(
             lambda: HttpConnection(api, limits, self.connections, wheel, access_log=self.access_log), s.host,
-            s.rest_api_port, backlog=1024
+            s.rest_api_port, backlog=1024, reuse_port=self.peers is not None,
         )
         for sock in self.http.sockets:
             log.info("HTTP (TF Serving REST API) listening on %s", sock.getsockname()[:2])
-        self.tasks.append(asyncio.create_task(self._sweep_connections()))
         if s.port:
             await self._start_grpc()
-        await self.manager.apply(self.specs)
+        if self.peers is None:  # one process: liveness and the status routes answer while the models load
+            await self.manager.apply(self.specs)
         # What start-up made lives as long as the process: keep it out of the collector's full passes,
         # which otherwise stall the event loop for tens of ms under load (a p99 spike).
         gc.collect()
@@ -202,7 +232,7 @@ class Server:
         self.grpc = grpc.aio.server(interceptors=interceptors, options=[
             ("grpc.max_receive_message_length", size),
             ("grpc.max_send_message_length", size),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if self.peers is not None else 0),
         ])
         timeout_s = s.rest_api_timeout_in_ms / 1000
         services: list[Any] = [PredictionService(self.manager, self.pipeline, timeout_s),
@@ -222,7 +252,25 @@ class Server:
                  host, s.port)
 
     async def reload(self, specs: list[ModelSpec]) -> None:
-        """Serve a new model config (ModelService.HandleReloadConfigRequest), as the file poller does."""
+        """Serve a new model config (ModelService.HandleReloadConfigRequest), as the file poller does; under a
+        supervisor, in every worker, returning once all of them have applied it."""
+        if self.peers is None:
+            await self.apply_reload(specs)
+            return
+        self.peers.save_reload(specs)
+        here, there = await asyncio.gather(self.apply_reload(specs), self.peers.ask(
+            "POST", "/_worker/reload", pickle.dumps(specs), timeout=RELOAD_TIMEOUT_S),
+            return_exceptions=True)
+        if isinstance(here, BaseException):
+            raise here
+        assert not isinstance(there, BaseException)
+        failed = [f"worker {i}: {body.decode(errors='replace')}" for i, (status, body) in sorted(there.items())
+                  if status != 200]
+        if failed:
+            raise ConfigError("; ".join(failed))
+
+    async def apply_reload(self, specs: list[ModelSpec]) -> None:
+        """This process's part of a reload."""
         self.specs = with_runtime(specs, self.settings)
         started = time.monotonic()
         try:
@@ -232,11 +280,27 @@ class Server:
             await self._update_health()
 
     async def _update_health(self) -> None:
-        """grpc.health.v1: SERVING while every configured model has an AVAILABLE version (as /readyz)."""
+        """grpc.health.v1: SERVING while every configured model has an AVAILABLE version (as /readyz), in
+        every worker under a supervisor."""
+        if self.peers is not None:
+            self.peers.mark(self.manager.ready_here())
         if self.health is not None:
             ready = self.manager.ready()
             await self.health.set("", health_pb2.HealthCheckResponse.SERVING if ready
                                   else health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    async def _watch_siblings(self) -> None:
+        """Readiness that depends on the other workers changes without this one doing anything."""
+        assert self.peers is not None
+        ready = None
+        while True:
+            await asyncio.sleep(SIBLINGS_POLL_S)
+            now = self.manager.ready()
+            if now != ready:
+                ready = now
+                await self._update_health()
+            else:
+                self.peers.mark(self.manager.ready_here())
 
     async def _sweep_connections(self) -> None:
         while True:
@@ -299,6 +363,8 @@ class Server:
         await self._not_ready()
         if self.http is not None:
             self.http.close()
+        if self.peers is not None:
+            self.peers.mark(False)
         grpc_stopped = None
         if self.grpc is not None:  # refuses new calls, lets calls in flight finish
             grpc_stopped = asyncio.create_task(self.grpc.stop(max(deadline - time.monotonic(), 0.1)))
@@ -307,6 +373,8 @@ class Server:
             task.cancel()
         if grpc_stopped is not None:
             await grpc_stopped
+        if self.internal is not None:
+            self.internal.close()
         await self.manager.shutdown()
         self.runtime.shutdown()
         if self.access_log is not None:
@@ -332,12 +400,45 @@ class Server:
                 conn.transport.close()
 
 
+class InternalApi:
+    """The routes a worker answers its sibling workers on, over its Unix socket in the supervisor's
+    folder (never on the TCP port): its own metrics and statistics, and its part of a reload."""
+
+    def __init__(self, server: Server, metrics: Metrics) -> None:
+        self.server, self.metrics = server, metrics
+
+    def __call__(self, request: Request) -> Response | Deferred:
+        route = (request.method, request.path)
+        if route == ("GET", "/_worker/metrics"):
+            return Response(200, orjson.dumps(metric_state(self.metrics.registry.collect())))
+        if route == ("POST", "/_worker/statistics"):
+            query = orjson.loads(request.body)
+            try:
+                return Response(200, orjson.dumps(self.server.statistics.report(query["name"], query["version"])))
+            except ServingError as e:
+                return Response(e.http_status, orjson.dumps({"error": e.message}))
+        if route == ("POST", "/_worker/reload"):
+            specs = pickle.loads(request.body)  # noqa: S301 - a sibling worker, over a socket only this user reaches
+            return Deferred(asyncio.ensure_future(self.server.apply_reload(specs)), _reloaded, None,
+                            time.monotonic() + RELOAD_TIMEOUT_S, lambda: Response(504, b"reload timed out"))
+        return Response(404, b'{"error": "no such worker route"}')
+
+
+def _reloaded(future: asyncio.Future[None], _: Any) -> Response:
+    failure = None if future.cancelled() else future.exception()
+    if failure is None and not future.cancelled():
+        return Response(200, b"{}")
+    return Response(409, str(failure or "cancelled").encode())
+
+
 async def serve(settings: Settings) -> int:
+    # Under a supervisor, a start that cannot succeed says so, and is not restarted.
+    failed = START_FAILED if Peers.from_env() is not None else 1
     try:
         server = Server(settings)
     except ValueError as e:
         log.error("%s", e)
-        return 1
+        return failed
     loop = asyncio.get_running_loop()
 
     def on_signal(sig: signal.Signals) -> None:
@@ -356,10 +457,10 @@ async def serve(settings: Settings) -> int:
     except ConfigError as e:
         log.error("%s", e)
         await server.stop()
-        return 1
+        return failed
     except OSError as e:
         log.error("cannot listen: %s", e)
-        return 1
+        return failed
     await server.stopping.wait()
     await server.drain()
     return 0

@@ -85,7 +85,11 @@ def setup_logging(settings: Settings) -> None:
     if settings.log_format not in ("text", "json"):
         sys.exit(f"serving: --log_format: expected text or json, got {settings.log_format!r}")
     handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter() if settings.log_format == "json" else TextFormatter())
+    from .workers import SUPERVISED_ENV
+
+    supervised = os.environ.get(SUPERVISED_ENV)
+    worker = supervised.split(",", 1)[0] if supervised else None
+    handler.setFormatter(JsonFormatter(worker) if settings.log_format == "json" else TextFormatter(worker))
     handler.addFilter(RequestIdFilter())
     logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
 
@@ -93,6 +97,15 @@ def setup_logging(settings: Settings) -> None:
 def main(argv: list[str] | None = None) -> None:
     settings = parse_settings(argv)
     setup_logging(settings)
+    from .workers import SUPERVISED_ENV, supervise, worker_count
+
+    try:
+        workers = worker_count(settings.workers)
+    except ValueError as e:
+        sys.exit(f"serving: {e}")
+    if workers > 1 and not os.environ.get(SUPERVISED_ENV):
+        # The supervisor imports no framework: each worker is a fresh `serving` with the same arguments.
+        sys.exit(supervise(sys.argv[1:] if argv is None else argv, workers))
     from .app import run  # imported after logging is set up
 
     sys.exit(run(settings))

@@ -20,6 +20,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
+import orjson
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.platform_collector import PlatformCollector
@@ -27,6 +28,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from .repository import ModelManager, State
+from .workers import MergedRegistry, Peers, merge_metrics, metric_state
 
 if TYPE_CHECKING:
     from .batching import BatchObserver
@@ -258,3 +260,11 @@ class Metrics:
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))
+
+    async def render_tree(self, peers: Peers) -> bytes:
+        """The whole process tree under a supervisor: this worker's families merged with its siblings'."""
+        own = metric_state(self.registry.collect())
+        answers = await peers.ask("GET", "/_worker/metrics")
+        per_worker = [(peers.index, own), *((i, orjson.loads(body)) for i, (status, body) in sorted(answers.items())
+                                            if status == 200)]
+        return bytes(generate_latest(MergedRegistry(merge_metrics(per_worker))))  # type: ignore[arg-type]

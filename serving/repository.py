@@ -91,6 +91,8 @@ class ModelManager:
         self._loader = concurrent.futures.ThreadPoolExecutor(load_threads, thread_name_prefix="load")
         self._lock = asyncio.Lock()
         self.load_failures: collections.Counter[str] = collections.Counter()  # by model name
+        #: Under a supervisor (--workers): whether every worker is ready (serving.workers.Peers.all_ready).
+        self.siblings_ready: Callable[[], bool] | None = None
 
     # ---- look-ups (hot path: plain dict reads, no awaits) ----
 
@@ -142,7 +144,12 @@ class ModelManager:
                 if s.servable is not None]
 
     def ready(self) -> bool:
-        """True when every configured model has an AVAILABLE version."""
+        """True when every configured model has an AVAILABLE version, and, under a supervisor, every
+        sibling worker says the same of its own models."""
+        return self.ready_here() and (self.siblings_ready is None or self.siblings_ready())
+
+    def ready_here(self) -> bool:
+        """True when every configured model has an AVAILABLE version in this process."""
         return bool(self.models) and all(m.latest is not None for m in self.models.values())
 
     # ---- changes ----

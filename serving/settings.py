@@ -58,6 +58,10 @@ class Settings:
     host: str = setting("0.0.0.0", "address to listen on", group="network")
     grpc_max_message_bytes: int = setting(
         64 * 1024 * 1024, "largest gRPC message received or sent", group="network", unit="bytes")
+    workers: str = setting(
+        "1", "server processes sharing the HTTP and gRPC ports (SO_REUSEPORT), each with its own copy of the "
+        "models, under a supervisor that restarts them; `0` or `auto`: the cores this process may use (CPU "
+        "affinity and cgroup quota)", group="network")
     drain_delay_seconds: float = setting(
         0.0, "on SIGTERM, keep accepting and serving this long while readiness answers draining, so load "
         "balancers (Kubernetes endpoints) stop sending before the listener closes", group="network", unit="s")

@@ -8,6 +8,7 @@ import threading
 import time
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.helpers import Server, make_linear, wait_until
@@ -46,9 +47,10 @@ class LoadClient(threading.Thread):
         self.unanswered.append("still served 40 s later")
 
 
-def test_sigterm_under_keep_alive_load_answers_every_request_and_exits_0(tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_under_keep_alive_load_answers_every_request_and_exits_0(tmp_path, workers):
     make_linear(tmp_path / "m", 1, delay_ms=20)
-    with Server(f"--model_base_path={tmp_path / 'm'}", "--model_name=m") as s:
+    with Server(f"--model_base_path={tmp_path / 'm'}", "--model_name=m", f"--workers={workers}") as s:
         clients = [LoadClient(s.port) for _ in range(16)]
         for c in clients:
             c.start()

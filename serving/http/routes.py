@@ -15,6 +15,7 @@ from ..codecs.jsonutil import dumps
 from ..errors import ServingError
 from ..metrics import Metrics
 from ..pipeline import Pipeline
+from ..protocols.adapters import answer_when
 from ..protocols.cloud.auth import TokenAuth
 from ..protocols.cloud.rest import CloudRest
 from ..protocols.kserve.rest import KServeRest
@@ -22,6 +23,7 @@ from ..protocols.kserve.statistics import Statistics
 from ..protocols.tfserving.codec import encode_error
 from ..protocols.tfserving.rest import TfServingRest
 from ..repository import ModelManager
+from ..workers import Peers
 from .protocol import Deferred, Request, Response
 
 PROMETHEUS = CONTENT_TYPE_LATEST.encode()
@@ -41,8 +43,10 @@ class RestApi:
         auth: TokenAuth | None = None,
         metrics: Metrics | None = None,
         statistics: Statistics | None = None,
+        peers: Peers | None = None,
     ) -> None:
-        self.manager, self.auth = manager, auth
+        self.manager, self.auth, self.peers = manager, auth, peers
+        self.timeout_s = timeout_s
         self.metrics = metrics or Metrics(manager)
         self.tfserving = TfServingRest(manager, pipeline, timeout_s)
         self.kserve = KServeRest(manager, pipeline, timeout_s, statistics)
@@ -71,7 +75,7 @@ class RestApi:
         except ServingError as e:
             return adapter.error(e)
 
-    def _server_route(self, path: str) -> Response:
+    def _server_route(self, path: str) -> Response | Deferred:
         if path == "/healthz":
             return Response(200, b'{"status": "live"}')
         if path == "/readyz":
@@ -80,5 +84,11 @@ class RestApi:
             if self.manager.ready():
                 return Response(200, b'{"status": "ready"}')
             waiting = sorted(n for n, m in self.manager.models.items() if m.latest is None)
-            return Response(503, dumps({"status": "not ready", "models_without_available_version": waiting}))
-        return Response(200, self.metrics.render(), PROMETHEUS)
+            doc: dict[str, object] = {"status": "not ready", "models_without_available_version": waiting}
+            if self.peers is not None:
+                doc["workers_ready"] = f"{self.peers.count_ready()}/{self.peers.count}"
+            return Response(503, dumps(doc))
+        if self.peers is None:
+            return Response(200, self.metrics.render(), PROMETHEUS)
+        return answer_when(self.metrics.render_tree(self.peers), lambda text: Response(200, text, PROMETHEUS),
+                           lambda e: Response(e.http_status, encode_error(e.message)), self.timeout_s)

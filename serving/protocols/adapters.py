@@ -19,7 +19,7 @@ import grpc
 
 from ..accesslog import GRPC_EXCHANGE, AccessLog, GrpcExchange, request_id_of
 from ..dataplane import Outputs, error_of
-from ..errors import ServingError, invalid_argument
+from ..errors import Code, ServingError, invalid_argument
 from ..http.protocol import Deferred, Response
 from ..pipeline import Call
 
@@ -50,6 +50,21 @@ def _answer(future: asyncio.Future[Outputs], call: Call) -> Response:
         except ServingError as e:
             error = e
     return codec.error(error)
+
+
+def answer_when(awaitable: Awaitable[Any], ok: Callable[[Any], Response], error: Callable[[ServingError], Response],
+                timeout_s: float) -> Deferred:
+    """The HTTP answer to a request whose result takes a coroutine that is not an inference call (what the
+    sibling workers say, under a supervisor): `ok(result)`, or `error(...)` of its failure or time-out."""
+
+    def finish(future: asyncio.Future[Any], _: Any) -> Response:
+        failure = error_of(future)
+        return ok(future.result()) if failure is None else error(failure)
+
+    def on_timeout() -> Response:
+        return error(ServingError(Code.DEADLINE_EXCEEDED, "the other workers did not answer in time"))
+
+    return Deferred(asyncio.ensure_future(awaitable), finish, None, time.monotonic() + timeout_s, on_timeout)
 
 
 Servicer = TypeVar("Servicer")

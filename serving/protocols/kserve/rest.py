@@ -17,7 +17,7 @@ from ...pipeline import Call, Inputs, Pipeline
 from ...repository import ModelManager
 from ...servable import Servable
 from ...signature import Signature
-from ..adapters import answer_later
+from ..adapters import answer_later, answer_when
 from ..tfserving.rest import ROUTE_CACHE, Answer, error_response
 from . import codec
 from .statistics import Statistics, extensions
@@ -110,6 +110,10 @@ class KServeRest:
             return Response(200, dumps(codec.triton_config(servable, self.pipeline.dataplane.batching)))
         raise not_found(f"Not found: {method} {request.path}")
 
-    def _statistics(self, name: str, version: int | None) -> Response:
-        assert self.statistics is not None
-        return Response(200, dumps(self.statistics.report(name, version)))  # not ready: INVALID_ARGUMENT, 400
+    def _statistics(self, name: str, version: int | None) -> Response | Deferred:
+        statistics = self.statistics
+        assert statistics is not None
+        if statistics.peers is None:
+            return Response(200, dumps(statistics.report(name, version)))  # not ready: INVALID_ARGUMENT, 400
+        return answer_when(statistics.report_tree(name, version), lambda report: Response(200, dumps(report)),
+                           self.error, self.timeout_s)

@@ -75,7 +75,7 @@ class InferenceService(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):  
     async def ModelStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         if self.statistics is None:
             raise ServingError(Code.UNIMPLEMENTED, "the statistics extension is not served")
-        report = self.statistics.report(request.name, codec.parse_version(request.version))
+        report = await self.statistics.report_tree(request.name, codec.parse_version(request.version))
         return json_format.ParseDict(report, pb.ModelStatisticsResponse())
 
     @grpc_errors

@@ -10,7 +10,8 @@ queues' own counters (`QueueStats.batch_sizes` / `batch_seconds`), which include
 What Triton splits and we do not: compute_input and compute_output are 0 ns (with compute_infer's count),
 the whole compute time is compute_infer's; there is no response cache (cache_hit / cache_miss are 0).
 A version without batch queues (batching off, a processor that does not batch) ran each successful
-request alone: its execution_count is the success count and it has no batch_stats.
+request alone: its execution_count is the success count and it has no batch_stats. Under a supervisor
+(--workers) the report adds up every worker's (`report_tree`).
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from ...errors import Code, ServingError
 from ...repository import ManagedModel, ModelManager
 from ...servable import Servable
+from ...workers import Peers, merge_statistics
 
 if TYPE_CHECKING:
     from ...pipeline import Call, Timings
@@ -50,8 +54,9 @@ def _duration(count: int, seconds: float) -> dict[str, int]:
 class Statistics:
     """A request pipeline observer that keeps Triton's model statistics, and builds their report."""
 
-    def __init__(self, manager: ModelManager) -> None:
+    def __init__(self, manager: ModelManager, peers: Peers | None = None) -> None:
         self.manager = manager
+        self.peers = peers  # under a supervisor: the sibling workers, whose statistics are added in
         self.sums: dict[tuple[str, int], _Sums] = {}
 
     def finished(self, call: Call, error: ServingError | None, timings: Timings) -> None:
@@ -81,6 +86,15 @@ class Statistics:
         """`{"model_stats": [...]}` of every ready version of every model (name ""), of one model's, or of one
         version; Triton's INVALID_ARGUMENT and message for a model or version that is not ready."""
         return {"model_stats": [self._model_stat(s) for s in self._servables(name, version)]}
+
+    async def report_tree(self, name: str, version: int | None) -> dict[str, Any]:
+        """`report()` of every worker under a supervisor, added up; of this process alone without one."""
+        report = self.report(name, version)
+        if self.peers is None:
+            return report
+        answers = await self.peers.ask("POST", "/_worker/statistics", orjson.dumps({"name": name, "version": version}))
+        return merge_statistics([report, *(orjson.loads(body) for _, (status, body) in sorted(answers.items())
+                                           if status == 200)])
 
     def _servables(self, name: str, version: int | None) -> list[Servable]:
         models = self.manager.models
