@@ -136,8 +136,9 @@ def main() -> None:
                           [("minimal_path (HTTP floor)", wrk(f"http://127.0.0.1:{port}/", tf_body))], args)
         if grpc_on:
             port = free_port()
+            floor_env = {**env, "PYTHONPATH": os.pathsep.join([str(args.peers), str(ROOT), env.get("PYTHONPATH", "")])}
             rows += serve([sys.executable, str(args.peers / "minimal_grpc.py"), "--port", str(port)],
-                          f"tcp://127.0.0.1:{port}", {**env, "PYTHONPATH": str(args.peers)},
+                          f"tcp://127.0.0.1:{port}", floor_env,
                           [("minimal_grpc (gRPC floor) v2", rpc(f"127.0.0.1:{port}", "v2", "xgb", "input__0"))],
                           args)
     if "pytriton" not in args.skip and PYTRITON_PY.exists() and (args.peers / "serve_pytriton.py").exists():

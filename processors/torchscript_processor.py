@@ -104,6 +104,16 @@ def shape_text(shape: tuple[int, ...] | None) -> str:
 PIN_BYTES = 64 * 1024
 
 
+OOM = re.compile(r"CUDA out of memory\.(?: Tried to allocate [\d.]+ \w+)?")
+
+
+def out_of_memory(error: BaseException) -> str | None:
+    """torch's "CUDA out of memory. Tried to allocate 256.00 TiB" when `error` is one (raised as
+    torch.cuda.OutOfMemoryError, or inside a TorchScript model as the interpreter's RuntimeError), else None."""
+    m = OOM.search(str(error))
+    return m[0] if m else None
+
+
 def last_line(error: BaseException) -> str:
     """TorchScript's own message without its traceback: the last line, less its exception type."""
     lines = str(error).strip().splitlines()
@@ -181,11 +191,12 @@ class TorchScriptProcessor(Processor):
         try:
             with torch.inference_mode():
                 result = self.module(*args)
-        except torch.cuda.OutOfMemoryError as e:  # a RuntimeError too, but no fault of the shapes
-            del args
-            torch.cuda.empty_cache()  # give back what the failed batch cached, for the next batches
-            raise ServingError(Code.RESOURCE_EXHAUSTED, f"out of GPU memory running the batch: {last_line(e)}") from e
-        except (RuntimeError, torch.jit.Error) as e:
+        except (RuntimeError, torch.jit.Error) as e:  # torch.cuda.OutOfMemoryError is a RuntimeError
+            oom = out_of_memory(e)
+            if oom is not None:  # no fault of the shapes: this batch fails, the next ones run
+                del args
+                torch.cuda.empty_cache()  # give back what the failed batch cached
+                raise ServingError(Code.RESOURCE_EXHAUSTED, f"out of GPU memory running the batch: {oom}") from e
             self._refuse(seen, e)
             raise  # not the request's shapes: the model's own failure (INTERNAL)
         if self.learned != seen:

@@ -215,3 +215,18 @@ def test_row_shapes_the_model_refused_are_refused_by_validate_before_queueing(tm
                       proc.signature(""))
     assert (e.value.code, e.value.message) == (Code.INVALID_ARGUMENT, refused.value.message)
     proc.validate(good, proc.signature(""))
+
+
+def test_cuda_out_of_memory_is_told_apart_from_a_model_failure():
+    from processors.torchscript_processor import out_of_memory
+
+    # torch's own text, raised directly (torch.cuda.OutOfMemoryError) and from inside a TorchScript model
+    direct = torch.cuda.OutOfMemoryError(
+        "CUDA out of memory. Tried to allocate 256.00 TiB. GPU 0 has a total capacity of 139.80 GiB of which "
+        "138.9 GiB is free. Of the allocated memory 4.00 MiB is allocated by PyTorch. If reserved but unallocated "
+        "memory is large try setting PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation.")
+    scripted = RuntimeError("The following operation failed in the TorchScript interpreter.\nTraceback of "
+                            "TorchScript (most recent call last):\n  File \"code/__torch__.py\", line 9\n"
+                            f"RuntimeError: {direct}\n")
+    assert out_of_memory(direct) == out_of_memory(scripted) == "CUDA out of memory. Tried to allocate 256.00 TiB"
+    assert out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied (1x2 and 3x4)")) is None
