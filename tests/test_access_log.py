@@ -261,6 +261,8 @@ def test_grpc_calls_answer_their_request_id_and_are_logged_with_their_code(serve
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         _, call = stub.Predict.with_call(predict_request("lin", [1.0, 2.0]), metadata=[("x-request-id", "g-1")])
         assert ("x-request-id", "g-1") in call.trailing_metadata()
+        _, call = stub.Predict.with_call(predict_request("lin", [3.0]))  # no id sent, a success: none sent back
+        assert "x-request-id" not in dict(call.trailing_metadata() or ())
         with pytest.raises(grpc.RpcError) as e:
             stub.Predict(predict_request("nope", [1.0]))
         assert e.value.code() == grpc.StatusCode.NOT_FOUND

@@ -73,13 +73,16 @@ Method = Callable[[Servicer, Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 def grpc_errors(method: Method[Servicer]) -> Method[Servicer]:
     """A gRPC method whose ServingError becomes the call's status code and message, answered with its
-    request id and written to the servicer's `access_log` (an attribute the server sets; None: off)."""
+    request id (an error always; a success when the client sent one) and written to the servicer's
+    `access_log` (an attribute the server sets; None: off)."""
 
     @functools.wraps(method)
     async def guarded(self: Servicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        rid = request_id_of(next((v for k, v in context.invocation_metadata() or () if k == "x-request-id"), None))
+        sent = next((v for k, v in context.invocation_metadata() or () if k == "x-request-id"), None)
+        rid = request_id_of(sent)
         trailing = (("x-request-id", rid),)
-        context.set_trailing_metadata(trailing)
+        if sent is not None:  # a success echoes only an id the client sent: trailing metadata costs grpc.aio
+            context.set_trailing_metadata(trailing)  # 100-150 µs of CPU a call, a fifth of a batch-1 call's
         exchange = GrpcExchange(rid, context)
         token = GRPC_EXCHANGE.set(exchange)
         access_log: AccessLog | None = getattr(self, "access_log", None)
