@@ -29,7 +29,8 @@ from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
-from .metrics import ACCESS_LOG_DROPPED
+#: Access log lines dropped because the sink stalled, in a one-item list (read by serving/metrics.py).
+ACCESS_LOG_DROPPED = [0]
 
 if TYPE_CHECKING:
     from .pipeline import Call

@@ -34,10 +34,12 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
 
 import httptools
-from prometheus_client.metrics_core import Metric
 
 log = logging.getLogger("serving.workers")
 
@@ -342,6 +344,8 @@ LEVEL_TYPES = ("gauge", "info", "stateset", "unknown")
 def merge_metrics(per_worker: Sequence[tuple[int, list[dict[str, Any]]]]) -> list[Metric]:
     """One set of families for the tree: counters, histograms and summaries summed across workers (their
     `_created` samples: the earliest), gauges kept per worker under a `worker` label."""
+    from prometheus_client.metrics_core import Metric
+
     families: dict[str, Metric] = {}
     values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
     for worker, state in per_worker:
