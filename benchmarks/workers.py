@@ -18,28 +18,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import sysconfig
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # noqa: E402 - a script run from a checkout
 
 from benchmarks.report import write_report  # noqa: E402
-from benchmarks.xgb_http import (  # noqa: E402
-    N_FEATURES,
-    PEERS,
-    PYTRITON_PY,
-    free_port,
-    prepare_model,
-    run_wrk,
-    tree_cpu,
-    wait_ready,
-)
+from benchmarks.xgb_http import N_FEATURES, PEERS, PYTRITON_PY, Load, free_port, prepare_model, run_wrk, serve  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,37 +41,6 @@ def grpc_load(args: argparse.Namespace, target: str, api: str, model: str, input
                          capture_output=True, text=True, check=True, timeout=duration + 120)
     r = json.loads(out.stdout.strip().splitlines()[-1])
     return {**r, "p50": r["p50_ms"], "p99": r["p99_ms"]}
-
-
-Load = Callable[[int, int], dict[str, Any]]  # (concurrency, seconds) -> a row's figures
-
-
-def serve(cmd: list[str], ready: str, env: dict[str, str], loads: list[tuple[str, Load]],
-          args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Start a server, run each (name, load) at each concurrency, stop it; rows with server CPU per request."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-                            start_new_session=True)
-    rows = []
-    try:
-        wait_ready(ready, proc)
-        for name, load in loads:
-            load(8, 2)  # warm
-            for conc in args.concurrency:
-                before = tree_cpu(proc.pid)
-                r = load(conc, args.duration)
-                cpu_us = 1e6 * (tree_cpu(proc.pid) - before) / max(r["requests"], 1)
-                rows.append({"server": name, "conc": conc, **r, "cpu_us": cpu_us})
-                print(f"{name:28s} c={conc:<3d} {r['rps']:>9.0f} req/s  p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms"
-                      f"  cpu {cpu_us:.0f} us/req  errors {r['errors']:.0f}", flush=True)
-    except RuntimeError as e:
-        print(f"{cmd[:3]}: {e}", flush=True)
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-    return rows
 
 
 def main() -> None:

@@ -31,7 +31,9 @@ import sysconfig
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -152,33 +154,47 @@ def run_wrk(url: str, body: Path, conc: int, duration: int, threads: int = 1) ->
     }
 
 
-def measure(name: str, cmd: list[str], url: str, ready: str, body: Path, args: argparse.Namespace,
-            env: dict[str, str]) -> list[dict[str, object]]:
+#: A load: (concurrency, seconds) -> the figures of one row (rps, requests, p50, p99 in ms, errors).
+Load = Callable[[int, int], dict[str, Any]]
+
+
+def serve(cmd: list[str], ready: str, env: dict[str, str], loads: list[tuple[str, Load]],
+          args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Start a server, run each (name, load) at each of args.concurrency for args.duration, stop it; the rows
+    carry the server's CPU per request (its whole process tree)."""
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
                             start_new_session=True)
-    rows: list[dict[str, object]] = []
+    rows = []
     try:
         wait_ready(ready, proc)
-        run_wrk(url, body, 8, 2)  # warm
-        for conc in args.concurrency:
-            before = tree_cpu(proc.pid)
-            r = run_wrk(url, body, conc, args.duration, getattr(args, "wrk_threads", 1))
-            cpu_us = 1e6 * (tree_cpu(proc.pid) - before) / max(r["requests"], 1)
-            rows.append({"server": name, "conc": conc, **r, "cpu_us": cpu_us})
-            print(f"{name:15s} c={conc:<3d} {r['rps']:>9.0f} req/s  p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms"
-                  f"  cpu {cpu_us:.0f} us/req  errors {r['errors']:.0f}", flush=True)
+        for name, load in loads:
+            load(8, 2)  # warm
+            for conc in args.concurrency:
+                before = tree_cpu(proc.pid)
+                r = load(conc, args.duration)
+                cpu_us = 1e6 * (tree_cpu(proc.pid) - before) / max(r["requests"], 1)
+                rows.append({"server": name, "conc": conc, **r, "cpu_us": cpu_us})
+                print(f"{name:28s} c={conc:<3d} {r['rps']:>9.0f} req/s  p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms"
+                      f"  cpu {cpu_us:.0f} us/req  errors {r['errors']:.0f}", flush=True)
     except RuntimeError as e:
-        print(f"{name}: {e}", flush=True)
+        print(f"{cmd[:3]}: {e}", flush=True)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(30)
+            proc.wait(60)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
     return rows
 
 
-def measure_floor(name: str, body: Path, args: argparse.Namespace, env: dict[str, str]) -> list[dict[str, object]]:
+def measure(name: str, cmd: list[str], url: str, ready: str, body: Path, args: argparse.Namespace,
+            env: dict[str, str]) -> list[dict[str, Any]]:
+    """`serve` with wrk posting `body` to `url`."""
+    threads = getattr(args, "wrk_threads", 1)
+    return serve(cmd, ready, env, [(name, lambda conc, seconds: run_wrk(url, body, conc, seconds, threads))], args)
+
+
+def measure_floor(name: str, body: Path, args: argparse.Namespace, env: dict[str, str]) -> list[dict[str, Any]]:
     """`../shared/peers/minimal_path.py` (the floor of a Python request path) on $ANCHOR_MODELS/xgb, `body` an
     `{"instances": [[32 floats]]}` file."""
     port = free_port()
