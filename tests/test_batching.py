@@ -365,6 +365,22 @@ def test_rows_that_cost_more_inline_on_a_busy_loop_go_back_to_the_workers(execut
     run(go())
 
 
+def test_a_worker_figure_gone_stale_is_measured_again_and_the_batches_go_back(executor):
+    async def go():
+        # At warm-up a worker batch looked dear (one row each); under load worker batches grow and cost
+        # less a row than the inline ones: the queue must find out, not judge by the warm-up figure forever.
+        model, q = charged_queue(executor, inline_s=0.002, worker_s=0.004)
+        await warm_until(q, lambda: q.inline)
+        model.worker_s = 0.0001
+        start, n = len(model.threads), (batching.REPROBE_WINDOWS + 4) * batching.WINDOW
+        await warm(q, n)
+        on_loop = [t == model.loop_thread for t in model.threads[start:]]
+        assert all(on_loop[:(batching.REPROBE_WINDOWS - 1) * batching.WINDOW])  # inline on the old figure
+        assert not all(on_loop[-batching.WINDOW:]) and not q.inline  # measured again: back on the workers
+
+    run(go())
+
+
 def test_rows_that_cost_less_inline_stay_on_the_loop(executor):
     async def go():
         model, q = charged_queue(executor, inline_s=0.0001, worker_s=0.002)

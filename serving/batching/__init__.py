@@ -3,8 +3,8 @@
 typed windows with an injectable clock: `placement.Placement`) and pure batch assembly (`assembly`)."""
 
 from .options import BatchingOptions, from_batching_parameters
-from .placement import BUSY_LOOP, SYSTEM_CLOCK, WINDOW, Clock, Placement
+from .placement import BUSY_LOOP, REPROBE_WINDOWS, SYSTEM_CLOCK, WINDOW, Clock, Placement
 from .queue import DEADLINE_MESSAGE, BatchObserver, BatchQueue, QueueStats, Timing
 
-__all__ = ["BUSY_LOOP", "DEADLINE_MESSAGE", "SYSTEM_CLOCK", "WINDOW", "BatchObserver", "BatchQueue",
+__all__ = ["BUSY_LOOP", "DEADLINE_MESSAGE", "REPROBE_WINDOWS", "SYSTEM_CLOCK", "WINDOW", "BatchObserver", "BatchQueue",
            "BatchingOptions", "Clock", "Placement", "QueueStats", "Timing", "from_batching_parameters"]

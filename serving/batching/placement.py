@@ -12,7 +12,10 @@ a device or the network uses little CPU on a worker but must not hold the loop),
 finds the loop thread busy (> BUSY_LOOP) and the process paying more per row than in the last worker
 window (requests that trickle in one by one, as gRPC delivers them, make one-row batches, and a costly
 model then does better on a worker, where rows pile up while it runs). After going back it tries again only
-after twice as many worker batches as the time before (16, 32, ... up to 1024).
+after twice as many worker batches as the time before (16, 32, ... up to 1024). The worker figure it compares
+with ages: measured at warm-up, one-row batches made it look dear, and under load a worker's batches grow.
+So every REPROBE_WINDOWS inline windows the queue runs one window on the workers again, to compare with
+a fresh figure (measured: a gRPC load kept inline on a warm-up figure ran at 0.65x the pool's rate).
 
 All readings come through a `Clock`, so tests charge CPU time to it instead of patching `time`.
 """
@@ -30,6 +33,8 @@ log = logging.getLogger(__name__)
 WINDOW = 32
 #: "Busy": the loop thread used more than this share of a window's wall time.
 BUSY_LOOP = 0.7
+#: Inline windows between two worker windows that refresh the worker figure.
+REPROBE_WINDOWS = 16
 #: Worker batches before the first move onto the loop; doubles at each move back, up to MAX_BACKOFF.
 FIRST_BACKOFF = 8
 MAX_BACKOFF = 1024
@@ -72,6 +77,7 @@ class Placement:
         self.inline_after = FIRST_BACKOFF  # no move onto the loop before this many batches
         self.window: Window | None = None
         self.worker_row_cpu: float | None = None  # process CPU per row in the last worker window
+        self.inline_windows = 0  # inline windows judged since the last worker window
 
     def observe(self, cost: float, inline: bool) -> None:
         """One batch's cost (worker CPU time, or inline wall time): average it, and move on it."""
@@ -106,11 +112,25 @@ class Placement:
         per_row = (cpu - window.process_cpu) / window.rows
         if not inline:
             self.worker_row_cpu = per_row
+            self.inline_windows = 0
             return
         elapsed = now - window.wall
         busy = (loop_cpu - window.loop_cpu) / elapsed if elapsed > 0 else 1.0
         if self.inline and busy > BUSY_LOOP and self.worker_row_cpu is not None and per_row > self.worker_row_cpu:
             self.back_to_workers()
+            return
+        self.inline_windows += 1
+        if self.inline and self.inline_windows >= REPROBE_WINDOWS:
+            self.reprobe()
+
+    def reprobe(self) -> None:
+        """One window on the workers, then back inline (as long as the batches stay cheap) with a fresh
+        worker figure to judge the inline windows by."""
+        log.debug("%s: one window on the worker threads to measure them again", self.name)
+        self.inline = False
+        self.window = None
+        self.inline_windows = 0
+        self.inline_after = self.observed + WINDOW + 2  # the window opens on the next batch, then WINDOW more
 
     def back_to_workers(self) -> None:
         log.debug("%s: batches go back to the worker threads (average batch %.0f us)", self.name, self.cost * 1e6)
