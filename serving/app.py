@@ -171,6 +171,7 @@ class Server:
         self.internal: asyncio.Server | None = None  # the Unix socket the sibling workers ask
         self.grpc: grpc.aio.Server | None = None
         self.health: health_aio.HealthServicer | None = None
+        self.health_ready = False  # what gRPC health says now
         self.tasks: list[asyncio.Task[None]] = []
         self.stopping = asyncio.Event()
 
@@ -285,19 +286,17 @@ class Server:
         if self.peers is not None:
             self.peers.mark(self.manager.ready_here())
         if self.health is not None:
-            ready = self.manager.ready()
+            self.health_ready = ready = self.manager.ready()
             await self.health.set("", health_pb2.HealthCheckResponse.SERVING if ready
                                   else health_pb2.HealthCheckResponse.NOT_SERVING)
 
     async def _watch_siblings(self) -> None:
-        """Readiness that depends on the other workers changes without this one doing anything."""
+        """Readiness that depends on the other workers changes without this one doing anything: gRPC health
+        follows it within SIBLINGS_POLL_S (the HTTP routes read the shared bytes on every request)."""
         assert self.peers is not None
-        ready = None
         while True:
             await asyncio.sleep(SIBLINGS_POLL_S)
-            now = self.manager.ready()
-            if now != ready:
-                ready = now
+            if self.health is not None and self.manager.ready() != self.health_ready:
                 await self._update_health()
             else:
                 self.peers.mark(self.manager.ready_here())

@@ -162,8 +162,9 @@ def test_two_workers_answer_and_report_as_one(two):
         stats = v2_grpc.GRPCInferenceServiceStub(channel).ModelStatistics(v2.ModelStatisticsRequest(name="m"))
         assert stats.model_stats[0].inference_stats.success.count == 40
         assert v2_grpc.GRPCInferenceServiceStub(channel).ServerReady(v2.ServerReadyRequest()).ready
-        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
-        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        # Each worker's gRPC health follows its siblings' readiness within a poll (0.2 s).
+        wait_until(lambda: health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest()).status
+                   == health_pb2.HealthCheckResponse.SERVING, timeout=5, what="gRPC health SERVING")
 
 
 def test_a_reload_reaching_one_worker_is_applied_by_all_before_it_answers(models, two):
