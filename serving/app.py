@@ -206,6 +206,9 @@ class Server:
             # A worker joins the shared ports once its models are loaded: a restarted worker must not take
             # connections (SO_REUSEPORT gives it its share at once) that it can only answer 503.
             await self.manager.apply(self.specs)
+            latest = self.peers.saved_reload()
+            if latest is not None and latest != reloaded:  # a reload its siblings applied while it loaded
+                await self.apply_reload(latest)
         self.http = await loop.create_server(
             lambda: HttpConnection(api, limits, self.connections, wheel, access_log=self.access_log), s.host,
             s.rest_api_port, backlog=1024, reuse_port=self.peers is not None,
