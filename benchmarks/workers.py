@@ -28,7 +28,16 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # noqa: E402 - a script run from a checkout
 
 from benchmarks.report import write_report  # noqa: E402
-from benchmarks.xgb_http import N_FEATURES, PEERS, PYTRITON_PY, Load, free_port, prepare_model, run_wrk, serve  # noqa: E402
+from benchmarks.xgb_http import (  # noqa: E402
+    PEERS,
+    PYTRITON_PY,
+    Load,
+    free_port,
+    prepare_model,
+    run_wrk,
+    serve,
+    write_bodies,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,11 +66,7 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-workers-"))
     repo, row = prepare_model(work)
-    tf_body = work / "tf_body.json"
-    tf_body.write_text(json.dumps({"instances": [row]}))
-    v2_body = work / "v2_body.json"
-    v2_body.write_text(json.dumps({"inputs": [{"name": "input__0", "shape": [1, N_FEATURES], "datatype": "FP32",
-                                               "data": row}]}))
+    tf_body, v2_body = write_bodies(work, row)
     row_file = work / "row.json"
     row_file.write_text(json.dumps(row))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ANCHOR_MODELS": str(work)}

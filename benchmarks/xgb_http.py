@@ -68,6 +68,16 @@ def prepare_model(work: Path) -> tuple[Path, list[float]]:
     return work / "xgb", row
 
 
+def write_bodies(work: Path, row: list[float]) -> tuple[Path, Path]:
+    """The batch-1 request bodies of `row`: TF Serving REST `{"instances": ...}` and KServe V2 JSON."""
+    tf_body = work / "tf_body.json"
+    tf_body.write_text(json.dumps({"instances": [row]}))
+    v2_body = work / "v2_body.json"
+    v2_body.write_text(json.dumps({"inputs": [{"name": "input__0", "shape": [1, N_FEATURES], "datatype": "FP32",
+                                               "data": row}]}))
+    return tf_body, v2_body
+
+
 def inprocess(model: Path) -> dict[int, float]:
     import xgboost as xgb
 
@@ -215,11 +225,7 @@ def main() -> None:
         raise SystemExit("wrk is needed: apt-get install wrk")
     work = Path(tempfile.mkdtemp(prefix="bench-"))
     repo, row = prepare_model(work)
-    tf_body = work / "tf_body.json"
-    tf_body.write_text(json.dumps({"instances": [row]}))
-    v2_body = work / "v2_body.json"
-    v2_body.write_text(json.dumps({"inputs": [{"name": "input__0", "shape": [1, N_FEATURES], "datatype": "FP32",
-                                               "data": row}]}))
+    tf_body, v2_body = write_bodies(work, row)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ANCHOR_MODELS": str(work)}
     base = inprocess(repo / "1" / "model.json")
     print(f"in-process inplace_predict: batch 1 {base[1]:.0f} us, batch 32 {base[32]:.0f} us", flush=True)
