@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import ctypes
 import logging
 import math
 import mmap
@@ -50,6 +51,7 @@ SUPERVISED_ENV = "SERVING_SUPERVISED"
 START_FAILED = 3
 FIRST_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 30.0
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 #: A worker that lived this long before it died is restarted after FIRST_BACKOFF_S again.
 STABLE_S = 30.0
 
@@ -161,7 +163,8 @@ class Supervisor:
 
     def _start(self, worker: _Worker) -> None:
         env = {**os.environ, SUPERVISED_ENV: f"{worker.index},{self.count},{self.folder}"}
-        worker.proc = subprocess.Popen([sys.executable, "-m", "serving", *self.argv], env=env)
+        worker.proc = subprocess.Popen([sys.executable, "-m", "serving", *self.argv], env=env,
+                                       preexec_fn=_drain_when_orphaned)  # the supervisor runs no thread
         worker.started, worker.restart_at, worker.exit_status = time.monotonic(), None, None
         log.info("worker %d started (pid %d)", worker.index, worker.proc.pid)
 
@@ -228,6 +231,15 @@ class Supervisor:
             assert worker.proc is not None
             with contextlib.suppress(subprocess.TimeoutExpired):
                 worker.proc.wait(max(deadline - time.monotonic(), 0.01))
+
+
+def _drain_when_orphaned() -> None:
+    """In the child before exec: SIGTERM when the supervisor dies (Linux PR_SET_PDEATHSIG), even by SIGKILL,
+    so that no worker serves on without it."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
 
 
 def supervise(argv: Sequence[str], count: int) -> int:

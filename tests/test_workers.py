@@ -219,3 +219,21 @@ def test_a_worker_that_cannot_start_stops_the_supervisor_with_status_1(tmp_path)
     assert done.returncode == 1
     assert "could not start: stopping the other workers" in done.stderr, done.stderr[-2000:]
     assert "restarting" not in done.stderr
+
+
+def test_workers_drain_and_exit_when_the_supervisor_is_killed(models):
+    with Server(f"--model_config_file={models / 'c.pbtxt'}", "--workers=2", "--access_log=off") as s:
+        workers = worker_pids(s)
+        s.proc.kill()  # SIGKILL: the supervisor cannot forward anything
+        s.proc.wait(10)
+
+        def alive(pid: int) -> bool:
+            try:
+                return "zombie" not in Path(f"/proc/{pid}/status").read_text()
+            except FileNotFoundError:
+                return False
+
+        def gone() -> bool:
+            return not any(alive(pid) for pid in workers)
+
+        wait_until(gone, timeout=30, what="the orphaned workers exited")
