@@ -148,7 +148,6 @@ class Pipeline:
         return self.dataplane.infer(servable, sig, inputs, call.deadline, call.method, timing=timing)
 
 
-
 def notify(call: Call, error: ServingError | None) -> None:
     """Tell the call's observers it is finished, with its timings."""
     end = time.perf_counter()

@@ -5,6 +5,7 @@ for the statistics of a model that is not ready, which answer 400 as Triton's do
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 
@@ -44,6 +45,13 @@ class _Infer(Answer):
 INFER = _Infer()
 
 
+@functools.lru_cache(maxsize=ROUTE_CACHE)  # clients repeat a few paths: parse each once
+def parse_model_path(path: str) -> tuple[str, str | None, str | None] | None:
+    """(name, version text, verb) of a /v2/models/... path; None when it is not one."""
+    m = V2_MODEL_PATH.match(path)
+    return (m["name"], m["version"], m["verb"]) if m is not None else None
+
+
 def _decode(call: Call, servable: Servable) -> tuple[Signature, Inputs]:
     request: Request = call.context
     header = request.headers.get(codec.HEADER_LENGTH)
@@ -66,7 +74,6 @@ class KServeRest:
         self.manager, self.pipeline, self.timeout_s = manager, pipeline, timeout_s
         self.statistics = statistics  # None: the statistics extension is not served
         self.extensions = extensions(statistics)
-        self._routes: dict[str, tuple[str, str | None, str | None] | None] = {}
 
     def __call__(self, request: Request) -> Response | Deferred:
         path, method = request.path.rstrip("/"), request.method
@@ -79,13 +86,7 @@ class KServeRest:
             return Response(200, b"{}") if self.manager.ready() else Response(400, b'{"error": "not ready"}')
         if method == "GET" and path == "/v2/models/stats" and self.statistics is not None:
             return self._statistics("", None)
-        if path in self._routes:
-            route = self._routes[path]
-        else:
-            m = V2_MODEL_PATH.match(path)
-            route = self._routes[path] = (m["name"], m["version"], m["verb"]) if m is not None else None
-            if len(self._routes) > ROUTE_CACHE:
-                self._routes.clear()
+        route = parse_model_path(path)
         if route is None:
             raise not_found(f"Not found: {method} {request.path}")
         name, version_text, verb = route

@@ -4,6 +4,7 @@ pipeline; errors are TF Serving's `{"error": ...}` with its HTTP codes."""
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from typing import Any
@@ -28,6 +29,7 @@ MODEL_PATH = re.compile(
 Route = tuple[str | None, int | None, str | None, str | None, bool]
 
 
+@functools.lru_cache(maxsize=ROUTE_CACHE)  # clients repeat a few paths: parse each once
 def parse_model_path(path: str) -> Route:
     """(name, version, label, verb, metadata) of a /v1/models/... path; name None when malformed.
 
@@ -98,18 +100,12 @@ class TfServingRest:
 
     def __init__(self, manager: ModelManager, pipeline: Pipeline, timeout_s: float) -> None:
         self.manager, self.pipeline, self.timeout_s = manager, pipeline, timeout_s
-        self._routes: dict[str, Route] = {}
 
     def __call__(self, request: Request) -> Response | Deferred:
         path = request.path
         if path.rstrip("/") == "/v1/models" and request.method == "GET":
             return Response(200, self._list_models())
-        route = self._routes.get(path)
-        if route is None:
-            route = self._routes[path] = parse_model_path(path)
-            if len(self._routes) > ROUTE_CACHE:
-                self._routes.clear()
-        name, version, label, verb, metadata = route
+        name, version, label, verb, metadata = parse_model_path(path)
         if name is None or (verb is None) != (request.method == "GET") or request.method not in ("GET", "POST"):
             raise invalid_argument(f"Malformed request: {request.method} {path}")
         if verb is None:
