@@ -33,8 +33,9 @@ log = logging.getLogger(__name__)
 WINDOW = 32
 #: "Busy": the loop thread used more than this share of a window's wall time.
 BUSY_LOOP = 0.7
-#: Inline windows between two worker windows that refresh the worker figure.
-REPROBE_WINDOWS = 16
+#: Inline windows between two worker windows that refresh the worker figure (every 64: one batch in 65 on
+#: the workers; every 16 cost an HTTP loop 1-1.5 µs a request in benchmarks/hot_path.py).
+REPROBE_WINDOWS = 64
 #: Worker batches before the first move onto the loop; doubles at each move back, up to MAX_BACKOFF.
 FIRST_BACKOFF = 8
 MAX_BACKOFF = 1024
