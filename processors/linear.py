@@ -2,7 +2,7 @@
 
 Version directory: `linear.json` = {"weights": [[...]] (n_features x n_outputs) or [...] (n_features),
 "bias": [...] or number, optional "delay_ms": sleep per predict call (to exercise deadlines and drains),
-optional "reject_nan": true (predict raises on NaN input, to exercise processor failures)}.
+optional "load_delay_ms": sleep in the load (to exercise slow and cancelled loads), optional "reject_nan": true (predict raises on NaN input, to exercise processor failures)}.
 A `linear.json` that is not valid JSON fails the load (the deliberately broken model).
 """
 
@@ -45,6 +45,7 @@ class LinearProcessor(Processor):
         self.weights = weights.reshape(weights.shape[0], -1)
         self.bias = np.broadcast_to(bias, (self.weights.shape[1],)).astype(np.float32)
         self.delay_s = float(spec.get("delay_ms", 0)) / 1000
+        time.sleep(float(spec.get("load_delay_ms", 0)) / 1000)
         self.reject_nan = bool(spec.get("reject_nan", False))
         n_out = 1 if self.squeeze else self.weights.shape[1]
         self.signatures = tabular_signature(self.weights.shape[0], spec.get("features"), n_out if n_out > 1 else 0)

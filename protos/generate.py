@@ -19,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 PACKAGE = "serving._proto"
-TOP_LEVEL = ("tensorflow_serving", "tensorflow", "inference", "eas")
+TOP_LEVEL = ("tensorflow_serving", "tensorflow", "inference", "eas", "mmesh")
 WELL_KNOWN = re.compile(r'^import "google/protobuf/(\w+)\.proto";', re.M)
 POOL_MODULE = '''"""The private descriptor pool of the generated messages (written by protos/generate.py)."""
 

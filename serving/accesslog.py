@@ -67,12 +67,13 @@ def request_id_of(value: str | bytes | None) -> str:
 class GrpcExchange:
     """The gRPC method running in this task: its request id, and its (last) Call for the access log."""
 
-    __slots__ = ("request_id", "context", "call")
+    __slots__ = ("request_id", "context", "call", "model_id")
 
-    def __init__(self, request_id: str, context: Any = None) -> None:
+    def __init__(self, request_id: str, context: Any = None, model_id: str | None = None) -> None:
         self.request_id = request_id
         self.context = context  # the grpc.aio.ServicerContext (its metadata: trace context)
         self.call: Call | None = None
+        self.model_id = model_id  # ModelMesh's `mm-model-id` metadata: the model the call is for
 
 
 #: Set by adapters.grpc_errors while a method runs (each gRPC call runs in its own task).

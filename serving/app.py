@@ -20,8 +20,9 @@ from grpc_health.v1.health import aio as health_aio
 
 from .accesslog import AccessLog
 from .batching import BatchingOptions, from_batching_parameters
+from .control import ModelControl
 from .dataplane import DataPlane
-from .errors import ServingError
+from .errors import Code, ServingError
 from .http.protocol import DeadlineWheel, Deferred, HttpConnection, HttpLimits, Request, Response
 from .http.routes import RestApi
 from .metrics import Metrics, RequestMetrics
@@ -30,6 +31,7 @@ from .pipeline import Pipeline
 from .protocols.cloud.auth import TokenAuth, read_token_file
 from .protocols.kserve.rpc import InferenceService
 from .protocols.kserve.statistics import Statistics
+from .protocols.modelmesh import ModelRuntime
 from .protocols.tfserving.rpc import ModelService, PredictionService
 from .repository import ModelManager
 from .rpc.decode import add_services
@@ -62,12 +64,19 @@ def initial_specs(settings: Settings) -> list[ModelSpec]:
                 name=settings.model_name,
                 base_path=os.path.abspath(settings.model_base_path),
                 platform=settings.model_platform or None,
-                flat=bool(settings.service_config),
+                flat=True,  # the model files directly in the base path (KServe's /mnt/models) are version 1
             )
         ]
+    elif may_start_empty(settings):
+        specs = []
     else:
         raise ConfigError("Either --model_config_file or --model_base_path (or env MODEL_BASE_PATH) must be set")
     return with_runtime(specs, settings)
+
+
+def may_start_empty(settings: Settings) -> bool:
+    """A server whose models come when asked for (ModelMesh, explicit model control) may have none."""
+    return settings.modelmesh_port > 0 or settings.model_control_mode == "explicit"
 
 
 def with_runtime(specs: list[ModelSpec], settings: Settings) -> list[ModelSpec]:
@@ -151,6 +160,11 @@ class Server:
             allow_version_labels_for_unavailable_models=settings.allow_version_labels_for_unavailable_models,
             warmup=warmup,
         )
+        self.manager.may_be_empty = may_start_empty(settings)
+        # ModelMesh loads and unloads: its runtime port implies explicit model control.
+        mode = "explicit" if settings.modelmesh_port else settings.model_control_mode
+        self.control = ModelControl(mode, self.manager, lambda specs: with_runtime(specs, settings))
+        self.control.load_timeout_s = settings.model_loading_timeout_ms / 1000
         self.pipeline = Pipeline(self.manager, self.dataplane)
         self.pipeline.observe(self.request_metrics)
         self.access_log = AccessLog.open(settings.access_log, sample_rate=settings.access_log_sample_rate,
@@ -159,6 +173,9 @@ class Server:
         self.peers = Peers.from_env()
         if self.peers is not None:
             self.manager.siblings_ready = self.peers.all_ready
+            self.control.siblings = self._control_siblings
+            peers = self.peers  # a worker started later loads what the others have loaded then
+            self.control.changed = lambda: peers.save_reload([m.spec for m in self.manager.models.values()])
         self.statistics = Statistics(self.manager, self.peers)  # Triton's statistics extension (KServe V2)
         self.pipeline.observe(self.statistics)
         self.tracing = tracing(settings)
@@ -170,25 +187,28 @@ class Server:
         self.http: asyncio.Server | None = None
         self.internal: asyncio.Server | None = None  # the Unix socket the sibling workers ask
         self.grpc: grpc.aio.Server | None = None
+        self.modelmesh: grpc.aio.Server | None = None  # the ModelMesh runtime API (--modelmesh_port)
         self.health: health_aio.HealthServicer | None = None
         self.health_ready = False  # what gRPC health says now
         self.tasks: list[asyncio.Task[None]] = []
         self.stopping = asyncio.Event()
+        self.started = False  # the start-up loads are done
 
     def default_model(self) -> str | None:
         return self.specs[0].name if self.specs else None
 
     async def start(self) -> None:
         self.specs = initial_specs(self.settings)  # a bad config stops the start here, before any port opens
+        startup = self.control.startup(self.specs, self.settings.load_model)
         reloaded = self.peers.saved_reload() if self.peers is not None else None
-        if reloaded is not None:  # a worker started after a reload serves what its siblings serve
-            self.specs = with_runtime(reloaded, self.settings)
+        if reloaded is not None:  # a worker started after a reload (or a load) serves what its siblings serve
+            self.specs = startup = with_runtime(reloaded, self.settings)
         s = self.settings
         metrics = Metrics(self.manager, self.request_metrics)
         self.api = api = RestApi(
             self.manager, self.pipeline, timeout_s=s.rest_api_timeout_in_ms / 1000,
             keepalive_s=s.keepalive_ms / 1000, default_model=self.default_model, auth=self.auth,
-            metrics=metrics, statistics=self.statistics, peers=self.peers,
+            metrics=metrics, statistics=self.statistics, peers=self.peers, control=self.control,
         )
         limits = HttpLimits(s.rest_api_max_body_bytes, s.rest_api_read_timeout_seconds, s.rest_api_idle_timeout_seconds,
                             s.rest_api_max_header_bytes, s.max_connections)
@@ -205,7 +225,7 @@ class Server:
             self.tasks.append(asyncio.create_task(self._watch_siblings()))
             # A worker joins the shared ports once its models are loaded: a restarted worker must not take
             # connections (SO_REUSEPORT gives it its share at once) that it can only answer 503.
-            await self.manager.apply(self.specs)
+            await self.manager.apply(startup)
             latest = self.peers.saved_reload()
             if latest is not None and latest != reloaded:  # a reload its siblings applied while it loaded
                 await self.apply_reload(latest)
@@ -217,16 +237,20 @@ class Server:
             log.info("HTTP (TF Serving REST API) listening on %s", sock.getsockname()[:2])
         if s.port:
             await self._start_grpc()
+        if s.modelmesh_port:
+            await self._start_modelmesh()
         if self.peers is None:  # one process: liveness and the status routes answer while the models load
-            await self.manager.apply(self.specs)
+            await self.manager.apply(startup)
+        self.started = True
         # What start-up made lives as long as the process: keep it out of the collector's full passes,
         # which otherwise stall the event loop for tens of ms under load (a p99 spike).
         gc.collect()
         gc.freeze()
         await self._update_health()
-        if s.file_system_poll_wait_seconds > 0:
+        polled = s.model_control_mode == "poll"  # none and explicit: nothing changes but when asked
+        if polled and s.file_system_poll_wait_seconds > 0:
             self.tasks.append(asyncio.create_task(self._poll_files(s.file_system_poll_wait_seconds)))
-        if s.model_config_file and s.model_config_file_poll_wait_seconds > 0:
+        if polled and s.model_config_file and s.model_config_file_poll_wait_seconds > 0:
             self.tasks.append(asyncio.create_task(self._poll_config(s.model_config_file_poll_wait_seconds)))
 
     async def _start_grpc(self) -> None:
@@ -241,7 +265,8 @@ class Server:
         timeout_s = s.rest_api_timeout_in_ms / 1000
         services: list[Any] = [PredictionService(self.manager, self.pipeline, timeout_s),
                                ModelService(self.manager, self.reload),
-                               InferenceService(self.manager, self.pipeline, timeout_s, self.statistics)]
+                               InferenceService(self.manager, self.pipeline, timeout_s, self.statistics,
+                                                self.control)]
         for service in services:  # read by adapters.grpc_errors
             service.access_log = self.access_log
         add_services(self.grpc, *services)
@@ -254,6 +279,30 @@ class Server:
         await self.grpc.start()
         log.info("gRPC (TF Serving PredictionService + ModelService, KServe V2, health) listening on %s:%d",
                  host, s.port)
+
+    async def _start_modelmesh(self) -> None:
+        s = self.settings
+        self.modelmesh = grpc.aio.server(options=[("grpc.so_reuseport", 1 if self.peers is not None else 0)])
+        runtime = ModelRuntime(self.control, self.manager, s, copies=self.peers.count if self.peers else 1,
+                               started=lambda: self.started)
+        runtime.access_log = self.access_log
+        add_services(self.modelmesh, runtime)
+        host = "[::]" if s.host in ("0.0.0.0", "::") else s.host
+        if self.modelmesh.add_insecure_port(f"{host}:{s.modelmesh_port}") == 0:
+            raise OSError(f"cannot listen on the ModelMesh port {host}:{s.modelmesh_port}")
+        await self.modelmesh.start()
+        log.info("gRPC (ModelMesh mmesh.ModelRuntime) listening on %s:%d", host, s.modelmesh_port)
+
+    async def _control_siblings(self, verb: str, arg: Any) -> None:
+        """A load or unload in the sibling workers (ModelControl.siblings); a worker started later serves
+        the models loaded now."""
+        assert self.peers is not None
+        there = await self.peers.ask("POST", "/_worker/control", pickle.dumps((verb, arg)),
+                                     timeout=RELOAD_TIMEOUT_S)
+        failed = [f"worker {i}: {body.decode(errors='replace')}" for i, (status, body) in sorted(there.items())
+                  if status != 200]
+        if failed:
+            raise ServingError(Code.UNKNOWN, "; ".join(failed))
 
     async def reload(self, specs: list[ModelSpec]) -> None:
         """Serve a new model config (ModelService.HandleReloadConfigRequest), as the file poller does; under a
@@ -276,6 +325,7 @@ class Server:
     async def apply_reload(self, specs: list[ModelSpec]) -> None:
         """This process's part of a reload."""
         self.specs = with_runtime(specs, self.settings)
+        self.control.replace(self.specs)
         started = time.monotonic()
         try:
             await self.manager.apply(self.specs)
@@ -375,6 +425,8 @@ class Server:
             task.cancel()
         if grpc_stopped is not None:
             await grpc_stopped
+        if self.modelmesh is not None:
+            await self.modelmesh.stop(max(deadline - time.monotonic(), 0.1))
         if self.internal is not None:
             self.internal.close()
         await self.manager.shutdown()
@@ -423,6 +475,10 @@ class InternalApi:
             specs = pickle.loads(request.body)  # noqa: S301 - a sibling worker, over a socket only this user reaches
             return Deferred(asyncio.ensure_future(self.server.apply_reload(specs)), _reloaded, None,
                             time.monotonic() + RELOAD_TIMEOUT_S, lambda: Response(504, b"reload timed out"))
+        if route == ("POST", "/_worker/control"):
+            verb, arg = pickle.loads(request.body)  # noqa: S301 - as above
+            return Deferred(asyncio.ensure_future(self.server.control.apply(verb, arg)), _reloaded, None,
+                            time.monotonic() + RELOAD_TIMEOUT_S, lambda: Response(504, b"load timed out"))
         return Response(404, b'{"error": "no such worker route"}')
 
 

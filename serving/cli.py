@@ -48,6 +48,18 @@ def _metavar(f: Field[Any]) -> str:
     return {int: "N", float: "X", bool: "BOOL", str: "TEXT"}[setting_type(f)]
 
 
+#: Flags that may be given more than once (Triton's `--load-model a --load-model b`): the values are joined
+#: with commas, the form the setting takes from the environment.
+REPEATABLE = frozenset({"load_model"})
+
+
+class _Joined(argparse.Action):
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        before = getattr(namespace, self.dest)
+        setattr(namespace, self.dest, values if before is None else f"{before},{values}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="serving", description=DESCRIPTION, epilog=EPILOG)
     for group, group_fields in grouped():
@@ -55,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
         for f in group_fields:
             # default=None: parse_settings applies only the flags given, over the environment.
             extra: dict[str, Any] = {"nargs": "?", "const": True} if setting_type(f) is bool else {}
+            if f.name in REPEATABLE:
+                extra["action"] = _Joined
             section.add_argument(f"--{f.name}", type=_flag_type(f), default=None, metavar=_metavar(f),
                                  help=_help(f), **extra)
     return ap

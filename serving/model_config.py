@@ -54,7 +54,8 @@ class ModelSpec:
     labels: dict[str, int] = field(default_factory=dict)
     device: str = "cpu"
     options: dict[str, object] = field(default_factory=dict)
-    #: The cloud service form: a base path holding the model files directly serves them as version 1.
+    #: A base path without version folders that holds the model files (the cloud service form, KServe's
+    #: /mnt/models), or one folder that does, serves them as version 1.
     flat: bool = False
 
 
@@ -130,7 +131,8 @@ def read_model_config_file(path: str | Path) -> list[ModelSpec]:
 
 def list_versions(base_path: str, flat: bool = False) -> dict[int, Path]:
     """The integer-named child directories of a base path (`00000123` is version 123); with `flat`, a
-    base path without any that holds files is version 1 itself."""
+    base path without any that holds files is version 1 itself, and one that holds a single folder (and no
+    file) is read as that folder (hidden entries and `lost+found` aside)."""
     found: dict[int, Path] = {}
     try:
         entries = list(os.scandir(base_path))
@@ -139,6 +141,11 @@ def list_versions(base_path: str, flat: bool = False) -> dict[int, Path]:
     for entry in entries:
         if entry.name.isdigit() and entry.is_dir():
             found[int(entry.name)] = Path(entry.path)
-    if flat and not found and any(e.is_file() for e in entries):
-        found[1] = Path(base_path)
+    if flat and not found:
+        if any(e.is_file() and not e.name.startswith(".") for e in entries):
+            found[1] = Path(base_path)
+        else:  # KServe's storage initializer may leave the model one folder down: /mnt/models/<name>/...
+            folders = [e for e in entries if e.is_dir() and not e.name.startswith(".") and e.name != "lost+found"]
+            if len(folders) == 1:
+                return list_versions(folders[0].path, flat)
     return found

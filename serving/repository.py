@@ -13,8 +13,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import enum
 import logging
+import os
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -26,6 +29,35 @@ from .processor import Processor, canonical_name, detect_platform, processor_cla
 from .servable import Runtime, Servable
 
 log = logging.getLogger(__name__)
+
+
+def memory_in_use(device: str) -> tuple[int, int]:
+    """(this process's resident memory, the CUDA device's memory in use) in bytes; the second is 0 unless
+    the device is CUDA and torch has set it up (TensorFlow's and ONNX Runtime's GPU memory is not seen)."""
+    try:
+        with open("/proc/self/statm") as f:
+            rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        rss = 0
+    gpu = 0
+    torch = sys.modules.get("torch")
+    if device.startswith("cuda") and torch is not None and torch.cuda.is_initialized():
+        index = int(device.partition(":")[2] or 0)
+        free, total = torch.cuda.mem_get_info(index)
+        gpu = total - free
+    return rss, gpu
+
+
+def measured_size(before: tuple[int, int], after: tuple[int, int], path: Path) -> int:
+    """What a load took: the growth of resident plus GPU memory, at least the files' size on disk. Loads
+    that run at once each see the other's growth too: an over-estimate, the safe side for ModelMesh."""
+    on_disk = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                on_disk += os.path.getsize(os.path.join(root, name))
+    grown = max(after[0] - before[0], 0) + max(after[1] - before[1], 0)
+    return max(grown, on_disk)
 
 
 class State(enum.Enum):
@@ -41,7 +73,7 @@ class VersionStatus:
     and, while it is loaded, the `Servable` handle the load produced."""
 
     __slots__ = ("model", "version", "path", "state", "error", "platform", "servable", "load_seconds",
-                 "warmup_seconds")
+                 "warmup_seconds", "size_bytes")
 
     def __init__(self, model: str, version: int, path: Path) -> None:
         self.model, self.version, self.path = model, version, path
@@ -51,6 +83,7 @@ class VersionStatus:
         self.servable: Servable | None = None
         self.load_seconds = 0.0  # the processor's load, once it ended (succeeded or not)
         self.warmup_seconds = 0.0  # the warm-up replay, once it ended
+        self.size_bytes = 0  # the memory its load took (see measured_size), once loaded
 
     @property
     def available(self) -> bool:
@@ -93,6 +126,11 @@ class ModelManager:
         self.load_failures: collections.Counter[str] = collections.Counter()  # by model name
         #: Under a supervisor (--workers): whether every worker is ready (serving.workers.Peers.all_ready).
         self.siblings_ready: Callable[[], bool] | None = None
+        #: Ready with no model at all (explicit model control, ModelMesh): models come when asked for.
+        self.may_be_empty = False
+        #: The last load error of each model that `load_model` removed again (never served), for the index.
+        self.failures: dict[str, ServingError] = {}
+        self._model_locks: dict[str, asyncio.Lock] = {}
 
     # ---- look-ups (hot path: plain dict reads, no awaits) ----
 
@@ -150,7 +188,7 @@ class ModelManager:
 
     def ready_here(self) -> bool:
         """True when every configured model has an AVAILABLE version in this process."""
-        return bool(self.models) and all(m.latest is not None for m in self.models.values())
+        return (self.may_be_empty or bool(self.models)) and all(m.latest is not None for m in self.models.values())
 
     # ---- changes ----
 
@@ -187,6 +225,58 @@ class ModelManager:
         async with self._lock:
             await asyncio.gather(*(self._reconcile(m) for m in self.models.values()))
 
+    async def load_model(self, spec: ModelSpec) -> None:
+        """Load (or reload) one model and leave the others alone: the versions its policy aspires to are
+        loaded and the others unloaded once one serves, as `apply` does. Raises the load's error when no
+        version is AVAILABLE afterwards; a model that was not serving is then removed again (its error stays
+        in `failures`), so a bad load never leaves the server unready. Loads of different models run at
+        once (as many as the load threads); loads and unloads of one model take turns."""
+        async with self._model_lock(spec.name):
+            model = self.models.get(spec.name)
+            if model is None:
+                model = self.models[spec.name] = ManagedModel(spec)
+            elif (model.spec.base_path, model.spec.platform) != (spec.base_path, spec.platform):
+                log.info("model %s: loading from a new base path or platform", spec.name)
+                await self._unload_all(model)
+            model.spec = spec
+            self.failures.pop(spec.name, None)
+            aspired = await self._load_aspired(model)
+            label_error = self._apply_labels(model, spec.labels)
+            await self._unload_unaspired(model, aspired)
+            if model.latest is not None:
+                if label_error:
+                    raise ServingError(Code.FAILED_PRECONDITION, label_error)
+                return
+            errors = [model.versions[v].error for v in sorted(aspired) if v in model.versions]
+            error = next((e for e in errors if e is not None), None) or ServingError(
+                Code.NOT_FOUND, f"model {spec.name}: no version to load under {spec.base_path}")
+            if not any(s.servable is not None for s in model.versions.values()):
+                del self.models[spec.name]
+                self.failures[spec.name] = error
+            raise error
+
+    async def unload_model(self, name: str) -> bool:
+        """Stop serving a model: new requests find it gone at once, those in flight finish, then its
+        versions are unloaded and this returns. False when no such model was loaded."""
+        async with self._model_lock(name):
+            self.failures.pop(name, None)
+            model = self.models.pop(name, None)
+            if model is None:
+                return False
+            await self._unload_all(model)
+            return True
+
+    def _model_lock(self, name: str) -> asyncio.Lock:
+        lock = self._model_locks.get(name)
+        if lock is None:
+            lock = self._model_locks[name] = asyncio.Lock()
+        return lock
+
+    def size_of(self, name: str) -> int:
+        """The memory the loaded versions of a model take (0 when none is loaded)."""
+        model = self.models.get(name)
+        return sum(s.size_bytes for s in model.versions.values() if s.servable is not None) if model else 0
+
     async def shutdown(self) -> None:
         async with self._lock:
             for model in list(self.models.values()):
@@ -222,7 +312,9 @@ class ModelManager:
         loads = []
         for version in sorted(aspired):
             current = model.versions.get(version)
-            if current is None or (current.state is State.END and current.error is None):
+            # A version that failed is tried again only when its files moved (a flat base path that got a 1/).
+            if current is None or (current.state is State.END
+                                   and (current.error is None or current.path != on_disk[version])):
                 status = VersionStatus(model.spec.name, version, on_disk[version])
                 model.versions[version] = status
                 loads.append(self._load(model, status))
@@ -295,7 +387,9 @@ class ModelManager:
                                f"processor {status.platform} runs on {', '.join(cls.devices)}, not {spec.device}")
         processor = cls()
         options: dict[str, Any] = dict(spec.options)
+        before = memory_in_use(spec.device)
         processor.load(status.path, spec.device, options)
+        status.size_bytes = measured_size(before, memory_in_use(spec.device), status.path)
         if not processor.signatures:
             raise ServingError(Code.FAILED_PRECONDITION, f"processor {platform} loaded no signature")
         return processor

@@ -34,6 +34,7 @@ GROUPS = {
     "models": "which models are served and how they are loaded",
     "runtime": "devices and framework threads of the models",
     "batching": "dynamic batching, per model queue",
+    "modelmesh": "the ModelMesh model runtime (mmesh.ModelRuntime, --modelmesh_port)",
     "cloud": "the cloud service form (--service_config)",
     "auth": "access tokens",
     "logging": "what the server logs",
@@ -108,6 +109,14 @@ class Settings:
     num_request_iterations_for_warmup: int = setting(
         1, "times each TF Serving warm-up record is replayed", group="models")
     load_threads: int = setting(2, "threads loading models", group="models")
+    model_control_mode: str = setting(
+        "poll", "as Triton's: `none` loads every configured model at start and never changes; `poll` also "
+        "follows the file system and config polling; `explicit` loads only the `--load_model` models at start "
+        "and others when asked (`POST /v2/repository/models/<m>/load`, gRPC `RepositoryModelLoad`); a server "
+        "in explicit mode may start with no model", group="models")
+    load_model: str = setting(
+        "", "in explicit mode, the models to load at start: names of the config (comma-separated or the flag "
+        "repeated), `*` for all; none: start with no model", group="models", shown_default="none")
     # runtime
     device: str = setting(
         "cpu", "device of the models: `cpu`, `cuda`, `cuda:N`, `auto` (CUDA when present); CUDA asked for "
@@ -122,6 +131,25 @@ class Settings:
     fp16: bool = setting(False, "run TorchScript models in half precision on CUDA", group="runtime")
     onnx_graph_optimization_level: str = setting(
         "all", "ONNX Runtime graph optimisation: `disabled`, `basic`, `extended`, `all`", group="runtime")
+    # modelmesh
+    modelmesh_port: int = setting(
+        0, "gRPC port of the ModelMesh model runtime API (ModelMesh's convention: 8085); 0: off. A server with "
+        "it may start with no model; ModelMesh loads and unloads them", group="modelmesh")
+    model_memory_capacity_bytes: int = setting(
+        0, "the memory ModelMesh may fill with models here; 0: the container's memory (next flag, else the "
+        "cgroup limit, else the machine's) less this process's size and `--memory_headroom_bytes`",
+        group="modelmesh", unit="bytes", shown_default="derived")
+    container_memory_bytes: int = setting(
+        0, "the container's memory, as the Downward API gives it (`requests.memory`); 0: the cgroup limit",
+        group="modelmesh", unit="bytes", env="CONTAINER_MEM_REQ_BYTES", shown_default="cgroup")
+    memory_headroom_bytes: int = setting(
+        256 * 1024 * 1024, "memory kept out of the model capacity for requests in flight", group="modelmesh",
+        unit="bytes")
+    model_loading_timeout_ms: int = setting(
+        90_000, "the longest a model load may take, as told to ModelMesh", group="modelmesh", unit="ms")
+    default_model_size_bytes: int = setting(
+        1024 * 1024, "the size ModelMesh assumes of a model not yet loaded whose disk size it does not know",
+        group="modelmesh", unit="bytes")
     # batching
     enable_batching: bool = setting(
         True, "dynamic batching; adaptive, so it costs nothing when idle (`=false`: one call per request)",

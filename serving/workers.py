@@ -58,11 +58,9 @@ STABLE_S = 30.0
 
 # ---- how many ----
 
-def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup"),
-                     proc_cgroup: Path = Path("/proc/self/cgroup")) -> float | None:
-    """The CPU quota of this process's cgroup in cores (cgroup v2 `cpu.max` of its group and the groups
-    above it, or v1 `cpu.cfs_quota_us` / `cpu.cfs_period_us`); None where there is none."""
-    limits: list[float] = []
+def _cgroup_v2_files(name: str, root: Path, proc_cgroup: Path) -> list[str]:
+    """The text of the cgroup v2 file `name` of this process's group and of every group above it."""
+    texts: list[str] = []
     try:
         group = next((line.split(":", 2)[2].strip() for line in proc_cgroup.read_text().splitlines()
                       if line.startswith("0::")), "/")
@@ -71,19 +69,49 @@ def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup"),
     path = root / group.lstrip("/")
     while True:
         try:
-            quota, period = (path / "cpu.max").read_text().split()[:2]
-            if quota != "max":
-                limits.append(int(quota) / int(period))
-        except (OSError, ValueError):
+            texts.append((path / name).read_text())
+        except OSError:
             pass
         if path == root or root not in path.parents:
             break
         path = path.parent
+    return texts
+
+
+def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup"),
+                     proc_cgroup: Path = Path("/proc/self/cgroup")) -> float | None:
+    """The CPU quota of this process's cgroup in cores (cgroup v2 `cpu.max` of its group and the groups
+    above it, or v1 `cpu.cfs_quota_us` / `cpu.cfs_period_us`); None where there is none."""
+    limits: list[float] = []
+    for text in _cgroup_v2_files("cpu.max", root, proc_cgroup):
+        try:
+            quota, period = text.split()[:2]
+            if quota != "max":
+                limits.append(int(quota) / int(period))
+        except ValueError:
+            pass
     try:
         quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
         period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
         if quota_us > 0 and period_us > 0:
             limits.append(quota_us / period_us)
+    except (OSError, ValueError):
+        pass
+    return min(limits) if limits else None
+
+
+def cgroup_memory_limit(root: Path = Path("/sys/fs/cgroup"),
+                        proc_cgroup: Path = Path("/proc/self/cgroup")) -> int | None:
+    """The memory limit of this process's cgroup in bytes (v2 `memory.max` up the group tree, or v1
+    `memory.limit_in_bytes`); None where there is none."""
+    limits: list[int] = []
+    for text in _cgroup_v2_files("memory.max", root, proc_cgroup):
+        if text.strip().isdigit():
+            limits.append(int(text))
+    try:
+        v1 = int((root / "memory" / "memory.limit_in_bytes").read_text())
+        if v1 < 1 << 60:  # "no limit" is a page-rounded LONG_MAX
+            limits.append(v1)
     except (OSError, ValueError):
         pass
     return min(limits) if limits else None

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..codecs.jsonutil import dumps
+from ..control import ModelControl
 from ..errors import ServingError
 from ..metrics import Metrics
 from ..pipeline import Pipeline
@@ -44,12 +45,13 @@ class RestApi:
         metrics: Metrics | None = None,
         statistics: Statistics | None = None,
         peers: Peers | None = None,
+        control: ModelControl | None = None,
     ) -> None:
         self.manager, self.auth, self.peers = manager, auth, peers
         self.timeout_s = timeout_s
         self.metrics = metrics or Metrics(manager)
         self.tfserving = TfServingRest(manager, pipeline, timeout_s)
-        self.kserve = KServeRest(manager, pipeline, timeout_s, statistics)
+        self.kserve = KServeRest(manager, pipeline, timeout_s, statistics, control)
         self.cloud = CloudRest(manager, pipeline, keepalive_s, default_model)
         #: Set by the server on SIGTERM: readiness answers not ready while requests are still served.
         self.draining = False

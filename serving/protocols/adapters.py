@@ -53,21 +53,24 @@ def _answer(future: asyncio.Future[Outputs], call: Call) -> Response:
 
 
 def answer_when(awaitable: Awaitable[Any], ok: Callable[[Any], Response], error: Callable[[ServingError], Response],
-                timeout_s: float) -> Deferred:
+                timeout_s: float, timeout_message: str = "the other workers did not answer in time") -> Deferred:
     """The HTTP answer to a request whose result takes a coroutine that is not an inference call (what the
-    sibling workers say, under a supervisor): `ok(result)`, or `error(...)` of its failure or time-out."""
+    sibling workers say, under a supervisor; a model load): `ok(result)`, or `error(...)` of its failure or
+    time-out."""
 
     def finish(future: asyncio.Future[Any], _: Any) -> Response:
         failure = error_of(future)
         return ok(future.result()) if failure is None else error(failure)
 
     def on_timeout() -> Response:
-        return error(ServingError(Code.DEADLINE_EXCEEDED, "the other workers did not answer in time"))
+        return error(ServingError(Code.DEADLINE_EXCEEDED, timeout_message))
 
     return Deferred(asyncio.ensure_future(awaitable), finish, None, time.monotonic() + timeout_s, on_timeout)
 
 
 Servicer = TypeVar("Servicer")
+#: The gRPC metadata keys by which ModelMesh names the model of an inference call (the `-bin` one binary).
+MODEL_ID_KEYS = frozenset({"mm-model-id", "mm-model-id-bin"})
 Method = Callable[[Servicer, Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
@@ -78,12 +81,17 @@ def grpc_errors(method: Method[Servicer]) -> Method[Servicer]:
 
     @functools.wraps(method)
     async def guarded(self: Servicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        sent = next((v for k, v in context.invocation_metadata() or () if k == "x-request-id"), None)
+        sent = model_id = None
+        for key, value in context.invocation_metadata() or ():
+            if key == "x-request-id":
+                sent = value
+            elif key in MODEL_ID_KEYS:  # ModelMesh routes by id: it names the model, whatever the body says
+                model_id = value.decode(errors="replace") if isinstance(value, bytes) else value
         rid = request_id_of(sent)
         trailing = (("x-request-id", rid),)
         if sent is not None:  # a success echoes only an id the client sent: trailing metadata costs grpc.aio
             context.set_trailing_metadata(trailing)  # 100-150 µs of CPU a call, a fifth of a batch-1 call's
-        exchange = GrpcExchange(rid, context)
+        exchange = GrpcExchange(rid, context, model_id)
         token = GRPC_EXCHANGE.set(exchange)
         access_log: AccessLog | None = getattr(self, "access_log", None)
         started = time.perf_counter() if access_log is not None else 0.0
@@ -109,15 +117,23 @@ def grpc_errors(method: Method[Servicer]) -> Method[Servicer]:
     return guarded
 
 
-def grpc_call(*args: Any, **kwargs: Any) -> Call:
-    """A `Call(*args, **kwargs)` of the gRPC method running now (see grpc_errors): it gets the method's
-    request id, and the access log line its model, version, signature and rows."""
+def grpc_call(protocol: str, model: str, *args: Any, **kwargs: Any) -> Call:
+    """A `Call(protocol, model, *args, **kwargs)` of the gRPC method running now (see grpc_errors): it gets
+    the method's request id, the model its `mm-model-id` metadata names (ModelMesh) over `model`, and the
+    access log line its model, version, signature and rows."""
     exchange = GRPC_EXCHANGE.get()
-    call = Call(*args, request_id=exchange.request_id if exchange is not None else "", **kwargs)
-    if exchange is not None:
-        exchange.call = call
-        call.carrier = exchange.context  # its metadata carries the caller's trace context
+    if exchange is None:
+        return Call(protocol, model, *args, request_id="", **kwargs)
+    call = Call(protocol, exchange.model_id or model, *args, request_id=exchange.request_id, **kwargs)
+    exchange.call = call
+    call.carrier = exchange.context  # its metadata carries the caller's trace context
     return call
+
+
+def routed_model(model: str) -> str:
+    """The model a gRPC method running now is for: its `mm-model-id` metadata's, else `model`."""
+    exchange = GRPC_EXCHANGE.get()
+    return exchange.model_id or model if exchange is not None else model
 
 
 def call_deadline(context: grpc.aio.ServicerContext, default_s: float) -> float:

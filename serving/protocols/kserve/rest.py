@@ -8,9 +8,14 @@ from __future__ import annotations
 import functools
 import re
 import time
+from typing import Any
+from urllib.parse import unquote
+
+import orjson
 
 from ... import __version__
 from ...codecs.jsonutil import dumps
+from ...control import ModelControl
 from ...dataplane import Outputs
 from ...errors import ServingError, invalid_argument, not_found
 from ...http.protocol import Deferred, Request, Response
@@ -24,6 +29,7 @@ from . import codec
 from .statistics import Statistics, extensions
 
 OCTET_STREAM = b"application/octet-stream"
+REPOSITORY_PATH = re.compile(r"/v2/repository/models/(?P<name>[^/]+)/(?P<verb>load|unload)$")
 V2_MODEL_PATH = re.compile(
     r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]*))?(?:/(?P<verb>ready|infer|config|stats))?$"
 )
@@ -64,15 +70,29 @@ def _decode(call: Call, servable: Servable) -> tuple[Signature, Inputs]:
     return sig, inputs
 
 
+def repository_request(body: bytes) -> dict[str, Any]:
+    """The JSON object of a repository request; an empty body is `{}` (tritonclient's index sends one)."""
+    if not body.strip():
+        return {}
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise invalid_argument(f"the request body is not JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise invalid_argument("the request body must be a JSON object")
+    return doc
+
+
 class KServeRest:
     """Routes /v2... requests."""
 
     error = staticmethod(error_response)
 
     def __init__(self, manager: ModelManager, pipeline: Pipeline, timeout_s: float,
-                 statistics: Statistics | None = None) -> None:
+                 statistics: Statistics | None = None, control: ModelControl | None = None) -> None:
         self.manager, self.pipeline, self.timeout_s = manager, pipeline, timeout_s
         self.statistics = statistics  # None: the statistics extension is not served
+        self.control = control  # None: the model repository extension is not served
         self.extensions = extensions(statistics)
 
     def __call__(self, request: Request) -> Response | Deferred:
@@ -86,6 +106,8 @@ class KServeRest:
             return Response(200, b"{}") if self.manager.ready() else Response(400, b'{"error": "not ready"}')
         if method == "GET" and path == "/v2/models/stats" and self.statistics is not None:
             return self._statistics("", None)
+        if method == "POST" and path.startswith("/v2/repository/") and self.control is not None:
+            return self._repository(self.control, path, request.body)
         route = parse_model_path(path)
         if route is None:
             raise not_found(f"Not found: {method} {request.path}")
@@ -110,6 +132,25 @@ class KServeRest:
         if method == "GET" and verb == "config":
             return Response(200, dumps(codec.triton_config(servable, self.pipeline.dataplane.batching)))
         raise not_found(f"Not found: {method} {request.path}")
+
+    def _repository(self, control: ModelControl, path: str, body: bytes) -> Response | Deferred:
+        """Triton's model repository extension: index, load, unload (errors `{"error": ...}`)."""
+        doc = repository_request(body)
+        if path == "/v2/repository/index":
+            ready = doc.get("ready", False)
+            if not isinstance(ready, bool):
+                raise invalid_argument("\"ready\" must be true or false")
+            return Response(200, dumps(control.index(ready)))
+        m = REPOSITORY_PATH.match(path)
+        if m is None:
+            raise not_found(f"Not found: POST {path}")
+        name, verb = unquote(m["name"]), m["verb"]
+        parameters = doc.get("parameters", {})
+        if not isinstance(parameters, dict):
+            raise invalid_argument("\"parameters\" must be a JSON object")
+        change = control.load(name, parameters) if verb == "load" else control.unload(name)
+        return answer_when(change, lambda _: Response(200, b""), self.error, control.load_timeout_s,
+                           f"the model {verb} of {name} did not finish in {control.load_timeout_s:g} s")
 
     def _statistics(self, name: str, version: int | None) -> Response | Deferred:
         statistics = self.statistics

@@ -12,13 +12,14 @@ from google.protobuf import json_format
 from ... import __version__
 from ..._proto.inference import grpc_predict_v2_pb2 as pb
 from ..._proto.inference import grpc_predict_v2_pb2_grpc
+from ...control import ModelControl
 from ...dataplane import outputs_of
 from ...errors import Code, ServingError
 from ...pipeline import Call, Inputs, Pipeline
 from ...repository import ModelManager
 from ...servable import Servable
 from ...signature import Signature
-from ..adapters import call_deadline, grpc_call, grpc_errors
+from ..adapters import call_deadline, grpc_call, grpc_errors, routed_model
 from . import codec
 from .statistics import Statistics, extensions
 
@@ -34,9 +35,10 @@ class InferenceService(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):  
     SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 
     def __init__(self, manager: ModelManager, pipeline: Pipeline, default_timeout_s: float,
-                 statistics: Statistics | None = None) -> None:
+                 statistics: Statistics | None = None, control: ModelControl | None = None) -> None:
         self.manager, self.pipeline, self.default_timeout_s = manager, pipeline, default_timeout_s
         self.statistics = statistics  # None: the statistics extension is not served
+        self.control = control  # None: the model repository extension is not served
         self.extensions = extensions(statistics)
 
     async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
@@ -48,7 +50,7 @@ class InferenceService(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):  
     @grpc_errors
     async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         try:
-            self.manager.get(request.name, codec.parse_version(request.version))
+            self.manager.get(routed_model(request.name), codec.parse_version(request.version))
         except ServingError:
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=True)
@@ -59,13 +61,13 @@ class InferenceService(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):  
 
     @grpc_errors
     async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        servable = self.manager.get(request.name, codec.parse_version(request.version))
-        metadata = codec.model_metadata(servable, self.manager.available_versions(request.name))
+        servable = self.manager.get(routed_model(request.name), codec.parse_version(request.version))
+        metadata = codec.model_metadata(servable, self.manager.available_versions(servable.model))
         return json_format.ParseDict(metadata, pb.ModelMetadataResponse())
 
     @grpc_errors
     async def ModelConfig(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        servable = self.manager.get(request.name, codec.parse_version(request.version))
+        servable = self.manager.get(routed_model(request.name), codec.parse_version(request.version))
         config = codec.triton_config(servable, self.pipeline.dataplane.batching)
         response = pb.ModelConfigResponse()
         json_format.ParseDict(config, response.config)
@@ -90,3 +92,30 @@ class InferenceService(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):  
                                          id=request.id)
         codec.encode_grpc(response, outputs, call.output_names())
         return response
+
+    @grpc_errors
+    async def RepositoryIndex(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        rows = self._control().index(request.ready)
+        return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(**row) for row in rows])
+
+    @grpc_errors
+    async def RepositoryModelLoad(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        parameters = {key: _parameter(value) for key, value in request.parameters.items()}
+        await self._control().load(request.model_name, parameters)
+        return pb.RepositoryModelLoadResponse()
+
+    @grpc_errors
+    async def RepositoryModelUnload(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        await self._control().unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    def _control(self) -> ModelControl:
+        if self.control is None:
+            raise ServingError(Code.UNIMPLEMENTED, "the model repository extension is not served")
+        return self.control
+
+
+def _parameter(value: Any) -> Any:
+    """A ModelRepositoryParameter's value (bytes as they are)."""
+    choice = value.WhichOneof("parameter_choice")
+    return getattr(value, choice) if choice is not None else None

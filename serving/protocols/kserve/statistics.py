@@ -34,7 +34,8 @@ NS = 1e9
 
 def extensions(statistics: Statistics | None) -> list[str]:
     """What ServerMetadata lists (Triton's names): statistics where they are served."""
-    return ["binary_tensor_data", "statistics"] if statistics is not None else ["binary_tensor_data"]
+    served = ["binary_tensor_data", "model_repository", "model_repository(unload_dependents)"]
+    return [*served, "statistics"] if statistics is not None else served
 
 
 class _Sums:

@@ -33,7 +33,7 @@ from ...pipeline import Call, Inputs, Pipeline
 from ...repository import ModelManager
 from ...servable import Servable
 from ...signature import STRING, Signature
-from ..adapters import call_deadline, grpc_call, grpc_errors, spec_version
+from ..adapters import call_deadline, grpc_call, grpc_errors, routed_model, spec_version
 from . import examples
 from .examples import examples_input, multi_inference_plan, multi_inference_spec
 
@@ -97,7 +97,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer): 
             if field != "signature_def":
                 raise invalid_argument(f"Metadata field {field} is not supported")
         version, label = spec_version(request.model_spec)
-        servable = self.manager.get(request.model_spec.name, version, label)
+        servable = self.manager.get(routed_model(request.model_spec.name), version, label)
         sig_map = get_model_metadata_pb2.SignatureDefMap()
         for name, sig in servable.processor.signatures.items():
             signature_def(sig, sig_map.signature_def[name])
@@ -129,8 +129,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer): 
     async def MultiInference(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         """Several classify / regress signatures of one model over the same Input, as TF Serving runs them."""
         spec = multi_inference_spec(request.tasks)
-        name = spec.name
         version, label = spec_version(spec)
+        name = routed_model(spec.name)
         servable = self.manager.get(name, version, label)
         plan = multi_inference_plan(servable, request.tasks)
         serialized = examples.examples_from_input(request.input)
