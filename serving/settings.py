@@ -229,7 +229,10 @@ class Settings:
                 if f.name == "model_base_path":
                     # As the TF Serving image: the model lives at ${MODEL_BASE_PATH}/${MODEL_NAME}.
                     value = os.path.join(value, self.model_name)
-                setattr(self, f.name, value)
+                try:
+                    setattr(self, f.name, convert(f, value))
+                except ValueError as e:
+                    raise ValueError(f"environment {extra}: {e}") from e
         for f in fields(self):
             key = env_name(f)
             if key in env:

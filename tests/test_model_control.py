@@ -252,3 +252,22 @@ def test_under_workers_a_load_and_an_unload_reach_every_worker(tmp_path):
         answers = {s.request("POST", "/v1/models/m:predict", {"instances": [[2.0]]}, fresh=True)[0]
                    for _ in range(40)}
         assert answers == {404}
+
+
+def test_a_worker_restarted_after_a_load_serves_the_loaded_model(tmp_path):
+    import os
+    import signal
+    from pathlib import Path
+
+    make_linear(tmp_path / "m", 1)
+    with Server("--workers=2", "--model_control_mode=explicit") as s:
+        assert s.post("/v2/repository/models/m/load", {"parameters": {"path": str(tmp_path / "m")}}) == (200, b"")
+        children = Path(f"/proc/{s.proc.pid}/task/{s.proc.pid}/children")
+        before = sorted(int(p) for p in children.read_text().split())
+        os.kill(before[1], signal.SIGKILL)
+        wait_until(lambda: before[1] not in children.read_text().split()
+                   and len(children.read_text().split()) == 2, what="the worker restarted")
+        s.wait_for("/readyz")
+        answers = {s.request("POST", "/v1/models/m:predict", {"instances": [[2.0]]}, fresh=True)[0]
+                   for _ in range(40)}
+        assert answers == {200}  # the new worker loaded `m` too

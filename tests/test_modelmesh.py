@@ -15,6 +15,8 @@ from serving._proto.mmesh import model_runtime_pb2 as mm
 from serving._proto.mmesh import model_runtime_pb2_grpc as mm_grpc
 from serving._proto.tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from serving.codecs.tensors import array_to_tensor, tensor_to_array
+from serving.protocols.modelmesh import model_capacity, resident_bytes
+from serving.settings import Settings
 from tests.helpers import Server, free_port, make_linear, make_xgb, wait_until
 
 
@@ -170,3 +172,18 @@ def test_under_workers_every_worker_loads_and_the_size_counts_every_copy(tmp_pat
                 with pytest.raises(grpc.RpcError) as e:
                     predict(s, "lin-w")
                 assert e.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_capacity_is_the_container_memory_less_the_server_and_the_headroom():
+    settings = Settings()
+    settings.apply_env({"CONTAINER_MEM_REQ_BYTES": str(4 << 30)})  # as the Downward API sets it
+    assert settings.container_memory_bytes == 4 << 30
+    rss = resident_bytes()
+    assert 0 < rss < 4 << 30
+    capacity = model_capacity(settings)
+    assert (4 << 30) - (256 << 20) - 2 * rss < capacity <= (4 << 30) - (256 << 20) - rss // 2
+    assert model_capacity(settings, copies=2) < capacity  # each worker's own size comes off
+    settings.model_memory_capacity_bytes = 123_456
+    assert model_capacity(settings) == 123_456
+    with pytest.raises(ValueError, match="CONTAINER_MEM_REQ_BYTES"):
+        Settings().apply_env({"CONTAINER_MEM_REQ_BYTES": "4Gi"})

@@ -18,7 +18,14 @@ from serving._proto.inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from serving._proto.tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
 from serving._proto.tensorflow_serving.config import model_server_config_pb2
 from serving.accesslog import blocks
-from serving.workers import available_cores, cgroup_cpu_limit, merge_metrics, merge_statistics, worker_count
+from serving.workers import (
+    available_cores,
+    cgroup_cpu_limit,
+    cgroup_memory_limit,
+    merge_metrics,
+    merge_statistics,
+    worker_count,
+)
 from tests.helpers import Server, make_linear, run_cli, wait_until
 
 PREDICT = json.dumps({"instances": [[2.0]]}).encode()
@@ -75,6 +82,25 @@ def test_cgroup_quota_v2_of_the_group_and_those_above_it_and_v1(tmp_path):
     assert cgroup_cpu_limit(v1, tmp_path / "none") == 3.0
     (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
     assert cgroup_cpu_limit(v1, tmp_path / "none") is None
+
+
+def test_cgroup_memory_limit_v2_up_the_tree_and_v1(tmp_path):
+    proc = tmp_path / "cgroup"
+    proc.write_text("0::/kubepods/pod1\n")
+    (tmp_path / "kubepods" / "pod1").mkdir(parents=True)
+    assert cgroup_memory_limit(tmp_path, proc) is None
+    (tmp_path / "kubepods" / "pod1" / "memory.max").write_text("max\n")
+    assert cgroup_memory_limit(tmp_path, proc) is None
+    (tmp_path / "kubepods" / "memory.max").write_text("2147483648\n")
+    assert cgroup_memory_limit(tmp_path, proc) == 2 << 30
+    (tmp_path / "kubepods" / "pod1" / "memory.max").write_text("1073741824\n")
+    assert cgroup_memory_limit(tmp_path, proc) == 1 << 30
+    v1 = tmp_path / "v1"
+    (v1 / "memory").mkdir(parents=True)
+    (v1 / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # no limit
+    assert cgroup_memory_limit(v1, tmp_path / "none") is None
+    (v1 / "memory" / "memory.limit_in_bytes").write_text("536870912\n")
+    assert cgroup_memory_limit(v1, tmp_path / "none") == 512 << 20
 
 
 # ---- merging what the workers report ----
