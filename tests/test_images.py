@@ -15,9 +15,9 @@ import pytest
 from tests.helpers import ROOT, Server, make_xgb
 
 IMAGES = ("Dockerfile.cpu", "Dockerfile.gpu")
-# The torch==2.13.0 wheel PyPI serves for Linux x86_64 is the multi-GB CUDA build: the CPU image leaves torch
-# to the GPU image rather than carry CUDA libraries it cannot use.
-NOT_IN_CPU_IMAGE = {"torch"}
+# The torch==2.13.0 wheel PyPI serves for Linux x86_64 is the multi-GB CUDA build: the CPU image takes torch
+# from PyTorch's CPU index (2.13.0+cpu).
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 # Extras naming a CPU-only wheel, and the GPU extra of pyproject.toml the GPU image installs instead (each
 # pair shares an import name, so installing both would shadow one build with the other).
 CUDA_BUILD_OF = {"xgboost": "xgboost-gpu", "onnx": "onnx-gpu", "tensorflow": "tensorflow-gpu"}
@@ -63,7 +63,9 @@ def image_extras(image: str) -> set[str]:
 
 def cuda_packages(image: str) -> dict[str, str]:
     """Requirements the image installs beside the project's extras: name -> version specifier."""
-    words = [w for w in pip_install(image) if not w.startswith("-") and w != ".[${EXTRAS}]"]
+    words = pip_install(image)
+    words = [w for i, w in enumerate(words) if not w.startswith("-") and w != ".[${EXTRAS}]"
+             and not (i and words[i - 1] == "--extra-index-url")]
     return dict(re.match(r"([\w.\-\[\]]+)(.*)", w).groups() for w in words)  # type: ignore[union-attr]
 
 
@@ -82,9 +84,13 @@ def test_every_extra_an_image_installs_exists_in_pyproject(image):
     assert image_extras(image) - set(pyproject_extras()) == set()
 
 
-def test_the_cpu_image_carries_the_makefiles_extras_but_the_cuda_only_torch():
-    assert image_extras("Dockerfile.cpu") == makefile_extras() - NOT_IN_CPU_IMAGE
+def test_the_cpu_image_carries_the_makefiles_extras_with_torchs_cpu_build():
+    assert image_extras("Dockerfile.cpu") == makefile_extras()
     assert cuda_packages("Dockerfile.cpu") == {}
+    words = pip_install("Dockerfile.cpu")
+    assert words[words.index("--extra-index-url") + 1] == "${TORCH_CPU_INDEX}"
+    assert build_arg("Dockerfile.cpu", "TORCH_CPU_INDEX") == TORCH_CPU_INDEX
+    assert "--extra-index-url" not in pip_install("Dockerfile.gpu")  # the GPU image wants PyPI's CUDA build
 
 
 def test_the_gpu_image_carries_every_framework_of_the_makefile_as_its_cuda_build():

@@ -93,6 +93,22 @@ def test_kserve_v2_inference_routes_by_id_and_the_type_comes_from_the_model_key(
     server.mesh.unloadModel(mm.UnloadModelRequest(modelId="xgb-1"), timeout=10)
 
 
+def test_a_model_path_naming_one_file_loads_that_file(server):
+    # ModelMesh's puller hands `.../<id>/mushroom.json` for a one-file model, named as in the bucket.
+    source = make_xgb(server.root / "staging", 1, n_features=2)
+    single = server.root / "single"
+    single.mkdir()
+    source.rename(single / "mushroom.json")
+    loaded = server.mesh.loadModel(mm.LoadModelRequest(modelId="mush", modelType="xgboost",
+                                                       modelPath=str(single / "mushroom.json")), timeout=30)
+    assert loaded.sizeInBytes >= (single / "mushroom.json").stat().st_size
+    stub = v2_grpc.GRPCInferenceServiceStub(server.data)
+    request = v2.ModelInferRequest(model_name="mush")
+    request.inputs.add(name="inputs", datatype="FP32", shape=[1, 2]).contents.fp32_contents.extend([1.0, 2.0])
+    assert stub.ModelInfer(request, metadata=(("mm-model-id", "mush"),), timeout=10).model_name == "mush"
+    server.mesh.unloadModel(mm.UnloadModelRequest(modelId="mush"), timeout=10)
+
+
 def test_predict_model_size_answers_from_the_key_without_io(server):
     sized = server.mesh.predictModelSize(mm.PredictModelSizeRequest(
         modelId="x", modelPath="/nonexistent", modelKey=json.dumps({"disk_size_bytes": 1000})), timeout=5)

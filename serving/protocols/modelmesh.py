@@ -11,8 +11,11 @@ unloaded, so nothing stays loaded that ModelMesh does not count.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import logging
 import os
+import shutil
+import tempfile
 from typing import Any
 
 import grpc
@@ -108,6 +111,7 @@ class ModelRuntime(model_runtime_pb2_grpc.ModelRuntimeServicer):  # type: ignore
         self.copies = copies  # worker processes, each with its own copy of every model
         self.started = started or (lambda: True)  # whether the server has done its start-up loads
         self.access_log: Any = None  # read by adapters.grpc_errors; set by the server
+        self._folders: dict[str, str] = {}  # model id -> the folder made for its one-file model
 
     @grpc_errors
     async def runtimeStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
@@ -138,7 +142,10 @@ class ModelRuntime(model_runtime_pb2_grpc.ModelRuntimeServicer):  # type: ignore
             raise invalid_argument(f"modelPath must be an absolute path, got {path!r}")
         if not os.path.exists(path):
             raise ServingError(Code.FAILED_PRECONDITION, f"modelPath {path} does not exist")
-        spec = ModelSpec(name=model_id, base_path=path, platform=model_type(request), flat=True)
+        platform = model_type(request)
+        if os.path.isfile(path):  # the puller hands a one-file model (`mushroom.json`) as the file itself
+            path = self._folder_for_file(model_id, path, platform)
+        spec = ModelSpec(name=model_id, base_path=path, platform=platform, flat=True)
         (spec,) = self.control.configure([spec])
         load = asyncio.ensure_future(self.control.load_spec(spec))
         try:
@@ -149,17 +156,40 @@ class ModelRuntime(model_runtime_pb2_grpc.ModelRuntimeServicer):  # type: ignore
             log.info("the load of %s was cancelled: unloading it once it ends", model_id)
             load.add_done_callback(lambda _: asyncio.ensure_future(self._unload_quietly(model_id)))
             raise
+        except Exception:
+            self._drop_folder(model_id)
+            raise
         return pb.LoadModelResponse(sizeInBytes=self.manager.size_of(model_id) * self.copies)
+
+    def _folder_for_file(self, model_id: str, path: str, platform: str | None) -> str:
+        """A private folder holding a link to the model file, under a name its processor looks for when
+        the file's own name is not one (an XGBoost `mushroom.json` becomes `model.json`)."""
+        self._drop_folder(model_id)
+        name = os.path.basename(path)
+        entry = REGISTRY.get(canonical_name(platform)) if platform else None
+        if entry is not None and not any(fnmatch.fnmatch(name, p) for p in entry.patterns):
+            name = next((p for p in entry.patterns if "*" not in p), name)
+        folder = tempfile.mkdtemp(prefix="serving-mm-")
+        os.symlink(path, os.path.join(folder, name))
+        self._folders[model_id] = folder
+        return folder
+
+    def _drop_folder(self, model_id: str) -> None:
+        folder = self._folders.pop(model_id, None)
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
 
     async def _unload_quietly(self, model_id: str) -> None:
         try:
             await self.control.unload(model_id, known_only=False)
         except Exception:  # noqa: BLE001 - a clean-up: logged, never raised into the loop
             log.exception("unloading %s after its cancelled load failed", model_id)
+        self._drop_folder(model_id)
 
     @grpc_errors
     async def unloadModel(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         await self.control.unload(request.modelId, known_only=False)  # an unknown id is no error
+        self._drop_folder(request.modelId)
         return pb.UnloadModelResponse()
 
     @grpc_errors
