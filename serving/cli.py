@@ -109,6 +109,11 @@ def setup_logging(settings: Settings) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["bench"]:  # `serving bench ...`: the load generator (serving/bench/)
+        from .bench.cli import main as bench
+
+        sys.exit(bench(args[1:]))
     settings = parse_settings(argv)
     setup_logging(settings)
     from .workers import SUPERVISED_ENV, supervise, worker_count

@@ -128,6 +128,7 @@ class ModelManager:
         self.siblings_ready: Callable[[], bool] | None = None
         #: Ready with no model at all (explicit model control, ModelMesh): models come when asked for.
         self.may_be_empty = False
+        self.applied = False  # a first configuration was applied: until then the server is not ready
         #: The last load error of each model that `load_model` removed again (never served), for the index.
         self.failures: dict[str, ServingError] = {}
         self._model_locks: dict[str, asyncio.Lock] = {}
@@ -188,7 +189,8 @@ class ModelManager:
 
     def ready_here(self) -> bool:
         """True when every configured model has an AVAILABLE version in this process."""
-        return (self.may_be_empty or bool(self.models)) and all(m.latest is not None for m in self.models.values())
+        return self.applied and (self.may_be_empty or bool(self.models)) and all(
+            m.latest is not None for m in self.models.values())
 
     # ---- changes ----
 
@@ -217,6 +219,7 @@ class ModelManager:
             aspired = await asyncio.gather(*(self._load_aspired(m) for m in models))
             errors = [e for m in specs if (e := self._apply_labels(self.models[m.name], m.labels))]
             await asyncio.gather(*(self._unload_unaspired(m, a) for m, a in zip(models, aspired, strict=True)))
+            self.applied = True
         if errors:
             raise ConfigError("; ".join(errors))
 

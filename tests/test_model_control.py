@@ -4,6 +4,7 @@ repository extension (index, load, unload) over REST and gRPC, driven by tritonc
 
 import http.client
 import json
+import re
 import threading
 import time
 
@@ -146,7 +147,10 @@ def test_grpc_load_errors(server):
 def test_an_unload_lets_requests_in_flight_finish(tmp_path):
     make_linear(tmp_path / "slow", 1, weights=[[1.0]], bias=0.0, delay_ms=1500)
     config = config_file(tmp_path, [("slow", "linear")])
-    with Server(f"--model_config_file={config}", "--model_control_mode=explicit", "--load_model=slow") as s:
+    # In the prediction pool (not on the event loop, where a first slow batch may run): the loop answers
+    # the unload while the request sleeps in the model.
+    with Server(f"--model_config_file={config}", "--model_control_mode=explicit", "--load_model=slow",
+                "--inline_batch_micros=0") as s:
         results = []
 
         def send():
@@ -158,10 +162,12 @@ def test_an_unload_lets_requests_in_flight_finish(tmp_path):
 
         sender = threading.Thread(target=send)
         sender.start()
-        time.sleep(0.5)  # the request is in the model
+        running = re.compile(r'^serving_batch_in_flight\{[^}]*model="slow"[^}]*\} 1\.0$', re.M)
+        wait_until(lambda: running.search(s.request("GET", "/metrics", fresh=True)[1].decode()),
+                   what="the request running in the model")
         started = time.monotonic()
         assert s.post("/v2/repository/models/slow/unload", {}) == (200, b"")
-        assert time.monotonic() - started > 0.5  # the unload waited for it
+        assert time.monotonic() - started > 0.3  # the unload waited for it (1.5 s in the model)
         sender.join(10)
         assert results == [(200, {"predictions": [2.0]})]
         assert s.post("/v1/models/slow:predict", {"instances": [[2.0]]})[0] == 404
@@ -265,9 +271,19 @@ def test_a_worker_restarted_after_a_load_serves_the_loaded_model(tmp_path):
         children = Path(f"/proc/{s.proc.pid}/task/{s.proc.pid}/children")
         before = sorted(int(p) for p in children.read_text().split())
         os.kill(before[1], signal.SIGKILL)
-        wait_until(lambda: before[1] not in children.read_text().split()
+        wait_until(lambda: str(before[1]) not in children.read_text().split()
                    and len(children.read_text().split()) == 2, what="the worker restarted")
         s.wait_for("/readyz")
         answers = {s.request("POST", "/v1/models/m:predict", {"instances": [[2.0]]}, fresh=True)[0]
                    for _ in range(40)}
         assert answers == {200}  # the new worker loaded `m` too
+
+
+def test_explicit_mode_is_not_ready_before_its_start_up_loads(tmp_path):
+    make_linear(tmp_path / "m", 1, load_delay_ms=1500)
+    config = config_file(tmp_path, [("m", "linear")])
+    with Server(f"--model_config_file={config}", "--model_control_mode=explicit", "--load_model=m",
+                wait_ready=False) as s:
+        assert s.get("/readyz")[0] == 503  # the HTTP port is open, the model still loading
+        s.wait_for("/readyz")
+        assert s.post("/v1/models/m:predict", {"instances": [[1.0]]})[0] == 200
