@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -82,60 +82,78 @@ class Recorder:
                 "hist": second.histogram().encode() if second.ok else b"", "inflight": self.inflight, "cpu": cpu}
 
 
-# ---- HTTP ----
+# ---- HTTP: event-driven, no coroutine or future per request ----
 
-class HttpClient(asyncio.Protocol):
-    """One keep-alive connection: send the pre-encoded request, resolve a future with the status."""
+class HttpConnection(asyncio.Protocol):
+    """One keep-alive connection of the HTTP driver: a request goes out (`send`), its answer is counted
+    when httptools has read the whole of it, and the connection asks the driver for its next one."""
 
-    def __init__(self) -> None:
+    def __init__(self, driver: HttpDriver) -> None:
         import httptools
 
+        self.driver = driver
         self.parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
-        self.waiter: asyncio.Future[int] | None = None
-        self.sent_at = 0.0  # perf_counter() of the request in flight (see expire)
-        self.closed = False
-        self.loop = asyncio.get_running_loop()
+        self.busy = False
+        self.sent_at = self.intended = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment] # uvloop's is no asyncio.Transport subclass
+        self.driver.conns.add(self)
+        self.driver.ready(self)
+
+    def send(self, now: float, intended: float) -> None:
+        assert self.transport is not None
+        self.busy, self.sent_at, self.intended = True, now, intended
+        self.driver.recorder.sent()
+        self.transport.write(self.driver.request)
 
     def data_received(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
-        except Exception as e:  # noqa: BLE001 - a malformed answer fails the request, not the generator
-            self._fail(ConnectionError(f"bad response: {e}"))
-            if self.transport is not None:
-                self.transport.close()
+        except Exception:  # noqa: BLE001 - a malformed answer fails its request, not the generator
+            self.fail("bad_response")
 
     def on_message_complete(self) -> None:
-        waiter, self.waiter = self.waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(self.parser.get_status_code())
+        # The hot path of the generator: what a request costs here is taken from the server on one machine.
+        if not self.busy:
+            return
+        now = time.perf_counter()
+        driver = self.driver
+        recorder = driver.recorder
+        status = self.parser.get_status_code()
+        if 200 <= status < 300:
+            second = recorder.now
+            second.ok += 1
+            second.latencies.append(now - self.intended)
+            recorder.inflight -= 1
+        else:
+            recorder.error(f"http_{status}")
+        if not self.parser.should_keep_alive():
+            self.busy = False
+            assert self.transport is not None
+            self.transport.close()  # connection_lost opens another
+        elif driver.closed_loop and not driver.run.stopped:  # the next request, at once
+            self.sent_at = self.intended = now
+            recorder.now.sent += 1
+            recorder.inflight += 1
+            self.transport.write(driver.request)  # type: ignore[union-attr]
+        else:
+            self.busy = False
+            driver.ready(self)
+
+    def fail(self, kind: str) -> None:
+        if self.busy:
+            self.busy = False
+            self.driver.recorder.error(kind)
+        if self.transport is not None:
+            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self._fail(ConnectionError("connection closed"))
-
-    def expire(self, now: float, timeout: float) -> None:
-        """Fail the request in flight when it is older than `timeout` (a sweep every 0.1 s stands in for a
-        timer per request, which would cost the generator a fifth of its time)."""
-        if self.waiter is not None and now - self.sent_at > timeout:
-            self._fail(TimeoutError())
-            if self.transport is not None:
-                self.transport.close()
-
-    def _fail(self, error: Exception) -> None:
-        waiter, self.waiter = self.waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(error)
-
-    def send(self, request: bytes, now: float) -> asyncio.Future[int]:
-        assert self.transport is not None
-        self.waiter = waiter = self.loop.create_future()
-        self.sent_at = now
-        self.transport.write(request)
-        return waiter
+        if self.busy:
+            self.busy = False
+            self.driver.recorder.error("connection")
+        self.driver.lost(self)
 
 
 class HttpTarget:
@@ -144,50 +162,102 @@ class HttpTarget:
         self.timeout = spec["timeout"]
         self.ssl = spec.get("ssl", False)
 
-    async def session(self) -> HttpSession:
-        return HttpSession(self)
 
+class HttpDriver:
+    """The step's HTTP connections. Closed loop: a connection sends its next request from the callback that
+    counted the last answer (as wrk does). Open loop: a due request goes to an idle connection at once, or
+    waits in `due` for the next one that frees. A time-out is found by `expire`, swept every 0.1 s."""
 
-class HttpSession:
-    """A worker's connection, reopened after an error."""
+    def __init__(self, run: StepRun, target: HttpTarget) -> None:
+        self.run, self.target, self.request = run, target, target.request
+        self.recorder = run.recorder
+        self.closed_loop = run.step["mode"] == "closed"
+        self.conns: set[HttpConnection] = set()
+        self.idle: list[HttpConnection] = []
+        self.due: collections.deque[float] = collections.deque()
+        self.connecting: set[asyncio.Task[None]] = set()
+        self.finished = False
 
-    def __init__(self, target: HttpTarget) -> None:
-        self.target = target
-        self.client: HttpClient | None = None
+    def start(self, count: int) -> None:
+        for _ in range(count):
+            self.connect()
 
-    async def call(self, now: float) -> str | None:
-        """One request sent at `now`: None when it succeeded (2xx), else the kind of error."""
-        target = self.target
+    def connect(self) -> None:
+        if not self.finished:
+            task = asyncio.get_running_loop().create_task(self._connect())
+            self.connecting.add(task)
+            task.add_done_callback(self.connecting.discard)
+
+    async def _connect(self) -> None:
+        target, loop = self.target, asyncio.get_running_loop()
         try:
-            client = self.client
-            if client is None or client.closed:
-                loop = asyncio.get_running_loop()
-                _, client = await asyncio.wait_for(loop.create_connection(
-                    HttpClient, target.host, target.port, ssl=target.ssl or None), target.timeout)
-                self.client = client
-            assert client is not None
-            status = await client.send(target.request, now)  # a time-out comes from expire()
-        except TimeoutError:
-            self.close()
-            return "timeout"
-        except OSError as e:
-            self.close()
-            return "connection" if not isinstance(e, ConnectionRefusedError) else "refused"
-        return None if 200 <= status < 300 else f"http_{status}"
+            await asyncio.wait_for(loop.create_connection(lambda: HttpConnection(self), target.host, target.port,
+                                                          ssl=target.ssl or None), target.timeout)
+        except (OSError, TimeoutError) as e:
+            # A request this connection would have carried fails: the next one of a closed loop, or the
+            # longest due of an open one.
+            if self.closed_loop and not self.run.stopped or self.due:
+                if self.due:
+                    self.due.popleft()
+                self.recorder.sent()
+                self.recorder.error("refused" if isinstance(e, ConnectionRefusedError) else "connect")
+            await asyncio.sleep(0.05)  # not a hot loop against a server that is down
+            self.connect()
 
-    def close(self) -> None:
-        if self.client is not None and self.client.transport is not None:
-            self.client.transport.close()
-        self.client = None
+    def ready(self, conn: HttpConnection) -> None:
+        """`conn` is free: give it its next request, or keep it idle."""
+        if self.closed_loop:
+            if not self.run.stopped:
+                now = time.perf_counter()
+                conn.send(now, now)
+                return
+        elif self.due:
+            conn.send(time.perf_counter(), self.due.popleft())
+            return
+        self.idle.append(conn)
+
+    def submit(self, intended: float) -> None:
+        """Open loop: a request is due (at `intended`)."""
+        while self.idle:
+            conn = self.idle.pop()
+            if conn in self.conns:
+                conn.send(time.perf_counter(), intended)
+                return
+        self.due.append(intended)
+
+    def lost(self, conn: HttpConnection) -> None:
+        self.conns.discard(conn)
+        if conn in self.idle:
+            self.idle.remove(conn)
+        self.connect()  # keep the step's number of connections
 
     def expire(self, now: float) -> None:
-        if self.client is not None:
-            self.client.expire(now, self.target.timeout)
+        timeout = self.target.timeout
+        for conn in list(self.conns):
+            if conn.busy and now - conn.sent_at > timeout:
+                conn.fail("timeout")
+
+    def busy(self) -> bool:
+        return bool(self.due) or any(conn.busy for conn in self.conns)
+
+    async def finish(self) -> None:
+        self.finished = True
+        for task in list(self.connecting):
+            task.cancel()
+        for conn in list(self.conns):
+            conn.fail("timeout")  # still unanswered after the drain
+            self.conns.discard(conn)
+        while self.due:  # due but never sent: the connections could not keep up
+            self.due.popleft()
+            self.recorder.sent()
+            self.recorder.error("unsent")
 
 
 # ---- gRPC ----
 
 class GrpcTarget:
+    """A channel (HTTP/2 carries every call of the process); calls run as coroutines."""
+
     def __init__(self, spec: dict[str, Any]) -> None:
         import grpc
 
@@ -197,9 +267,6 @@ class GrpcTarget:
         self.method = self.channel.unary_unary(spec["method"])
         self.request, self.timeout = spec["request"], spec["timeout"]
         self.metadata = tuple(tuple(pair) for pair in spec.get("metadata", ()))
-
-    async def session(self) -> GrpcSession:
-        return GrpcSession(self)
 
 
 class GrpcSession:
@@ -219,64 +286,37 @@ class GrpcSession:
     def close(self) -> None:
         pass
 
-    def expire(self, now: float) -> None:
-        pass  # grpc applies the call's own timeout
-
 
 # ---- the step ----
 
-class StepRun:
-    """One step in this process, from `step["start"]` (a time.time() instant shared by the processes) for
-    `step["duration"]` seconds."""
+class GrpcDriver:
+    """The step's gRPC calls: `connections` coroutines, each one call at a time (closed loop) or taking the
+    calls that are due (open loop). grpc applies each call's timeout."""
 
-    def __init__(self, step: dict[str, Any], conn: Connection) -> None:
-        self.step, self.conn = step, conn
-        self.duration = step["duration"]
-        self.stopped = False
+    def __init__(self, run: StepRun, target: GrpcTarget) -> None:
+        self.run, self.recorder = run, run.recorder
+        self.sessions: list[GrpcSession] = []
+        self.target = target
         self.due: asyncio.Queue[float] = asyncio.Queue()
-        self.start = self.end = 0.0
-        self.recorder = Recorder()
+        self.workers: list[asyncio.Task[None]] = []
 
-    async def run(self, target: HttpTarget | GrpcTarget) -> None:
-        step = self.step
-        await asyncio.sleep(max(step["start"] - time.time(), 0.0))
-        self.start = time.perf_counter()
-        self.end = self.start + self.duration
-        sessions = [await target.session() for _ in range(step["connections"])]
-        worker = self.closed if step["mode"] == "closed" else self.open_worker
-        workers = [asyncio.ensure_future(worker(s)) for s in sessions]
-        scheduler = None
-        if step["mode"] == "open" and step["rate"] > 0:
-            scheduler = asyncio.ensure_future(self.schedule(step["rate"], step["offset"]))
-        sweeper = asyncio.ensure_future(self.sweep(sessions))
-        cpu_mark = time.process_time()
-        for index in range(int(self.duration)):
-            while (left := self.start + index + 1 - time.perf_counter()) > 0:  # timers may fire a little early
-                await asyncio.sleep(left)
-            now_cpu = time.process_time()
-            self.report(self.recorder.tick(index, now_cpu - cpu_mark))
-            cpu_mark = now_cpu
-        await self.finish(workers, scheduler)
-        sweeper.cancel()
-        for session in sessions:
-            session.close()
-        self.report(self.recorder.tick(int(self.duration), time.process_time() - cpu_mark))
-        self.conn.send(("done", step["id"], None))
+    def start(self, count: int) -> None:
+        work = self.closed if self.run.step["mode"] == "closed" else self.open_worker
+        self.sessions = [GrpcSession(self.target) for _ in range(count)]
+        self.workers = [asyncio.get_running_loop().create_task(work(s)) for s in self.sessions]
 
-    async def sweep(self, sessions: Sequence[HttpSession | GrpcSession]) -> None:
-        while True:
-            await asyncio.sleep(0.1)
-            now = time.perf_counter()
-            for session in sessions:
-                session.expire(now)
+    def submit(self, intended: float) -> None:
+        self.due.put_nowait(intended)
 
-    def report(self, tick: dict[str, Any]) -> None:
-        if self.step["record"]:
-            self.conn.send(("tick", self.step["id"], tick))
+    def expire(self, now: float) -> None:
+        pass
 
-    async def closed(self, session: HttpSession | GrpcSession) -> None:
+    def busy(self) -> bool:
+        return not self.due.empty() or self.recorder.inflight > 0
+
+    async def closed(self, session: GrpcSession) -> None:
         recorder, clock, call = self.recorder, time.perf_counter, session.call
-        while not self.stopped:
+        while not self.run.stopped:
             sent = clock()
             recorder.sent()
             kind = await call(sent)
@@ -285,20 +325,80 @@ class StepRun:
             else:
                 recorder.error(kind)
 
-    async def open_worker(self, session: HttpSession | GrpcSession) -> None:
+    async def open_worker(self, session: GrpcSession) -> None:
         recorder = self.recorder
         while True:
             intended = await self.due.get()
-            if intended < 0:
-                return
             recorder.sent()
             kind = await session.call(time.perf_counter())
             if kind is None:
-                recorder.ok(time.perf_counter() - intended)  # from when it was due: waiting for a connection counts
+                recorder.ok(time.perf_counter() - intended)  # from when it was due: waiting counts
             else:
                 recorder.error(kind)
 
-    async def schedule(self, rate: float, offset: float) -> None:
+    async def finish(self) -> None:
+        for worker in self.workers:
+            worker.cancel()
+        await asyncio.gather(*self.workers, return_exceptions=True)
+        while not self.due.empty():  # due but never sent: the calls could not keep up
+            self.due.get_nowait()
+            self.recorder.sent()
+            self.recorder.error("unsent")
+        while self.recorder.inflight > 0:  # sent, unanswered when the drain ended
+            self.recorder.error("timeout")
+
+
+class StepRun:
+    """One step in this process, from `step["start"]` (a time.time() instant shared by the processes) for
+    `step["duration"]` seconds: the requests, a tick a second, then the drain of what is due or in flight
+    (up to the request timeout)."""
+
+    def __init__(self, step: dict[str, Any], conn: Connection) -> None:
+        self.step, self.conn = step, conn
+        self.duration = step["duration"]
+        self.stopped = False
+        self.start = self.end = 0.0
+        self.recorder = Recorder()
+
+    async def run(self, target: HttpTarget | GrpcTarget) -> None:
+        step = self.step
+        await asyncio.sleep(max(step["start"] - time.time(), 0.0))
+        self.start = time.perf_counter()
+        self.end = self.start + self.duration
+        driver = HttpDriver(self, target) if isinstance(target, HttpTarget) else GrpcDriver(self, target)
+        driver.start(step["connections"])
+        scheduler = None
+        if step["mode"] == "open" and step["rate"] > 0:
+            scheduler = asyncio.ensure_future(self.schedule(driver, step["rate"], step["offset"]))
+        sweeper = asyncio.ensure_future(self.sweep(driver))
+        cpu_mark = time.process_time()
+        for index in range(int(self.duration)):
+            while (left := self.start + index + 1 - time.perf_counter()) > 0:  # timers may fire a little early
+                await asyncio.sleep(left)
+            now_cpu = time.process_time()
+            self.report(self.recorder.tick(index, now_cpu - cpu_mark))
+            cpu_mark = now_cpu
+        self.stopped = True
+        if scheduler is not None:
+            scheduler.cancel()
+        drain_until = time.perf_counter() + step["timeout"] + 1.0
+        while driver.busy() and time.perf_counter() < drain_until:
+            await asyncio.sleep(0.005)
+        sweeper.cancel()
+        await driver.finish()
+        self.report(self.recorder.tick(int(self.duration), time.process_time() - cpu_mark))
+        self.conn.send(("done", step["id"], None))
+
+    async def sweep(self, driver: HttpDriver | GrpcDriver) -> None:
+        while True:
+            await asyncio.sleep(0.1)
+            driver.expire(time.perf_counter())
+
+    def report(self, tick: dict[str, Any]) -> None:
+        if self.step["record"]:
+            self.conn.send(("tick", self.step["id"], tick))
+
+    async def schedule(self, driver: HttpDriver | GrpcDriver, rate: float, offset: float) -> None:
         """Make requests due at start + offset + k / rate; a late wake-up makes every missed one due at once,
         each with its own intended time."""
         interval = 1.0 / rate
@@ -308,30 +408,11 @@ class StepRun:
             while (intended := self.start + offset + k * interval) <= now:
                 if intended >= self.end:
                     return
-                self.due.put_nowait(intended)
+                driver.submit(intended)
                 k += 1
             if intended >= self.end:
                 return
             await asyncio.sleep(max(intended - now, 0.001))  # a timer per request would spin: 1 ms ticks
-
-    async def finish(self, workers: Sequence[asyncio.Future[None]], scheduler: asyncio.Future[None] | None) -> None:
-        """The step is over: nothing more is due; what is due or sent finishes, up to the request timeout."""
-        self.stopped = True
-        if scheduler is not None:
-            scheduler.cancel()
-        for _ in workers:
-            self.due.put_nowait(-1.0)  # behind the requests still due: the workers send those first
-        if workers:
-            await asyncio.wait(workers, timeout=self.step["timeout"] + 1.0)
-        for worker in workers:
-            worker.cancel()
-        await asyncio.gather(*workers, return_exceptions=True)
-        while not self.due.empty():  # due but never sent before the drain ended: the client fell behind
-            if self.due.get_nowait() >= 0:
-                self.recorder.sent()
-                self.recorder.error("unsent")
-        while self.recorder.inflight > 0:  # sent, unanswered when the drain ended
-            self.recorder.error("timeout")
 
 
 def main(conn: Connection, target_spec: dict[str, Any]) -> None:
