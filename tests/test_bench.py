@@ -175,3 +175,31 @@ def test_thresholds_set_the_exit_status_and_the_report_files_parse(tmp_path):
     assert report["host"]["cores"] >= 1 and report["command"].startswith("serving bench --url")
     for png in ("latency_vs_throughput.png", "timeline.png", "latency_spectrum.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG", png
+
+
+def test_against_this_server_over_http_and_grpc_with_its_own_queue_and_compute_split(tmp_path):
+    from tests.helpers import Server, make_linear
+
+    make_linear(tmp_path / "lin", 1, weights=[[1.0], [1.0]], bias=0.0)
+    (tmp_path / "tf.json").write_text(json.dumps({"model_spec": {"name": "lin"}, "inputs": {"inputs": {
+        "dtype": "DT_FLOAT", "tensor_shape": {"dim": [{"size": 1}, {"size": 2}]}, "float_val": [1.0, 2.0]}}}))
+    (tmp_path / "v2.json").write_text(json.dumps({"model_name": "lin", "inputs": [
+        {"name": "inputs", "datatype": "FP32", "shape": [1, 2], "contents": {"fp32_contents": [1.0, 2.0]}}]}))
+    (tmp_path / "body.json").write_bytes(BODY)
+    with Server(f"--model_base_path={tmp_path / 'lin'}", "--model_name=lin") as s:
+        runs = {
+            "http": ["--url", f"http://127.0.0.1:{s.port}/v1/models/lin:predict", "--body", str(tmp_path / "body.json")],
+            "tf": ["--grpc", f"127.0.0.1:{s.grpc_port}", "--api", "tf", "--body", str(tmp_path / "tf.json")],
+            "v2": ["--grpc", f"127.0.0.1:{s.grpc_port}", "--api", "v2", "--body", str(tmp_path / "v2.json")],
+        }
+        for name, target in runs.items():
+            done = subprocess.run([sys.executable, "-m", "serving", "bench", *target, "--concurrency", "2",
+                                   "--duration", "1", "--warmup", "0", "--quiet", "--processes", "1",
+                                   "--out", str(tmp_path / name)], capture_output=True, text=True, cwd=ROOT,
+                                  timeout=120)
+            assert done.returncode == 0, done.stderr
+            step = json.loads((tmp_path / name / "report.json").read_text())["steps"][0]
+            assert step["ok"] > 50 and step["errors"] == {}, (name, step["errors"])
+            split = step["server"]  # read from the server's statistics extension before and after the step
+            assert split is not None and 0 < split["server_us"] < step["latency_ms"]["mean"] * 1e3, (name, split)
+            assert split["queue_us"] >= 0 and split["compute_us"] > 0
