@@ -188,7 +188,8 @@ def test_against_this_server_over_http_and_grpc_with_its_own_queue_and_compute_s
     (tmp_path / "body.json").write_bytes(BODY)
     with Server(f"--model_base_path={tmp_path / 'lin'}", "--model_name=lin") as s:
         runs = {
-            "http": ["--url", f"http://127.0.0.1:{s.port}/v1/models/lin:predict", "--body", str(tmp_path / "body.json")],
+            "http": ["--url", f"http://127.0.0.1:{s.port}/v1/models/lin:predict",
+                     "--body", str(tmp_path / "body.json")],
             "tf": ["--grpc", f"127.0.0.1:{s.grpc_port}", "--api", "tf", "--body", str(tmp_path / "tf.json")],
             "v2": ["--grpc", f"127.0.0.1:{s.grpc_port}", "--api", "v2", "--body", str(tmp_path / "v2.json")],
         }
