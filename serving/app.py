@@ -11,6 +11,7 @@ import os
 import pickle
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -23,10 +24,10 @@ from .batching import BatchingOptions, from_batching_parameters
 from .control import ModelControl
 from .dataplane import DataPlane
 from .errors import Code, ServingError
-from .http.protocol import DeadlineWheel, Deferred, HttpConnection, HttpLimits, Request, Response
+from .http.protocol import KEPT_HEADERS, DeadlineWheel, Deferred, HttpConnection, HttpLimits, Request, Response
 from .http.routes import RestApi
 from .metrics import Metrics, RequestMetrics
-from .model_config import ConfigError, ModelSpec, read_model_config_file
+from .model_config import ConfigError, ModelSpec, VersionPolicy, checked_traffic, read_model_config_file
 from .pipeline import Pipeline
 from .protocols.cloud.auth import TokenAuth, read_token_file
 from .protocols.kserve.rpc import InferenceService
@@ -59,12 +60,16 @@ def initial_specs(settings: Settings) -> list[ModelSpec]:
     if settings.model_config_file:
         specs = read_model_config_file(settings.model_config_file)
     elif settings.model_base_path:
+        traffic = service_traffic(settings.service_config) if settings.service_config else {}
         specs = [
             ModelSpec(
                 name=settings.model_name,
                 base_path=os.path.abspath(settings.model_base_path),
                 platform=settings.model_platform or None,
                 flat=True,  # the model files directly in the base path (KServe's /mnt/models) are version 1
+                # The versions a split names are the ones served (else the latest alone).
+                policy=VersionPolicy("specific", versions=frozenset(traffic)) if traffic else VersionPolicy(),
+                traffic=traffic,
             )
         ]
     elif may_start_empty(settings):
@@ -72,6 +77,18 @@ def initial_specs(settings: Settings) -> list[ModelSpec]:
     else:
         raise ConfigError("Either --model_config_file or --model_base_path (or env MODEL_BASE_PATH) must be set")
     return with_runtime(specs, settings)
+
+
+def service_traffic(path: str) -> dict[int, int]:
+    """The service JSON's `"traffic": {"1": 90, "2": 10}` (settings.py read the rest of it)."""
+    try:
+        doc = orjson.loads(Path(path).read_bytes())
+    except (OSError, orjson.JSONDecodeError) as e:
+        raise ConfigError(f"cannot read service config {path}: {e}") from e
+    traffic = doc.get("traffic") if isinstance(doc, dict) else None
+    if traffic is not None and not isinstance(traffic, dict):
+        raise ConfigError(f"service config {path}: \"traffic\" must map versions to percents")
+    return checked_traffic(traffic or {}, f"service config {path}")
 
 
 def may_start_empty(settings: Settings) -> bool:
@@ -161,6 +178,9 @@ class Server:
             warmup=warmup,
         )
         self.manager.may_be_empty = may_start_empty(settings)
+        if settings.traffic_sticky_header:
+            self.manager.sticky_header = settings.traffic_sticky_header.lower()
+            KEPT_HEADERS.add(self.manager.sticky_header.encode())  # the HTTP parser keeps its value
         # ModelMesh loads and unloads: its runtime port implies explicit model control.
         mode = "explicit" if settings.modelmesh_port else settings.model_control_mode
         self.control = ModelControl(mode, self.manager, lambda specs: with_runtime(specs, settings))

@@ -54,6 +54,8 @@ class ModelSpec:
     labels: dict[str, int] = field(default_factory=dict)
     device: str = "cpu"
     options: dict[str, object] = field(default_factory=dict)
+    #: version -> percent of the requests that name no version and no label (empty: the latest serves)
+    traffic: dict[int, int] = field(default_factory=dict)
     #: A base path without version folders that holds the model files (the cloud service form, KServe's
     #: /mnt/models), or one folder that does, serves them as version 1.
     flat: bool = False
@@ -110,9 +112,30 @@ def specs_from_proto(config: msc.ModelServerConfig, source: str = "model config"
                 platform=c.model_platform,
                 policy=policy_from_proto(c),
                 labels=dict(c.version_labels),
+                traffic=checked_traffic(dict(c.version_traffic), f"{source}: model {c.name}"),
             )
         )
     return specs
+
+
+def checked_traffic(traffic: dict[object, object], where: str) -> dict[int, int]:
+    """Weights by version ({"1": 90, "2": 10} from JSON, {1: 90, 2: 10} from the proto): whole percents
+    that sum to 100; a ConfigError that says what is wrong otherwise."""
+    if not traffic:
+        return {}
+    out: dict[int, int] = {}
+    for version, weight in traffic.items():
+        try:
+            v, w = int(str(version)), int(str(weight))
+        except ValueError:
+            raise ConfigError(f"{where}: traffic {version!r}: {weight!r} is not version: percent") from None
+        if v <= 0 or not 0 <= w <= 100:
+            raise ConfigError(f"{where}: traffic {v}: {w}: versions are positive, weights 0 to 100")
+        out[v] = w
+    if sum(out.values()) != 100:
+        raise ConfigError(f"{where}: the traffic weights sum to {sum(out.values())}, not 100: "
+                          f"{', '.join(f'{v}: {w}' for v, w in sorted(out.items()))}")
+    return out
 
 
 def missing_base_paths(specs: list[ModelSpec]) -> list[str]:

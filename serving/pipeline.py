@@ -130,7 +130,7 @@ class Pipeline:
             raise
 
     def _infer(self, call: Call) -> asyncio.Future[Outputs]:
-        servable = call.servable = self.manager.get(call.model, call.version, call.label)
+        servable = call.servable = self.manager.get(call.model, call.version, call.label, call.carrier)
         if call.method == "predict" and (refused := servable.refusal()) is not None:
             raise refused
         sig, inputs = call.decode(call, servable)

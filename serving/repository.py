@@ -11,14 +11,17 @@ with an error when its load fails.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import concurrent.futures
 import contextlib
 import enum
 import logging
 import os
+import random
 import sys
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,18 @@ from .processor import Processor, canonical_name, detect_platform, processor_cla
 from .servable import Runtime, Servable
 
 log = logging.getLogger(__name__)
+
+
+def sticky_value(carrier: Any, name: str) -> bytes | None:
+    """The sticky header's value in a call's carrier: HTTP headers (lower-case bytes), or a gRPC context."""
+    if carrier is None:
+        return None
+    if isinstance(carrier, dict):
+        return carrier.get(name.encode())
+    for key, value in carrier.invocation_metadata() or ():
+        if key == name:
+            return value if isinstance(value, bytes) else value.encode()
+    return None
 
 
 def memory_in_use(device: str) -> tuple[int, int]:
@@ -91,19 +106,45 @@ class VersionStatus:
 
 
 class ManagedModel:
-    """A configured model: its spec, every version it has had, its labels, its newest AVAILABLE one."""
+    """A configured model: its spec, every version it has had, its labels, its newest AVAILABLE one, and
+    the traffic split of the requests that name no version (`split`: None when the latest takes them)."""
 
-    __slots__ = ("spec", "versions", "labels", "latest")
+    __slots__ = ("spec", "versions", "labels", "latest", "traffic", "split")
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
         self.versions: dict[int, VersionStatus] = {}
         self.labels: dict[str, int] = {}
         self.latest: Servable | None = None
+        self.traffic: dict[int, int] = {}
+        self.split: tuple[tuple[float, ...], tuple[Servable, ...]] | None = None
 
     def refresh_latest(self) -> None:
         ready = [s for s in self.versions.values() if s.available]
         self.latest = max(ready, key=lambda s: s.version).servable if ready else None
+        self.refresh_split()
+
+    def refresh_split(self) -> None:
+        """The weighted versions AVAILABLE now, as cumulative percents: a weighted version that is not
+        AVAILABLE (loading, unloading) has its share spread over the others; none: the latest serves."""
+        weighted = [(w, status.servable) for v, w in sorted(self.traffic.items())
+                    if w > 0 and (status := self.versions.get(v)) is not None and status.available
+                    and status.servable is not None]
+        total = sum(w for w, _ in weighted)
+        if not total:
+            self.split = None
+            return
+        bounds, running = [], 0.0
+        for weight, _ in weighted:
+            running += weight * 100.0 / total
+            bounds.append(running)
+        self.split = (tuple(bounds), tuple(servable for _, servable in weighted))
+
+    def pick(self, point: float) -> Servable:
+        """The weighted version at `point` in [0, 100)."""
+        assert self.split is not None
+        bounds, servables = self.split
+        return servables[min(bisect.bisect_right(bounds, point), len(servables) - 1)]
 
 
 class ModelManager:
@@ -129,14 +170,19 @@ class ModelManager:
         #: Ready with no model at all (explicit model control, ModelMesh): models come when asked for.
         self.may_be_empty = False
         self.applied = False  # a first configuration was applied: until then the server is not ready
+        #: --traffic_sticky_header: the HTTP header / gRPC metadata key whose value picks a model's weighted
+        #: version by hash, so one user stays on one version (None: a random pick each request).
+        self.sticky_header: str | None = None
         #: The last load error of each model that `load_model` removed again (never served), for the index.
         self.failures: dict[str, ServingError] = {}
         self._model_locks: dict[str, asyncio.Lock] = {}
 
     # ---- look-ups (hot path: plain dict reads, no awaits) ----
 
-    def get(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
-        """The AVAILABLE servable a request names; NOT_FOUND / INVALID_ARGUMENT / UNAVAILABLE otherwise."""
+    def get(self, name: str, version: int | None = None, label: str | None = None, carrier: Any = None) -> Servable:
+        """The AVAILABLE servable a request names (one that names no version: by the model's traffic split,
+        with `carrier`'s sticky header when set, else the latest); NOT_FOUND / INVALID_ARGUMENT /
+        UNAVAILABLE otherwise."""
         model = self.models.get(name)
         if label is not None:
             if model is None or label not in model.labels:
@@ -144,7 +190,10 @@ class ModelManager:
             version = model.labels[label]
         if version is None:
             if model is not None and model.latest is not None:
-                return model.latest
+                if model.split is None:
+                    return model.latest
+                key = sticky_value(carrier, self.sticky_header) if self.sticky_header else None
+                return model.pick(zlib.crc32(key) % 10_000 / 100 if key is not None else random.random() * 100)
             if model is None:
                 raise not_found(f"Servable not found for request: Latest({name})")
             raise unavailable(f"Servable not available for request: Latest({name}): no version is AVAILABLE")
@@ -218,6 +267,7 @@ class ModelManager:
                 models.append(model)
             aspired = await asyncio.gather(*(self._load_aspired(m) for m in models))
             errors = [e for m in specs if (e := self._apply_labels(self.models[m.name], m.labels))]
+            errors += [e for m, a in zip(models, aspired, strict=True) if (e := self._apply_traffic(m, a))]
             await asyncio.gather(*(self._unload_unaspired(m, a) for m, a in zip(models, aspired, strict=True)))
             self.applied = True
         if errors:
@@ -244,7 +294,7 @@ class ModelManager:
             model.spec = spec
             self.failures.pop(spec.name, None)
             aspired = await self._load_aspired(model)
-            label_error = self._apply_labels(model, spec.labels)
+            label_error = self._apply_labels(model, spec.labels) or self._apply_traffic(model, aspired)
             await self._unload_unaspired(model, aspired)
             if model.latest is not None:
                 if label_error:
@@ -301,6 +351,18 @@ class ModelManager:
                 f"which is not currently available for inference"
             )
         model.labels = dict(labels)
+        return None
+
+    def _apply_traffic(self, model: ManagedModel, aspired: set[int]) -> str | None:
+        """The spec's weights, when every weighted version is one its policy serves; else the error, and the
+        old weights stay."""
+        traffic = model.spec.traffic
+        missing = sorted(v for v, w in traffic.items() if w > 0 and v not in aspired)
+        if missing:
+            return (f"the traffic of model {model.spec.name} names version {', '.join(map(str, missing))}, which "
+                    f"is not one it serves ({model.spec.policy.describe()}: {sorted(aspired) or 'none'})")
+        model.traffic = dict(traffic)
+        model.refresh_split()
         return None
 
     async def _reconcile(self, model: ManagedModel) -> None:

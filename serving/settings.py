@@ -109,6 +109,10 @@ class Settings:
     num_request_iterations_for_warmup: int = setting(
         1, "times each TF Serving warm-up record is replayed", group="models")
     load_threads: int = setting(2, "threads loading models", group="models")
+    traffic_sticky_header: str = setting(
+        "", "an HTTP header (or gRPC metadata key), e.g. a user id, whose value picks a model's weighted version "
+        "by hash, so the same value always lands on the same version; none: a random pick per request",
+        group="models", shown_default="none")
     model_control_mode: str = setting(
         "poll", "as Triton's: `none` loads every configured model at start and never changes; `poll` also "
         "follows the file system and config polling; `explicit` loads only the `--load_model` models at start "

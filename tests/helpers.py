@@ -194,7 +194,8 @@ def wait_until(predicate: Any, timeout: float = 20.0, what: str = "condition") -
 
 
 def pbtxt(*models: dict[str, Any]) -> str:
-    """A model_config.pbtxt text for models given as dicts (name, base_path, platform, policy, labels)."""
+    """A model_config.pbtxt text for models given as dicts (name, base_path, platform, policy, labels,
+    traffic)."""
     out = ["model_config_list {"]
     for m in models:
         out.append("  config {")
@@ -206,6 +207,8 @@ def pbtxt(*models: dict[str, Any]) -> str:
             out.append(f"    model_version_policy {{ {m['policy']} }}")
         for k, v in m.get("labels", {}).items():
             out.append(f'    version_labels {{ key: "{k}" value: {v} }}')
+        for k, v in m.get("traffic", {}).items():
+            out.append(f"    version_traffic {{ key: {k} value: {v} }}")
         out.append("  }")
     out.append("}")
     return "\n".join(out) + "\n"

@@ -246,7 +246,9 @@ async def test_kserve_infer_with_binary_tensors(repo: Path) -> None:
         response = await settle(s.send("POST", "/v2/models/two/infer", header + x.tobytes(),
                                        {b"inference-header-content-length": str(len(header)).encode()}))
         assert response.status == 200 and response.content_type == b"application/octet-stream"
-        json_length = int(response.headers.removeprefix(b"Inference-Header-Content-Length: ").rstrip(b"\r\n"))
+        headers = dict(line.split(b": ", 1) for line in response.headers.split(b"\r\n") if line)
+        assert headers[b"x-model-version"] == b"1"
+        json_length = int(headers[b"Inference-Header-Content-Length"])
         doc = json.loads(response.body[:json_length])
         assert doc["outputs"] == [{"name": "predictions", "datatype": "FP32", "shape": [1, 2],
                                    "parameters": {"binary_data_size": 8}}]

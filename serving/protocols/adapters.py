@@ -46,10 +46,14 @@ def _answer(future: asyncio.Future[Outputs], call: Call) -> Response:
     error = error_of(future)
     if error is None:
         try:
-            return codec.encode(call, future.result())
+            response = codec.encode(call, future.result())
         except ServingError as e:
             error = e
-    return codec.error(error)
+    if error is not None:
+        response = codec.error(error)
+    if call.servable is not None:  # which version answered (a traffic split may have picked it)
+        response.headers += b"x-model-version: %d\r\n" % call.servable.version
+    return response
 
 
 def answer_when(awaitable: Awaitable[Any], ok: Callable[[Any], Response], error: Callable[[ServingError], Response],
