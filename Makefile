@@ -6,6 +6,7 @@ PIP := $(PY) -m pip
 DEMO ?= demo_models
 REST_PORT ?= 8080
 GRPC_PORT ?= 9090
+BENCH_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 EXTRAS ?= xgboost,lightgbm,pmml,torch,onnx,tensorflow,otel
 
@@ -46,8 +47,7 @@ protos: install-test
 	$(PY) protos/generate.py
 
 bench: install-test
-	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
-	$(PY) benchmarks/xgb_http.py
+	$(PY) benchmarks/suite.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(DEMO) build *.egg-info

@@ -93,7 +93,12 @@ class Server:
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT,
                                      env={**os.environ, **(env or {})})
         self.conn: http.client.HTTPConnection | None = None
-        self.wait_for("/healthz" if not wait_ready else "/readyz")
+        try:
+            self.wait_for("/healthz" if not wait_ready else "/readyz")
+        except BaseException:  # no `with` block will stop it: do it here, then fail
+            self.stop(signal.SIGKILL, timeout=5)
+            self.log.close()
+            raise
 
     def wait_for(self, path: str, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
