@@ -27,7 +27,15 @@ from .errors import Code, ServingError
 from .http.protocol import KEPT_HEADERS, DeadlineWheel, Deferred, HttpConnection, HttpLimits, Request, Response
 from .http.routes import RestApi
 from .metrics import Metrics, RequestMetrics
-from .model_config import ConfigError, ModelSpec, VersionPolicy, checked_traffic, read_model_config_file
+from .model_config import (
+    ConfigError,
+    ModelSpec,
+    RequestLogSpec,
+    VersionPolicy,
+    checked_traffic,
+    log_spec_from_json,
+    read_model_config_file,
+)
 from .pipeline import Pipeline
 from .protocols.cloud.auth import TokenAuth, read_token_file
 from .protocols.kserve.rpc import InferenceService
@@ -35,6 +43,7 @@ from .protocols.kserve.statistics import Statistics
 from .protocols.modelmesh import ModelRuntime
 from .protocols.tfserving.rpc import ModelService, PredictionService
 from .repository import ModelManager
+from .requestlog import RequestLogger, worker_index
 from .rpc.decode import add_services
 from .rpc.interceptors import TokenInterceptor
 from .servable import Runtime
@@ -60,7 +69,7 @@ def initial_specs(settings: Settings) -> list[ModelSpec]:
     if settings.model_config_file:
         specs = read_model_config_file(settings.model_config_file)
     elif settings.model_base_path:
-        traffic = service_traffic(settings.service_config) if settings.service_config else {}
+        traffic, request_log = service_extras(settings.service_config) if settings.service_config else ({}, None)
         specs = [
             ModelSpec(
                 name=settings.model_name,
@@ -70,6 +79,7 @@ def initial_specs(settings: Settings) -> list[ModelSpec]:
                 # The versions a split names are the ones served (else the latest alone).
                 policy=VersionPolicy("specific", versions=frozenset(traffic)) if traffic else VersionPolicy(),
                 traffic=traffic,
+                request_log=request_log,
             )
         ]
     elif may_start_empty(settings):
@@ -79,16 +89,19 @@ def initial_specs(settings: Settings) -> list[ModelSpec]:
     return with_runtime(specs, settings)
 
 
-def service_traffic(path: str) -> dict[int, int]:
-    """The service JSON's `"traffic": {"1": 90, "2": 10}` (settings.py read the rest of it)."""
+def service_extras(path: str) -> tuple[dict[int, int], RequestLogSpec | None]:
+    """The service JSON's `"traffic": {"1": 90, "2": 10}` and `"request_log": {"path", "sample_rate"}`
+    (settings.py read the rest of it)."""
     try:
         doc = orjson.loads(Path(path).read_bytes())
     except (OSError, orjson.JSONDecodeError) as e:
         raise ConfigError(f"cannot read service config {path}: {e}") from e
-    traffic = doc.get("traffic") if isinstance(doc, dict) else None
+    doc = doc if isinstance(doc, dict) else {}
+    traffic = doc.get("traffic")
     if traffic is not None and not isinstance(traffic, dict):
         raise ConfigError(f"service config {path}: \"traffic\" must map versions to percents")
-    return checked_traffic(traffic or {}, f"service config {path}")
+    where = f"service config {path}"
+    return checked_traffic(traffic or {}, where), log_spec_from_json(doc.get("request_log"), where)
 
 
 def may_start_empty(settings: Settings) -> bool:
@@ -196,6 +209,9 @@ class Server:
             self.control.siblings = self._control_siblings
             peers = self.peers  # a worker started later loads what the others have loaded then
             self.control.changed = lambda: peers.save_reload([m.spec for m in self.manager.models.values()])
+        # Sampled predict calls of the models whose config asks for it (serving/requestlog.py).
+        self.request_log = RequestLogger(self.manager, worker_index(), settings.request_log_max_bytes)
+        self.pipeline.observe(self.request_log)
         self.statistics = Statistics(self.manager, self.peers)  # Triton's statistics extension (KServe V2)
         self.pipeline.observe(self.statistics)
         self.tracing = tracing(settings)
@@ -224,7 +240,7 @@ class Server:
         if reloaded is not None:  # a worker started after a reload (or a load) serves what its siblings serve
             self.specs = startup = with_runtime(reloaded, self.settings)
         s = self.settings
-        metrics = Metrics(self.manager, self.request_metrics)
+        metrics = Metrics(self.manager, self.request_metrics, self.request_log)
         self.api = api = RestApi(
             self.manager, self.pipeline, timeout_s=s.rest_api_timeout_in_ms / 1000,
             keepalive_s=s.keepalive_ms / 1000, default_model=self.default_model, auth=self.auth,
@@ -451,6 +467,7 @@ class Server:
             self.internal.close()
         await self.manager.shutdown()
         self.runtime.shutdown()
+        self.request_log.close()  # what is queued is written
         if self.access_log is not None:
             self.access_log.close()
         if self.tracing is not None:

@@ -114,6 +114,10 @@ def main(argv: list[str] | None = None) -> None:
         from .bench.cli import main as bench
 
         sys.exit(bench(args[1:]))
+    if args[:1] == ["warmup-from-log"]:  # a warm-up file from request logs (serving/fromlog.py)
+        from .fromlog import main as from_log
+
+        sys.exit(from_log(args[1:]))
     settings = parse_settings(argv)
     setup_logging(settings)
     from .workers import SUPERVISED_ENV, supervise, worker_count

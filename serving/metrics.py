@@ -17,8 +17,8 @@ from __future__ import annotations
 import bisect
 import collections
 import sys
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from prometheus_client import CollectorRegistry, generate_latest
@@ -246,13 +246,32 @@ class GpuMemoryCollector(Collector):  # type: ignore[misc]
             yield family
 
 
+class RequestLogCollector:
+    """The request log's records written and dropped (its writer's queue was full)."""
+
+    def __init__(self, request_log: Any) -> None:
+        self.request_log = request_log
+
+    def collect(self) -> Iterable[Metric]:
+        written = CounterMetricFamily("serving_request_log_records", "request log records written")
+        written.add_metric([], float(self.request_log.written))
+        dropped = CounterMetricFamily("serving_request_log_dropped", "request log records dropped: the writer's "
+                                      "queue was full")
+        dropped.add_metric([], float(self.request_log.dropped))
+        yield written
+        yield dropped
+
+
 class Metrics:
     """The server's registry: the engine's collector, the process and platform collectors of
     prometheus-client (CPU, memory, open fds, threads...), GPU memory."""
 
-    def __init__(self, manager: ModelManager, requests: RequestMetrics | None = None) -> None:
+    def __init__(self, manager: ModelManager, requests: RequestMetrics | None = None,
+                 request_log: Any = None) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(EngineCollector(manager, requests))
+        if request_log is not None:
+            self.registry.register(RequestLogCollector(request_log))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         self.registry.register(GpuMemoryCollector())

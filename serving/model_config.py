@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from google.protobuf import text_format
 
@@ -44,6 +45,47 @@ class VersionPolicy:
 
 
 @dataclass(frozen=True)
+class RequestLogSpec:
+    """Where a model's sampled calls go: `<prefix>.<n>.tfrecord`, a share `sample_rate` of them."""
+
+    prefix: str
+    sample_rate: float
+
+
+def log_spec_from_proto(config: Any, where: str) -> RequestLogSpec | None:
+    """A ModelConfig's `logging_config`, validated as TF Serving does (a collector type it knows)."""
+    if not config.HasField("logging_config") or not config.logging_config.HasField("log_collector_config"):
+        return None  # no collector named: nothing is logged (TF Serving's files may carry a sampling rate alone)
+    collector = config.logging_config.log_collector_config
+    if collector.type not in ("", "file"):
+        raise ConfigError(f"{where}: log_collector_config type {collector.type!r} is not one this server has "
+                          f"(\"file\" or empty)")
+    if not collector.filename_prefix:
+        raise ConfigError(f"{where}: log_collector_config needs a filename_prefix")
+    return RequestLogSpec(collector.filename_prefix, checked_rate(config.logging_config.sampling_config.sampling_rate,
+                                                                  where))
+
+
+def log_spec_from_json(doc: Any, where: str) -> RequestLogSpec | None:
+    """The service JSON's `"request_log": {"path": ..., "sample_rate": ...}`."""
+    if doc is None:
+        return None
+    if not isinstance(doc, dict) or not isinstance(doc.get("path"), str) or not doc["path"]:
+        raise ConfigError(f"{where}: \"request_log\" must be {{\"path\": ..., \"sample_rate\": ...}}")
+    return RequestLogSpec(doc["path"], checked_rate(doc.get("sample_rate", 1.0), where))
+
+
+def checked_rate(rate: Any, where: str) -> float:
+    try:
+        value = float(rate)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: sampling rate {rate!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{where}: sampling rate {value} is not between 0 and 1")
+    return value
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """One model to serve: name, base path with integer version dirs, processor, policy, labels."""
 
@@ -56,6 +98,8 @@ class ModelSpec:
     options: dict[str, object] = field(default_factory=dict)
     #: version -> percent of the requests that name no version and no label (empty: the latest serves)
     traffic: dict[int, int] = field(default_factory=dict)
+    #: sampled predict calls with their answers go to TFRecord files (serving/requestlog.py); None: not logged
+    request_log: RequestLogSpec | None = None
     #: A base path without version folders that holds the model files (the cloud service form, KServe's
     #: /mnt/models), or one folder that does, serves them as version 1.
     flat: bool = False
@@ -113,6 +157,7 @@ def specs_from_proto(config: msc.ModelServerConfig, source: str = "model config"
                 policy=policy_from_proto(c),
                 labels=dict(c.version_labels),
                 traffic=checked_traffic(dict(c.version_traffic), f"{source}: model {c.name}"),
+                request_log=log_spec_from_proto(c, f"{source}: model {c.name}"),
             )
         )
     return specs

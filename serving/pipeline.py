@@ -53,6 +53,7 @@ class Call:
     codec: Any = None  # the adapter's answer codec (answer_later)
     received = dispatched = computed = 0.0  # time.perf_counter(), set only while observers watch
     rows: int | None = None  # the request's rows, counted once it decoded, while observers watch
+    result: Outputs | None = None  # its outputs, once finished, while observers watch (the request log)
     observers: Sequence[Observer] = ()
 
     def __init__(self, protocol: str, model: str, version: int | None, label: str | None, decode: Decode,
@@ -68,7 +69,10 @@ class Call:
         """Its outputs or error are ready (the batch queue or the executor says so): tell the observers."""
         if self.dispatched and not self.computed:  # the executor's path: done now
             self.computed = time.perf_counter()
-        notify(self, error_of(future))
+        error = error_of(future)
+        if error is None:
+            self.result = future.result()
+        notify(self, error)
 
     def output_names(self) -> list[str]:
         """The outputs to answer: the wanted ones, else every output of the signature."""

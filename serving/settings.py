@@ -204,6 +204,9 @@ class Settings:
         900.0, "a signed (`EAS ...`) request whose `Date` header is further than this from the server's "
         "clock is refused 401; 0 turns the check off", group="auth", unit="s")
     # logging
+    request_log_max_bytes: int = setting(
+        256 * 1024 * 1024, "a request log file (logging_config, the service JSON's request_log) is closed and "
+        "the next one begun past this size", group="logging", unit="bytes")
     log_level: str = setting("INFO", "`DEBUG`, `INFO`, `WARNING` or `ERROR`", group="logging")
     log_format: str = setting(
         "text", "the server's own log on standard error: `text`, or `json` (one object per line: time, level, "

@@ -44,7 +44,7 @@ def _fail(message: str) -> ServingError:
     return ServingError(Code.FAILED_PRECONDITION, f"warm-up: {message}")
 
 
-def _masked_crc(data: bytes) -> int:
+def masked_crc(data: bytes) -> int:
     import google_crc32c
 
     crc = google_crc32c.value(data)
@@ -60,14 +60,14 @@ def read_tfrecords(path: Path) -> Iterator[bytes]:
             raise _fail(f"{path}: record {index} is truncated (incomplete length header)")
         (length,) = struct.unpack_from("<Q", data, pos)
         (length_crc,) = struct.unpack_from("<I", data, pos + 8)
-        if _masked_crc(data[pos:pos + 8]) != length_crc:
+        if masked_crc(data[pos:pos + 8]) != length_crc:
             raise _fail(f"{path}: record {index} has a corrupt length (CRC mismatch)")
         start, end = pos + 12, pos + 12 + length
         if end + 4 > len(data):
             raise _fail(f"{path}: record {index} is truncated")
         record = data[start:end]
         (data_crc,) = struct.unpack_from("<I", data, end)
-        if _masked_crc(record) != data_crc:
+        if masked_crc(record) != data_crc:
             raise _fail(f"{path}: record {index} is corrupt (CRC mismatch)")
         yield record
         pos, index = end + 4, index + 1
@@ -78,7 +78,7 @@ def write_tfrecords(path: Path, records: list[bytes]) -> None:
     with path.open("wb") as f:
         for record in records:
             header = struct.pack("<Q", len(record))
-            f.write(header + struct.pack("<I", _masked_crc(header)) + record + struct.pack("<I", _masked_crc(record)))
+            f.write(header + struct.pack("<I", masked_crc(header)) + record + struct.pack("<I", masked_crc(record)))
 
 
 @dataclass

@@ -27,7 +27,7 @@ from serving._proto.tensorflow_serving.apis import model_pb2 as tensorflow__serv
 from serving._proto.tensorflow_serving.config import logging_config_pb2 as tensorflow__serving_dot_config_dot_logging__config__pb2
 
 
-DESCRIPTOR = _pool.POOL.AddSerializedFile(b'\n%tensorflow_serving/apis/logging.proto\x12\x12tensorflow.serving\x1a#tensorflow_serving/apis/model.proto\x1a.tensorflow_serving/config/logging_config.proto\"\x97\x01\n\x0bLogMetadata\x12\x31\n\nmodel_spec\x18\x01 \x01(\x0b\x32\x1d.tensorflow.serving.ModelSpec\x12;\n\x0fsampling_config\x18\x02 \x01(\x0b\x32\".tensorflow.serving.SamplingConfig\x12\x18\n\x10saved_model_tags\x18\x03 \x03(\tb\x06proto3')
+DESCRIPTOR = _pool.POOL.AddSerializedFile(b'\n%tensorflow_serving/apis/logging.proto\x12\x12tensorflow.serving\x1a#tensorflow_serving/apis/model.proto\x1a.tensorflow_serving/config/logging_config.proto\"\xac\x01\n\x0bLogMetadata\x12\x31\n\nmodel_spec\x18\x01 \x01(\x0b\x32\x1d.tensorflow.serving.ModelSpec\x12;\n\x0fsampling_config\x18\x02 \x01(\x0b\x32\".tensorflow.serving.SamplingConfig\x12\x18\n\x10saved_model_tags\x18\x03 \x03(\t\x12\x13\n\nrequest_id\x18\xe9\x07 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,5 +35,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tensorflow_serving.apis.log
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_LOGMETADATA']._serialized_start=147
-  _globals['_LOGMETADATA']._serialized_end=298
+  _globals['_LOGMETADATA']._serialized_end=319
 # @@protoc_insertion_point(module_scope)

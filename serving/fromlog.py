@@ -1,0 +1,66 @@
+"""`serving warmup-from-log LOGS... --out <version dir>/assets.extra/tf_serving_warmup_requests [--max 1000]`:
+a TF Serving warm-up file made from real traffic. Reads request logs (serving/requestlog.py, or any
+TFRecord file of PredictionLog records), keeps one predict request per distinct (model, signature, input
+names, shapes and dtypes), the first seen, up to `--max`, and writes them with their responses dropped, so
+the file holds what warm-up replays and nothing it does not need. TF Serving reads it; so does this engine
+(serving/warmup.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from google.protobuf.message import DecodeError
+
+from .errors import ServingError
+from .warmup import MAX_RECORDS, read_tfrecords, write_tfrecords
+
+
+def distinct_requests(paths: list[Path], limit: int) -> Iterator[bytes]:
+    """The serialized warm-up records: a PredictionLog holding only the predict request."""
+    from ._proto.tensorflow_serving.apis import prediction_log_pb2
+
+    seen: set[tuple[object, ...]] = set()
+    for path in paths:
+        for record in read_tfrecords(path):
+            log = prediction_log_pb2.PredictionLog.FromString(record)
+            if log.WhichOneof("log_type") != "predict_log":
+                continue
+            request = log.predict_log.request
+            shape = tuple(sorted((name, tensor.dtype, tuple(d.size for d in tensor.tensor_shape.dim))
+                                 for name, tensor in request.inputs.items()))
+            key = (request.model_spec.name, request.model_spec.signature_name, shape)
+            if key in seen:
+                continue
+            seen.add(key)
+            kept = prediction_log_pb2.PredictionLog()
+            kept.predict_log.request.CopyFrom(request)
+            yield kept.SerializeToString()
+            if len(seen) >= limit:
+                return
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="serving warmup-from-log", description=__doc__.split("\n\n")[0])
+    ap.add_argument("logs", nargs="+", type=Path, help="request log files (.tfrecord of PredictionLog)")
+    ap.add_argument("--out", type=Path, required=True,
+                    help="the warm-up file: <version dir>/assets.extra/tf_serving_warmup_requests")
+    ap.add_argument("--max", type=int, default=1000, help=f"most records kept (1 to {MAX_RECORDS}; default 1000)")
+    args = ap.parse_args(argv)
+    if not 1 <= args.max <= MAX_RECORDS:
+        ap.error(f"--max must be 1 to {MAX_RECORDS}")
+    try:
+        records = list(distinct_requests(args.logs, args.max))
+    except (OSError, ValueError, ServingError, DecodeError) as e:
+        print(f"serving warmup-from-log: {getattr(e, 'message', e)}", file=sys.stderr)
+        return 1
+    if not records:
+        print("serving warmup-from-log: no predict request in the logs", file=sys.stderr)
+        return 1
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_tfrecords(args.out, records)
+    print(f"wrote {len(records)} warm-up records to {args.out}")
+    return 0

@@ -1,0 +1,154 @@
+"""Request logs in TF Serving's own format: sampled predict calls with their answers, as TFRecord files of
+`tensorflow.serving.PredictionLog` records (`predict_log`), readable by TensorFlow (`tf.data.TFRecordDataset`
++ `PredictionLog.FromString`) and by this engine's warm-up reader.
+
+A model logs when its config says so: `logging_config { log_collector_config { type: "file" filename_prefix:
+"/logs/m" } sampling_config { sampling_rate: 0.1 } }` in model_config.pbtxt (TF Serving's own field, whose
+collector its open-source build lacks), or `"request_log": {"path": "/logs/m", "sample_rate": 0.1}` in the
+service JSON. Every protocol's predict call is logged as a `PredictRequest` / `PredictResponse` with named
+TensorProtos (KServe V2 and cloud calls converted), `log_metadata` naming the version that served it, the
+sampling config and (our field 1001) the request id.
+
+The event loop only samples and queues (the call's arrays, no encoding); a writer thread builds and
+writes the records, to `<filename_prefix>.<n>.tfrecord` (`<filename_prefix>.w<worker>.<n>.tfrecord` under
+--workers), a new file past `--request_log_max_bytes`. A full queue drops the record and counts it
+(`serving_request_log_dropped_total`) rather than slow a request.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import random
+import struct
+import threading
+from pathlib import Path
+from typing import Any
+
+from ._proto.tensorflow_serving.apis import prediction_log_pb2
+from .codecs.tensors import array_to_tensor
+from .errors import ServingError
+from .pipeline import Call, Timings
+from .repository import ModelManager
+from .warmup import masked_crc
+
+log = logging.getLogger(__name__)
+
+#: Records waiting for the writer; one more is dropped and counted.
+QUEUE_SIZE = 10_000
+
+
+class TFRecordFiles:
+    """`<prefix>[.w<worker>].<n>.tfrecord`, a new one past `max_bytes`."""
+
+    def __init__(self, prefix: str, worker: int | None, max_bytes: int) -> None:
+        self.prefix, self.worker, self.max_bytes = prefix, worker, max_bytes
+        self.index = 0
+        self.file: Any = None
+        self.size = 0
+
+    def path(self, index: int) -> Path:
+        middle = f".w{self.worker}" if self.worker is not None else ""
+        return Path(f"{self.prefix}{middle}.{index}.tfrecord")
+
+    def write(self, record: bytes) -> None:
+        if self.file is None or (self.size and self.size + len(record) + 16 > self.max_bytes):
+            self._next()
+        header = struct.pack("<Q", len(record))
+        self.file.write(header + struct.pack("<I", masked_crc(header)) + record + struct.pack("<I", masked_crc(record)))
+        self.file.flush()
+        self.size += len(record) + 16
+
+    def _next(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        while self.path(self.index).exists():  # never overwrite an earlier run's file
+            self.index += 1
+        path = self.path(self.index)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = path.open("ab")
+        self.size = 0
+        self.index += 1
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+class RequestLogger:
+    """A pipeline observer: samples the finished predict calls of the models that log, on the loop; the
+    writer thread builds and writes their records."""
+
+    def __init__(self, manager: ModelManager, worker: int | None = None, max_bytes: int = 256 << 20) -> None:
+        self.manager, self.worker, self.max_bytes = manager, worker, max_bytes
+        self.queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue(QUEUE_SIZE)
+        self.dropped = 0
+        self.written = 0
+        self.files: dict[str, TFRecordFiles] = {}
+        self.thread = threading.Thread(target=self._write, name="request-log", daemon=True)
+        self.thread.start()
+
+    def finished(self, call: Call, error: ServingError | None, timings: Timings) -> None:
+        servable = call.servable
+        if error is not None or servable is None or call.method != "predict" or call.result is None:
+            return
+        model = self.manager.models.get(servable.model)
+        spec = model.spec.request_log if model is not None else None
+        if spec is None or (spec.sample_rate < 1.0 and random.random() >= spec.sample_rate):
+            return
+        assert call.signature is not None
+        item = (spec, servable.model, servable.version, call.signature.name, call.request_id, call.inputs,
+                {name: call.result[name] for name in call.output_names()})
+        try:
+            self.queue.put_nowait(item)
+        except queue.Full:
+            self.dropped += 1
+
+    def _write(self) -> None:
+        while (item := self.queue.get()) is not None:
+            spec, model, version, signature, request_id, inputs, outputs = item
+            try:
+                record = prediction_log(model, version, signature, request_id, inputs, outputs, spec.sample_rate)
+                files = self.files.get(spec.prefix)
+                if files is None:
+                    files = self.files[spec.prefix] = TFRecordFiles(spec.prefix, self.worker, self.max_bytes)
+                files.write(record)
+                self.written += 1
+            except Exception:  # noqa: BLE001 - a record that cannot be written is logged; serving goes on
+                log.exception("request log: a record of model %s could not be written", model)
+
+    def close(self) -> None:
+        """Write what is queued, then close the files."""
+        self.queue.put(None)
+        self.thread.join(30)
+        for files in self.files.values():
+            files.close()
+
+
+def prediction_log(model: str, version: int, signature: str, request_id: str, inputs: dict[str, Any],
+                   outputs: dict[str, Any], sample_rate: float) -> bytes:
+    """One PredictionLog record: the call as a PredictRequest and its answer as a PredictResponse."""
+    record = prediction_log_pb2.PredictionLog()
+    meta = record.log_metadata
+    meta.model_spec.name = model
+    meta.model_spec.version.value = version
+    meta.model_spec.signature_name = signature
+    meta.sampling_config.sampling_rate = sample_rate
+    meta.request_id = request_id
+    request, response = record.predict_log.request, record.predict_log.response
+    request.model_spec.CopyFrom(meta.model_spec)
+    response.model_spec.CopyFrom(meta.model_spec)
+    for name, array in inputs.items():
+        array_to_tensor(array, request.inputs[name])
+    for name, array in outputs.items():
+        array_to_tensor(array, response.outputs[name])
+    return record.SerializeToString()
+
+
+def worker_index() -> int | None:
+    from .workers import SUPERVISED_ENV
+
+    value = os.environ.get(SUPERVISED_ENV)
+    return int(value.split(",", 1)[0]) if value else None

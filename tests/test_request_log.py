@@ -1,0 +1,148 @@
+"""Request logs in TF Serving's format: sampled predict calls of every protocol with their answers, as
+TFRecord files of PredictionLog records that TensorFlow reads, rotated by size; the config's errors; the
+drop counter."""
+
+import json
+import subprocess
+import sys
+
+import grpc
+import numpy as np
+import pytest
+
+from serving._proto.tensorflow_serving.apis import predict_pb2, prediction_log_pb2, prediction_service_pb2_grpc
+from serving.codecs.tensors import array_to_tensor, tensor_to_array
+from serving.model_config import ConfigError, parse_model_config
+from serving.warmup import read_tfrecords
+from tests.helpers import ROOT, Server, make_linear
+
+
+def config_text(base, prefix, rate=1.0, kind="file"):
+    return (f'model_config_list {{ config {{ name: "m" base_path: "{base}" model_platform: "linear" '
+            f'logging_config {{ log_collector_config {{ type: "{kind}" filename_prefix: "{prefix}" }} '
+            f"sampling_config {{ sampling_rate: {rate} }} }} }} }}\n")
+
+
+def records(folder):
+    out = []
+    for path in sorted(folder.glob("*.tfrecord")):
+        out += [prediction_log_pb2.PredictionLog.FromString(r) for r in read_tfrecords(path)]
+    return out
+
+
+def test_every_protocols_predict_calls_are_logged_with_their_answers(tmp_path):
+    make_linear(tmp_path / "m", 1, weights=[[1.0], [2.0]], bias=0.5)
+    config = tmp_path / "models.pbtxt"
+    config.write_text(config_text(tmp_path / "m", tmp_path / "logs" / "m"))
+    with Server(f"--model_config_file={config}") as s:
+        assert s.post("/v1/models/m:predict", {"instances": [[1.0, 1.0]]},
+                      headers={"x-request-id": "rest-1"})[0] == 200
+        assert s.post("/v2/models/m/infer", {"inputs": [
+            {"name": "inputs", "shape": [1, 2], "datatype": "FP32", "data": [2.0, 0.0]}]})[0] == 200
+        assert s.post("/api/predict/m", [[0.0, 1.0]])[0] == 200
+        with grpc.insecure_channel(f"127.0.0.1:{s.grpc_port}") as channel:
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = "m"
+            array_to_tensor(np.array([[3.0, 3.0]], np.float32), request.inputs["inputs"])
+            prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=10)
+        assert s.post("/v1/models/m:predict", {"instances": [[1.0]]})[0] == 400  # failed: not logged
+        s.stop()
+        assert s.proc.returncode == 0
+    logs = records(tmp_path / "logs")
+    assert [p.name for p in (tmp_path / "logs").iterdir()] == ["m.0.tfrecord"]
+    assert len(logs) == 4
+    for log in logs:
+        assert log.WhichOneof("log_type") == "predict_log"
+        meta = log.log_metadata
+        assert (meta.model_spec.name, meta.model_spec.version.value, meta.model_spec.signature_name) == (
+            "m", 1, "serving_default")
+        assert meta.sampling_config.sampling_rate == 1.0 and meta.request_id
+        x = tensor_to_array(log.predict_log.request.inputs["inputs"], "inputs")
+        y = tensor_to_array(log.predict_log.response.outputs["predictions"], "predictions")
+        assert np.allclose(y, x @ np.array([1.0, 2.0]) + 0.5)
+    assert logs[0].log_metadata.request_id == "rest-1"
+    assert {tuple(tensor_to_array(p.predict_log.request.inputs["inputs"], "i")[0]) for p in logs} == {
+        (1.0, 1.0), (2.0, 0.0), (0.0, 1.0), (3.0, 3.0)}
+
+
+def test_tensorflow_reads_the_files(tmp_path):
+    pytest.importorskip("tensorflow", reason="TensorFlow (tensorflow extra) is not installed")
+    make_linear(tmp_path / "m", 1, weights=[[1.0]], bias=0.0)
+    config = tmp_path / "models.pbtxt"
+    config.write_text(config_text(tmp_path / "m", tmp_path / "logs" / "m"))
+    with Server(f"--model_config_file={config}") as s:
+        for i in range(5):
+            assert s.post("/v1/models/m:predict", {"instances": [[float(i)]]})[0] == 200
+    # In its own process: TensorFlow's protobuf runtime must not meet ours in one interpreter.
+    script = ("import sys, tensorflow as tf\n"
+              "from serving._proto.tensorflow_serving.apis import prediction_log_pb2 as p\n"
+              "n = [p.PredictionLog.FromString(r.numpy()).log_metadata.model_spec.name "
+              "for r in tf.data.TFRecordDataset(sys.argv[1:])]; print(len(n), set(n))")
+    files = [str(p) for p in sorted((tmp_path / "logs").glob("*.tfrecord"))]
+    done = subprocess.run([sys.executable, "-c", script, *files], capture_output=True, text=True, cwd=ROOT,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[-2] == "5 {'m'}"
+
+
+def test_sampling_and_rotation_by_size(tmp_path):
+    make_linear(tmp_path / "m", 1, weights=[[1.0]], bias=0.0)
+    config = tmp_path / "models.pbtxt"
+    config.write_text(config_text(tmp_path / "m", tmp_path / "half" / "m", rate=0.5))
+    with Server(f"--model_config_file={config}", "--request_log_max_bytes=1000") as s:
+        for i in range(400):
+            assert s.post("/v1/models/m:predict", {"instances": [[float(i)]]})[0] == 200
+        metrics = s.request("GET", "/metrics", fresh=True)[1].decode()
+    logged = records(tmp_path / "half")
+    assert 140 <= len(logged) <= 260  # half of 400, within 6 standard deviations
+    files = sorted((tmp_path / "half").glob("*.tfrecord"))
+    assert len(files) > 10 and all(f.stat().st_size <= 1000 for f in files)
+    assert "serving_request_log_records_total" in metrics and "serving_request_log_dropped_total 0.0" in metrics
+
+
+def test_the_logging_config_is_checked(tmp_path):
+    with pytest.raises(ConfigError, match="type 'kafka' is not one this server has"):
+        parse_model_config(config_text(tmp_path, tmp_path / "x", kind="kafka"))
+    with pytest.raises(ConfigError, match="sampling rate 2.0 is not between 0 and 1"):
+        parse_model_config(config_text(tmp_path, tmp_path / "x", rate=2.0))
+    with pytest.raises(ConfigError, match="needs a filename_prefix"):
+        parse_model_config(config_text(tmp_path, ""))
+    (spec,) = parse_model_config(f'model_config_list {{ config {{ name: "m" base_path: "{tmp_path}" '
+                                 f'model_platform: "linear" logging_config {{ sampling_config {{ sampling_rate: 0.5 }} '
+                                 f'}} }} }}')
+    assert spec.request_log is None  # a sampling rate with no collector: nothing to log to
+
+
+def test_the_service_json_request_log(tmp_path):
+    make_linear(tmp_path / "m", 1, weights=[[1.0]], bias=0.0)
+    service = tmp_path / "service.json"
+    service.write_text(json.dumps({"name": "m", "processor": "linear", "model_path": str(tmp_path / "m"),
+                                   "request_log": {"path": str(tmp_path / "svc" / "m"), "sample_rate": 1.0}}))
+    with Server(f"--service_config={service}") as s:
+        assert s.post("/api/predict/m", [[2.0]])[0] == 200
+    (log,) = records(tmp_path / "svc")
+    assert tensor_to_array(log.predict_log.response.outputs["predictions"], "p").tolist() == [2.0]
+
+
+def test_warmup_from_log_keeps_one_request_per_shape_and_the_server_replays_it(tmp_path):
+    make_linear(tmp_path / "m", 1, weights=[[1.0]], bias=0.0)
+    config = tmp_path / "models.pbtxt"
+    config.write_text(config_text(tmp_path / "m", tmp_path / "logs" / "m"))
+    with Server(f"--model_config_file={config}") as s:
+        for rows in (1, 1, 2, 2, 2, 3):  # three distinct shapes
+            assert s.post("/v1/models/m:predict", {"instances": [[1.0]] * rows})[0] == 200
+    out = tmp_path / "m" / "1" / "assets.extra" / "tf_serving_warmup_requests"
+    logs = [str(p) for p in sorted((tmp_path / "logs").glob("*.tfrecord"))]
+    done = subprocess.run([sys.executable, "-m", "serving", "warmup-from-log", *logs, "--out", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert done.returncode == 0 and "wrote 3 warm-up records" in done.stdout, done.stderr
+    kept = [prediction_log_pb2.PredictionLog.FromString(r) for r in read_tfrecords(out)]
+    assert [len(tensor_to_array(k.predict_log.request.inputs["inputs"], "i")) for k in kept] == [1, 2, 3]
+    assert not any(k.predict_log.HasField("response") for k in kept)  # responses dropped
+    with Server(f"--model_base_path={tmp_path / 'm'}", "--model_name=m") as s:
+        assert "warm-up of model m version 1: 3 requests" in s.output()
+    bad = tmp_path / "bad.tfrecord"
+    bad.write_bytes(b"not a tfrecord at all")
+    done = subprocess.run([sys.executable, "-m", "serving", "warmup-from-log", str(bad), "--out", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert done.returncode == 1 and "corrupt" in done.stderr
