@@ -3,6 +3,7 @@ TFRecord files of PredictionLog records that TensorFlow reads, rotated by size; 
 drop counter."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -146,3 +147,39 @@ def test_warmup_from_log_keeps_one_request_per_shape_and_the_server_replays_it(t
     done = subprocess.run([sys.executable, "-m", "serving", "warmup-from-log", str(bad), "--out", str(out)],
                           capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert done.returncode == 1 and "corrupt" in done.stderr
+
+
+def test_serving_bench_replays_the_logged_requests_over_each_protocol(tmp_path):
+    pytest.importorskip("hdrh", reason="hdrhistogram (bench extra) is not installed")
+    make_linear(tmp_path / "m", 1, weights=[[1.0], [2.0]], bias=0.0)
+    config = tmp_path / "models.pbtxt"
+    config.write_text(config_text(tmp_path / "m", tmp_path / "logs" / "m"))
+    with Server(f"--model_config_file={config}") as s:
+        for rows in (1, 2, 3):
+            assert s.post("/v1/models/m:predict", {"instances": [[1.0, 2.0]] * rows})[0] == 200
+        logs = []
+        for _ in range(50):  # the writer thread writes them soon after
+            logs = sorted((tmp_path / "logs").glob("*.tfrecord"))
+            if logs and len(records(tmp_path / "logs")) == 3:
+                break
+            import time
+
+            time.sleep(0.1)
+        snapshot = tmp_path / "snapshot"  # the server goes on logging the replayed calls into its own files
+        snapshot.mkdir()
+        logs = [shutil.copy(log, snapshot) for log in logs]
+        targets = {
+            "tf-rest": ["--url", f"http://127.0.0.1:{s.port}/v1/models/m:predict"],
+            "v2-rest": ["--url", f"http://127.0.0.1:{s.port}/v2/models/m/infer"],
+            "tf-grpc": ["--grpc", f"127.0.0.1:{s.grpc_port}", "--api", "tf"],
+            "v2-grpc": ["--grpc", f"127.0.0.1:{s.grpc_port}", "--api", "v2"],
+        }
+        for name, target in targets.items():
+            done = subprocess.run([sys.executable, "-m", "serving", "bench", *target, "--replay", *map(str, logs),
+                                   "--concurrency", "2", "--duration", "1", "--warmup", "0", "--quiet",
+                                   "--processes", "1", "--out", str(tmp_path / name)],
+                                  capture_output=True, text=True, cwd=ROOT, timeout=120)
+            assert done.returncode == 0, (name, done.stderr[-2000:])
+            report = json.loads((tmp_path / name / "report.json").read_text())
+            step = report["steps"][0]
+            assert report["target"]["bodies"] == 3 and step["ok"] > 30 and step["errors"] == {}, (name, step["errors"])

@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--api", choices=("tf", "v2"), default="tf",
                        help="gRPC method: tf = TF Serving Predict, v2 = KServe V2 ModelInfer (default tf)")
     where.add_argument("--body", type=Path, help="the request body: a file (for gRPC: .json or serialized .pb)")
+    where.add_argument("--replay", type=Path, nargs="+", metavar="LOG",
+                       help="instead of --body: the predict requests of request logs (TFRecord files of "
+                            "PredictionLog), sent in turn, as the target's protocol wants them")
     where.add_argument("--method", help="HTTP method (default POST with a body, else GET)")
     where.add_argument("--content-type", help="HTTP Content-Type of the body (default application/json)")
     where.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'",
@@ -125,8 +128,9 @@ def _ms(value: float | None) -> str:
 
 
 def main(argv: list[str]) -> int:
+    from ..errors import ServingError
     from . import report as report_files
-    from .run import Threshold, cpu_count, execute, grpc_target, http_target
+    from .run import Threshold, cpu_count, execute, grpc_body, grpc_target, http_target, replay_bodies
 
     ap = build_parser()
     args = ap.parse_args(argv)
@@ -141,15 +145,26 @@ def main(argv: list[str]) -> int:
         ap.error("--start and --step must be positive and --max at least --start")
     if args.duration < 1:
         ap.error("--duration must be at least 1 s")
+    if args.body is not None and args.replay:
+        ap.error("give --body or --replay, not both")
+    if args.grpc and args.body is None and not args.replay:
+        ap.error("--grpc needs --body (the request, .json or .pb) or --replay")
     try:
         thresholds = [Threshold.parse(t) for t in args.threshold]
-        body = args.body.read_bytes() if args.body is not None and args.url else None
-        if args.grpc and args.body is None:
-            ap.error("--grpc needs --body (the request, .json or .pb)")
-        target = (http_target(args.url, body, args.header, args.method, args.timeout, args.content_type) if args.url
-                  else grpc_target(args.grpc, args.api, args.body, args.header, args.timeout))
-    except (ValueError, OSError) as e:
-        ap.error(str(e))
+        if args.replay:
+            bodies: list[bytes] | None = replay_bodies(args.replay, "http" if args.url else "grpc",
+                                                       args.url or args.api)
+        elif args.url:
+            bodies = [args.body.read_bytes()] if args.body is not None else None
+        else:
+            bodies = [grpc_body(args.api, args.body)]
+        if args.url:
+            target = http_target(args.url, bodies, args.header, args.method, args.timeout, args.content_type)
+        else:
+            assert bodies is not None
+            target = grpc_target(args.grpc, args.api, bodies, args.header, args.timeout)
+    except (ValueError, OSError, ServingError) as e:
+        ap.error(str(getattr(e, "message", e)))
     args.processes = args.processes or cpu_count()
     out = args.out or Path(time.strftime("bench-%Y%m%d-%H%M%S"))
     view = LiveView(args.quiet)

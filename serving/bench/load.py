@@ -108,7 +108,7 @@ class HttpConnection(asyncio.Protocol):
         assert self.transport is not None
         self.busy, self.sent_at, self.intended = True, now, intended
         self.driver.recorder.sent()
-        self.transport.write(self.driver.request)
+        self.transport.write(self.driver.next_request())
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -139,7 +139,7 @@ class HttpConnection(asyncio.Protocol):
             self.sent_at = self.intended = now
             recorder.now.sent += 1
             recorder.inflight += 1
-            self.transport.write(driver.request)  # type: ignore[union-attr]
+            self.transport.write(driver.next_request())  # type: ignore[union-attr]
         else:
             self.busy = False
             driver.ready(self)
@@ -160,7 +160,7 @@ class HttpConnection(asyncio.Protocol):
 
 class HttpTarget:
     def __init__(self, spec: dict[str, Any]) -> None:
-        self.host, self.port, self.request = spec["host"], spec["port"], spec["request"]
+        self.host, self.port, self.requests = spec["host"], spec["port"], spec["requests"]
         self.timeout = spec["timeout"]
         self.ssl = spec.get("ssl", False)
 
@@ -171,7 +171,8 @@ class HttpDriver:
     waits in `due` for the next one that frees. A time-out is found by `expire`, swept every 0.1 s."""
 
     def __init__(self, run: StepRun, target: HttpTarget) -> None:
-        self.run, self.target, self.request = run, target, target.request
+        self.run, self.target = run, target
+        self.requests, self.turn = target.requests, 0
         self.recorder = run.recorder
         self.closed_loop = run.step["mode"] == "closed"
         self.conns: set[HttpConnection] = set()
@@ -183,6 +184,14 @@ class HttpDriver:
     def start(self, count: int) -> None:
         for _ in range(count):
             self.connect()
+
+    def next_request(self) -> bytes:
+        """The request bytes to send next: the one body, or the replayed ones in turn."""
+        requests = self.requests
+        if len(requests) == 1:
+            return requests[0]
+        self.turn = turn = (self.turn + 1) % len(requests)
+        return requests[turn]
 
     def connect(self) -> None:
         if not self.finished:
@@ -270,7 +279,8 @@ class GrpcTarget:
             ("grpc.max_receive_message_length", 256 << 20), ("grpc.max_send_message_length", 256 << 20)])
         # No serializers: the request goes as the bytes given, the answer is not decoded.
         self.method = self.channel.unary_unary(spec["method"])
-        self.request, self.timeout = spec["request"], spec["timeout"]
+        self.requests, self.timeout = spec["requests"], spec["timeout"]
+        self.turn = 0
         self.metadata = tuple(tuple(pair) for pair in spec.get("metadata", ()))
 
 
@@ -283,7 +293,8 @@ class GrpcSession:
 
         target = self.target
         try:
-            await target.method(target.request, timeout=target.timeout, metadata=target.metadata or None)
+            target.turn = turn = (target.turn + 1) % len(target.requests)
+            await target.method(target.requests[turn], timeout=target.timeout, metadata=target.metadata or None)
         except grpc.aio.AioRpcError as e:
             return f"grpc_{e.code().name}"
         return None

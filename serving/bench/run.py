@@ -108,12 +108,24 @@ class Threshold:
 
 # ---- targets ----
 
-def http_target(url: str, body: bytes | None, headers: list[str], method: str | None, timeout: float,
+def http_target(url: str, bodies: list[bytes] | None, headers: list[str], method: str | None, timeout: float,
                 content_type: str | None) -> dict[str, Any]:
+    """The pre-encoded HTTP requests, one per body (a replay has many; they are sent in turn)."""
+    requests = ([_http_request(url, body, headers, method, content_type) for body in bodies] if bodies
+                else [_http_request(url, None, headers, method, content_type)])
+    parts = urllib.parse.urlsplit(url)
+    sizes = [len(body) for body in bodies or [b""]]
+    return {"kind": "http", "host": parts.hostname, "port": parts.port or (443 if parts.scheme == "https" else 80),
+            "requests": requests, "timeout": timeout, "ssl": parts.scheme == "https", "url": url,
+            "method": method or ("POST" if bodies else "GET"), "body_bytes": round(sum(sizes) / len(sizes)),
+            "bodies": len(requests)}
+
+
+def _http_request(url: str, body: bytes | None, headers: list[str], method: str | None,
+                  content_type: str | None) -> bytes:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"--url {url!r}: expected http://host:port/path")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     verb = method or ("POST" if body is not None else "GET")
     lines = [f"{verb} {path} HTTP/1.1", f"Host: {parts.netloc}"]
@@ -123,16 +135,24 @@ def http_target(url: str, body: bytes | None, headers: list[str], method: str | 
             lines.append(f"Content-Type: {content_type or 'application/json'}")
         lines.append(f"Content-Length: {len(body)}")
     lines += [h.strip() for h in headers]
-    request = ("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b"")
-    return {"kind": "http", "host": parts.hostname, "port": port, "request": request, "timeout": timeout,
-            "ssl": parts.scheme == "https", "url": url, "method": verb, "body_bytes": len(body or b"")}
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b"")
 
 
 GRPC_METHODS = {"tf": "/tensorflow.serving.PredictionService/Predict",
                 "v2": "/inference.GRPCInferenceService/ModelInfer"}
 
 
-def grpc_target(address: str, api: str, body_path: Path, headers: list[str], timeout: float) -> dict[str, Any]:
+def grpc_target(address: str, api: str, bodies: list[bytes], headers: list[str], timeout: float) -> dict[str, Any]:
+    """The serialized requests (a replay has many; they are sent in turn)."""
+    metadata = [[h.split(":", 1)[0].strip().lower(), h.split(":", 1)[1].strip()] for h in headers]
+    sizes = [len(b) for b in bodies]
+    return {"kind": "grpc", "address": address, "method": GRPC_METHODS[api], "api": api, "requests": bodies,
+            "timeout": timeout, "metadata": metadata, "body_bytes": round(sum(sizes) / len(sizes)),
+            "bodies": len(bodies)}
+
+
+def grpc_body(api: str, body_path: Path) -> bytes:
+    """A --body file as the method's serialized request: `.json` in protobuf's JSON mapping, else as is."""
     raw = body_path.read_bytes()
     if body_path.suffix == ".json":
         from google.protobuf import json_format
@@ -150,9 +170,66 @@ def grpc_target(address: str, api: str, body_path: Path, headers: list[str], tim
         except json_format.ParseError as e:
             raise ValueError(f"--body {body_path}: not a {message.DESCRIPTOR.full_name} in JSON: {e}") from None
         raw = message.SerializeToString()
-    metadata = [[h.split(":", 1)[0].strip().lower(), h.split(":", 1)[1].strip()] for h in headers]
-    return {"kind": "grpc", "address": address, "method": GRPC_METHODS[api], "api": api, "request": raw,
-            "timeout": timeout, "metadata": metadata, "body_bytes": len(raw)}
+    return raw
+
+
+#: Most logged requests a replay holds.
+REPLAY_MAX = 10_000
+
+
+def replay_bodies(paths: list[Path], kind: str, url_or_api: str) -> list[bytes]:
+    """The predict requests of request logs (TFRecord files of PredictionLog) as bodies for the target: TF
+    Serving's serialized PredictRequest (gRPC tf), KServe V2's ModelInferRequest (gRPC v2) or JSON (a /v2/
+    URL), TF Serving's columnar REST JSON (any other URL)."""
+    from .._proto.tensorflow_serving.apis import prediction_log_pb2
+    from ..warmup import read_tfrecords
+
+    bodies: list[bytes] = []
+    for path in paths:
+        for record in read_tfrecords(path):
+            log = prediction_log_pb2.PredictionLog.FromString(record)
+            if log.WhichOneof("log_type") == "predict_log":
+                bodies.append(_replayed(log.predict_log.request, kind, url_or_api))
+                if len(bodies) >= REPLAY_MAX:
+                    return bodies
+    if not bodies:
+        raise ValueError(f"--replay: no predict request in {', '.join(map(str, paths))}")
+    return bodies
+
+
+def _replayed(request: Any, kind: str, url_or_api: str) -> bytes:
+    import base64
+
+    import numpy as np
+
+    from ..codecs.tensors import tensor_to_array
+    from ..protocols.kserve.codec import NAMES
+
+    if kind == "grpc" and url_or_api == "tf":
+        return bytes(request.SerializeToString())
+    arrays = {name: tensor_to_array(tensor, name) for name, tensor in request.inputs.items()}
+    if kind == "grpc":
+        from .._proto.inference import grpc_predict_v2_pb2
+
+        infer = grpc_predict_v2_pb2.ModelInferRequest(model_name=request.model_spec.name)
+        for name, array in arrays.items():
+            infer.inputs.add(name=name, datatype=NAMES[array.dtype], shape=list(array.shape))
+            infer.raw_input_contents.append(np.ascontiguousarray(array).tobytes())
+        return bytes(infer.SerializeToString())
+
+    def plain(array: Any) -> Any:
+        if array.dtype == object:
+            return [{"b64": base64.b64encode(v).decode()} if isinstance(v, bytes) else v for v in array.ravel()]
+        return array.tolist()
+
+    if "/v2/" in urllib.parse.urlsplit(url_or_api).path:
+        return json.dumps({"inputs": [{"name": name, "shape": list(a.shape), "datatype": NAMES[a.dtype],
+                                       "data": plain(a.ravel()) if a.dtype != object else plain(a)}
+                                      for name, a in arrays.items()]}).encode()
+    doc: dict[str, Any] = {"inputs": {name: plain(a) for name, a in arrays.items()}}
+    if request.model_spec.signature_name:
+        doc["signature_name"] = request.model_spec.signature_name
+    return json.dumps(doc).encode()
 
 
 # ---- the server's own figures ----
@@ -430,7 +507,7 @@ def execute(args: Any, target: dict[str, Any], thresholds: list[Threshold],
     return {
         "tool": "serving bench", "version": __version__, "command": "serving bench " + " ".join(args.argv),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(bench.clock)),
-        "target": {k: v for k, v in target.items() if k not in ("request", "metadata")},
+        "target": {k: v for k, v in target.items() if k not in ("requests", "metadata")},
         "host": host_info(), "generator": {"processes": args.processes, "connections": args.connections},
         "server": server_metadata(target), "mode": args.mode,
         "slo": {"p99_ms": args.slo_p99_ms, "max_error_rate": args.max_error_rate} if args.mode == "ramp" else None,
