@@ -31,10 +31,12 @@ from .model_config import (
     ConfigError,
     ModelSpec,
     RequestLogSpec,
+    ShadowSpec,
     VersionPolicy,
     checked_traffic,
     log_spec_from_json,
     read_model_config_file,
+    shadow_from_json,
 )
 from .pipeline import Pipeline
 from .protocols.cloud.auth import TokenAuth, read_token_file
@@ -48,6 +50,7 @@ from .rpc.decode import add_services
 from .rpc.interceptors import TokenInterceptor
 from .servable import Runtime
 from .settings import Settings
+from .shadow import ShadowRunner
 from .tracing import Tracing, configured_endpoint, otlp_tracing
 from .warmup import Warmup
 from .workers import START_FAILED, Peers, metric_state
@@ -69,7 +72,12 @@ def initial_specs(settings: Settings) -> list[ModelSpec]:
     if settings.model_config_file:
         specs = read_model_config_file(settings.model_config_file)
     elif settings.model_base_path:
-        traffic, request_log = service_extras(settings.service_config) if settings.service_config else ({}, None)
+        traffic, request_log, shadow = (service_extras(settings.service_config) if settings.service_config
+                                        else ({}, None, None))
+        if shadow is not None and not traffic:
+            raise ConfigError(f"service config {settings.service_config}: \"shadow\" needs \"traffic\" naming the "
+                              f"version(s) that answer (e.g. {{\"1\": 100}})")
+        served = {*traffic, *([shadow.version] if shadow is not None else [])}
         specs = [
             ModelSpec(
                 name=settings.model_name,
@@ -77,9 +85,10 @@ def initial_specs(settings: Settings) -> list[ModelSpec]:
                 platform=settings.model_platform or None,
                 flat=True,  # the model files directly in the base path (KServe's /mnt/models) are version 1
                 # The versions a split names are the ones served (else the latest alone).
-                policy=VersionPolicy("specific", versions=frozenset(traffic)) if traffic else VersionPolicy(),
+                policy=VersionPolicy("specific", versions=frozenset(served)) if traffic else VersionPolicy(),
                 traffic=traffic,
                 request_log=request_log,
+                shadow=shadow,
             )
         ]
     elif may_start_empty(settings):
@@ -89,9 +98,9 @@ def initial_specs(settings: Settings) -> list[ModelSpec]:
     return with_runtime(specs, settings)
 
 
-def service_extras(path: str) -> tuple[dict[int, int], RequestLogSpec | None]:
-    """The service JSON's `"traffic": {"1": 90, "2": 10}` and `"request_log": {"path", "sample_rate"}`
-    (settings.py read the rest of it)."""
+def service_extras(path: str) -> tuple[dict[int, int], RequestLogSpec | None, ShadowSpec | None]:
+    """The service JSON's `"traffic": {"1": 90, "2": 10}`, `"request_log": {"path", "sample_rate"}` and
+    `"shadow": {"version", "sample_rate"}` (settings.py read the rest of it)."""
     try:
         doc = orjson.loads(Path(path).read_bytes())
     except (OSError, orjson.JSONDecodeError) as e:
@@ -101,7 +110,8 @@ def service_extras(path: str) -> tuple[dict[int, int], RequestLogSpec | None]:
     if traffic is not None and not isinstance(traffic, dict):
         raise ConfigError(f"service config {path}: \"traffic\" must map versions to percents")
     where = f"service config {path}"
-    return checked_traffic(traffic or {}, where), log_spec_from_json(doc.get("request_log"), where)
+    return (checked_traffic(traffic or {}, where), log_spec_from_json(doc.get("request_log"), where),
+            shadow_from_json(doc.get("shadow"), where))
 
 
 def may_start_empty(settings: Settings) -> bool:
@@ -212,6 +222,8 @@ class Server:
         # Sampled predict calls of the models whose config asks for it (serving/requestlog.py).
         self.request_log = RequestLogger(self.manager, worker_index(), settings.request_log_max_bytes)
         self.pipeline.observe(self.request_log)
+        self.shadow = ShadowRunner(self.manager, self.dataplane)  # shadow versions (serving/shadow.py)
+        self.pipeline.observe(self.shadow)
         self.statistics = Statistics(self.manager, self.peers)  # Triton's statistics extension (KServe V2)
         self.pipeline.observe(self.statistics)
         self.tracing = tracing(settings)
@@ -240,7 +252,7 @@ class Server:
         if reloaded is not None:  # a worker started after a reload (or a load) serves what its siblings serve
             self.specs = startup = with_runtime(reloaded, self.settings)
         s = self.settings
-        metrics = Metrics(self.manager, self.request_metrics, self.request_log)
+        metrics = Metrics(self.manager, self.request_metrics, self.request_log, self.shadow)
         self.api = api = RestApi(
             self.manager, self.pipeline, timeout_s=s.rest_api_timeout_in_ms / 1000,
             keepalive_s=s.keepalive_ms / 1000, default_model=self.default_model, auth=self.auth,

@@ -267,11 +267,13 @@ class Metrics:
     prometheus-client (CPU, memory, open fds, threads...), GPU memory."""
 
     def __init__(self, manager: ModelManager, requests: RequestMetrics | None = None,
-                 request_log: Any = None) -> None:
+                 request_log: Any = None, shadow: Any = None) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(EngineCollector(manager, requests))
         if request_log is not None:
             self.registry.register(RequestLogCollector(request_log))
+        if shadow is not None:  # serving/shadow.py's ShadowRunner collects its own families
+            self.registry.register(shadow)
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         self.registry.register(GpuMemoryCollector())

@@ -86,6 +86,33 @@ def checked_rate(rate: Any, where: str) -> float:
 
 
 @dataclass(frozen=True)
+class ShadowSpec:
+    """A version that also runs a sample of the model's answered calls; its answers are compared, never
+    returned."""
+
+    version: int
+    sample_rate: float = 1.0
+
+
+def shadow_from_proto(config: Any, where: str) -> ShadowSpec | None:
+    if not config.HasField("shadow_version"):
+        return None
+    shadow = config.shadow_version
+    if shadow.version <= 0:
+        raise ConfigError(f"{where}: shadow_version needs a version")
+    return ShadowSpec(shadow.version, checked_rate(shadow.sample_rate or 1.0, where))
+
+
+def shadow_from_json(doc: Any, where: str) -> ShadowSpec | None:
+    """The service JSON's `"shadow": {"version": 2, "sample_rate": 1.0}`."""
+    if doc is None:
+        return None
+    if not isinstance(doc, dict) or not isinstance(doc.get("version"), int) or doc["version"] <= 0:
+        raise ConfigError(f"{where}: \"shadow\" must be {{\"version\": N, \"sample_rate\": ...}}")
+    return ShadowSpec(doc["version"], checked_rate(doc.get("sample_rate", 1.0), where))
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """One model to serve: name, base path with integer version dirs, processor, policy, labels."""
 
@@ -100,6 +127,8 @@ class ModelSpec:
     traffic: dict[int, int] = field(default_factory=dict)
     #: sampled predict calls with their answers go to TFRecord files (serving/requestlog.py); None: not logged
     request_log: RequestLogSpec | None = None
+    #: a version that also runs a sample of the answered calls (serving/shadow.py); None: none
+    shadow: ShadowSpec | None = None
     #: A base path without version folders that holds the model files (the cloud service form, KServe's
     #: /mnt/models), or one folder that does, serves them as version 1.
     flat: bool = False
@@ -158,6 +187,7 @@ def specs_from_proto(config: msc.ModelServerConfig, source: str = "model config"
                 labels=dict(c.version_labels),
                 traffic=checked_traffic(dict(c.version_traffic), f"{source}: model {c.name}"),
                 request_log=log_spec_from_proto(c, f"{source}: model {c.name}"),
+                shadow=shadow_from_proto(c, f"{source}: model {c.name}"),
             )
         )
     return specs

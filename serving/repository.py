@@ -358,6 +358,10 @@ class ModelManager:
         old weights stay."""
         traffic = model.spec.traffic
         missing = sorted(v for v, w in traffic.items() if w > 0 and v not in aspired)
+        shadow = model.spec.shadow
+        if shadow is not None and shadow.version not in aspired:
+            return (f"the shadow version {shadow.version} of model {model.spec.name} is not one it serves "
+                    f"({model.spec.policy.describe()}: {sorted(aspired) or 'none'})")
         if missing:
             return (f"the traffic of model {model.spec.name} names version {', '.join(map(str, missing))}, which "
                     f"is not one it serves ({model.spec.policy.describe()}: {sorted(aspired) or 'none'})")

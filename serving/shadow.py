@@ -1,0 +1,127 @@
+"""Shadow versions: a sample of the calls a model answers also runs on its shadow version (`shadow_version`
+in model_config.pbtxt, `"shadow"` in the service JSON), after and apart from the served answer. The shadow's
+answer is never returned: it is compared with the served one into metrics, the largest absolute difference
+of the numeric outputs (`serving_shadow_divergence`) and, for outputs with a class axis, whether the
+argmax agrees (`serving_shadow_agreement_total`). A shadow that is not AVAILABLE, whose queue is full, that
+fails or that outlives its deadline is counted (`serving_shadow_requests_total{outcome}`) and dropped.
+
+The submission waits for the event loop's next turn (`call_soon`), so the served answer's own callbacks,
+which write it to the client, run first; the shadow then queues in its own version's batch queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import random
+import time
+from typing import Any
+
+import numpy as np
+
+from .dataplane import DataPlane, Outputs, error_of
+from .errors import ServingError
+from .pipeline import Call, Timings
+from .repository import ModelManager
+
+log = logging.getLogger(__name__)
+
+#: How long a shadow call may take before it is dropped.
+SHADOW_TIMEOUT_S = 30.0
+#: Bounds of the divergence histogram: absolute differences from 1e-7 to 1e3.
+DIVERGENCE_BOUNDS = tuple(10.0 ** e for e in range(-7, 4))
+
+
+class ShadowRunner:
+    """A pipeline observer: runs the sampled calls of models with a shadow on it and keeps the comparison."""
+
+    def __init__(self, manager: ModelManager, dataplane: DataPlane) -> None:
+        from .metrics import Histogram
+
+        self.manager, self.dataplane = manager, dataplane
+        #: (model, shadow version, outcome) -> calls: ok, mismatch (other outputs or shapes), unavailable,
+        #: refused (queue full, inputs it does not take), failed, timeout
+        self.outcomes: collections.Counter[tuple[str, int, str]] = collections.Counter()
+        self.agreement: collections.Counter[tuple[str, int, bool]] = collections.Counter()
+        self.divergence: dict[tuple[str, int], Histogram] = {}
+        self.histogram = Histogram
+
+    def finished(self, call: Call, error: ServingError | None, timings: Timings) -> None:
+        servable = call.servable
+        if error is not None or servable is None or call.method != "predict" or call.result is None:
+            return
+        model = self.manager.models.get(servable.model)
+        shadow = model.spec.shadow if model is not None else None
+        if shadow is None or servable.version == shadow.version:
+            return
+        if shadow.sample_rate < 1.0 and random.random() >= shadow.sample_rate:
+            return
+        asyncio.get_running_loop().call_soon(self._submit, call, servable.model, shadow.version)
+
+    def _submit(self, call: Call, model: str, version: int) -> None:
+        key = (model, version)
+        try:
+            servable = self.manager.get(model, version)
+        except ServingError:
+            self.outcomes[(model, version, "unavailable")] += 1
+            return
+        assert call.signature is not None and call.inputs is not None
+        try:
+            signature = servable.signature(call.signature.name)
+            future = self.dataplane.infer(servable, signature, call.inputs, time.monotonic() + SHADOW_TIMEOUT_S,
+                                          rate_limited=False)
+        except ServingError:
+            self.outcomes[(model, version, "refused")] += 1
+            return
+        primary = call.result
+        future.add_done_callback(lambda f: self._compare(key, f, primary))
+
+    def _compare(self, key: tuple[str, int], future: asyncio.Future[Outputs], primary: Any) -> None:
+        error = error_of(future)
+        if error is not None:
+            outcome = "timeout" if error.code.name == "DEADLINE_EXCEEDED" else "failed"
+            self.outcomes[(*key, outcome)] += 1
+            return
+        shadow = future.result()
+        if any(name not in shadow or shadow[name].shape != served.shape for name, served in primary.items()):
+            self.outcomes[(*key, "mismatch")] += 1  # other outputs or shapes: nothing to compare
+            return
+        self.outcomes[(*key, "ok")] += 1
+        worst = 0.0
+        for name, served in primary.items():
+            other = shadow[name]
+            if served.dtype.kind in "fiub" and other.dtype.kind in "fiub":
+                if served.size:
+                    worst = max(worst, float(np.max(np.abs(served.astype(np.float64) - other.astype(np.float64)))))
+                if served.ndim >= 2 and served.shape[-1] > 1:  # a class axis: do the labels agree?
+                    agree = bool(np.array_equal(np.argmax(served, axis=-1), np.argmax(other, axis=-1)))
+                    self.agreement[(*key, agree)] += 1
+            else:
+                self.agreement[(*key, bool(np.array_equal(served, other)))] += 1
+        histogram = self.divergence.get(key)
+        if histogram is None:
+            histogram = self.divergence[key] = self.histogram(DIVERGENCE_BOUNDS)
+        histogram.observe(worst)
+
+    def collect(self) -> Any:
+        """The shadow's metric families (a prometheus-client collector)."""
+        from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+
+        requests = CounterMetricFamily("serving_shadow_requests", "calls run on a shadow version, by outcome",
+                                       labels=["model", "version", "outcome"])
+        for (model, version, outcome), count in sorted(self.outcomes.items()):
+            requests.add_metric([model, str(version), outcome], float(count))
+        agreement = CounterMetricFamily("serving_shadow_agreement", "shadow answers whose labels (argmax, or "
+                                        "the values of non-numeric outputs) agree with the served ones",
+                                        labels=["model", "version", "agree"])
+        for (model, version, agree), count in sorted(self.agreement.items()):
+            agreement.add_metric([model, str(version), str(agree).lower()], float(count))
+        divergence = HistogramMetricFamily("serving_shadow_divergence", "largest absolute difference of a "
+                                           "shadow answer's numeric outputs from the served one's",
+                                           labels=["model", "version"])
+        for (model, version), histogram in sorted(self.divergence.items()):
+            histogram.add_to(divergence, [model, str(version)])
+        yield requests
+        yield agreement
+        yield divergence
