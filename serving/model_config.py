@@ -172,7 +172,7 @@ def specs_from_proto(config: msc.ModelServerConfig, source: str = "model config"
         if c.name in seen:
             raise ConfigError(f"{source}: Illegal to list model {c.name} multiple times in config list")
         seen.add(c.name)
-        if not os.path.isabs(c.base_path):
+        if not os.path.isabs(c.base_path) and not c.base_path.startswith(("http://", "https://")):
             raise ConfigError(
                 f"{source}: Expected model {c.name} to have an absolute path; got base_path()={c.base_path}"
             )
@@ -216,7 +216,8 @@ def checked_traffic(traffic: dict[object, object], where: str) -> dict[int, int]
 def missing_base_paths(specs: list[ModelSpec]) -> list[str]:
     """TF Serving's words for each spec whose base path is not a directory: a model no poll can load."""
     return [f"Could not find base path {s.base_path} for servable {s.name}"
-            for s in specs if not os.path.isdir(s.base_path)]
+            for s in specs if not os.path.isdir(s.base_path) and "://" not in s.base_path
+            and not os.path.isfile(s.base_path)]
 
 
 def read_model_config_file(path: str | Path) -> list[ModelSpec]:

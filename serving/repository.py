@@ -29,6 +29,7 @@ from typing import Any
 from .errors import Code, ServingError, invalid_argument, not_found, unavailable
 from .model_config import ConfigError, ModelSpec, list_versions
 from .processor import Processor, canonical_name, detect_platform, processor_class
+from .remote import ModelFetcher, default_cache_dir, is_remote
 from .servable import Runtime, Servable
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,7 @@ class ManagedModel:
     """A configured model: its spec, every version it has had, its labels, its newest AVAILABLE one, and
     the traffic split of the requests that name no version (`split`: None when the latest takes them)."""
 
-    __slots__ = ("spec", "versions", "labels", "latest", "traffic", "split")
+    __slots__ = ("spec", "versions", "labels", "latest", "traffic", "split", "local_base")
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
@@ -118,6 +119,7 @@ class ManagedModel:
         self.latest: Servable | None = None
         self.traffic: dict[int, int] = {}
         self.split: tuple[tuple[float, ...], tuple[Servable, ...]] | None = None
+        self.local_base: str | None = None  # where a remote base path was fetched to (serving/remote.py)
 
     def refresh_latest(self) -> None:
         ready = [s for s in self.versions.values() if s.available]
@@ -157,8 +159,11 @@ class ModelManager:
         load_threads: int = 2,
         allow_version_labels_for_unavailable_models: bool = False,
         warmup: Callable[[Servable], Awaitable[None]] | None = None,
+        fetcher: ModelFetcher | None = None,
     ) -> None:
         self.runtime = runtime or Runtime()
+        #: Fetches base paths that are URLs or archives (serving/remote.py).
+        self.fetcher = fetcher or ModelFetcher(default_cache_dir(), 16 << 30)
         self.warmup = warmup
         self.models: dict[str, ManagedModel] = {}
         self.allow_unavailable_labels = allow_version_labels_for_unavailable_models
@@ -370,11 +375,36 @@ class ModelManager:
         return None
 
     async def _reconcile(self, model: ManagedModel) -> None:
-        await self._unload_unaspired(model, await self._load_aspired(model))
+        await self._unload_unaspired(model, await self._load_aspired(model, fetch=False))
 
-    async def _load_aspired(self, model: ManagedModel) -> set[int]:
+    async def _local_base(self, model: ManagedModel, fetch: bool) -> str | None:
+        """The folder to read a model's versions from: its base path, or where its URL or archive was fetched
+        (again when `fetch`: a config change, not a poll). None when the fetch failed: the error is the
+        model's (a version 1 in END when none serves), and what serves keeps serving."""
+        base = model.spec.base_path
+        if not is_remote(base):
+            return base
+        if model.local_base is not None and not fetch:
+            return model.local_base
+        try:
+            model.local_base = await asyncio.get_running_loop().run_in_executor(self._loader, self.fetcher.local,
+                                                                               base)
+        except ServingError as e:
+            self.load_failures[model.spec.name] += 1
+            log.error("model %s: %s", model.spec.name, e.message)
+            if not any(s.servable is not None for s in model.versions.values()):
+                status = VersionStatus(model.spec.name, 1, Path(base))
+                status.state, status.error = State.END, e
+                model.versions[1] = status
+            return None
+        return model.local_base
+
+    async def _load_aspired(self, model: ManagedModel, fetch: bool = True) -> set[int]:
         """Load the versions the policy aspires to that are not loaded; the aspired versions."""
-        on_disk = list_versions(model.spec.base_path, model.spec.flat)
+        base = await self._local_base(model, fetch)
+        if base is None:  # the fetch failed: keep what serves, or the failed version that says why
+            return {v for v, s in model.versions.items() if s.available or s.error is not None}
+        on_disk = list_versions(base, model.spec.flat or base != model.spec.base_path)
         aspired = model.spec.policy.select(set(on_disk))
         if not on_disk:
             log.warning("model %s: no version directories under %s", model.spec.name, model.spec.base_path)

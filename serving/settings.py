@@ -109,6 +109,12 @@ class Settings:
     num_request_iterations_for_warmup: int = setting(
         1, "times each TF Serving warm-up record is replayed", group="models")
     load_threads: int = setting(2, "threads loading models", group="models")
+    model_cache_dir: str = setting(
+        "", "where base paths that are URLs (`http(s)://` archives or model files) or local archives are "
+        "downloaded and unpacked", group="models", shown_default="~/.cache/serving-engine/models")
+    model_archive_max_bytes: int = setting(
+        16 * 1024 ** 3, "the largest download, and the most an archive may unpack to (archive bombs)",
+        group="models", unit="bytes")
     traffic_sticky_header: str = setting(
         "", "an HTTP header (or gRPC metadata key), e.g. a user id, whose value picks a model's weighted version "
         "by hash, so the same value always lands on the same version; none: a random pick per request",

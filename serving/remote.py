@@ -1,0 +1,209 @@
+"""Models from URLs and archives: a base path may be an `http(s)://` URL of an archive (`.tar.gz`, `.tgz`,
+`.tar`, `.zip`) or of a single model file, or a local archive. It is downloaded into --model_cache_dir,
+checked (the size the server announced; the sha256 when the URL ends in `#sha256=<hex>`), unpacked safely
+(no absolute paths, no `..`, no links, devices or other special files, at most --model_archive_max_bytes
+unpacked) and read as a local base path is: version folders `1/`, `2/`, ..., or the model files directly
+(version 1). A URL fetched before is asked again with its ETag / Last-Modified and reused when unchanged
+(304), or when the server cannot be reached and a copy is there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tarfile
+import tempfile
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from .errors import Code, ServingError
+
+log = logging.getLogger(__name__)
+
+ARCHIVES = (".tar.gz", ".tgz", ".tar", ".zip")
+DOWNLOAD_TIMEOUT_S = 60.0
+CHUNK = 1 << 20
+
+
+def is_remote(base_path: str) -> bool:
+    """Whether a base path is fetched (a URL) or unpacked (a local archive) rather than read in place."""
+    return base_path.startswith(("http://", "https://")) or base_path.lower().endswith(ARCHIVES)
+
+
+def default_cache_dir() -> str:
+    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "serving-engine",
+                        "models")
+
+
+def _failed(message: str) -> ServingError:
+    return ServingError(Code.FAILED_PRECONDITION, message)
+
+
+class ModelFetcher:
+    """Turns a remote base path into a local folder under the cache (one folder per URL)."""
+
+    def __init__(self, cache_dir: str, max_bytes: int) -> None:
+        self.cache_dir, self.max_bytes = Path(cache_dir), max_bytes
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def local(self, base_path: str) -> str:
+        """The local folder holding what `base_path` holds; a ServingError says why there is none. Two
+        models of one URL (the load threads) fetch it in turn."""
+        url = base_path.partition("#")[0]
+        with self._guard:
+            lock = self._locks.setdefault(url, threading.Lock())
+        with lock:
+            return self._local(base_path)
+
+    def _local(self, base_path: str) -> str:
+        url, _, fragment = base_path.partition("#")
+        sha256 = fragment[len("sha256="):].lower() if fragment.startswith("sha256=") else None
+        folder = self.cache_dir / hashlib.sha256(url.encode()).hexdigest()[:24]
+        unpacked = folder / "model"
+        if not url.startswith(("http://", "https://")):  # a local archive
+            archive = Path(url)
+            if not archive.is_file():
+                raise _failed(f"the model archive {url} does not exist")
+            stamp: dict[str, Any] = {"size": archive.stat().st_size, "mtime": archive.stat().st_mtime}
+            if self._current(folder, stamp):
+                return str(unpacked)
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                self._verify(archive, None, sha256, url)
+                self._unpack_into(folder, archive, url, stamp)
+            except OSError as e:
+                raise _failed(f"cannot unpack {url}: {e}") from None
+            return str(unpacked)
+        meta = self._meta(folder)
+        request = urllib.request.Request(url)
+        if meta is not None and unpacked.is_dir() and meta.get("sha256_asked") == sha256:
+            if meta.get("etag"):
+                request.add_header("If-None-Match", str(meta["etag"]))
+            if meta.get("last_modified"):
+                request.add_header("If-Modified-Since", str(meta["last_modified"]))
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as answer:
+                download = Path(tempfile.mkstemp(dir=folder, suffix=".part")[1])
+                try:
+                    expected = answer.headers.get("Content-Length")
+                    self._save(answer, download)
+                    self._verify(download, int(expected) if expected else None, sha256, url)
+                    name = os.path.basename(urllib.parse.urlsplit(url).path) or "model"
+                    stamp = {"etag": answer.headers.get("ETag"),
+                             "last_modified": answer.headers.get("Last-Modified"), "sha256_asked": sha256, "url": url}
+                    self._unpack_into(folder, download, name, stamp)
+                finally:
+                    download.unlink(missing_ok=True)
+        except urllib.error.HTTPError as e:
+            if e.code == 304 and unpacked.is_dir():
+                return str(unpacked)  # unchanged since the copy we have
+            raise _failed(f"cannot download {url}: HTTP {e.code} {e.reason}") from None
+        except (urllib.error.URLError, OSError) as e:
+            if unpacked.is_dir() and meta is not None and meta.get("sha256_asked") == sha256:
+                log.warning("cannot reach %s (%s): serving the copy downloaded before", url, e)
+                return str(unpacked)
+            raise _failed(f"cannot download {url}: {getattr(e, 'reason', e)}") from None
+        return str(unpacked)
+
+    def _save(self, answer: object, path: Path) -> None:
+        size = 0
+        with path.open("wb") as out:
+            while chunk := answer.read(CHUNK):  # type: ignore[attr-defined]
+                size += len(chunk)
+                if size > self.max_bytes:
+                    raise _failed(f"the download is larger than --model_archive_max_bytes ({self.max_bytes})")
+                out.write(chunk)
+
+    @staticmethod
+    def _verify(path: Path, expected_size: int | None, sha256: str | None, url: str) -> None:
+        size = path.stat().st_size
+        if expected_size is not None and size != expected_size:
+            raise _failed(f"the download of {url} is {size} bytes, the server announced {expected_size}")
+        if sha256 is not None:
+            digest = hashlib.sha256()
+            with path.open("rb") as f:
+                while chunk := f.read(CHUNK):
+                    digest.update(chunk)
+            if digest.hexdigest() != sha256:
+                raise _failed(f"the sha256 of {url} is {digest.hexdigest()}, not {sha256} as its URL says")
+
+    def _unpack_into(self, folder: Path, source: Path, name: str, stamp: dict[str, Any]) -> None:
+        """Unpack (or, a single file, copy) `source` into `folder/model`, replacing what was there only
+        once the new content is complete."""
+        staging = Path(tempfile.mkdtemp(dir=folder, prefix="unpacking-"))
+        try:
+            lower = name.lower()
+            if lower.endswith((".tar.gz", ".tgz", ".tar")):
+                self._untar(source, staging, name)
+            elif lower.endswith(".zip"):
+                self._unzip(source, staging, name)
+            else:  # one model file: the version 1 of a flat base path
+                shutil.copyfile(source, staging / name)
+            target = folder / "model"
+            if target.exists():
+                shutil.rmtree(target)
+            staging.rename(target)
+            (folder / "meta.json").write_text(json.dumps(stamp))
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _untar(self, source: Path, into: Path, name: str) -> None:
+        try:
+            with tarfile.open(source) as tar:
+                members = tar.getmembers()
+                total = 0
+                for member in members:
+                    _check_name(member.name, name)
+                    if not (member.isfile() or member.isdir()):
+                        raise _failed(f"the archive {name} holds {member.name}, which is a link or a special file")
+                    total += member.size
+                    if total > self.max_bytes:
+                        raise _failed(f"the archive {name} unpacks to more than --model_archive_max_bytes "
+                                      f"({self.max_bytes})")
+                tar.extractall(into, members=members, filter="data")
+        except tarfile.TarError as e:
+            raise _failed(f"the archive {name} cannot be read: {e}") from None
+
+    def _unzip(self, source: Path, into: Path, name: str) -> None:
+        try:
+            with zipfile.ZipFile(source) as archive:
+                infos = archive.infolist()
+                total = 0
+                for info in infos:
+                    _check_name(info.filename, name)
+                    if (info.external_attr >> 16) & 0o170000 == 0o120000:
+                        raise _failed(f"the archive {name} holds {info.filename}, which is a link")
+                    total += info.file_size
+                    if total > self.max_bytes:
+                        raise _failed(f"the archive {name} unpacks to more than --model_archive_max_bytes "
+                                      f"({self.max_bytes})")
+                archive.extractall(into)
+        except zipfile.BadZipFile as e:
+            raise _failed(f"the archive {name} cannot be read: {e}") from None
+
+    def _current(self, folder: Path, stamp: dict[str, Any]) -> bool:
+        return self._meta(folder) == stamp and (folder / "model").is_dir()
+
+    @staticmethod
+    def _meta(folder: Path) -> dict[str, Any] | None:
+        try:
+            doc = json.loads((folder / "meta.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return doc if isinstance(doc, dict) else None
+
+
+def _check_name(member: str, archive: str) -> None:
+    parts = Path(member).parts
+    if member.startswith(("/", "\\")) or os.path.isabs(member) or ".." in parts:
+        raise _failed(f"the archive {archive} holds {member}, a path leaving its folder")

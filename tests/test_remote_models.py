@@ -1,0 +1,146 @@
+"""Models from URLs and archives: a real HTTP server on localhost serving a tar.gz of version folders, a
+zip, one model file; a local archive; the sha256 a URL names; archives that try to leave their folder;
+the cache reused when the server says the file has not changed (304) or cannot be reached."""
+
+import functools
+import hashlib
+import http.server
+import io
+import tarfile
+import threading
+import zipfile
+
+import pytest
+
+from tests.helpers import Server, make_linear, make_xgb, pbtxt, wait_until
+
+
+class Files:
+    """A ThreadingHTTPServer serving a folder (If-Modified-Since answered 304), counting the answers."""
+
+    def __init__(self, root):
+        self.codes = []
+        files = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def log_request(self, code="-", size="-"):
+                files.codes.append(int(code))
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                                      functools.partial(Handler, directory=str(root)))
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def files(tmp_path):
+    (tmp_path / "www").mkdir()
+    f = Files(tmp_path / "www")
+    yield f
+    f.close()
+
+
+def both_available(server):
+    def states():
+        status, body = server.get("/v1/models/m")
+        return status == 200 and {v["state"] for v in body["model_version_status"]} == {"AVAILABLE"} and len(
+            body["model_version_status"]) == 2
+
+    wait_until(states, what="versions 1 and 2 of m AVAILABLE")
+
+
+def tar_of(folder, archive, extra=None):
+    with tarfile.open(archive, "w:gz") as tar:
+        for path in sorted(folder.rglob("*")):
+            tar.add(path, arcname=str(path.relative_to(folder)), recursive=False)
+        for name, data in (extra or {}).items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return archive
+
+
+def test_a_tar_gz_url_of_version_folders_serves_each_version(tmp_path, files):
+    make_linear(tmp_path / "src", 1, weights=[1.0], bias=0.0)
+    make_linear(tmp_path / "src", 2, weights=[1.0], bias=10.0)
+    archive = tar_of(tmp_path / "src", tmp_path / "www" / "lin.tar.gz")
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    make_linear(tmp_path / "local", 1)
+    config = tmp_path / "models.pbtxt"
+    config.write_text(pbtxt(
+        {"name": "m", "base_path": f"{files.url}/lin.tar.gz#sha256={digest}", "platform": "linear",
+         "policy": "all {}"},
+        {"name": "bad", "base_path": f"{files.url}/lin.tar.gz#sha256={'0' * 64}", "platform": "linear"},
+        {"name": "local", "base_path": str(tmp_path / "local"), "platform": "linear"}))
+    cache = tmp_path / "cache"
+    with Server(f"--model_config_file={config}", f"--model_cache_dir={cache}", wait_ready=False) as s:
+        both_available(s)
+        assert s.post("/v1/models/m/versions/1:predict", {"instances": [[1.0]]})[1]["predictions"] == [1.0]
+        assert s.post("/v1/models/m:predict", {"instances": [[1.0]]})[1]["predictions"] == [11.0]
+        body = wait_until(lambda: (r := s.get("/v1/models/bad"))[0] == 200 and r[1], what="the failed load")
+        assert "sha256" in body["model_version_status"][0]["status"]["error_message"]
+        assert s.post("/v1/models/local:predict", {"instances": [[1.0]]})[0] == 200  # the others serve
+    assert files.codes.count(200) == 2  # m and bad each downloaded it
+    # Again: asked with If-Modified-Since, answered 304, the copy reused.
+    with Server(f"--model_config_file={config}", f"--model_cache_dir={cache}", wait_ready=False) as s:
+        both_available(s)
+    assert 304 in files.codes[2:]
+    files.close()  # and with the server gone, the copy serves
+    with Server(f"--model_config_file={config}", f"--model_cache_dir={cache}", wait_ready=False) as s:
+        both_available(s)
+        assert "serving the copy downloaded before" in s.output()
+
+
+def test_a_url_of_one_model_file_and_a_zip_and_a_local_archive(tmp_path, files):
+    model = make_xgb(tmp_path / "x", 1, n_features=2)
+    (tmp_path / "www" / "model.json").write_bytes(model.read_bytes())
+    with zipfile.ZipFile(tmp_path / "www" / "lin.zip", "w") as z:
+        z.writestr("1/linear.json", '{"weights": [2.0], "bias": 0.0}')
+    make_linear(tmp_path / "src", 3, weights=[3.0], bias=0.0)
+    local = tar_of(tmp_path / "src", tmp_path / "local.tgz")
+    cache = f"--model_cache_dir={tmp_path / 'cache'}"
+    with Server(f"--model_base_path={files.url}/model.json", "--model_name=x", cache) as s:
+        status, body = s.get("/v1/models/x")
+        assert status == 200 and body["model_version_status"][0]["version"] == "1"
+        assert s.post("/v1/models/x:predict", {"instances": [[1.0, 2.0]]})[0] == 200
+    with Server(f"--model_base_path={files.url}/lin.zip", "--model_name=z", cache) as s:
+        assert s.post("/v1/models/z:predict", {"instances": [[1.0]]})[1]["predictions"] == [2.0]
+    with Server(f"--model_base_path={local}", "--model_name=t", cache) as s:
+        assert s.post("/v1/models/t/versions/3:predict", {"instances": [[1.0]]})[1]["predictions"] == [3.0]
+
+
+@pytest.mark.parametrize(("member", "words"), [
+    ("../evil.txt", "a path leaving its folder"),
+    ("/etc/evil.txt", "a path leaving its folder"),
+    ("link", "a link or a special file"),
+])
+def test_an_archive_leaving_its_folder_is_a_failed_load(tmp_path, files, member, words):
+    make_linear(tmp_path / "src", 1)
+    archive = tmp_path / "www" / "evil.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "src" / "1" / "linear.json", arcname="1/linear.json")
+        info = tarfile.TarInfo(member)
+        if member == "link":
+            info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+            tar.addfile(info)
+        else:
+            info.size = 4
+            tar.addfile(info, io.BytesIO(b"evil"))
+    with Server(f"--model_base_path={files.url}/evil.tar.gz", "--model_name=e",
+                f"--model_cache_dir={tmp_path / 'cache'}", wait_ready=False) as s:
+        body = wait_until(lambda: (r := s.get("/v1/models/e"))[0] == 200 and r[1], what="the failed load")
+        assert words in body["model_version_status"][0]["status"]["error_message"], s.output()
+        assert s.get("/readyz")[0] == 503 and s.get("/healthz")[0] == 200  # not ready, still serving
+    assert not (tmp_path / "evil.txt").exists() and not list((tmp_path / "cache").rglob("evil.txt"))
+
+
+def test_an_unreachable_url_is_a_failed_load_with_the_reason(tmp_path):
+    with Server("--model_base_path=http://127.0.0.1:9/none.tar.gz", "--model_name=n",
+                f"--model_cache_dir={tmp_path / 'cache'}", wait_ready=False) as s:
+        body = wait_until(lambda: (r := s.get("/v1/models/n"))[0] == 200 and r[1], what="the failed load")
+        assert "cannot download" in body["model_version_status"][0]["status"]["error_message"]
