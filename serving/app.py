@@ -198,7 +198,8 @@ class Server:
                         service_model=settings.model_name, warm_up_data_path=settings.warm_up_data_path)
         self.manager = ModelManager(
             runtime=self.runtime,
-            fetcher=ModelFetcher(settings.model_cache_dir or default_cache_dir(), settings.model_archive_max_bytes),
+            fetcher=ModelFetcher(settings.model_cache_dir or default_cache_dir(), settings.model_archive_max_bytes,
+                                 settings.s3_endpoint_url),
             load_threads=settings.load_threads,
             allow_version_labels_for_unavailable_models=settings.allow_version_labels_for_unavailable_models,
             warmup=warmup,

@@ -172,7 +172,7 @@ def specs_from_proto(config: msc.ModelServerConfig, source: str = "model config"
         if c.name in seen:
             raise ConfigError(f"{source}: Illegal to list model {c.name} multiple times in config list")
         seen.add(c.name)
-        if not os.path.isabs(c.base_path) and not c.base_path.startswith(("http://", "https://")):
+        if not os.path.isabs(c.base_path) and not c.base_path.startswith(("http://", "https://", "s3://")):
             raise ConfigError(
                 f"{source}: Expected model {c.name} to have an absolute path; got base_path()={c.base_path}"
             )

@@ -1,5 +1,7 @@
-"""Models from URLs and archives: a base path may be an `http(s)://` URL of an archive (`.tar.gz`, `.tgz`,
-`.tar`, `.zip`) or of a single model file, or a local archive. It is downloaded into --model_cache_dir,
+"""Models from URLs, archives and object storage: a base path may be an `http(s)://` URL of an archive
+(`.tar.gz`, `.tgz`, `.tar`, `.zip`) or of a single model file, a local archive, or an `s3://bucket/prefix`
+(fsspec + s3fs, the `s3` extra; the endpoint from --s3_endpoint_url or the standard AWS variables), whose
+version folders are mirrored and polled as a local base path's are. It is downloaded into --model_cache_dir,
 checked (the size the server announced; the sha256 when the URL ends in `#sha256=<hex>`), unpacked safely
 (no absolute paths, no `..`, no links, devices or other special files, at most --model_archive_max_bytes
 unpacked) and read as a local base path is: version folders `1/`, `2/`, ..., or the model files directly
@@ -34,8 +36,15 @@ CHUNK = 1 << 20
 
 
 def is_remote(base_path: str) -> bool:
-    """Whether a base path is fetched (a URL) or unpacked (a local archive) rather than read in place."""
-    return base_path.startswith(("http://", "https://")) or base_path.lower().endswith(ARCHIVES)
+    """Whether a base path is fetched (a URL, an object store prefix) or unpacked (a local archive) rather
+    than read in place."""
+    return base_path.startswith(("http://", "https://", "s3://")) or base_path.lower().endswith(ARCHIVES)
+
+
+def is_polled(base_path: str) -> bool:
+    """Whether a remote base path is looked at again on every file-system poll (an object store prefix of
+    version folders, as a local base path is), rather than only when the config names it."""
+    return base_path.startswith("s3://") and not base_path.lower().endswith(ARCHIVES)
 
 
 def default_cache_dir() -> str:
@@ -50,8 +59,11 @@ def _failed(message: str) -> ServingError:
 class ModelFetcher:
     """Turns a remote base path into a local folder under the cache (one folder per URL)."""
 
-    def __init__(self, cache_dir: str, max_bytes: int) -> None:
+    def __init__(self, cache_dir: str, max_bytes: int, s3_endpoint_url: str = "") -> None:
         self.cache_dir, self.max_bytes = Path(cache_dir), max_bytes
+        self.s3_endpoint_url = s3_endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get(
+            "AWS_ENDPOINT_URL", "")
+        self._s3: Any = None
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
 
@@ -69,6 +81,8 @@ class ModelFetcher:
         sha256 = fragment[len("sha256="):].lower() if fragment.startswith("sha256=") else None
         folder = self.cache_dir / hashlib.sha256(url.encode()).hexdigest()[:24]
         unpacked = folder / "model"
+        if url.startswith("s3://"):
+            return self._s3_checked(url, folder, sha256)
         if not url.startswith(("http://", "https://")):  # a local archive
             archive = Path(url)
             if not archive.is_file():
@@ -113,6 +127,74 @@ class ModelFetcher:
                 log.warning("cannot reach %s (%s): serving the copy downloaded before", url, e)
                 return str(unpacked)
             raise _failed(f"cannot download {url}: {getattr(e, 'reason', e)}") from None
+        return str(unpacked)
+
+    def _s3_checked(self, url: str, folder: Path, sha256: str | None) -> str:
+        try:
+            return self._from_s3(url, folder, sha256)
+        except ServingError:
+            raise
+        except Exception as e:  # noqa: BLE001 - botocore's and s3fs's errors are many: the message says which
+            raise _failed(f"cannot fetch {url}: {type(e).__name__}: {e}") from None
+
+    def s3(self) -> Any:
+        if self._s3 is None:
+            try:
+                import fsspec
+            except ImportError:
+                raise _failed("s3:// base paths need the s3 extra: pip install serving-engine[s3]") from None
+            kwargs = {"endpoint_url": self.s3_endpoint_url} if self.s3_endpoint_url else {}
+            # No listing cache: a poll must see the version folders as they are now.
+            self._s3 = fsspec.filesystem("s3", client_kwargs=kwargs, use_listings_cache=False,
+                                         skip_instance_cache=True)
+        return self._s3
+
+    def _from_s3(self, url: str, folder: Path, sha256: str | None) -> str:
+        """An archive or model file key: downloaded and unpacked as a URL's. A prefix: mirrored file by file
+        (new and changed keys downloaded, removed ones deleted), so new versions appear and old ones go."""
+        fs, key = self.s3(), url[len("s3://"):].rstrip("/")
+        folder.mkdir(parents=True, exist_ok=True)
+        unpacked = folder / "model"
+        if key.lower().endswith(ARCHIVES) or fs.isfile(key):
+            info = fs.info(key)
+            stamp = {"etag": info.get("ETag"), "size": info.get("size"), "sha256_asked": sha256, "url": url}
+            if self._current(folder, stamp):
+                return str(unpacked)
+            download = Path(tempfile.mkstemp(dir=folder, suffix=".part")[1])
+            try:
+                if (info.get("size") or 0) > self.max_bytes:
+                    raise _failed(f"{url} is larger than --model_archive_max_bytes ({self.max_bytes})")
+                fs.get_file(key, str(download))
+                self._verify(download, info.get("size"), sha256, url)
+                self._unpack_into(folder, download, os.path.basename(key), stamp)
+            finally:
+                download.unlink(missing_ok=True)
+            return str(unpacked)
+        listing = {path: info for path, info in fs.find(key, detail=True).items() if info.get("type") != "directory"}
+        if not listing:
+            raise _failed(f"nothing under {url}")
+        if sum(info.get("size") or 0 for info in listing.values()) > self.max_bytes:
+            raise _failed(f"{url} holds more than --model_archive_max_bytes ({self.max_bytes})")
+        mirrored = (self._meta(folder) or {}).get("files", {})
+        files: dict[str, list[Any]] = {}
+        for path, info in sorted(listing.items()):
+            relative = path[len(key):].lstrip("/")
+            _check_name(relative, url)
+            tag = [info.get("ETag") or "", info.get("size")]
+            files[relative] = tag
+            target = unpacked / relative
+            if mirrored.get(relative) == tag and target.is_file():
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            part = target.with_name(target.name + ".part")
+            fs.get_file(path, str(part))
+            os.replace(part, target)
+        for relative in set(mirrored) - set(files):  # gone from the store: gone here
+            (unpacked / relative).unlink(missing_ok=True)
+        for directory in sorted((p for p in unpacked.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+            if not any(directory.iterdir()):
+                directory.rmdir()
+        (folder / "meta.json").write_text(json.dumps({"url": url, "files": files}))
         return str(unpacked)
 
     def _save(self, answer: object, path: Path) -> None:

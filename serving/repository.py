@@ -29,7 +29,7 @@ from typing import Any
 from .errors import Code, ServingError, invalid_argument, not_found, unavailable
 from .model_config import ConfigError, ModelSpec, list_versions
 from .processor import Processor, canonical_name, detect_platform, processor_class
-from .remote import ModelFetcher, default_cache_dir, is_remote
+from .remote import ModelFetcher, default_cache_dir, is_polled, is_remote
 from .servable import Runtime, Servable
 
 log = logging.getLogger(__name__)
@@ -384,7 +384,7 @@ class ModelManager:
         base = model.spec.base_path
         if not is_remote(base):
             return base
-        if model.local_base is not None and not fetch:
+        if model.local_base is not None and not fetch and not is_polled(base):
             return model.local_base
         try:
             model.local_base = await asyncio.get_running_loop().run_in_executor(self._loader, self.fetcher.local,

@@ -112,6 +112,10 @@ class Settings:
     model_cache_dir: str = setting(
         "", "where base paths that are URLs (`http(s)://` archives or model files) or local archives are "
         "downloaded and unpacked", group="models", shown_default="~/.cache/serving-engine/models")
+    s3_endpoint_url: str = setting(
+        "", "the S3 endpoint of `s3://` base paths (MinIO, a local store); else `AWS_ENDPOINT_URL_S3` / "
+        "`AWS_ENDPOINT_URL`, else AWS's; credentials and region from the standard AWS variables",
+        group="models", shown_default="AWS")
     model_archive_max_bytes: int = setting(
         16 * 1024 ** 3, "the largest download, and the most an archive may unpack to (archive bombs)",
         group="models", unit="bytes")

@@ -144,3 +144,41 @@ def test_an_unreachable_url_is_a_failed_load_with_the_reason(tmp_path):
                 f"--model_cache_dir={tmp_path / 'cache'}", wait_ready=False) as s:
         body = wait_until(lambda: (r := s.get("/v1/models/n"))[0] == 200 and r[1], what="the failed load")
         assert "cannot download" in body["model_version_status"][0]["status"]["error_message"]
+
+
+def test_an_s3_prefix_of_version_folders_is_mirrored_and_polled(tmp_path):
+    moto_server = pytest.importorskip("moto.server", reason="moto[server] (test extra) is not installed")
+    pytest.importorskip("s3fs", reason="s3fs (the s3 extra) is not installed")
+    import boto3
+
+    from tests.helpers import free_port
+
+    port = free_port()
+    store = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    store.start()
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    try:
+        s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+        s3.create_bucket(Bucket="models")
+        s3.put_object(Bucket="models", Key="lin/1/linear.json", Body=b'{"weights": [1.0], "bias": 0.0}')
+        with Server("--model_base_path=s3://models/lin", "--model_name=lin",
+                    f"--s3_endpoint_url=http://127.0.0.1:{port}", f"--model_cache_dir={tmp_path / 'cache'}",
+                    "--file_system_poll_wait_seconds=1", env=env) as s:
+            assert s.post("/v1/models/lin:predict", {"instances": [[2.0]]})[1]["predictions"] == [2.0]
+            s3.put_object(Bucket="models", Key="lin/2/linear.json", Body=b'{"weights": [1.0], "bias": 5.0}')
+            wait_until(lambda: s.post("/v1/models/lin:predict", {"instances": [[2.0]]})[1].get("predictions")
+                       == [7.0], what="version 2 from the store")
+            # Version 2 removed from the store: removed from the mirror too, so the latest is 1 again.
+            s3.delete_object(Bucket="models", Key="lin/2/linear.json")
+            wait_until(lambda: s.post("/v1/models/lin:predict", {"instances": [[2.0]]})[1].get("predictions")
+                       == [2.0], what="version 1 again, once 2 left the store")
+            assert not [p for p in (tmp_path / "cache").rglob("linear.json") if p.parent.name == "2"]
+        with Server("--model_base_path=s3://models/nothing-here", "--model_name=n",
+                    f"--s3_endpoint_url=http://127.0.0.1:{port}", f"--model_cache_dir={tmp_path / 'cache'}",
+                    env=env, wait_ready=False) as s:
+            body = wait_until(lambda: (r := s.get("/v1/models/n"))[0] == 200 and r[1], what="the failed load")
+            message = body["model_version_status"][0]["status"]["error_message"]
+            assert "nothing under s3://models/nothing-here" in message
+    finally:
+        store.stop()
