@@ -23,6 +23,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -243,15 +244,7 @@ class ModelFetcher:
         try:
             with tarfile.open(source) as tar:
                 members = tar.getmembers()
-                total = 0
-                for member in members:
-                    _check_name(member.name, name)
-                    if not (member.isfile() or member.isdir()):
-                        raise _failed(f"the archive {name} holds {member.name}, which is a link or a special file")
-                    total += member.size
-                    if total > self.max_bytes:
-                        raise _failed(f"the archive {name} unpacks to more than --model_archive_max_bytes "
-                                      f"({self.max_bytes})")
+                self._check_members(((m.name, m.size, not (m.isfile() or m.isdir())) for m in members), name)
                 tar.extractall(into, members=members, filter="data")
         except tarfile.TarError as e:
             raise _failed(f"the archive {name} cannot be read: {e}") from None
@@ -259,19 +252,23 @@ class ModelFetcher:
     def _unzip(self, source: Path, into: Path, name: str) -> None:
         try:
             with zipfile.ZipFile(source) as archive:
-                infos = archive.infolist()
-                total = 0
-                for info in infos:
-                    _check_name(info.filename, name)
-                    if (info.external_attr >> 16) & 0o170000 == 0o120000:
-                        raise _failed(f"the archive {name} holds {info.filename}, which is a link")
-                    total += info.file_size
-                    if total > self.max_bytes:
-                        raise _failed(f"the archive {name} unpacks to more than --model_archive_max_bytes "
-                                      f"({self.max_bytes})")
+                self._check_members(((i.filename, i.file_size, (i.external_attr >> 16) & 0o170000 == 0o120000)
+                                     for i in archive.infolist()), name)
                 archive.extractall(into)
         except zipfile.BadZipFile as e:
             raise _failed(f"the archive {name} cannot be read: {e}") from None
+
+    def _check_members(self, members: Iterable[tuple[str, int, bool]], name: str) -> None:
+        """Every (name, size, is a link or special file) of an archive stays in its folder, is a plain file
+        or folder, and all of them fit in --model_archive_max_bytes."""
+        total = 0
+        for member, size, special in members:
+            _check_name(member, name)
+            if special:
+                raise _failed(f"the archive {name} holds {member}, which is a link or a special file")
+            total += size
+            if total > self.max_bytes:
+                raise _failed(f"the archive {name} unpacks to more than --model_archive_max_bytes ({self.max_bytes})")
 
     def _current(self, folder: Path, stamp: dict[str, Any]) -> bool:
         return self._meta(folder) == stamp and (folder / "model").is_dir()
