@@ -2,7 +2,8 @@
 
 Version directory: `linear.json` = {"weights": [[...]] (n_features x n_outputs) or [...] (n_features),
 "bias": [...] or number, optional "delay_ms": sleep per predict call (to exercise deadlines and drains),
-optional "load_delay_ms": sleep in the load (to exercise slow and cancelled loads), optional "reject_nan": true (predict raises on NaN input, to exercise processor failures)}.
+optional "load_delay_ms": sleep in the load (to exercise slow and cancelled loads), optional "reject_nan":
+true (predict raises on NaN input, to exercise processor failures)}.
 A `linear.json` that is not valid JSON fails the load (the deliberately broken model).
 """
 
