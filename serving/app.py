@@ -226,7 +226,7 @@ class Server:
         # Sampled predict calls of the models whose config asks for it (serving/requestlog.py).
         self.request_log = RequestLogger(self.manager, worker_index(), settings.request_log_max_bytes)
         self.pipeline.observe(self.request_log)
-        self.shadow = ShadowRunner(self.manager, self.dataplane)  # shadow versions (serving/shadow.py)
+        self.shadow = ShadowRunner(self.manager, self.dataplane, self.request_log)  # serving/shadow.py
         self.pipeline.observe(self.shadow)
         self.statistics = Statistics(self.manager, self.peers)  # Triton's statistics extension (KServe V2)
         self.pipeline.observe(self.statistics)

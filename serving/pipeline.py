@@ -54,6 +54,7 @@ class Call:
     received = dispatched = computed = 0.0  # time.perf_counter(), set only while observers watch
     rows: int | None = None  # the request's rows, counted once it decoded, while observers watch
     result: Outputs | None = None  # its outputs, once finished, while observers watch (the request log)
+    logged = False  # the request log wrote it (a shadow's answer is then logged beside it)
     observers: Sequence[Observer] = ()
 
     def __init__(self, protocol: str, model: str, version: int | None, label: str | None, decode: Decode,

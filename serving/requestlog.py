@@ -29,6 +29,7 @@ from typing import Any
 from ._proto.tensorflow_serving.apis import prediction_log_pb2
 from .codecs.tensors import array_to_tensor
 from .errors import ServingError
+from .model_config import RequestLogSpec
 from .pipeline import Call, Timings
 from .repository import ModelManager
 from .warmup import masked_crc
@@ -99,12 +100,18 @@ class RequestLogger:
         if spec is None or (spec.sample_rate < 1.0 and random.random() >= spec.sample_rate):
             return
         assert call.signature is not None
-        item = (spec, servable.model, servable.version, call.signature.name, call.request_id, call.inputs,
-                {name: call.result[name] for name in call.output_names()})
+        call.logged = self.put(spec, servable.model, servable.version, call.signature.name, call.request_id,
+                               call.inputs, {name: call.result[name] for name in call.output_names()})
+
+    def put(self, spec: RequestLogSpec, model: str, version: int, signature: str, request_id: str, inputs: Any,
+            outputs: Any) -> bool:
+        """Queue one record for the writer; False (and counted) when the queue is full."""
         try:
-            self.queue.put_nowait(item)
+            self.queue.put_nowait((spec, model, version, signature, request_id, inputs, outputs))
         except queue.Full:
             self.dropped += 1
+            return False
+        return True
 
     def _write(self) -> None:
         while (item := self.queue.get()) is not None:

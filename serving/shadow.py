@@ -3,7 +3,9 @@ in model_config.pbtxt, `"shadow"` in the service JSON), after and apart from the
 answer is never returned: it is compared with the served one into metrics, the largest absolute difference
 of the numeric outputs (`serving_shadow_divergence`) and, for outputs with a class axis, whether the
 argmax agrees (`serving_shadow_agreement_total`). A shadow that is not AVAILABLE, whose queue is full, that
-fails or that outlives its deadline is counted (`serving_shadow_requests_total{outcome}`) and dropped.
+fails or that outlives its deadline is counted (`serving_shadow_requests_total{outcome}`) and dropped. When
+the served call was written to the request log, the shadow's answer is written beside it (same request id,
+the shadow's version).
 
 The submission waits for the event loop's next turn (`call_soon`), so the served answer's own callbacks,
 which write it to the client, run first; the shadow then queues in its own version's batch queue.
@@ -36,10 +38,11 @@ DIVERGENCE_BOUNDS = tuple(10.0 ** e for e in range(-7, 4))
 class ShadowRunner:
     """A pipeline observer: runs the sampled calls of models with a shadow on it and keeps the comparison."""
 
-    def __init__(self, manager: ModelManager, dataplane: DataPlane) -> None:
+    def __init__(self, manager: ModelManager, dataplane: DataPlane, request_log: Any = None) -> None:
         from .metrics import Histogram
 
         self.manager, self.dataplane = manager, dataplane
+        self.request_log = request_log  # a RequestLogger: a logged call's shadow answer is logged beside it
         #: (model, shadow version, outcome) -> calls: ok, mismatch (other outputs or shapes), unavailable,
         #: refused (queue full, inputs it does not take), failed, timeout
         self.outcomes: collections.Counter[tuple[str, int, str]] = collections.Counter()
@@ -75,15 +78,16 @@ class ShadowRunner:
             self.outcomes[(model, version, "refused")] += 1
             return
         primary = call.result
-        future.add_done_callback(lambda f: self._compare(key, f, primary))
+        future.add_done_callback(lambda f: self._compare(key, f, primary, call))
 
-    def _compare(self, key: tuple[str, int], future: asyncio.Future[Outputs], primary: Any) -> None:
+    def _compare(self, key: tuple[str, int], future: asyncio.Future[Outputs], primary: Any, call: Call) -> None:
         error = error_of(future)
         if error is not None:
             outcome = "timeout" if error.code.name == "DEADLINE_EXCEEDED" else "failed"
             self.outcomes[(*key, outcome)] += 1
             return
         shadow = future.result()
+        self._log(key, call, shadow)
         if any(name not in shadow or shadow[name].shape != served.shape for name, served in primary.items()):
             self.outcomes[(*key, "mismatch")] += 1  # other outputs or shapes: nothing to compare
             return
@@ -103,6 +107,15 @@ class ShadowRunner:
         if histogram is None:
             histogram = self.divergence[key] = self.histogram(DIVERGENCE_BOUNDS)
         histogram.observe(worst)
+
+    def _log(self, key: tuple[str, int], call: Call, shadow: Outputs) -> None:
+        """The shadow's answer beside the served one in the request log, when that one was logged (same
+        request id, the shadow's version in the record)."""
+        model = self.manager.models.get(key[0])
+        spec = model.spec.request_log if model is not None else None
+        if not call.logged or self.request_log is None or spec is None or call.signature is None:
+            return
+        self.request_log.put(spec, key[0], key[1], call.signature.name, call.request_id, call.inputs, shadow)
 
     def collect(self) -> Any:
         """The shadow's metric families (a prometheus-client collector)."""

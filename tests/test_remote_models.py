@@ -182,3 +182,14 @@ def test_an_s3_prefix_of_version_folders_is_mirrored_and_polled(tmp_path):
             assert "nothing under s3://models/nothing-here" in message
     finally:
         store.stop()
+
+
+def test_the_service_json_model_path_may_be_a_url(tmp_path, files):
+    import json
+
+    with zipfile.ZipFile(tmp_path / "www" / "svc.zip", "w") as z:
+        z.writestr("linear.json", '{"weights": [4.0], "bias": 0.0}')  # the files directly: version 1
+    service = tmp_path / "service.json"
+    service.write_text(json.dumps({"name": "svc", "processor": "linear", "model_path": f"{files.url}/svc.zip"}))
+    with Server(f"--service_config={service}", f"--model_cache_dir={tmp_path / 'cache'}") as s:
+        assert s.post("/api/predict/svc", [[1.0]])[1] == [4.0]

@@ -87,3 +87,26 @@ def test_the_service_json_shadow(tmp_path):
     service.write_text(json.dumps({"name": "m", "model_path": str(tmp_path / "m"), "shadow": {"version": 2}}))
     done = run_cli(f"--service_config={service}", "--rest_api_port=0", "--port=0")
     assert done.returncode != 0 and "needs \"traffic\"" in done.stderr
+
+
+def test_a_logged_calls_shadow_answer_is_logged_beside_it(tmp_path):
+    from serving._proto.tensorflow_serving.apis import prediction_log_pb2
+    from serving.codecs.tensors import tensor_to_array
+    from serving.warmup import read_tfrecords
+
+    make_linear(tmp_path / "m", 1, weights=[[1.0]], bias=0.0)
+    make_linear(tmp_path / "m", 2, weights=[[1.0]], bias=1.0)
+    path = tmp_path / "models.pbtxt"
+    path.write_text(config(tmp_path / "m", 2).replace(
+        "shadow_version", f'logging_config {{ log_collector_config {{ filename_prefix: "{tmp_path / "log"}" }} '
+        "sampling_config { sampling_rate: 1.0 } } shadow_version"))
+    with Server(f"--model_config_file={path}") as s:
+        assert s.post("/v1/models/m:predict", {"instances": [[2.0]]}, headers={"x-request-id": "r-1"})[0] == 200
+        wait_until(lambda: "serving_request_log_records_total 2.0" in s.request("GET", "/metrics", fresh=True)[1]
+                   .decode(), what="both records written")
+    logs = [prediction_log_pb2.PredictionLog.FromString(r) for f in sorted(tmp_path.glob("log.*.tfrecord"))
+            for r in read_tfrecords(f)]
+    answers = {log.log_metadata.model_spec.version.value: tensor_to_array(
+        log.predict_log.response.outputs["predictions"], "p").tolist() for log in logs}
+    assert answers == {1: [2.0], 2: [3.0]}  # the served answer and the shadow's, one request
+    assert {log.log_metadata.request_id for log in logs} == {"r-1"}
