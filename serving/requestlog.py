@@ -1,13 +1,15 @@
-"""Request logs in TF Serving's own format: sampled predict calls with their answers, as TFRecord files of
-`tensorflow.serving.PredictionLog` records (`predict_log`), readable by TensorFlow (`tf.data.TFRecordDataset`
-+ `PredictionLog.FromString`) and by this engine's warm-up reader.
+"""Request logs in TF Serving's own format: sampled predict, classify and regress calls with their answers,
+as TFRecord files of `tensorflow.serving.PredictionLog` records (`predict_log`, `classify_log`, `regress_log`),
+readable by TensorFlow (`tf.data.TFRecordDataset` + `PredictionLog.FromString`) and by this engine's warm-up
+reader.
 
 A model logs when its config says so: `logging_config { log_collector_config { type: "file" filename_prefix:
 "/logs/m" } sampling_config { sampling_rate: 0.1 } }` in model_config.pbtxt (TF Serving's own field, whose
 collector its open-source build lacks), or `"request_log": {"path": "/logs/m", "sample_rate": 0.1}` in the
 service JSON. Every protocol's predict call is logged as a `PredictRequest` / `PredictResponse` with named
-TensorProtos (KServe V2 and cloud calls converted), `log_metadata` naming the version that served it, the
-sampling config and (our field 1001) the request id.
+TensorProtos (KServe V2 and cloud calls converted), a classify or regress call (TF Serving REST or gRPC) as
+the request of its tf.Examples and its answer, `log_metadata` naming the version that served it, the
+sampling config and (our field 1001) the request id. MultiInference calls are not logged.
 
 The event loop only samples and queues (the call's arrays, no encoding); a writer thread builds and
 writes the records, to `<filename_prefix>.<n>.tfrecord` (`<filename_prefix>.w<worker>.<n>.tfrecord` under
@@ -38,6 +40,8 @@ log = logging.getLogger(__name__)
 
 #: Records waiting for the writer; one more is dropped and counted.
 QUEUE_SIZE = 10_000
+#: The calls logged: predict (predict_log), classify (classify_log), regress (regress_log).
+LOGGED = frozenset({"predict", "classify", "regress"})
 
 
 class TFRecordFiles:
@@ -93,21 +97,22 @@ class RequestLogger:
 
     def finished(self, call: Call, error: ServingError | None, timings: Timings) -> None:
         servable = call.servable
-        if error is not None or servable is None or call.method != "predict" or call.result is None:
+        if error is not None or servable is None or call.method not in LOGGED or call.result is None:
             return
         model = self.manager.models.get(servable.model)
         spec = model.spec.request_log if model is not None else None
         if spec is None or (spec.sample_rate < 1.0 and random.random() >= spec.sample_rate):
             return
         assert call.signature is not None
+        outputs = call.result if call.method != "predict" else {n: call.result[n] for n in call.output_names()}
         call.logged = self.put(spec, servable.model, servable.version, call.signature.name, call.request_id,
-                               call.inputs, {name: call.result[name] for name in call.output_names()})
+                               call.inputs, outputs, call.method)
 
     def put(self, spec: RequestLogSpec, model: str, version: int, signature: str, request_id: str, inputs: Any,
-            outputs: Any) -> bool:
+            outputs: Any, method: str = "predict") -> bool:
         """Queue one record for the writer; False (and counted) when the queue is full."""
         try:
-            self.queue.put_nowait((spec, model, version, signature, request_id, inputs, outputs))
+            self.queue.put_nowait((spec, model, version, signature, request_id, inputs, outputs, method))
         except queue.Full:
             self.dropped += 1
             return False
@@ -115,9 +120,10 @@ class RequestLogger:
 
     def _write(self) -> None:
         while (item := self.queue.get()) is not None:
-            spec, model, version, signature, request_id, inputs, outputs = item
+            spec, model, version, signature, request_id, inputs, outputs, method = item
             try:
-                record = prediction_log(model, version, signature, request_id, inputs, outputs, spec.sample_rate)
+                record = prediction_log(model, version, signature, request_id, inputs, outputs, spec.sample_rate,
+                                        method)
                 files = self.files.get(spec.prefix)
                 if files is None:
                     files = self.files[spec.prefix] = TFRecordFiles(spec.prefix, self.worker, self.max_bytes)
@@ -135,8 +141,9 @@ class RequestLogger:
 
 
 def prediction_log(model: str, version: int, signature: str, request_id: str, inputs: dict[str, Any],
-                   outputs: dict[str, Any], sample_rate: float) -> bytes:
-    """One PredictionLog record: the call as a PredictRequest and its answer as a PredictResponse."""
+                   outputs: dict[str, Any], sample_rate: float, method: str = "predict") -> bytes:
+    """One PredictionLog record: a predict call as a PredictRequest and its answer as a PredictResponse; a
+    classify / regress call as the Classification / RegressionRequest of its tf.Examples and its answer."""
     record = prediction_log_pb2.PredictionLog()
     meta = record.log_metadata
     meta.model_spec.name = model
@@ -144,6 +151,17 @@ def prediction_log(model: str, version: int, signature: str, request_id: str, in
     meta.model_spec.signature_name = signature
     meta.sampling_config.sampling_rate = sample_rate
     meta.request_id = request_id
+    if method != "predict":
+        from .protocols.tfserving.rpc import EXAMPLE_ANSWERS
+
+        log = record.classify_log if method == "classify" else record.regress_log
+        log.request.model_spec.CopyFrom(meta.model_spec)
+        log.response.model_spec.CopyFrom(meta.model_spec)
+        (serialized,) = inputs.values()  # the signature's one input: the serialized tf.Examples
+        for example in serialized:
+            log.request.input.example_list.examples.add().ParseFromString(example)
+        EXAMPLE_ANSWERS[method][1](log.response.result, outputs, len(serialized))
+        return record.SerializeToString()
     request, response = record.predict_log.request, record.predict_log.response
     request.model_spec.CopyFrom(meta.model_spec)
     response.model_spec.CopyFrom(meta.model_spec)

@@ -183,3 +183,34 @@ def test_serving_bench_replays_the_logged_requests_over_each_protocol(tmp_path):
             report = json.loads((tmp_path / name / "report.json").read_text())
             step = report["steps"][0]
             assert report["target"]["bodies"] == 3 and step["ok"] > 30 and step["errors"] == {}, (name, step["errors"])
+
+
+def test_classify_and_regress_calls_are_logged_as_tf_serving_logs_them(tmp_path):
+    pytest.importorskip("tensorflow", reason="TensorFlow (tensorflow extra) is not installed")
+    from serving._proto.tensorflow.core.example import example_pb2
+    from serving._proto.tensorflow_serving.apis import classification_pb2
+    from tests.tf_models import half_plus_two
+
+    half_plus_two(tmp_path / "half" / "1")
+    config = tmp_path / "models.pbtxt"
+    config.write_text(config_text(tmp_path / "half", tmp_path / "logs" / "half").replace('"linear"', '"tensorflow"')
+                      .replace('name: "m"', 'name: "half"'))
+    with Server(f"--model_config_file={config}") as s:
+        body = {"signature_name": "regress_x_to_y", "examples": [{"x": 2.0}, {"x": 4.0}]}
+        assert s.post("/v1/models/half:regress", body) == (200, {"results": [3.0, 4.0]})
+        with grpc.insecure_channel(f"127.0.0.1:{s.grpc_port}") as channel:
+            request = classification_pb2.ClassificationRequest()
+            request.model_spec.name = "half"
+            request.model_spec.signature_name = "classify_x_to_y"
+            example = request.input.example_list.examples.add()
+            example.features.feature["x"].float_list.value.append(6.0)
+            prediction_service_pb2_grpc.PredictionServiceStub(channel).Classify(request, timeout=30)
+    regress, classify = records(tmp_path / "logs")
+    assert regress.WhichOneof("log_type") == "regress_log" and classify.WhichOneof("log_type") == "classify_log"
+    assert regress.log_metadata.model_spec.signature_name == "regress_x_to_y"
+    assert [r.value for r in regress.regress_log.response.result.regressions] == [3.0, 4.0]
+    xs = [example_pb2.Example.FromString(e.SerializeToString()).features.feature["x"].float_list.value[0]
+          for e in regress.regress_log.request.input.example_list.examples]
+    assert xs == [2.0, 4.0]
+    assert [c.score for c in classify.classify_log.response.result.classifications[0].classes] == [5.0]
+    assert classify.classify_log.request.input.example_list.examples[0].features.feature["x"].float_list.value == [6.0]
