@@ -47,14 +47,19 @@ def sticky_value(carrier: Any, name: str) -> bytes | None:
     return None
 
 
+def resident_bytes() -> int:
+    """This process's resident memory in bytes (0 where /proc cannot say)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def memory_in_use(device: str) -> tuple[int, int]:
     """(this process's resident memory, the CUDA device's memory in use) in bytes; the second is 0 unless
     the device is CUDA and torch has set it up (TensorFlow's and ONNX Runtime's GPU memory is not seen)."""
-    try:
-        with open("/proc/self/statm") as f:
-            rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        rss = 0
+    rss = resident_bytes()
     gpu = 0
     torch = sys.modules.get("torch")
     if device.startswith("cuda") and torch is not None and torch.cuda.is_initialized():

@@ -23,7 +23,6 @@ import logging
 import os
 import queue
 import random
-import struct
 import threading
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ from .errors import ServingError
 from .model_config import RequestLogSpec
 from .pipeline import Call, Timings
 from .repository import ModelManager
-from .warmup import masked_crc
+from .warmup import tfrecord
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +59,10 @@ class TFRecordFiles:
     def write(self, record: bytes) -> None:
         if self.file is None or (self.size and self.size + len(record) + 16 > self.max_bytes):
             self._next()
-        header = struct.pack("<Q", len(record))
-        self.file.write(header + struct.pack("<I", masked_crc(header)) + record + struct.pack("<I", masked_crc(record)))
+        framed = tfrecord(record)
+        self.file.write(framed)
         self.file.flush()
-        self.size += len(record) + 16
+        self.size += len(framed)
 
     def _next(self) -> None:
         if self.file is not None:

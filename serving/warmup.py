@@ -73,12 +73,17 @@ def read_tfrecords(path: Path) -> Iterator[bytes]:
         pos, index = end + 4, index + 1
 
 
+def tfrecord(record: bytes) -> bytes:
+    """One record with its TFRecord framing: length, the length's masked CRC-32C, the data, the data's."""
+    header = struct.pack("<Q", len(record))
+    return header + struct.pack("<I", masked_crc(header)) + record + struct.pack("<I", masked_crc(record))
+
+
 def write_tfrecords(path: Path, records: list[bytes]) -> None:
     """Write records with TFRecord framing (used by tests and tools that make warm-up files)."""
     with path.open("wb") as f:
         for record in records:
-            header = struct.pack("<Q", len(record))
-            f.write(header + struct.pack("<I", masked_crc(header)) + record + struct.pack("<I", masked_crc(record)))
+            f.write(tfrecord(record))
 
 
 @dataclass

@@ -129,8 +129,9 @@ def _ms(value: float | None) -> str:
 
 def main(argv: list[str]) -> int:
     from ..errors import ServingError
+    from ..workers import available_cores
     from . import report as report_files
-    from .run import Threshold, cpu_count, execute, grpc_body, grpc_target, http_target, replay_bodies
+    from .run import Threshold, execute, grpc_body, grpc_target, http_target, replay_bodies
 
     ap = build_parser()
     args = ap.parse_args(argv)
@@ -165,7 +166,7 @@ def main(argv: list[str]) -> int:
             target = grpc_target(args.grpc, args.api, bodies, args.header, args.timeout)
     except (ValueError, OSError, ServingError) as e:
         ap.error(str(getattr(e, "message", e)))
-    args.processes = args.processes or cpu_count()
+    args.processes = args.processes or available_cores()
     out = args.out or Path(time.strftime("bench-%Y%m%d-%H%M%S"))
     view = LiveView(args.quiet)
     try:

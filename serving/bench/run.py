@@ -14,7 +14,6 @@ import dataclasses
 import json
 import math
 import multiprocessing
-import os
 import re
 import socket
 import sys
@@ -31,6 +30,7 @@ from hdrh.histogram import HdrHistogram
 
 from .. import __version__
 from . import load
+from .plots import step_label
 
 #: A ramp step holds when its p99 and error rate meet the objective and it reached this share of its rate.
 RAMP_REACHED = 0.9
@@ -49,7 +49,7 @@ class Step:
 
     @property
     def label(self) -> str:
-        return f"c={self.concurrency}" if self.mode == "closed" else f"{self.rate:g}/s"
+        return step_label({"mode": self.mode, "concurrency": self.concurrency, "target_rate": self.rate})
 
 
 # ---- thresholds ----
@@ -515,9 +515,3 @@ def execute(args: Any, target: dict[str, Any], thresholds: list[Threshold],
         "verdict": {"passed": all(v["passed"] for v in verdicts), "thresholds": verdicts, "ramp": ramp},
         "warnings": warnings,
     }
-
-
-def cpu_count() -> int:
-    from ..workers import available_cores
-
-    return available_cores() or os.cpu_count() or 1

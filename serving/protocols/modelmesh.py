@@ -28,7 +28,7 @@ from ..control import ModelControl
 from ..errors import Code, ServingError, invalid_argument, not_found
 from ..model_config import ModelSpec
 from ..processor import ALIASES, REGISTRY, canonical_name
-from ..repository import ModelManager
+from ..repository import ModelManager, resident_bytes
 from ..settings import Settings
 from ..workers import cgroup_memory_limit
 from .adapters import grpc_errors
@@ -51,14 +51,6 @@ ID_INJECTION = {
 DISK_TO_MEMORY = 2
 
 
-def resident_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
 def model_capacity(settings: Settings, copies: int = 1) -> int:
     """The memory ModelMesh may fill with models: --model_memory_capacity_bytes, else the container's memory
     (the Downward API's, the cgroup limit, the machine's) less each worker's own size and the headroom."""
@@ -66,11 +58,11 @@ def model_capacity(settings: Settings, copies: int = 1) -> int:
         return settings.model_memory_capacity_bytes
     container = (settings.container_memory_bytes or cgroup_memory_limit()
                  or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    capacity = container - copies * resident_bytes() - settings.memory_headroom_bytes
+    own = copies * resident_bytes()
+    capacity = container - own - settings.memory_headroom_bytes
     if capacity <= 0:
         log.warning("no memory left for models: the container has %d bytes, the server takes %d and the headroom "
-                    "is %d; set --model_memory_capacity_bytes", container, copies * resident_bytes(),
-                    settings.memory_headroom_bytes)
+                    "is %d; set --model_memory_capacity_bytes", container, own, settings.memory_headroom_bytes)
     return max(capacity, 0)
 
 
