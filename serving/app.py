@@ -199,7 +199,7 @@ class Server:
         self.manager = ModelManager(
             runtime=self.runtime,
             fetcher=ModelFetcher(settings.model_cache_dir or default_cache_dir(), settings.model_archive_max_bytes,
-                                 settings.s3_endpoint_url),
+                                 settings.s3_endpoint_url, settings.gcs_endpoint_url),
             load_threads=settings.load_threads,
             allow_version_labels_for_unavailable_models=settings.allow_version_labels_for_unavailable_models,
             warmup=warmup,

@@ -55,6 +55,7 @@ class Call:
     rows: int | None = None  # the request's rows, counted once it decoded, while observers watch
     result: Outputs | None = None  # its outputs, once finished, while observers watch (the request log)
     logged = False  # the request log wrote it (a shadow's answer is then logged beside it)
+    task: Any = None  # (TaskGroup, index): one task of a MultiInference, logged with its siblings as one record
     observers: Sequence[Observer] = ()
 
     def __init__(self, protocol: str, model: str, version: int | None, label: str | None, decode: Decode,

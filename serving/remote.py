@@ -1,12 +1,13 @@
 """Models from URLs, archives and object storage: a base path may be an `http(s)://` URL of an archive
-(`.tar.gz`, `.tgz`, `.tar`, `.zip`) or of a single model file, a local archive, or an `s3://bucket/prefix`
-(fsspec + s3fs, the `s3` extra; the endpoint from --s3_endpoint_url or the standard AWS variables), whose
-version folders are mirrored and polled as a local base path's are. It is downloaded into --model_cache_dir,
-checked (the size the server announced; the sha256 when the URL ends in `#sha256=<hex>`), unpacked safely
-(no absolute paths, no `..`, no links, devices or other special files, at most --model_archive_max_bytes
-unpacked) and read as a local base path is: version folders `1/`, `2/`, ..., or the model files directly
-(version 1). A URL fetched before is asked again with its ETag / Last-Modified and reused when unchanged
-(304), or when the server cannot be reached and a copy is there.
+(`.tar.gz`, `.tgz`, `.tar`, `.zip`) or of a single model file, a local archive, an `s3://bucket/prefix`
+(fsspec + s3fs, the `s3` extra; the endpoint from --s3_endpoint_url or the standard AWS variables) or a
+`gs://bucket/prefix` (gcsfs, the `gcs` extra; the endpoint from --gcs_endpoint_url or STORAGE_EMULATOR_HOST,
+credentials Google's defaults), whose version folders are mirrored and polled as a local base path's are. It
+is downloaded into --model_cache_dir, checked (the size the server announced; the sha256 when the URL ends in
+`#sha256=<hex>`), unpacked safely (no absolute paths, no `..`, no links, devices or other special files, at
+most --model_archive_max_bytes unpacked) and read as a local base path is: version folders `1/`, `2/`, ..., or
+the model files directly (version 1). A URL fetched before is asked again with its ETag / Last-Modified and
+reused when unchanged (304), or when the server cannot be reached and a copy is there.
 """
 
 from __future__ import annotations
@@ -34,23 +35,31 @@ log = logging.getLogger(__name__)
 ARCHIVES = (".tar.gz", ".tgz", ".tar", ".zip")
 DOWNLOAD_TIMEOUT_S = 60.0
 CHUNK = 1 << 20
+#: The object stores a base path may name, and the extra each needs.
+STORES = ("s3://", "gs://")
+EXTRAS = {"s3": "s3", "gs": "gcs"}
 
 
 def is_remote(base_path: str) -> bool:
     """Whether a base path is fetched (a URL, an object store prefix) or unpacked (a local archive) rather
     than read in place."""
-    return base_path.startswith(("http://", "https://", "s3://")) or base_path.lower().endswith(ARCHIVES)
+    return base_path.startswith(("http://", "https://", *STORES)) or base_path.lower().endswith(ARCHIVES)
 
 
 def is_polled(base_path: str) -> bool:
     """Whether a remote base path is looked at again on every file-system poll (an object store prefix of
     version folders, as a local base path is), rather than only when the config names it."""
-    return base_path.startswith("s3://") and not base_path.lower().endswith(ARCHIVES)
+    return base_path.startswith(STORES) and not base_path.lower().endswith(ARCHIVES)
 
 
 def default_cache_dir() -> str:
     return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "serving-engine",
                         "models")
+
+
+def _etag(info: dict[str, Any]) -> str:
+    """An object's ETag as its store lists it (S3 `ETag`, GCS `etag`)."""
+    return str(info.get("ETag") or info.get("etag") or "")
 
 
 def _failed(message: str) -> ServingError:
@@ -60,11 +69,13 @@ def _failed(message: str) -> ServingError:
 class ModelFetcher:
     """Turns a remote base path into a local folder under the cache (one folder per URL)."""
 
-    def __init__(self, cache_dir: str, max_bytes: int, s3_endpoint_url: str = "") -> None:
+    def __init__(self, cache_dir: str, max_bytes: int, s3_endpoint_url: str = "",
+                 gcs_endpoint_url: str = "") -> None:
         self.cache_dir, self.max_bytes = Path(cache_dir), max_bytes
         self.s3_endpoint_url = s3_endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get(
             "AWS_ENDPOINT_URL", "")
-        self._s3: Any = None
+        self.gcs_endpoint_url = gcs_endpoint_url
+        self._stores: dict[str, Any] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
 
@@ -82,8 +93,8 @@ class ModelFetcher:
         sha256 = fragment[len("sha256="):].lower() if fragment.startswith("sha256=") else None
         folder = self.cache_dir / hashlib.sha256(url.encode()).hexdigest()[:24]
         unpacked = folder / "model"
-        if url.startswith("s3://"):
-            return self._s3_checked(url, folder, sha256)
+        if url.startswith(STORES):
+            return self._store_checked(url, folder, sha256)
         if not url.startswith(("http://", "https://")):  # a local archive
             archive = Path(url)
             if not archive.is_file():
@@ -130,35 +141,47 @@ class ModelFetcher:
             raise _failed(f"cannot download {url}: {getattr(e, 'reason', e)}") from None
         return str(unpacked)
 
-    def _s3_checked(self, url: str, folder: Path, sha256: str | None) -> str:
+    def _store_checked(self, url: str, folder: Path, sha256: str | None) -> str:
         try:
-            return self._from_s3(url, folder, sha256)
+            return self._from_store(url, folder, sha256)
         except ServingError:
             raise
-        except Exception as e:  # noqa: BLE001 - botocore's and s3fs's errors are many: the message says which
+        except Exception as e:  # noqa: BLE001 - the stores' client errors are many: the message says which
             raise _failed(f"cannot fetch {url}: {type(e).__name__}: {e}") from None
 
-    def s3(self) -> Any:
-        if self._s3 is None:
+    def store(self, scheme: str) -> Any:
+        """The fsspec file system of `s3` or `gs`, made once. No listing cache: a poll must see the version
+        folders as they are now."""
+        if scheme not in self._stores:
             try:
-                import fsspec
-            except ImportError:
-                raise _failed("s3:// base paths need the s3 extra: pip install serving-engine[s3]") from None
-            kwargs = {"endpoint_url": self.s3_endpoint_url} if self.s3_endpoint_url else {}
-            # No listing cache: a poll must see the version folders as they are now.
-            self._s3 = fsspec.filesystem("s3", client_kwargs=kwargs, use_listings_cache=False,
-                                         skip_instance_cache=True)
-        return self._s3
+                if scheme == "s3":
+                    import s3fs
 
-    def _from_s3(self, url: str, folder: Path, sha256: str | None) -> str:
+                    kwargs = {"endpoint_url": self.s3_endpoint_url} if self.s3_endpoint_url else {}
+                    fs: Any = s3fs.S3FileSystem(client_kwargs=kwargs, use_listings_cache=False,
+                                                skip_instance_cache=True)
+                else:  # gcsfs's plain JSON-API file system (its default class probes buckets over gRPC first)
+                    from gcsfs.core import GCSFileSystem
+
+                    endpoint = {"endpoint_url": self.gcs_endpoint_url, "token": "anon"} if self.gcs_endpoint_url else {}
+                    fs = GCSFileSystem(use_listings_cache=False, skip_instance_cache=True, **endpoint)
+            except ImportError:
+                extra = EXTRAS[scheme]
+                raise _failed(f"{scheme}:// base paths need the {extra} extra: pip install serving-engine[{extra}]"
+                              ) from None
+            self._stores[scheme] = fs
+        return self._stores[scheme]
+
+    def _from_store(self, url: str, folder: Path, sha256: str | None) -> str:
         """An archive or model file key: downloaded and unpacked as a URL's. A prefix: mirrored file by file
         (new and changed keys downloaded, removed ones deleted), so new versions appear and old ones go."""
-        fs, key = self.s3(), url[len("s3://"):].rstrip("/")
+        scheme, _, key = url.partition("://")
+        fs, key = self.store(scheme), key.rstrip("/")
         folder.mkdir(parents=True, exist_ok=True)
         unpacked = folder / "model"
         if key.lower().endswith(ARCHIVES) or fs.isfile(key):
             info = fs.info(key)
-            stamp = {"etag": info.get("ETag"), "size": info.get("size"), "sha256_asked": sha256, "url": url}
+            stamp = {"etag": _etag(info), "size": info.get("size"), "sha256_asked": sha256, "url": url}
             if self._current(folder, stamp):
                 return str(unpacked)
             download = Path(tempfile.mkstemp(dir=folder, suffix=".part")[1])
@@ -181,7 +204,7 @@ class ModelFetcher:
         for path, info in sorted(listing.items()):
             relative = path[len(key):].lstrip("/")
             _check_name(relative, url)
-            tag = [info.get("ETag") or "", info.get("size")]
+            tag = [_etag(info), info.get("size")]
             files[relative] = tag
             target = unpacked / relative
             if mirrored.get(relative) == tag and target.is_file():

@@ -1,15 +1,16 @@
-"""Request logs in TF Serving's own format: sampled predict, classify and regress calls with their answers,
-as TFRecord files of `tensorflow.serving.PredictionLog` records (`predict_log`, `classify_log`, `regress_log`),
-readable by TensorFlow (`tf.data.TFRecordDataset` + `PredictionLog.FromString`) and by this engine's warm-up
-reader.
+"""Request logs in TF Serving's own format: sampled predict, classify, regress and MultiInference calls with
+their answers, as TFRecord files of `tensorflow.serving.PredictionLog` records (`predict_log`, `classify_log`,
+`regress_log`, `multi_inference_log`), readable by TensorFlow (`tf.data.TFRecordDataset` +
+`PredictionLog.FromString`) and by this engine's warm-up reader.
 
 A model logs when its config says so: `logging_config { log_collector_config { type: "file" filename_prefix:
 "/logs/m" } sampling_config { sampling_rate: 0.1 } }` in model_config.pbtxt (TF Serving's own field, whose
 collector its open-source build lacks), or `"request_log": {"path": "/logs/m", "sample_rate": 0.1}` in the
 service JSON. Every protocol's predict call is logged as a `PredictRequest` / `PredictResponse` with named
 TensorProtos (KServe V2 and cloud calls converted), a classify or regress call (TF Serving REST or gRPC) as
-the request of its tf.Examples and its answer, `log_metadata` naming the version that served it, the
-sampling config and (our field 1001) the request id. MultiInference calls are not logged.
+the request of its tf.Examples and its answer, a MultiInference (gRPC) as one record of all its tasks once
+the last finished, `log_metadata` naming the version that served it, the sampling config and (our field
+1001) the request id.
 
 The event loop only samples and queues (the call's arrays, no encoding); a writer thread builds and
 writes the records, to `<filename_prefix>.<n>.tfrecord` (`<filename_prefix>.w<worker>.<n>.tfrecord` under
@@ -39,8 +40,21 @@ log = logging.getLogger(__name__)
 
 #: Records waiting for the writer; one more is dropped and counted.
 QUEUE_SIZE = 10_000
-#: The calls logged: predict (predict_log), classify (classify_log), regress (regress_log).
+#: The calls logged: predict (predict_log), classify (classify_log), regress (regress_log); a MultiInference's
+#: tasks (classify and regress calls with `call.task` set) as one multi_inference_log.
 LOGGED = frozenset({"predict", "classify", "regress"})
+#: A MultiInference task's method_name, by verb.
+TASK_METHODS = {"classify": "tensorflow/serving/classify", "regress": "tensorflow/serving/regress"}
+
+
+class TaskGroup:
+    """The calls of one MultiInference: each task's (verb, signature, outputs) as it finishes; the request
+    log writes one record when the last one did, none if any failed."""
+
+    def __init__(self, tasks: int) -> None:
+        self.results: list[tuple[str, str, Any] | None] = [None] * tasks
+        self.left = tasks
+        self.failed = False
 
 
 class TFRecordFiles:
@@ -96,6 +110,8 @@ class RequestLogger:
 
     def finished(self, call: Call, error: ServingError | None, timings: Timings) -> None:
         servable = call.servable
+        if call.task is not None and not self._task_done(call, error):
+            return  # a MultiInference task: logged with the last of its group
         if error is not None or servable is None or call.method not in LOGGED or call.result is None:
             return
         model = self.manager.models.get(servable.model)
@@ -103,9 +119,25 @@ class RequestLogger:
         if spec is None or (spec.sample_rate < 1.0 and random.random() >= spec.sample_rate):
             return
         assert call.signature is not None
-        outputs = call.result if call.method != "predict" else {n: call.result[n] for n in call.output_names()}
+        if call.task is not None:
+            inputs, outputs, method = call.inputs, call.task[0].results, "multi_inference"
+        elif call.method != "predict":
+            inputs, outputs, method = call.inputs, call.result, call.method
+        else:
+            inputs, outputs, method = call.inputs, {n: call.result[n] for n in call.output_names()}, "predict"
         call.logged = self.put(spec, servable.model, servable.version, call.signature.name, call.request_id,
-                               call.inputs, outputs, call.method)
+                               inputs, outputs, method)
+
+    @staticmethod
+    def _task_done(call: Call, error: ServingError | None) -> bool:
+        """Record a MultiInference task's answer; True when it was the group's last and none failed."""
+        group, index = call.task
+        group.left -= 1
+        if error is not None or call.result is None or call.signature is None:
+            group.failed = True
+        else:
+            group.results[index] = (call.method, call.signature.name, call.result)
+        return group.left == 0 and not group.failed
 
     def put(self, spec: RequestLogSpec, model: str, version: int, signature: str, request_id: str, inputs: Any,
             outputs: Any, method: str = "predict") -> bool:
@@ -140,9 +172,10 @@ class RequestLogger:
 
 
 def prediction_log(model: str, version: int, signature: str, request_id: str, inputs: dict[str, Any],
-                   outputs: dict[str, Any], sample_rate: float, method: str = "predict") -> bytes:
+                   outputs: Any, sample_rate: float, method: str = "predict") -> bytes:
     """One PredictionLog record: a predict call as a PredictRequest and its answer as a PredictResponse; a
-    classify / regress call as the Classification / RegressionRequest of its tf.Examples and its answer."""
+    classify / regress call as the Classification / RegressionRequest of its tf.Examples and its answer; a
+    MultiInference (`outputs`: its tasks' (verb, signature, outputs)) as its request and response."""
     record = prediction_log_pb2.PredictionLog()
     meta = record.log_metadata
     meta.model_spec.name = model
@@ -150,6 +183,25 @@ def prediction_log(model: str, version: int, signature: str, request_id: str, in
     meta.model_spec.signature_name = signature
     meta.sampling_config.sampling_rate = sample_rate
     meta.request_id = request_id
+    if method == "multi_inference":
+        from .protocols.tfserving.rpc import fill_classification, fill_regression
+
+        multi = record.multi_inference_log
+        (serialized,) = inputs.values()
+        for example in serialized:
+            multi.request.input.example_list.examples.add().ParseFromString(example)
+        for verb, task_signature, task_outputs in outputs:
+            task = multi.request.tasks.add()
+            task.model_spec.CopyFrom(meta.model_spec)
+            task.model_spec.signature_name = task_signature
+            task.method_name = TASK_METHODS[verb]
+            result = multi.response.results.add()
+            result.model_spec.CopyFrom(task.model_spec)
+            if verb == "classify":
+                fill_classification(result.classification_result, task_outputs, len(serialized))
+            else:
+                fill_regression(result.regression_result, task_outputs, len(serialized))
+        return record.SerializeToString()
     if method != "predict":
         from .protocols.tfserving.rpc import EXAMPLE_ANSWERS
 

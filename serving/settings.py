@@ -116,6 +116,10 @@ class Settings:
         "", "the S3 endpoint of `s3://` base paths (MinIO, a local store); else `AWS_ENDPOINT_URL_S3` / "
         "`AWS_ENDPOINT_URL`, else AWS's; credentials and region from the standard AWS variables",
         group="models", shown_default="AWS")
+    gcs_endpoint_url: str = setting(
+        "", "the Google Cloud Storage endpoint of `gs://` base paths (an emulator, read anonymously); else "
+        "`STORAGE_EMULATOR_HOST`, else Google's with its default credentials", group="models",
+        shown_default="Google")
     model_archive_max_bytes: int = setting(
         16 * 1024 ** 3, "the largest download, and the most an archive may unpack to (archive bombs)",
         group="models", unit="bytes")

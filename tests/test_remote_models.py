@@ -184,6 +184,48 @@ def test_an_s3_prefix_of_version_folders_is_mirrored_and_polled(tmp_path):
         store.stop()
 
 
+def test_a_gs_prefix_of_version_folders_is_mirrored_and_polled(tmp_path):
+    emulator = pytest.importorskip("gcp_storage_emulator.server", reason="gcp-storage-emulator (test extra) is missing")
+    gcsfs = pytest.importorskip("gcsfs.core", reason="gcsfs (the gcs extra) is not installed")
+    from tests.helpers import free_port
+
+    port = free_port()
+    store = emulator.create_server("127.0.0.1", port, in_memory=True, default_bucket="models")
+    store.start()
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        gs = gcsfs.GCSFileSystem(endpoint_url=endpoint, token="anon", skip_instance_cache=True,
+                                 use_listings_cache=False)
+        gs.pipe("models/lin/1/linear.json", b'{"weights": [1.0], "bias": 0.0}')
+        with tarfile.open(tmp_path / "lin.tar.gz", "w:gz") as tar:
+            tar.add(_write(tmp_path / "v" / "3" / "linear.json", '{"weights": [1.0], "bias": 9.0}'), "3/linear.json")
+        gs.put_file(str(tmp_path / "lin.tar.gz"), "models/archives/lin.tar.gz")
+        flags = (f"--gcs_endpoint_url={endpoint}", f"--model_cache_dir={tmp_path / 'cache'}")
+        with Server("--model_base_path=gs://models/lin", "--model_name=lin", *flags,
+                    "--file_system_poll_wait_seconds=1") as s:
+            assert s.post("/v1/models/lin:predict", {"instances": [[2.0]]})[1]["predictions"] == [2.0]
+            gs.pipe("models/lin/2/linear.json", b'{"weights": [1.0], "bias": 5.0}')
+            wait_until(lambda: s.post("/v1/models/lin:predict", {"instances": [[2.0]]})[1].get("predictions")
+                       == [7.0], what="version 2 from the store")
+            gs.rm("models/lin/2", recursive=True)
+            wait_until(lambda: s.post("/v1/models/lin:predict", {"instances": [[2.0]]})[1].get("predictions")
+                       == [2.0], what="version 1 again, once 2 left the store")
+        with Server("--model_base_path=gs://models/archives/lin.tar.gz", "--model_name=lin", *flags) as s:
+            assert s.post("/v1/models/lin:predict", {"instances": [[2.0]]})[1]["predictions"] == [11.0]
+        with Server("--model_base_path=gs://models/nothing-here", "--model_name=n", *flags, wait_ready=False) as s:
+            body = wait_until(lambda: (r := s.get("/v1/models/n"))[0] == 200 and r[1], what="the failed load")
+            message = body["model_version_status"][0]["status"]["error_message"]
+            assert "nothing under gs://models/nothing-here" in message
+    finally:
+        store.stop()
+
+
+def _write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
 def test_the_service_json_model_path_may_be_a_url(tmp_path, files):
     import json
 

@@ -11,7 +11,12 @@ import grpc
 import numpy as np
 import pytest
 
-from serving._proto.tensorflow_serving.apis import predict_pb2, prediction_log_pb2, prediction_service_pb2_grpc
+from serving._proto.tensorflow_serving.apis import (
+    inference_pb2,
+    predict_pb2,
+    prediction_log_pb2,
+    prediction_service_pb2_grpc,
+)
 from serving.codecs.tensors import array_to_tensor, tensor_to_array
 from serving.model_config import ConfigError, parse_model_config
 from serving.warmup import read_tfrecords
@@ -185,7 +190,7 @@ def test_serving_bench_replays_the_logged_requests_over_each_protocol(tmp_path):
             assert report["target"]["bodies"] == 3 and step["ok"] > 30 and step["errors"] == {}, (name, step["errors"])
 
 
-def test_classify_and_regress_calls_are_logged_as_tf_serving_logs_them(tmp_path):
+def test_classify_regress_and_multi_inference_calls_are_logged_as_tf_serving_logs_them(tmp_path):
     pytest.importorskip("tensorflow", reason="TensorFlow (tensorflow extra) is not installed")
     from serving._proto.tensorflow.core.example import example_pb2
     from serving._proto.tensorflow_serving.apis import classification_pb2
@@ -204,9 +209,26 @@ def test_classify_and_regress_calls_are_logged_as_tf_serving_logs_them(tmp_path)
             request.model_spec.signature_name = "classify_x_to_y"
             example = request.input.example_list.examples.add()
             example.features.feature["x"].float_list.value.append(6.0)
-            prediction_service_pb2_grpc.PredictionServiceStub(channel).Classify(request, timeout=30)
-    regress, classify = records(tmp_path / "logs")
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            stub.Classify(request, timeout=30)
+            multi = inference_pb2.MultiInferenceRequest()
+            for signature, method in (("regress_x_to_y", "regress"), ("classify_x_to_y", "classify")):
+                task = multi.tasks.add(method_name=f"tensorflow/serving/{method}")
+                task.model_spec.name, task.model_spec.signature_name = "half", signature
+            for x in (8.0, 10.0):
+                multi.input.example_list.examples.add().features.feature["x"].float_list.value.append(x)
+            answer = stub.MultiInference(multi, timeout=30)
+    regress, classify, logged = records(tmp_path / "logs")
     assert regress.WhichOneof("log_type") == "regress_log" and classify.WhichOneof("log_type") == "classify_log"
+    assert logged.WhichOneof("log_type") == "multi_inference_log"  # one record for the call's two tasks
+    assert [t.model_spec.signature_name for t in logged.multi_inference_log.request.tasks] == [
+        "regress_x_to_y", "classify_x_to_y"]
+    assert [t.method_name for t in logged.multi_inference_log.request.tasks] == [t.method_name for t in multi.tasks]
+    assert logged.multi_inference_log.request.input == multi.input
+    assert [r.model_spec.version.value for r in logged.multi_inference_log.response.results] == [1, 1]
+    results = logged.multi_inference_log.response.results
+    assert [r.value for r in results[0].regression_result.regressions] == [6.0, 7.0]
+    assert results[1].classification_result == answer.results[1].classification_result
     assert regress.log_metadata.model_spec.signature_name == "regress_x_to_y"
     assert [r.value for r in regress.regress_log.response.result.regressions] == [3.0, 4.0]
     xs = [example_pb2.Example.FromString(e.SerializeToString()).features.feature["x"].float_list.value[0]
@@ -214,3 +236,14 @@ def test_classify_and_regress_calls_are_logged_as_tf_serving_logs_them(tmp_path)
     assert xs == [2.0, 4.0]
     assert [c.score for c in classify.classify_log.response.result.classifications[0].classes] == [5.0]
     assert classify.classify_log.request.input.example_list.examples[0].features.feature["x"].float_list.value == [6.0]
+    # the three kinds become warm-up records the server replays (responses dropped)
+    out = tmp_path / "half" / "1" / "assets.extra" / "tf_serving_warmup_requests"
+    logs = [str(p) for p in sorted((tmp_path / "logs").glob("*.tfrecord"))]
+    done = subprocess.run([sys.executable, "-m", "serving", "warmup-from-log", *logs, *logs, "--out", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert done.returncode == 0 and "wrote 3 warm-up records" in done.stdout, done.stderr
+    kept = [prediction_log_pb2.PredictionLog.FromString(r) for r in read_tfrecords(out)]
+    assert [k.WhichOneof("log_type") for k in kept] == ["regress_log", "classify_log", "multi_inference_log"]
+    assert not kept[2].multi_inference_log.HasField("response")
+    with Server(f"--model_base_path={tmp_path / 'half'}", "--model_name=half", "--model_platform=tensorflow") as s:
+        assert "warm-up of model half version 1: 3 requests" in s.output()

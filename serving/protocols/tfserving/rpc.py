@@ -31,6 +31,7 @@ from ...errors import Code, ServingError, invalid_argument
 from ...model_config import ConfigError, ModelSpec, missing_base_paths, specs_from_proto
 from ...pipeline import Call, Inputs, Pipeline
 from ...repository import ModelManager
+from ...requestlog import TaskGroup
 from ...servable import Servable
 from ...signature import STRING, Signature
 from ..adapters import call_deadline, grpc_call, grpc_errors, routed_model, spec_version
@@ -137,6 +138,9 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer): 
         deadline = call_deadline(context, self.default_timeout_s)
         calls = [grpc_call("tfserving_grpc", name, servable.version, None, _planned, deadline, method=verb,
                            context=(sig, {input_name: serialized})) for verb, sig, input_name in plan]
+        group = TaskGroup(len(calls))  # the request log writes the tasks as one multi_inference_log
+        for index, call in enumerate(calls):
+            call.task = (group, index)
         results = await asyncio.gather(*(outputs_of(self.pipeline.infer(call)) for call in calls))
         response = inference_pb2.MultiInferenceResponse()
         n = len(serialized)
