@@ -178,8 +178,11 @@ def test_weights_change_by_reload_with_no_failed_request(tmp_path):
         stop.set()
         thread.join(10)
         assert statuses and {status for status, _ in statuses} == {200}
-        assert statuses[-1][1] == "2"  # the last weights: all to version 2
         assert {version for _, version in statuses} == {"1", "2"}
+        client = Client(s.port)
+        after = [client.post("/v1/models/m:predict", {"instances": [[1.0]]}) for _ in range(20)]
+        client.close()
+        assert {version for _, version, _ in after} == {"2"}  # the last weights: all to version 2
 
 
 def test_the_service_json_traffic_splits_the_single_model(tmp_path):
