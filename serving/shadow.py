@@ -3,7 +3,9 @@ in model_config.pbtxt, `"shadow"` in the service JSON), after and apart from the
 answer is never returned: it is compared with the served one into metrics, the largest absolute difference
 of the numeric outputs (`serving_shadow_divergence`) and, for outputs with a class axis, whether the
 argmax agrees (`serving_shadow_agreement_total`). A shadow that is not AVAILABLE, whose queue is full, that
-fails or that outlives its deadline is counted (`serving_shadow_requests_total{outcome}`) and dropped. When
+fails or that outlives its deadline is counted (`serving_shadow_requests_total{outcome}`) and dropped, and
+so is one sampled while served requests wait in the version's batch queue (`shed`): a shadow runs on the
+capacity the served traffic leaves, never ahead of it. When
 the served call was written to the request log, the shadow's answer is written beside it (same request id,
 the shadow's version).
 
@@ -44,7 +46,7 @@ class ShadowRunner:
         self.manager, self.dataplane = manager, dataplane
         self.request_log = request_log  # a RequestLogger: a logged call's shadow answer is logged beside it
         #: (model, shadow version, outcome) -> calls: ok, mismatch (other outputs or shapes), unavailable,
-        #: refused (queue full, inputs it does not take), failed, timeout
+        #: refused (queue full, inputs it does not take), failed, timeout, shed (served requests waiting)
         self.outcomes: collections.Counter[tuple[str, int, str]] = collections.Counter()
         self.agreement: collections.Counter[tuple[str, int, bool]] = collections.Counter()
         self.divergence: dict[tuple[str, int], Histogram] = {}
@@ -59,6 +61,11 @@ class ShadowRunner:
         if shadow is None or servable.version == shadow.version:
             return
         if shadow.sample_rate < 1.0 and random.random() >= shadow.sample_rate:
+            return
+        assert call.signature is not None
+        queue = servable.queues.get(call.signature.name)
+        if queue is not None and (queue.waiting or queue.in_flight):  # served requests first
+            self.outcomes[(servable.model, shadow.version, "shed")] += 1
             return
         asyncio.get_running_loop().call_soon(self._submit, call, servable.model, shadow.version)
 

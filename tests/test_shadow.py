@@ -2,6 +2,8 @@
 metrics and never returned; a shadow that fails or is not there is counted and dropped, never touching the
 served answer."""
 
+import concurrent.futures
+import http.client
 import json
 import re
 import time
@@ -15,6 +17,20 @@ from tests.helpers import Server, make_linear, run_cli, wait_until
 def config(base, shadow, traffic="version_traffic { key: 1 value: 100 }", rate=""):
     return (f'model_config_list {{ config {{ name: "m" base_path: "{base}" model_platform: "linear" '
             f"model_version_policy {{ all {{}} }} {traffic} shadow_version {{ version: {shadow} {rate} }} }} }}\n")
+
+
+class Client:
+    def __init__(self, port):
+        self.port = port
+
+    def post(self, path, body):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            conn.request("POST", path, body=json.dumps(body).encode())
+            resp = conn.getresponse()
+            return resp.status, json.loads(resp.read())
+        finally:
+            conn.close()
 
 
 def metric(text, name, **labels):
@@ -62,6 +78,28 @@ def test_a_failing_shadow_is_counted_and_never_touches_the_answer(tmp_path):
         failed = metric(text, "serving_shadow_requests_total", outcome="failed")
         assert 60 <= failed <= 140, failed  # half of 200, sampled
         assert metric(text, "serving_shadow_requests_total", outcome="ok") == 0
+
+
+def test_a_shadow_sampled_while_served_requests_wait_is_shed(tmp_path):
+    make_linear(tmp_path / "m", 1, weights=[[1.0]], bias=0.0, delay_ms=150)
+    make_linear(tmp_path / "m", 2, weights=[[1.0]], bias=0.0)
+    path = tmp_path / "models.pbtxt"
+    path.write_text(config(tmp_path / "m", 2))
+    with Server(f"--model_config_file={path}", "--max_batch_size=1", "--worker_threads=1") as s:
+        def one(_):
+            return Client(s.port).post("/v1/models/m:predict", {"instances": [[1.0]]})
+
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:  # one at a time through version 1's queue
+            assert [status for status, _ in pool.map(one, range(4))] == [200] * 4
+
+        def scraped():
+            text = s.request("GET", "/metrics", fresh=True)[1].decode()
+            counts = {o: metric(text, "serving_shadow_requests_total", outcome=o) for o in ("ok", "shed")}
+            return counts if sum(counts.values()) == 4 else None
+
+        counts = wait_until(scraped, what="the four calls' shadow outcomes")
+        # The first three finished with others still queued behind them: shed; the last found the queue idle.
+        assert counts["shed"] >= 1 and counts["ok"] >= 1, counts
 
 
 def test_the_shadow_must_be_a_served_version(tmp_path):
