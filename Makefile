@@ -25,6 +25,9 @@ $(VENV)/.installed: $(PY) pyproject.toml
 
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(PIP) install -q -e '.[$(EXTRAS),test]'
+	@# tests/test_ui_browser.py drives the status page in Debian's headless Chromium and its chromedriver.
+	@[ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] || { echo "installing chromium and chromium-driver for the UI tests"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver >/dev/null; }
 	touch $@
 
 install: $(VENV)/.installed
@@ -39,7 +42,7 @@ serve: demo
 
 test: install-test
 	$(VENV)/bin/hadolint Dockerfile.cpu Dockerfile.gpu
-	$(VENV)/bin/ruff check serving processors protos tests benchmarks
+	$(VENV)/bin/ruff check serving processors protos tests benchmarks docs
 	$(VENV)/bin/mypy
 	$(PY) -m pytest
 

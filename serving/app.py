@@ -53,6 +53,7 @@ from .servable import Runtime
 from .settings import Settings
 from .shadow import ShadowRunner
 from .tracing import Tracing, configured_endpoint, otlp_tracing
+from .ui import StatusApi
 from .warmup import Warmup
 from .workers import START_FAILED, Peers, metric_state
 
@@ -230,6 +231,7 @@ class Server:
         self.pipeline.observe(self.shadow)
         self.statistics = Statistics(self.manager, self.peers)  # Triton's statistics extension (KServe V2)
         self.pipeline.observe(self.statistics)
+        self.status = StatusApi(self)  # the status page's JSON (serving/ui)
         self.tracing = tracing(settings)
         if self.tracing is not None:
             self.pipeline.observe(self.tracing)
@@ -261,12 +263,14 @@ class Server:
             self.manager, self.pipeline, timeout_s=s.rest_api_timeout_in_ms / 1000,
             keepalive_s=s.keepalive_ms / 1000, default_model=self.default_model, auth=self.auth,
             metrics=metrics, statistics=self.statistics, peers=self.peers, control=self.control,
+            status=self.status,
         )
         limits = HttpLimits(s.rest_api_max_body_bytes, s.rest_api_read_timeout_seconds, s.rest_api_idle_timeout_seconds,
                             s.rest_api_max_header_bytes, s.max_connections)
         loop = asyncio.get_running_loop()
         wheel = DeadlineWheel(loop)
         self.tasks.append(asyncio.create_task(self._sweep_connections()))
+        self.tasks.append(asyncio.create_task(self.status.sampler.run()))
         if self.peers is not None:
             internal = InternalApi(self, metrics)
             path = self.peers.socket_path(self.peers.index)
@@ -518,6 +522,8 @@ class InternalApi:
         route = (request.method, request.path)
         if route == ("GET", "/_worker/metrics"):
             return Response(200, orjson.dumps(metric_state(self.metrics.registry.collect())))
+        if route == ("GET", "/_worker/ui"):
+            return Response(200, orjson.dumps(self.server.status.local()))
         if route == ("POST", "/_worker/statistics"):
             query = orjson.loads(request.body)
             try:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import bisect
 import collections
 import sys
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +42,8 @@ HTTP_RESPONSES: collections.Counter[int] = collections.Counter()
 #: Seconds: from 50 µs (a small model inline) to 30 s.
 LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                    1.0, 2.5, 5.0, 10.0, 30.0)
+#: Failed calls kept for the status page.
+RECENT_ERRORS = 50
 #: Rows of a request or a batch.
 ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 16384)
 
@@ -110,6 +113,9 @@ class RequestMetrics:
     def __init__(self) -> None:
         self.series: dict[SeriesKey, _Series] = {}
         self.batches: dict[tuple[str, int, str], _Batches] = {}
+        #: The last failed calls, newest last: (time, request id, model, version, protocol, method, code,
+        #: message), for the status page. Kept on failures only: an answered call costs nothing more.
+        self.recent_errors: collections.deque[tuple[Any, ...]] = collections.deque(maxlen=RECENT_ERRORS)
 
     def finished(self, call: Call, error: ServingError | None, timings: Timings) -> None:
         servable, sig = call.servable, call.signature
@@ -124,6 +130,8 @@ class RequestMetrics:
                 series.rows.observe(call.rows)
         else:
             series.codes[error.code.name] += 1
+            self.recent_errors.append((time.time(), call.request_id, key[0], key[1], call.protocol, call.method,
+                                       error.code.name, error.message))
         series.latency.observe(timings.total)
         if call.dispatched:
             series.queue.observe(timings.queue)

@@ -94,7 +94,7 @@ class VersionStatus:
     and, while it is loaded, the `Servable` handle the load produced."""
 
     __slots__ = ("model", "version", "path", "state", "error", "platform", "servable", "load_seconds",
-                 "warmup_seconds", "size_bytes")
+                 "warmup_seconds", "warmup_requests", "size_bytes")
 
     def __init__(self, model: str, version: int, path: Path) -> None:
         self.model, self.version, self.path = model, version, path
@@ -104,6 +104,7 @@ class VersionStatus:
         self.servable: Servable | None = None
         self.load_seconds = 0.0  # the processor's load, once it ended (succeeded or not)
         self.warmup_seconds = 0.0  # the warm-up replay, once it ended
+        self.warmup_requests = 0  # the warm-up requests it replayed (each maybe several times)
         self.size_bytes = 0  # the memory its load took (see measured_size), once loaded
 
     @property
@@ -163,7 +164,7 @@ class ModelManager:
         runtime: Runtime | None = None,
         load_threads: int = 2,
         allow_version_labels_for_unavailable_models: bool = False,
-        warmup: Callable[[Servable], Awaitable[None]] | None = None,
+        warmup: Callable[[Servable], Awaitable[int | None]] | None = None,  # -> requests replayed
         fetcher: ModelFetcher | None = None,
     ) -> None:
         self.runtime = runtime or Runtime()
@@ -454,7 +455,8 @@ class ModelManager:
             if self.warmup is not None:
                 warming = time.monotonic()
                 try:
-                    await self.warmup(status.servable)  # through the data plane; the version is not AVAILABLE yet
+                    # through the data plane; the version is not AVAILABLE yet
+                    status.warmup_requests = await self.warmup(status.servable) or 0
                 finally:
                     status.warmup_seconds = time.monotonic() - warming
         except Exception as e:  # noqa: BLE001 - any load failure is reported in the version's status

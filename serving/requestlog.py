@@ -20,13 +20,17 @@ writes the records, to `<filename_prefix>.<n>.tfrecord` (`<filename_prefix>.w<wo
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import queue
 import random
 import threading
+import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ._proto.tensorflow_serving.apis import prediction_log_pb2
 from .codecs.tensors import array_to_tensor
@@ -40,6 +44,9 @@ log = logging.getLogger(__name__)
 
 #: Records waiting for the writer; one more is dropped and counted.
 QUEUE_SIZE = 10_000
+#: Records kept for the status page, and the length of their inputs / outputs text.
+RECENT = 50
+PREVIEW_CHARS = 240
 #: The calls logged: predict (predict_log), classify (classify_log), regress (regress_log); a MultiInference's
 #: tasks (classify and regress calls with `call.task` set) as one multi_inference_log.
 LOGGED = frozenset({"predict", "classify", "regress"})
@@ -105,6 +112,9 @@ class RequestLogger:
         self.dropped = 0
         self.written = 0
         self.files: dict[str, TFRecordFiles] = {}
+        #: The last records written, newest last: (time, request id, model, version, method, inputs preview,
+        #: outputs preview), for the status page; made by the writer thread, never on the event loop.
+        self.recent: collections.deque[tuple[Any, ...]] = collections.deque(maxlen=RECENT)
         self.thread = threading.Thread(target=self._write, name="request-log", daemon=True)
         self.thread.start()
 
@@ -160,6 +170,8 @@ class RequestLogger:
                     files = self.files[spec.prefix] = TFRecordFiles(spec.prefix, self.worker, self.max_bytes)
                 files.write(record)
                 self.written += 1
+                shown = preview(inputs) if method == "predict" else f"{len(next(iter(inputs.values())))} tf.Examples"
+                self.recent.append((time.time(), request_id, model, version, method, shown, preview(outputs)))
             except Exception:  # noqa: BLE001 - a record that cannot be written is logged; serving goes on
                 log.exception("request log: a record of model %s could not be written", model)
 
@@ -221,6 +233,23 @@ def prediction_log(model: str, version: int, signature: str, request_id: str, in
     for name, array in outputs.items():
         array_to_tensor(array, response.outputs[name])
     return record.SerializeToString()
+
+
+def preview(values: Any, limit: int = PREVIEW_CHARS) -> str:
+    """A short text of a record's inputs or outputs: each array's name, dtype, shape and first values."""
+    if isinstance(values, list):  # a MultiInference's tasks: (verb, signature, outputs)
+        return "; ".join(f"{verb} {signature}: {preview(outputs, limit)}" for verb, signature, outputs in values)[
+            :limit]
+    parts = []
+    for name, array in values.items():
+        array = np.asarray(array)
+        head = array.reshape(-1)[:8].tolist()
+        shown = ", ".join(repr(v) if isinstance(v, str | bytes) else f"{v:g}" if isinstance(v, float) else str(v)
+                          for v in head)
+        more = ", ..." if array.size > len(head) else ""
+        parts.append(f"{name} {array.dtype.name}{list(array.shape)}: [{shown}{more}]")
+    text = "; ".join(parts)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def worker_index() -> int | None:

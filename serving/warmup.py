@@ -192,7 +192,8 @@ class Warmup:
         self.service_model = service_model
         self.warm_up_data_path = warm_up_data_path
 
-    async def __call__(self, servable: Servable) -> None:
+    async def __call__(self, servable: Servable) -> int:
+        """Replay the version's warm-up requests; how many there were."""
         requests = tf_serving_requests(servable.path, self.iterations)
         if self.warm_up_data_path and servable.model == self.service_model:
             requests += cloud_requests(Path(self.warm_up_data_path), servable)
@@ -202,6 +203,7 @@ class Warmup:
         if requests:
             log.info("warm-up of model %s version %d: %d requests, %d replays in all, in %.3f s", servable.model,
                      servable.version, len(requests), sum(r.repeat for r in requests), time.monotonic() - started)
+        return len(requests)
 
     async def _replay(self, servable: Servable, request: WarmupRequest) -> None:
         try:

@@ -117,7 +117,7 @@ class HttpLimits:
 
 
 KEPT_HEADERS = {b"content-encoding", b"content-type", b"authorization", b"content-md5", b"date", b"expect",
-                b"inference-header-content-length", b"x-request-id", b"traceparent", b"tracestate"}
+                b"inference-header-content-length", b"x-request-id", b"traceparent", b"tracestate", b"accept"}
 
 
 class _Slot:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from .. import ui
 from ..codecs.jsonutil import dumps
 from ..control import ModelControl
 from ..errors import ServingError
@@ -24,10 +25,19 @@ from ..protocols.kserve.statistics import Statistics
 from ..protocols.tfserving.codec import encode_error
 from ..protocols.tfserving.rest import TfServingRest
 from ..repository import ModelManager
+from ..ui import StatusApi
 from ..workers import Peers
 from .protocol import Deferred, Request, Response
 
 PROMETHEUS = CONTENT_TYPE_LATEST.encode()
+HTML = b"text/html; charset=utf-8"
+TEXT = b"text/plain; charset=utf-8"
+NO_STORE = b"Cache-Control: no-store\r\n"
+
+
+def _wants_html(request: Request) -> bool:
+    """A browser asking for `/` (API clients, which send no `Accept: text/html`, keep today's answer)."""
+    return b"text/html" in request.headers.get(b"accept", b"")
 
 
 class RestApi:
@@ -46,6 +56,7 @@ class RestApi:
         statistics: Statistics | None = None,
         peers: Peers | None = None,
         control: ModelControl | None = None,
+        status: StatusApi | None = None,
     ) -> None:
         self.manager, self.auth, self.peers = manager, auth, peers
         self.timeout_s = timeout_s
@@ -53,6 +64,7 @@ class RestApi:
         self.tfserving = TfServingRest(manager, pipeline, timeout_s)
         self.kserve = KServeRest(manager, pipeline, timeout_s, statistics, control)
         self.cloud = CloudRest(manager, pipeline, keepalive_s, default_model)
+        self.status = status  # the status page's JSON (serving/ui)
         #: Set by the server on SIGTERM: readiness answers not ready while requests are still served.
         self.draining = False
 
@@ -64,6 +76,8 @@ class RestApi:
             if self.draining and path == "/v2/health/ready":
                 return Response(400, b'{"error": "not ready: draining"}')
             adapter = self.kserve
+        elif path.startswith("/ui") or path == "/" and request.method == "GET" and _wants_html(request):
+            return self._ui_route(request)
         elif path.startswith("/api/predict/") or path == "/":
             adapter = self.cloud
         elif request.method == "GET" and path in ("/healthz", "/readyz", "/metrics", "/monitoring/prometheus/metrics"):
@@ -76,6 +90,26 @@ class RestApi:
             return adapter(request)
         except ServingError as e:
             return adapter.error(e)
+
+    def _ui_route(self, request: Request) -> Response | Deferred:
+        """The status page (`/`, `/ui`), its JSON (`/ui/api/status`, behind the token when there is one) and
+        the README it links to (`/ui/docs`)."""
+        path = request.path.rstrip("/") or "/"
+        if request.method != "GET":
+            return Response(405, encode_error(f"Method not allowed: {request.method} {request.path}"))
+        if path in ("/", "/ui"):
+            return Response(200, ui.page(), HTML, ui.PAGE_HEADERS)
+        if path == "/ui/docs":
+            return Response(200, ui.readme(), TEXT)
+        if path != "/ui/api/status" or self.status is None:
+            return Response(404, encode_error(f"Not found: GET {request.path}"))
+        try:
+            if self.auth is not None:
+                self.auth.check_http("GET", path, request.headers, b"")
+        except ServingError as e:
+            return Response(e.http_status, encode_error(e.message))
+        return answer_when(self.status.document(), lambda doc: Response(200, dumps(doc), headers=NO_STORE),
+                           lambda e: Response(e.http_status, encode_error(e.message)), self.timeout_s)
 
     def _server_route(self, path: str) -> Response | Deferred:
         if path == "/healthz":

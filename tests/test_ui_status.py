@@ -1,0 +1,191 @@
+"""The status page's server side: `GET /` (a browser) and `/ui` answer the page, `/ui/api/status` the JSON it
+polls (models, versions, signatures, request bodies that work, live series, recent errors and request-log
+samples, the process and the flags, never the token), behind the token when there is one, summed over
+workers. The page itself is driven in a real browser in test_ui_browser.py."""
+
+import http.client
+import json
+import threading
+
+import numpy as np
+import pytest
+
+from serving._proto.tensorflow_serving.apis import prediction_log_pb2
+from serving.codecs.tensors import array_to_tensor
+from serving.metrics import LATENCY_BUCKETS
+from serving.ui import Point, merge_points, quantile
+from serving.warmup import write_tfrecords
+from tests.helpers import Server, make_linear, pbtxt, wait_until
+
+
+def status(s, headers=None):
+    code, doc = s.request("GET", "/ui/api/status", headers=headers, fresh=True)
+    assert code == 200, doc
+    return doc
+
+
+def version_doc(doc, model, version):
+    (m,) = [m for m in doc["models"] if m["name"] == model]
+    (v,) = [v for v in m["versions"] if v["version"] == version]
+    return m, v
+
+
+def test_the_page_is_served_to_browsers_and_api_clients_keep_their_answers(tmp_path):
+    make_linear(tmp_path / "m", 1)
+    with Server(f"--model_base_path={tmp_path / 'm'}", "--model_name=m") as s:
+        for path, headers in (("/", {"Accept": "text/html,application/xhtml+xml"}), ("/ui", {}), ("/ui/", {})):
+            conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=10)
+            conn.request("GET", path, headers=headers)
+            resp = conn.getresponse()
+            body = resp.read()
+            conn.close()
+            assert resp.status == 200 and resp.getheader("Content-Type") == "text/html; charset=utf-8", path
+            assert b"<html" in body.lower() and b"/ui/api/status" in body
+            assert "default-src 'none'" in resp.getheader("Content-Security-Policy")  # nothing from elsewhere
+        # An API client's GET / and POST / (the cloud route's default model) answer as before.
+        assert s.get("/") == (404, {"error": "Not found: GET / (predict with POST)"})
+        assert s.post("/", [[4.0]]) == (200, [4.0])
+        code, readme = s.request("GET", "/ui/docs")
+        assert code == 200 and b"## HTTP API" in readme
+        assert s.request("POST", "/ui/api/status", b"{}")[0] == 405
+        assert s.get("/ui/nothing")[0] == 404
+
+
+def test_the_status_lists_models_versions_and_signatures_and_its_request_bodies_work(tmp_path):
+    make_linear(tmp_path / "m", 1, weights=[1.0, 2.0], bias=0.5)
+    make_linear(tmp_path / "m", 2, weights=[1.0, 2.0], bias=1.5)
+    warmup = prediction_log_pb2.PredictionLog()
+    warmup.predict_log.request.model_spec.name = "m"
+    array_to_tensor(np.zeros((1, 2), np.float32), warmup.predict_log.request.inputs["inputs"])
+    (tmp_path / "m" / "2" / "assets.extra").mkdir()
+    write_tfrecords(tmp_path / "m" / "2" / "assets.extra" / "tf_serving_warmup_requests",
+                    [warmup.SerializeToString()] * 2)
+    (tmp_path / "bad" / "1").mkdir(parents=True)
+    (tmp_path / "bad" / "1" / "linear.json").write_text("{not json")
+    config = tmp_path / "models.pbtxt"
+    config.write_text(pbtxt(
+        {"name": "m", "base_path": str(tmp_path / "m"), "platform": "linear", "policy": "all {}",
+         "labels": {"stable": 1}},
+        {"name": "bad", "base_path": str(tmp_path / "bad"), "platform": "linear"}))
+    with Server(f"--model_config_file={config}", wait_ready=False) as s:
+        doc = wait_until(lambda: (d := status(s)) and all(
+            v["state"] in ("AVAILABLE", "END") for m in d["models"] for v in m["versions"]) and d, what="loads")
+        assert [m["name"] for m in doc["models"]] == ["bad", "m"]
+        _, failed = version_doc(doc, "bad", 1)
+        assert failed["state"] == "END" and failed["error"] and failed["try"] == []
+        model, v1 = version_doc(doc, "m", 1)
+        assert model["labels"] == {"stable": 1} and model["platform"] == "linear"
+        assert v1["state"] == "AVAILABLE" and v1["processor"] == "linear" and v1["device"] == "cpu"
+        (sig,) = v1["signatures"]
+        assert sig["inputs"][0]["dtype"] == "float32" and sig["inputs"][0]["shape"] == [-1, 2]
+        assert doc["server"]["workers"] == 1 and doc["server"]["rss_bytes"] > 0 and not doc["server"]["auth"]
+        assert doc["config"]["models"]["model_config_file"] == str(config)
+        # Every request body the page offers is one the server answers: version 1 answers 0*1 + 0*2 + 0.5.
+        _, v2 = version_doc(doc, "m", 2)
+        assert (v1["warmup_requests"], v2["warmup_requests"]) == (0, 2) and v2["warmup_seconds"] > 0
+        assert [t["protocol"] for t in v1["try"]] == ["tfserving", "kserve"]
+        assert [t["protocol"] for t in v2["try"]] == ["tfserving", "kserve", "cloud"]  # the latest: the cloud route
+        answers = {}
+        for version in (v1, v2):
+            for t in version["try"]:
+                code, answer = s.request(t["method"], t["path"], t["body"])
+                assert code == 200, (t, answer)
+                answers[(version["version"], t["protocol"])] = answer
+        assert answers[(1, "tfserving")] == {"predictions": [0.5]}
+        assert answers[(1, "kserve")]["outputs"][0]["data"] == [0.5]
+        assert answers[(2, "cloud")] == [1.5]
+
+
+def test_the_series_follow_the_traffic_and_errors_are_kept_with_their_request_ids(tmp_path):
+    make_linear(tmp_path / "m", 1, weights=[1.0], bias=0.0)
+    with Server(f"--model_base_path={tmp_path / 'm'}", "--model_name=m", "--batch_timeout_micros=0") as s:
+        stop = threading.Event()
+
+        def traffic():
+            conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=10)
+            while not stop.is_set():
+                conn.request("POST", "/v1/models/m:predict", body=b'{"instances": [[1.0], [2.0]]}')
+                conn.getresponse().read()
+            conn.close()
+
+        thread = threading.Thread(target=traffic)
+        thread.start()
+        try:
+            _, v = wait_until(lambda: (r := version_doc(status(s), "m", 1)) and (r[1]["now"]["rps"] or 0) > 0
+                              and r, what="a sample with requests")
+        finally:
+            stop.set()
+            thread.join()
+        now = v["now"]
+        assert now["error_rate"] == 0.0 and 0 < now["p50_ms"] <= now["p99_ms"] < 30_000
+        assert now["batch_rows"] >= 2 and 0.0 <= now["inline_share"] <= 1.0
+        assert len(v["series"]["t"]) == len(v["series"]["rps"]) and v["series"]["t"] == sorted(v["series"]["t"])
+        code, _ = s.post("/v1/models/m:predict", {"instances": [["x"]]}, headers={"X-Request-Id": "bad-row-1"})
+        assert code == 400
+        errors = wait_until(lambda: status(s)["recent"]["errors"], what="the error in the status")
+        assert errors[0]["request_id"] == "bad-row-1" and errors[0]["code"] == "INVALID_ARGUMENT"
+        assert errors[0]["model"] == "m" and errors[0]["version"] == 1 and errors[0]["protocol"] == "tfserving_rest"
+        wait_until(lambda: 0 < max(version_doc(status(s), "m", 1)[1]["series"]["error_rate"]) <= 1,
+                   what="the error in the error rate")
+
+
+def test_request_log_samples_show_with_their_payloads(tmp_path):
+    make_linear(tmp_path / "m", 1, weights=[3.0], bias=0.0)
+    config = tmp_path / "models.pbtxt"
+    config.write_text(f'model_config_list {{ config {{ name: "m" base_path: "{tmp_path / "m"}" '
+                      f'model_platform: "linear" logging_config {{ log_collector_config {{ filename_prefix: '
+                      f'"{tmp_path / "logs" / "m"}" }} sampling_config {{ sampling_rate: 1.0 }} }} }} }}\n')
+    with Server(f"--model_config_file={config}") as s:
+        assert s.post("/v1/models/m:predict", {"instances": [[2.0]]}, headers={"X-Request-Id": "logged-1"})[0] == 200
+        requests = wait_until(lambda: status(s)["recent"]["requests"], what="the logged request")
+        (logged,) = requests
+        assert logged["request_id"] == "logged-1" and logged["model"] == "m" and logged["version"] == 1
+        assert logged["inputs"] == "inputs float32[1, 1]: [2]" and "[6]" in logged["outputs"]
+        assert version_doc(status(s), "m", 1)[0]["request_log"] == {"path": str(tmp_path / "logs" / "m"),
+                                                                     "sample_rate": 1.0}
+
+
+def test_with_a_token_the_status_asks_for_it_and_never_shows_it(tmp_path):
+    make_linear(tmp_path / "m", 1)
+    token = "s3cret-status-token"
+    with Server(f"--model_base_path={tmp_path / 'm'}", "--model_name=m", f"--token={token}") as s:
+        code, doc = s.request("GET", "/ui/api/status", fresh=True)
+        assert code == 401 and "error" in doc
+        assert s.request("GET", "/ui/api/status", headers={"Authorization": "wrong"}, fresh=True)[0] == 401
+        doc = status(s, {"Authorization": token})
+        assert doc["server"]["auth"] is True and [m["name"] for m in doc["models"]] == ["m"]
+        assert token not in json.dumps(doc)
+        assert s.request("GET", "/ui", fresh=True)[0] == 200  # the page itself holds no data: it asks
+
+
+def test_under_workers_the_status_adds_up_every_worker(tmp_path):
+    make_linear(tmp_path / "m", 1)
+    with Server(f"--model_base_path={tmp_path / 'm'}", "--model_name=m", "--workers=2") as s:
+        doc = wait_until(lambda: (d := status(s))["server"]["workers_answered"] == 2 and d, what="both workers")
+        assert doc["server"]["workers"] == 2
+        for _ in range(40):  # new connections: the kernel spreads them over the two workers
+            assert s.request("POST", "/v1/models/m:predict", {"instances": [[1.0]]}, fresh=True)[0] == 200
+
+        def counted():
+            _, v = version_doc(status(s), "m", 1)
+            return sum(v["series"]["rps"]) >= 40 and v
+
+        wait_until(counted, what="every worker's requests in the series")
+
+
+def test_quantiles_interpolate_within_the_bucket_as_prometheus_does():
+    counts = [0] * (len(LATENCY_BUCKETS) + 1)
+    assert quantile(counts, 0.5) is None
+    counts[1] = 10  # ten calls between 50 and 100 µs
+    assert quantile(counts, 0.5) == pytest.approx(0.000075)
+    counts[-1] = 10  # and ten above the last bound
+    assert quantile(counts, 0.99) == LATENCY_BUCKETS[-1]
+
+
+def test_workers_points_of_the_same_second_are_added():
+    a = {"m\t1": [list(Point(100, ok=3, rows=3, batches=1).__dict__.values())]}
+    b = {"m\t1": [list(Point(100, ok=2, errors=1, rows=2, batches=2).__dict__.values()),
+                  list(Point(101, ok=5).__dict__.values())]}
+    merged = merge_points(a, [b])
+    points = [(p.t, p.ok, p.errors, p.rows, p.batches) for p in merged[("m", 1)]]
+    assert points == [(100, 5, 1, 5, 3), (101, 5, 0, 0, 0)]
