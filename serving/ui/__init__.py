@@ -260,7 +260,7 @@ def try_requests(model: str, version: int, sig: Signature, default: bool, served
                     "binary_inputs": []})
     if default and served and len(sig.inputs) == 1:
         (spec,) = sig.inputs.values()
-        if spec.shape is not None and len(spec.shape) == 2 or sig.records:
+        if spec.shape is not None and len(spec.shape) == 2:
             out.append({"protocol": "cloud", "label": "Cloud route", "method": "POST",
                         "path": f"/api/predict/{model}", "body": [rows[spec.name]], "binary_inputs": []})
     return out
