@@ -95,6 +95,7 @@ def test_the_page_loads_without_console_errors_and_lists_the_models_of_the_serve
         assert names == ["lin", "xgb"]
         lin = browser.find_element(By.CSS_SELECTOR, '.card[data-model="lin"]')
         assert "stable → 1" in lin.text and "canary → 2" in lin.text and "float32" in lin.text
+        assert "≤ 16 rows, 50000 µs, queue 64" in lin.text  # the batch queue's options (the defaults)
         assert find(browser, "#server-state").text == "ready"
         assert browser.find_element(By.CSS_SELECTOR, "#server-name").text == "serving-engine"
         links = {e.get_attribute("data-link"): e.get_attribute("href")

@@ -67,7 +67,8 @@ def test_the_status_lists_models_versions_and_signatures_and_its_request_bodies_
         {"name": "m", "base_path": str(tmp_path / "m"), "platform": "linear", "policy": "all {}",
          "labels": {"stable": 1}},
         {"name": "bad", "base_path": str(tmp_path / "bad"), "platform": "linear"}))
-    with Server(f"--model_config_file={config}", wait_ready=False) as s:
+    with Server(f"--model_config_file={config}", "--max_batch_size=7", "--batch_timeout_micros=2000",
+                wait_ready=False) as s:
         doc = wait_until(lambda: (d := status(s)) and all(
             v["state"] in ("AVAILABLE", "END") for m in d["models"] for v in m["versions"]) and d, what="loads")
         assert [m["name"] for m in doc["models"]] == ["bad", "m"]
@@ -76,6 +77,7 @@ def test_the_status_lists_models_versions_and_signatures_and_its_request_bodies_
         model, v1 = version_doc(doc, "m", 1)
         assert model["labels"] == {"stable": 1} and model["platform"] == "linear"
         assert v1["state"] == "AVAILABLE" and v1["processor"] == "linear" and v1["device"] == "cpu"
+        assert v1["batching"]["max_batch_size"] == 7 and v1["batching"]["batch_timeout_micros"] == 2000
         (sig,) = v1["signatures"]
         assert sig["inputs"][0]["dtype"] == "float32" and sig["inputs"][0]["shape"] == [-1, 2]
         assert doc["server"]["workers"] == 1 and doc["server"]["rss_bytes"] > 0 and not doc["server"]["auth"]

@@ -287,11 +287,13 @@ def models_json(manager: ModelManager, points: Mapping[Key, list[Point]]) -> lis
                 "processor": status.platform or spec.platform or "", "device": spec.device,
                 "load_seconds": round(status.load_seconds, 3), "warmup_seconds": round(status.warmup_seconds, 3),
                 "warmup_requests": status.warmup_requests,
-                "size_bytes": status.size_bytes, "signatures": [], "try": [],
+                "size_bytes": status.size_bytes, "batching": None, "signatures": [], "try": [],
             }
             if servable is not None:
                 processor = servable.processor
                 doc["device"] = getattr(processor, "device", spec.device)
+                queue = next(iter(servable.queues.values()), None)  # every signature's queue has the same options
+                doc["batching"] = dataclasses.asdict(queue.options) if queue is not None else None
                 default = processor.signature(None).name
                 for sig in processor.signatures.values():
                     doc["signatures"].append({
