@@ -13,7 +13,7 @@ import pytest
 from serving._proto.tensorflow_serving.apis import prediction_log_pb2
 from serving.codecs.tensors import array_to_tensor
 from serving.metrics import LATENCY_BUCKETS
-from serving.ui import Point, merge_points, quantile
+from serving.ui import Point, merge_points, quantile, quantiles, series
 from serving.warmup import write_tfrecords
 from tests.helpers import Server, make_linear, pbtxt, wait_until
 
@@ -182,6 +182,16 @@ def test_quantiles_interpolate_within_the_bucket_as_prometheus_does():
     assert quantile(counts, 0.5) == pytest.approx(0.000075)
     counts[-1] = 10  # and ten above the last bound
     assert quantile(counts, 0.99) == LATENCY_BUCKETS[-1]
+    # The page's series compute the same, every point at once.
+    rng = np.random.default_rng(7)
+    rows = rng.choice([0, 0, 0, 1, 5], size=(200, len(LATENCY_BUCKETS) + 1))
+    for q in (0.0001, 0.5, 0.99, 1.0):
+        expected = [quantile(list(row), q) for row in rows]
+        got = quantiles(rows.astype(float), q)
+        assert [None if v != v else pytest.approx(v) for v in got] == expected
+    made = series([Point(1, ok=3, errors=1, latency=list(rows[0]), rows=6, batches=2), Point(2)])
+    assert made["rps"] == [4.0, 0.0] and made["error_rate"] == [0.25, 0.0] and made["batch_rows"] == [3.0, None]
+    assert made["p50_ms"][1] is None and made["inline_share"] == [0.0, None]
 
 
 def test_workers_points_of_the_same_second_are_added():

@@ -9,8 +9,10 @@ errors and request-log samples.
 
 The series cost the request path nothing: a sampler reads the counters and histograms the metrics already
 keep (serving/metrics.py RequestMetrics, the batch queues' stats) once per `INTERVAL` seconds and keeps the
-differences in a ring buffer per version. Under --workers every worker samples its own; the one answering
-adds its siblings' points (same second) to its own, so the page shows the whole server.
+differences in a ring buffer per version, and the page's series made of them a point at a time, so a poll
+only copies lists. Under --workers every worker samples its own; the one answering adds its siblings' points
+(same second) to its own and makes the series of the sums (numpy, every point at once), so the page shows
+the whole server.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import collections
 import dataclasses
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from importlib import resources
 from typing import Any
 
@@ -82,6 +84,8 @@ class Sampler:
     def __init__(self, manager: ModelManager, requests: RequestMetrics) -> None:
         self.manager, self.requests = manager, requests
         self.rings: dict[Key, collections.deque[Point]] = {}
+        #: The page's series of each version, extended a point at a time (a poll only copies them).
+        self.series: dict[Key, dict[str, collections.deque[Any]]] = {}
         self.totals: dict[Key, Totals] = {}
         self.cpu_percent = 0.0
         self._cpu = (time.monotonic(), _cpu_seconds())
@@ -107,10 +111,13 @@ class Sampler:
             ring = self.rings.get(key)
             if ring is None:
                 ring = self.rings[key] = collections.deque(maxlen=int(WINDOW / INTERVAL))
+                self.series[key] = {k: collections.deque(maxlen=ring.maxlen) for k in SERIES}
             ring.append(point)
+            for name, values in series([point]).items():
+                self.series[key][name].extend(values)
             seen.add(key)
         for key in set(self.rings) - seen:  # a version gone (unloaded, or its model removed)
-            del self.rings[key]
+            del self.rings[key], self.series[key]
             self.totals.pop(key, None)
         clock, cpu = time.monotonic(), _cpu_seconds()
         if clock > self._cpu[0]:
@@ -142,7 +149,8 @@ class Sampler:
 
     def points(self) -> dict[str, list[list[Any]]]:
         """The rings as plain data (what a worker sends its sibling): "model\\tversion" -> point rows."""
-        return {f"{m}\t{v}": [list(dataclasses.astuple(p)) for p in ring] for (m, v), ring in self.rings.items()}
+        return {f"{m}\t{v}": [[p.t, p.ok, p.errors, p.latency, p.queue, p.batches, p.rows, p.inline] for p in ring]
+                for (m, v), ring in self.rings.items()}
 
 
 def totals_queue(manager: ModelManager, key: Key) -> int:
@@ -187,22 +195,55 @@ def quantile(counts: list[int], q: float) -> float | None:
     return LATENCY_BUCKETS[-1]
 
 
+def quantiles(counts: np.ndarray, q: float) -> np.ndarray:
+    """quantile() of every row of a (points, buckets) array at once (NaN where a row has no observation):
+    a poll of the page reads 300 points per version, too many for a Python loop on the event loop."""
+    total = counts.sum(axis=1)
+    rank = q * total
+    cumulative = counts.cumsum(axis=1)
+    hit = (cumulative >= rank[:, None]) & (counts > 0)
+    index = hit.argmax(axis=1)
+    rows = np.arange(len(counts))
+    count = counts[rows, index]
+    seen = cumulative[rows, index] - count
+    upper = np.array([*LATENCY_BUCKETS, LATENCY_BUCKETS[-1]])  # above the last bound: say the last bound
+    lower = np.array([0.0, *LATENCY_BUCKETS])
+    lower[-1] = LATENCY_BUCKETS[-1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        value = lower[index] + (upper[index] - lower[index]) * (rank - seen) / count
+    return np.where(total > 0, value, np.nan)
+
+
 def series(points: list[Point]) -> dict[str, list[Any]]:
-    """The page's series of a version: one value per interval."""
-    out: dict[str, list[Any]] = {k: [] for k in ("t", "rps", "error_rate", "p50_ms", "p99_ms", "queue",
-                                                  "batch_rows", "inline_share")}
-    for p in points:
-        calls = p.ok + p.errors
-        p50, p99 = quantile(p.latency, 0.5), quantile(p.latency, 0.99)
-        out["t"].append(p.t)
-        out["rps"].append(round(calls / INTERVAL, 3))
-        out["error_rate"].append(round(p.errors / calls, 4) if calls else 0.0)
-        out["p50_ms"].append(round(p50 * 1000, 3) if p50 is not None else None)
-        out["p99_ms"].append(round(p99 * 1000, 3) if p99 is not None else None)
-        out["queue"].append(p.queue)
-        out["batch_rows"].append(round(p.rows / p.batches, 2) if p.batches else None)
-        out["inline_share"].append(round(p.inline / p.batches, 3) if p.batches else None)
-    return out
+    """The page's series of a version: one value per interval (null where there is none)."""
+    if not points:
+        return {k: [] for k in SERIES}
+    latency = np.array([p.latency for p in points], dtype=np.float64)
+    ok, errors, queue, batches, rows, inline = np.array(
+        [(p.ok, p.errors, p.queue, p.batches, p.rows, p.inline) for p in points], dtype=np.float64).T
+    calls = ok + errors
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_batch = np.where(batches > 0, rows / batches, np.nan)
+        inline_share = np.where(batches > 0, inline / batches, np.nan)
+        error_rate = np.where(calls > 0, errors / calls, 0.0)
+    return {
+        "t": [p.t for p in points],
+        "rps": _values(calls / INTERVAL, 3),
+        "error_rate": _values(error_rate, 4),
+        "p50_ms": _values(quantiles(latency, 0.5) * 1000, 3),
+        "p99_ms": _values(quantiles(latency, 0.99) * 1000, 3),
+        "queue": [int(v) for v in queue],
+        "batch_rows": _values(per_batch, 2),
+        "inline_share": _values(inline_share, 3),
+    }
+
+
+SERIES = ("t", "rps", "error_rate", "p50_ms", "p99_ms", "queue", "batch_rows", "inline_share")
+
+
+def _values(array: np.ndarray, digits: int) -> list[float | None]:
+    """Rounded, NaN (no request, no batch) as None."""
+    return [None if v != v else v for v in np.round(array, digits).tolist()]
 
 
 def latest(values: dict[str, list[Any]]) -> dict[str, Any]:
@@ -274,7 +315,7 @@ def tensor_json(spec: TensorSpec) -> dict[str, Any]:
     return {"name": spec.name, "dtype": dtype, "shape": list(spec.shape) if spec.shape is not None else None}
 
 
-def models_json(manager: ModelManager, points: Mapping[Key, list[Point]]) -> list[dict[str, Any]]:
+def models_json(manager: ModelManager, series_of: Callable[[Key], dict[str, list[Any]]]) -> list[dict[str, Any]]:
     models = []
     for name, model in sorted(manager.models.items()):
         spec = model.spec
@@ -305,7 +346,7 @@ def models_json(manager: ModelManager, points: Mapping[Key, list[Point]]) -> lis
                     doc["try"] = try_requests(name, version, processor.signature(None), True, served) or next(
                         (t for sig in processor.signatures.values() if sig.name != default
                          if (t := try_requests(name, version, sig, False))), [])
-            values = series(points.get((name, version), []))
+            values = series_of((name, version))
             doc["now"], doc["series"] = latest(values), values
             versions.append(doc)
         models.append({
@@ -374,10 +415,12 @@ class StatusApi:
         self.sampler = Sampler(server.manager, server.request_metrics)
         self.started_at = time.time()
 
-    def local(self) -> dict[str, Any]:
+    def local(self, points: bool = True) -> dict[str, Any]:
+        """This process's part: its raw points (what a sibling adds to its own), process figures, recent
+        errors and request-log samples."""
         server = self.server
         return {
-            "points": self.sampler.points(), "cpu_percent": self.sampler.cpu_percent,
+            "points": self.sampler.points() if points else {}, "cpu_percent": self.sampler.cpu_percent,
             "rss_bytes": resident_bytes(), "open_connections": len(server.connections),
             "errors": [list(e) for e in server.request_metrics.recent_errors],
             "requests": [list(r) for r in server.request_log.recent],
@@ -386,14 +429,22 @@ class StatusApi:
     async def document(self) -> dict[str, Any]:
         server = self.server
         draining = server.api is not None and server.api.draining
-        own, others = self.local(), []
+        own, others = self.local(points=server.peers is not None), []
         if server.peers is not None:
             import orjson
 
             answers = await server.peers.ask("GET", "/_worker/ui")
             others = [orjson.loads(body) for _, (status, body) in sorted(answers.items()) if status == 200]
         parts = [own, *others]
-        points = merge_points(own["points"], (o["points"] for o in others))
+        if others:  # every worker's points of a second added up, then the series made of them
+            merged = merge_points(own["points"], (o["points"] for o in others))
+
+            def series_of(key: Key) -> dict[str, list[Any]]:
+                return series(merged.get(key, []))
+        else:
+            def series_of(key: Key) -> dict[str, list[Any]]:
+                kept = self.sampler.series.get(key)
+                return {k: list(v) for k, v in kept.items()} if kept is not None else series([])
         errors = sorted((e for p in parts for e in p["errors"]), key=lambda e: -e[0])[:RECENT]
         requests = sorted((r for p in parts for r in p["requests"]), key=lambda r: -r[0])[:RECENT]
         from .. import __version__
@@ -413,7 +464,7 @@ class StatusApi:
             "links": {"metrics": "/metrics", "statistics": "/v2/models/stats", "server_metadata": "/v2",
                       "docs": DOCS},
             "interval_s": INTERVAL, "window_s": WINDOW,
-            "models": models_json(server.manager, points),
+            "models": models_json(server.manager, series_of),
             "recent": {
                 "errors": [dict(zip(ERROR_FIELDS, e, strict=True)) for e in errors],
                 "requests": [dict(zip(REQUEST_FIELDS, r, strict=True)) for r in requests],
