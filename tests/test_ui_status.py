@@ -69,8 +69,12 @@ def test_the_status_lists_models_versions_and_signatures_and_its_request_bodies_
         {"name": "bad", "base_path": str(tmp_path / "bad"), "platform": "linear"}))
     with Server(f"--model_config_file={config}", "--max_batch_size=7", "--batch_timeout_micros=2000",
                 wait_ready=False) as s:
-        doc = wait_until(lambda: (d := status(s)) and all(
-            v["state"] in ("AVAILABLE", "END") for m in d["models"] for v in m["versions"]) and d, what="loads")
+        def loaded():  # both models with their versions found and their loads over
+            d = status(s)
+            versions = [v for m in d["models"] for v in m["versions"]]
+            return len(versions) == 3 and all(v["state"] in ("AVAILABLE", "END") for v in versions) and d
+
+        doc = wait_until(loaded, what="the loads")
         assert [m["name"] for m in doc["models"]] == ["bad", "m"]
         _, failed = version_doc(doc, "bad", 1)
         assert failed["state"] == "END" and failed["error"] and failed["try"] == []
