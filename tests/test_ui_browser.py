@@ -147,6 +147,11 @@ def test_the_charts_move_when_traffic_flows(tmp_path, browser):
         assert float(value_text.removesuffix("/s").replace(",", "")) > 0, value_text
         assert chart.find_element(By.CSS_SELECTOR, "path.line").get_attribute("d").startswith("M")
         assert chart_value(browser, "m", 1, "error_rate") == 0.0
+        # Once the traffic stopped, later polls (which fetch only the newest seconds) keep the busy ones.
+        wait_until(lambda: chart_value(browser, "m", 1, "rps") == 0.0, 10, "an idle second")
+        time.sleep(4)  # a few polls past the 3 s they fetch again
+        peak = chart.find_element(By.CSS_SELECTOR, ".chart-max").text
+        assert float(peak.removeprefix("max ").removesuffix("/s").replace(",", "")) > 0, peak
         assert sent and console_errors(browser) == []
 
 

@@ -126,6 +126,13 @@ def test_the_series_follow_the_traffic_and_errors_are_kept_with_their_request_id
         assert now["error_rate"] == 0.0 and 0 < now["p50_ms"] <= now["p99_ms"] < 30_000
         assert now["batch_rows"] >= 2 and 0.0 <= now["inline_share"] <= 1.0
         assert len(v["series"]["t"]) == len(v["series"]["rps"]) and v["series"]["t"] == sorted(v["series"]["t"])
+        # ?since=<second>: only the later seconds, for a page that keeps what it has; "now" is the same.
+        last = v["series"]["t"][-1]
+        code, doc = s.request("GET", f"/ui/api/status?since={last - 1}", fresh=True)
+        later = version_doc(doc, "m", 1)[1]
+        assert code == 200 and doc["since"] == last - 1 and later["series"]["t"][0] == last
+        assert all(len(values) == len(later["series"]["t"]) for values in later["series"].values())
+        assert s.request("GET", "/ui/api/status?since=nan", fresh=True)[1]["since"] is None  # a full answer
         code, _ = s.post("/v1/models/m:predict", {"instances": [["x"]]}, headers={"X-Request-Id": "bad-row-1"})
         assert code == 400
         errors = wait_until(lambda: status(s)["recent"]["errors"], what="the error in the status")

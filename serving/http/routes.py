@@ -108,7 +108,8 @@ class RestApi:
                 self.auth.check_http("GET", path, request.headers, b"")
         except ServingError as e:
             return Response(e.http_status, encode_error(e.message))
-        return answer_when(self.status.document(), lambda doc: Response(200, dumps(doc), headers=NO_STORE),
+        since = ui.since_of(request.query)
+        return answer_when(self.status.document(since), lambda doc: Response(200, dumps(doc), headers=NO_STORE),
                            lambda e: Response(e.http_status, encode_error(e.message)), self.timeout_s)
 
     def _server_route(self, path: str) -> Response | Deferred:

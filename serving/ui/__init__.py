@@ -18,6 +18,7 @@ the whole server.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import dataclasses
 import os
@@ -246,6 +247,14 @@ def _values(array: np.ndarray, digits: int) -> list[float | None]:
     return [None if v != v else v for v in np.round(array, digits).tolist()]
 
 
+def after(values: dict[str, list[Any]], since: int | None) -> dict[str, list[Any]]:
+    """The points of a series later than the second `since` (all of them for None)."""
+    if since is None:
+        return values
+    start = bisect.bisect_right(values["t"], since)
+    return {k: v[start:] for k, v in values.items()}
+
+
 def latest(values: dict[str, list[Any]]) -> dict[str, Any]:
     """The last interval's values ("now")."""
     return {k: v[-1] if v else None for k, v in values.items() if k != "t"}
@@ -315,7 +324,8 @@ def tensor_json(spec: TensorSpec) -> dict[str, Any]:
     return {"name": spec.name, "dtype": dtype, "shape": list(spec.shape) if spec.shape is not None else None}
 
 
-def models_json(manager: ModelManager, series_of: Callable[[Key], dict[str, list[Any]]]) -> list[dict[str, Any]]:
+def models_json(manager: ModelManager, series_of: Callable[[Key], dict[str, list[Any]]],
+                since: int | None = None) -> list[dict[str, Any]]:
     models = []
     for name, model in sorted(manager.models.items()):
         spec = model.spec
@@ -347,7 +357,7 @@ def models_json(manager: ModelManager, series_of: Callable[[Key], dict[str, list
                         (t for sig in processor.signatures.values() if sig.name != default
                          if (t := try_requests(name, version, sig, False))), [])
             values = series_of((name, version))
-            doc["now"], doc["series"] = latest(values), values
+            doc["now"], doc["series"] = latest(values), after(values, since)
             versions.append(doc)
         models.append({
             "name": name, "platform": spec.platform or "", "base_path": spec.base_path,
@@ -395,6 +405,18 @@ def page() -> bytes:
 _PAGE: bytes | None = None
 
 
+def since_of(query: str) -> int | None:
+    """`since=<epoch second>` of the status's query string; None when absent or not a number."""
+    for part in query.split("&"):
+        name, _, value = part.partition("=")
+        if name == "since":
+            try:
+                return int(float(value))
+            except (ValueError, OverflowError):  # not a number, nan, inf
+                return None
+    return None
+
+
 def readme() -> bytes:
     """The README as the installed package carries it (its long description)."""
     from importlib import metadata
@@ -426,7 +448,9 @@ class StatusApi:
             "requests": [list(r) for r in server.request_log.recent],
         }
 
-    async def document(self) -> dict[str, Any]:
+    async def document(self, since: int | None = None) -> dict[str, Any]:
+        """The status; with `since` (an epoch second) the series hold only the seconds after it, for a page
+        that keeps what it had (it asks a few seconds back, so a sibling worker's late point still comes)."""
         server = self.server
         draining = server.api is not None and server.api.draining
         own, others = self.local(points=server.peers is not None), []
@@ -463,8 +487,8 @@ class StatusApi:
             "config": config_json(server.settings),
             "links": {"metrics": "/metrics", "statistics": "/v2/models/stats", "server_metadata": "/v2",
                       "docs": DOCS},
-            "interval_s": INTERVAL, "window_s": WINDOW,
-            "models": models_json(server.manager, series_of),
+            "interval_s": INTERVAL, "window_s": WINDOW, "since": since,
+            "models": models_json(server.manager, series_of, since),
             "recent": {
                 "errors": [dict(zip(ERROR_FIELDS, e, strict=True)) for e in errors],
                 "requests": [dict(zip(REQUEST_FIELDS, r, strict=True)) for r in requests],
