@@ -37,6 +37,7 @@ from ..signature import PREDICT_METHOD, STRING, Signature, TensorSpec
 #: Seconds between samples, and how many seconds of them a series keeps.
 INTERVAL = 1.0
 WINDOW = 300
+POINTS = int(WINDOW / INTERVAL)
 #: The settings never shown.
 SECRET_SETTINGS = frozenset({"token"})
 
@@ -79,11 +80,13 @@ class Totals:
 
 
 class Sampler:
-    """Reads the request metrics and the batch queues every INTERVAL s into a ring of Points per version,
-    and the process's CPU time into a CPU share."""
+    """Reads the request metrics and the batch queues every INTERVAL s into the page's series of each version
+    (and, under --workers, a ring of its raw Points for a sibling to add up), and the process's CPU time into
+    a CPU share."""
 
-    def __init__(self, manager: ModelManager, requests: RequestMetrics) -> None:
+    def __init__(self, manager: ModelManager, requests: RequestMetrics, keep_points: bool = False) -> None:
         self.manager, self.requests = manager, requests
+        self.keep_points = keep_points
         self.rings: dict[Key, collections.deque[Point]] = {}
         #: The page's series of each version, extended a point at a time (a poll only copies them).
         self.series: dict[Key, dict[str, collections.deque[Any]]] = {}
@@ -109,16 +112,19 @@ class Sampler:
                           totals_queue(self.manager, key), totals.batches - before.batches,
                           totals.rows - before.rows, totals.inline - before.inline)
             self.totals[key] = totals
-            ring = self.rings.get(key)
-            if ring is None:
-                ring = self.rings[key] = collections.deque(maxlen=int(WINDOW / INTERVAL))
-                self.series[key] = {k: collections.deque(maxlen=ring.maxlen) for k in SERIES}
-            ring.append(point)
+            kept = self.series.get(key)
+            if kept is None:
+                kept = self.series[key] = {k: collections.deque(maxlen=POINTS) for k in SERIES}
+                if self.keep_points:
+                    self.rings[key] = collections.deque(maxlen=POINTS)
             for name, values in series([point]).items():
-                self.series[key][name].extend(values)
+                kept[name].extend(values)
+            if self.keep_points:
+                self.rings[key].append(point)
             seen.add(key)
-        for key in set(self.rings) - seen:  # a version gone (unloaded, or its model removed)
-            del self.rings[key], self.series[key]
+        for key in set(self.series) - seen:  # a version gone (unloaded, or its model removed)
+            del self.series[key]
+            self.rings.pop(key, None)
             self.totals.pop(key, None)
         clock, cpu = time.monotonic(), _cpu_seconds()
         if clock > self._cpu[0]:
@@ -434,7 +440,7 @@ class StatusApi:
 
     def __init__(self, server: Any) -> None:
         self.server = server  # serving.app.Server: its manager, settings, connections, peers, observers
-        self.sampler = Sampler(server.manager, server.request_metrics)
+        self.sampler = Sampler(server.manager, server.request_metrics, keep_points=server.peers is not None)
         self.started_at = time.time()
 
     def local(self, points: bool = True) -> dict[str, Any]:
