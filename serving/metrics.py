@@ -130,7 +130,8 @@ class RequestMetrics:
                 series.rows.observe(call.rows)
         else:
             series.codes[error.code.name] += 1
-            self.recent_errors.append((time.time(), call.request_id, key[0], key[1], call.protocol, call.method,
+            self.recent_errors.append((time.time(), call.request_id, call.model if servable is None else key[0],
+                                       key[1] if servable is not None else None, call.protocol, call.method,
                                        error.code.name, error.message))
         series.latency.observe(timings.total)
         if call.dispatched:

@@ -4,8 +4,8 @@ answer is never returned: it is compared with the served one into metrics, the l
 of the numeric outputs (`serving_shadow_divergence`) and, for outputs with a class axis, whether the
 argmax agrees (`serving_shadow_agreement_total`). A shadow that is not AVAILABLE, whose queue is full, that
 fails or that outlives its deadline is counted (`serving_shadow_requests_total{outcome}`) and dropped, and
-so is one sampled while served requests wait in the version's batch queue (`shed`): a shadow runs on the
-capacity the served traffic leaves, never ahead of it. When
+so is one sampled while served requests wait in the version's batch queue or a batch of it runs (`shed`):
+a shadow runs on the capacity the served traffic leaves, never ahead of it. When
 the served call was written to the request log, the shadow's answer is written beside it (same request id,
 the shadow's version).
 

@@ -138,6 +138,10 @@ def test_the_series_follow_the_traffic_and_errors_are_kept_with_their_request_id
         errors = wait_until(lambda: status(s)["recent"]["errors"], what="the error in the status")
         assert errors[0]["request_id"] == "bad-row-1" and errors[0]["code"] == "INVALID_ARGUMENT"
         assert errors[0]["model"] == "m" and errors[0]["version"] == 1 and errors[0]["protocol"] == "tfserving_rest"
+        assert s.post("/v1/models/nope:predict", {"instances": [[1.0]]})[0] == 404  # the name the client gave
+        unknown = wait_until(lambda: [e for e in status(s)["recent"]["errors"] if e["code"] == "NOT_FOUND"],
+                             what="the unknown model's error")
+        assert unknown[0]["model"] == "nope" and unknown[0]["version"] is None
         wait_until(lambda: 0 < max(version_doc(status(s), "m", 1)[1]["series"]["error_rate"]) <= 1,
                    what="the error in the error rate")
 
