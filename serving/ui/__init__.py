@@ -21,6 +21,7 @@ import asyncio
 import bisect
 import collections
 import dataclasses
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -33,6 +34,8 @@ from ..metrics import LATENCY_BUCKETS, RequestMetrics
 from ..remote import is_remote
 from ..repository import ModelManager, State, resident_bytes
 from ..signature import PREDICT_METHOD, STRING, Signature, TensorSpec
+
+log = logging.getLogger(__name__)
 
 #: Seconds between samples, and how many seconds of them a series keeps.
 INTERVAL = 1.0
@@ -97,7 +100,10 @@ class Sampler:
     async def run(self) -> None:
         while True:
             await asyncio.sleep(INTERVAL - time.time() % INTERVAL)  # on the second: workers' points line up
-            self.sample()
+            try:
+                self.sample()
+            except Exception:  # noqa: BLE001 - a bug here must not end the page's series for good
+                log.exception("status page: a sample failed")
 
     def sample(self) -> None:
         now = int(round(time.time()))
