@@ -27,43 +27,31 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from google.protobuf import text_format
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # a script run from a checkout
+    sys.path.insert(0, str(ROOT))
+from serving._proto.tensorflow_serving.config import model_server_config_pb2  # noqa: E402
+
 ROW = [0.5, -1.2, 0.3, 0.0, 1.1, -0.4, 0.9, 0.2]
 
-CONFIG = """\
-model_config_list {{
-  config {{
-    name: "xgb"
-    base_path: "{root}/xgb"
-    model_platform: "xgboost"
-    model_version_policy {{ specific {{ versions: 1 versions: 2 }} }}
-    version_labels {{ key: "stable" value: 1 }}
-    version_labels {{ key: "canary" value: 2 }}
-    version_traffic {{ key: 1 value: 90 }}
-    version_traffic {{ key: 2 value: 10 }}
-  }}
-  config {{
-    name: "lgbm"
-    base_path: "{root}/lgbm"
-    model_platform: "lightgbm"
-    model_version_policy {{ specific {{ versions: 1 }} }}
-    logging_config {{ log_collector_config {{ filename_prefix: "{root}/logs/lgbm" }}
-                     sampling_config {{ sampling_rate: 0.05 }} }}
-  }}
-{extra}}}
-"""
-BROKEN = """\
-  config {{
-    name: "ranker"
-    base_path: "{root}/ranker"
-    model_platform: "linear"
-  }}
-"""
+def config_text(demo: str, root: Path, broken: bool = False) -> str:
+    """The demo's model config (`demo`, as serving.demo wrote it) with a 90/10 traffic split on xgb, a request log
+    of 5 % of lgbm's calls and, when `broken`, a model whose file is cut short."""
+    config = text_format.Parse(demo, model_server_config_pb2.ModelServerConfig())
+    models = {m.name: m for m in config.model_config_list.config}
+    models["xgb"].version_traffic[1] = 90
+    models["xgb"].version_traffic[2] = 10
+    models["lgbm"].logging_config.log_collector_config.filename_prefix = str(root / "logs" / "lgbm")
+    models["lgbm"].logging_config.sampling_config.sampling_rate = 0.05
+    if broken:
+        config.model_config_list.config.add(name="ranker", base_path=str(root / "ranker"), model_platform="linear")
+    return text_format.MessageToString(config)
 
 
 def free_port() -> int:
@@ -149,7 +137,8 @@ def main() -> None:
         (root / "ranker" / "1").mkdir(parents=True)
         (root / "ranker" / "1" / "linear.json").write_text('{"weights": [0.5, 0.25,')  # cut short: invalid JSON
         config = root / "model_config.pbtxt"
-        config.write_text(CONFIG.format(root=root, extra=""))
+        demo = config.read_text()
+        config.write_text(config_text(demo, root))
         port = free_port()
         log = (root / "server.log").open("wb")
         server = subprocess.Popen(
@@ -163,7 +152,7 @@ def main() -> None:
             wait(lambda: request(port, "GET", "/readyz")[0] == 200, 60, "the server to be ready")
             driver = browser(args.width, args.height, str(root / "profile"))
             driver.get(f"http://127.0.0.1:{port}/ui")
-            wait(lambda: len(driver.find_elements(By.CSS_SELECTOR, '.version[data-state="AVAILABLE"]')) == 3, 30,
+            wait(lambda: len(driver.find_elements(By.CSS_SELECTOR, '.version[data-state="AVAILABLE"]')) == 4, 30,
                  "the page to list the models")
             time.sleep(4)
             driver.save_screenshot(str(args.out / "ui-idle.png"))
@@ -180,7 +169,7 @@ def main() -> None:
             for t in threads:
                 t.join(10)
 
-            config.write_text(CONFIG.format(root=root, extra=BROKEN.format(root=root)))
+            config.write_text(config_text(demo, root, broken=True))
             card = wait(lambda: driver.find_elements(By.CSS_SELECTOR, '.card[data-model="ranker"] .version-error'),
                         30, "the broken model's error on the page")[0]
             driver.execute_script(
