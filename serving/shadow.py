@@ -4,8 +4,9 @@ answer is never returned: it is compared with the served one into metrics, the l
 of the numeric outputs (`serving_shadow_divergence`) and, for outputs with a class axis, whether the
 argmax agrees (`serving_shadow_agreement_total`). A shadow that is not AVAILABLE, whose queue is full, that
 fails or that outlives its deadline is counted (`serving_shadow_requests_total{outcome}`) and dropped, and
-so is one sampled while served requests wait in the version's batch queue or a batch of it runs (`shed`):
-a shadow runs on the capacity the served traffic leaves, never ahead of it. When
+so is one sampled while served requests wait in the version's batch queue or a batch of it runs (`shed`),
+looked at when the call finishes and again when the shadow is about to be queued (after the I/O that came
+meanwhile): a shadow runs on the capacity the served traffic leaves, never ahead of it. When
 the served call was written to the request log, the shadow's answer is written beside it (same request id,
 the shadow's version).
 
@@ -71,6 +72,11 @@ class ShadowRunner:
 
     def _submit(self, call: Call, model: str, version: int) -> None:
         key = (model, version)
+        assert call.servable is not None and call.signature is not None
+        queue = call.servable.queues.get(call.signature.name)
+        if queue is not None and (queue.waiting or queue.in_flight):  # requests came in the meantime: they first
+            self.outcomes[(model, version, "shed")] += 1
+            return
         try:
             servable = self.manager.get(model, version)
         except ServingError:
