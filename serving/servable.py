@@ -59,11 +59,13 @@ class SignatureStats:
 class Servable:
     """One loaded version; live on the event-loop thread (its queues are made there)."""
 
-    __slots__ = ("model", "version", "path", "platform", "processor", "queues", "runtime", "inflight", "_idle")
+    __slots__ = ("model", "version", "path", "platform", "processor", "queues", "runtime", "inflight", "_idle",
+                 "version_header")
 
     def __init__(self, model: str, version: int, path: Path, platform: str, processor: Processor,
                  runtime: Runtime) -> None:
         self.model, self.version, self.path = model, version, path  # path: the version directory it loaded
+        self.version_header = b"x-model-version: %d\r\n" % version  # on every HTTP answer it makes, made once
         self.platform, self.processor = platform, processor
         self.runtime = runtime
         self.inflight = 0

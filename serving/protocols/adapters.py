@@ -52,7 +52,7 @@ def _answer(future: asyncio.Future[Outputs], call: Call) -> Response:
     if error is not None:
         response = codec.error(error)
     if call.servable is not None:  # which version answered (a traffic split may have picked it)
-        response.headers += b"x-model-version: %d\r\n" % call.servable.version
+        response.headers += call.servable.version_header
     return response
 
 
