@@ -44,7 +44,7 @@ from .protocols.kserve.rpc import InferenceService
 from .protocols.kserve.statistics import Statistics
 from .protocols.modelmesh import ModelRuntime
 from .protocols.tfserving.rpc import ModelService, PredictionService
-from .remote import ModelFetcher, default_cache_dir
+from .remote import URL_PREFIXES, ModelFetcher
 from .repository import ModelManager
 from .requestlog import RequestLogger, worker_index
 from .rpc.decode import add_services
@@ -83,7 +83,7 @@ def initial_specs(settings: Settings) -> list[ModelSpec]:
         specs = [
             ModelSpec(
                 name=settings.model_name,
-                base_path=(settings.model_base_path if "://" in settings.model_base_path
+                base_path=(settings.model_base_path if settings.model_base_path.startswith(URL_PREFIXES)
                            else os.path.abspath(settings.model_base_path)),
                 platform=settings.model_platform or None,
                 flat=True,  # the model files directly in the base path (KServe's /mnt/models) are version 1
@@ -199,7 +199,7 @@ class Server:
                         service_model=settings.model_name, warm_up_data_path=settings.warm_up_data_path)
         self.manager = ModelManager(
             runtime=self.runtime,
-            fetcher=ModelFetcher(settings.model_cache_dir or default_cache_dir(), settings.model_archive_max_bytes,
+            fetcher=ModelFetcher(settings.model_cache_dir, settings.model_archive_max_bytes,
                                  settings.s3_endpoint_url, settings.gcs_endpoint_url),
             load_threads=settings.load_threads,
             allow_version_labels_for_unavailable_models=settings.allow_version_labels_for_unavailable_models,

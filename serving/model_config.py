@@ -15,6 +15,7 @@ from typing import Any
 from google.protobuf import text_format
 
 from ._proto.tensorflow_serving.config import model_server_config_pb2 as msc
+from .remote import URL_PREFIXES
 
 
 class ConfigError(ValueError):
@@ -172,7 +173,7 @@ def specs_from_proto(config: msc.ModelServerConfig, source: str = "model config"
         if c.name in seen:
             raise ConfigError(f"{source}: Illegal to list model {c.name} multiple times in config list")
         seen.add(c.name)
-        if not os.path.isabs(c.base_path) and not c.base_path.startswith(("http://", "https://", "s3://")):
+        if not os.path.isabs(c.base_path) and not c.base_path.startswith(URL_PREFIXES):
             raise ConfigError(
                 f"{source}: Expected model {c.name} to have an absolute path; got base_path()={c.base_path}"
             )

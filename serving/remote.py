@@ -38,12 +38,16 @@ CHUNK = 1 << 20
 #: The object stores a base path may name, and the extra each needs.
 STORES = ("s3://", "gs://")
 EXTRAS = {"s3": "s3", "gs": "gcs"}
+#: What a base path that is fetched rather than read in place starts with.
+URL_PREFIXES = ("http://", "https://", *STORES)
+#: --model_archive_max_bytes' default: the largest download, and the most an archive may unpack to.
+MAX_BYTES = 16 * 1024 ** 3
 
 
 def is_remote(base_path: str) -> bool:
     """Whether a base path is fetched (a URL, an object store prefix) or unpacked (a local archive) rather
     than read in place."""
-    return base_path.startswith(("http://", "https://", *STORES)) or base_path.lower().endswith(ARCHIVES)
+    return base_path.startswith(URL_PREFIXES) or base_path.lower().endswith(ARCHIVES)
 
 
 def is_polled(base_path: str) -> bool:
@@ -69,9 +73,9 @@ def _failed(message: str) -> ServingError:
 class ModelFetcher:
     """Turns a remote base path into a local folder under the cache (one folder per URL)."""
 
-    def __init__(self, cache_dir: str, max_bytes: int, s3_endpoint_url: str = "",
+    def __init__(self, cache_dir: str = "", max_bytes: int = MAX_BYTES, s3_endpoint_url: str = "",
                  gcs_endpoint_url: str = "") -> None:
-        self.cache_dir, self.max_bytes = Path(cache_dir), max_bytes
+        self.cache_dir, self.max_bytes = Path(cache_dir or default_cache_dir()), max_bytes
         self.s3_endpoint_url = s3_endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get(
             "AWS_ENDPOINT_URL", "")
         self.gcs_endpoint_url = gcs_endpoint_url
@@ -99,7 +103,8 @@ class ModelFetcher:
             archive = Path(url)
             if not archive.is_file():
                 raise _failed(f"the model archive {url} does not exist")
-            stamp: dict[str, Any] = {"size": archive.stat().st_size, "mtime": archive.stat().st_mtime}
+            st = archive.stat()
+            stamp: dict[str, Any] = {"size": st.st_size, "mtime": st.st_mtime}
             if self._current(folder, stamp):
                 return str(unpacked)
             try:
@@ -179,8 +184,11 @@ class ModelFetcher:
         fs, key = self.store(scheme), key.rstrip("/")
         folder.mkdir(parents=True, exist_ok=True)
         unpacked = folder / "model"
-        if key.lower().endswith(ARCHIVES) or fs.isfile(key):
-            info = fs.info(key)
+        try:
+            info = fs.info(key)  # one request tells a file key from a prefix (polled every few seconds)
+        except FileNotFoundError:
+            info = {}  # no such key: a prefix, or nothing at all (said below)
+        if key.lower().endswith(ARCHIVES) or info.get("type") == "file":
             stamp = {"etag": _etag(info), "size": info.get("size"), "sha256_asked": sha256, "url": url}
             if self._current(folder, stamp):
                 return str(unpacked)

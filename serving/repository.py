@@ -29,7 +29,7 @@ from typing import Any
 from .errors import Code, ServingError, invalid_argument, not_found, unavailable
 from .model_config import ConfigError, ModelSpec, list_versions
 from .processor import Processor, canonical_name, detect_platform, processor_class
-from .remote import ModelFetcher, default_cache_dir, is_polled, is_remote
+from .remote import ModelFetcher, is_polled, is_remote
 from .servable import Runtime, Servable
 
 log = logging.getLogger(__name__)
@@ -169,7 +169,7 @@ class ModelManager:
     ) -> None:
         self.runtime = runtime or Runtime()
         #: Fetches base paths that are URLs or archives (serving/remote.py).
-        self.fetcher = fetcher or ModelFetcher(default_cache_dir(), 16 << 30)
+        self.fetcher = fetcher or ModelFetcher()
         self.warmup = warmup
         self.models: dict[str, ManagedModel] = {}
         self.allow_unavailable_labels = allow_version_labels_for_unavailable_models

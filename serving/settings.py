@@ -21,6 +21,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
 
+from .remote import MAX_BYTES
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -121,7 +123,7 @@ class Settings:
         "`STORAGE_EMULATOR_HOST`, else Google's with its default credentials", group="models",
         shown_default="Google")
     model_archive_max_bytes: int = setting(
-        16 * 1024 ** 3, "the largest download, and the most an archive may unpack to (archive bombs)",
+        MAX_BYTES, "the largest download, and the most an archive may unpack to (archive bombs)",
         group="models", unit="bytes")
     traffic_sticky_header: str = setting(
         "", "an HTTP header (or gRPC metadata key), e.g. a user id, whose value picks a model's weighted version "

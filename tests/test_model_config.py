@@ -58,6 +58,14 @@ def test_rejects_what_tf_serving_rejects(text, message):
         parse_model_config(text)
 
 
+def test_urls_and_object_store_prefixes_are_base_paths_too():
+    for base in ("http://host/m.tar.gz", "https://host/m.zip", "s3://bucket/m", "gs://bucket/m"):
+        text = f"model_config_list {{ config {{ name: 'm' base_path: '{base}' model_platform: 'linear' }} }}"
+        assert [s.base_path for s in parse_model_config(text)] == [base]
+    with pytest.raises(ConfigError, match="absolute path"):
+        parse_model_config("model_config_list { config { name: 'm' base_path: 'm.tar.gz' model_platform: 'x' } }")
+
+
 def test_version_policies_select_from_disk():
     on_disk = {1, 2, 5, 10}
     assert VersionPolicy().select(on_disk) == {10}
