@@ -208,7 +208,7 @@ class Server:
         self.manager.may_be_empty = may_start_empty(settings)
         if settings.traffic_sticky_header:
             self.manager.sticky_header = settings.traffic_sticky_header.lower()
-            KEPT_HEADERS.add(self.manager.sticky_header.encode())  # the HTTP parser keeps its value
+            KEPT_HEADERS.add(self.manager.sticky_key)  # the HTTP parser keeps its value
         # ModelMesh loads and unloads: its runtime port implies explicit model control.
         mode = "explicit" if settings.modelmesh_port else settings.model_control_mode
         self.control = ModelControl(mode, self.manager, lambda specs: with_runtime(specs, settings))

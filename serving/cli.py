@@ -108,17 +108,18 @@ def setup_logging(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
 
 
+#: `serving <command> ...`: the module whose main(argv) runs it.
+COMMANDS = {"bench": ".bench.cli",  # the load generator (serving/bench/)
+            "warmup-from-log": ".fromlog"}  # a warm-up file from request logs
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    if args[:1] == ["bench"]:  # `serving bench ...`: the load generator (serving/bench/)
-        from .bench.cli import main as bench
+    if args[:1] and args[0] in COMMANDS:
+        import importlib
 
-        sys.exit(bench(args[1:]))
-    if args[:1] == ["warmup-from-log"]:  # a warm-up file from request logs (serving/fromlog.py)
-        from .fromlog import main as from_log
-
-        sys.exit(from_log(args[1:]))
-    settings = parse_settings(argv)
+        sys.exit(importlib.import_module(COMMANDS[args[0]], __package__).main(args[1:]))
+    settings = parse_settings(args)
     setup_logging(settings)
     from .workers import SUPERVISED_ENV, supervise, worker_count
 
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"serving: {e}")
     if workers > 1 and not os.environ.get(SUPERVISED_ENV):
         # The supervisor imports no framework: each worker is a fresh `serving` with the same arguments.
-        sys.exit(supervise(sys.argv[1:] if argv is None else argv, workers))
+        sys.exit(supervise(args, workers))
     from .app import run  # imported after logging is set up
 
     sys.exit(run(settings))

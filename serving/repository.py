@@ -35,12 +35,13 @@ from .servable import Runtime, Servable
 log = logging.getLogger(__name__)
 
 
-def sticky_value(carrier: Any, name: str) -> bytes | None:
-    """The sticky header's value in a call's carrier: HTTP headers (lower-case bytes), or a gRPC context."""
+def sticky_value(carrier: Any, name: str, key_bytes: bytes) -> bytes | None:
+    """The sticky header's value in a call's carrier: HTTP headers (`key_bytes`, the lower-case name), or a
+    gRPC context (`name`)."""
     if carrier is None:
         return None
     if isinstance(carrier, dict):
-        return carrier.get(name.encode())
+        return carrier.get(key_bytes)
     for key, value in carrier.invocation_metadata() or ():
         if key == name:
             return value if isinstance(value, bytes) else value.encode()
@@ -164,7 +165,7 @@ class ModelManager:
         runtime: Runtime | None = None,
         load_threads: int = 2,
         allow_version_labels_for_unavailable_models: bool = False,
-        warmup: Callable[[Servable], Awaitable[int | None]] | None = None,  # -> requests replayed
+        warmup: Callable[[Servable], Awaitable[int]] | None = None,  # -> requests replayed
         fetcher: ModelFetcher | None = None,
     ) -> None:
         self.runtime = runtime or Runtime()
@@ -183,10 +184,19 @@ class ModelManager:
         self.applied = False  # a first configuration was applied: until then the server is not ready
         #: --traffic_sticky_header: the HTTP header / gRPC metadata key whose value picks a model's weighted
         #: version by hash, so one user stays on one version (None: a random pick each request).
-        self.sticky_header: str | None = None
+        self.sticky_header = None
         #: The last load error of each model that `load_model` removed again (never served), for the index.
         self.failures: dict[str, ServingError] = {}
         self._model_locks: dict[str, asyncio.Lock] = {}
+
+    @property
+    def sticky_header(self) -> str | None:
+        return self._sticky_header
+
+    @sticky_header.setter
+    def sticky_header(self, name: str | None) -> None:
+        self._sticky_header = name
+        self.sticky_key = name.encode() if name else b""  # as the HTTP parser keeps it, encoded once
 
     # ---- look-ups (hot path: plain dict reads, no awaits) ----
 
@@ -203,7 +213,7 @@ class ModelManager:
             if model is not None and model.latest is not None:
                 if model.split is None:
                     return model.latest
-                key = sticky_value(carrier, self.sticky_header) if self.sticky_header else None
+                key = sticky_value(carrier, self.sticky_header, self.sticky_key) if self.sticky_header else None
                 return model.pick(zlib.crc32(key) % 10_000 / 100 if key is not None else random.random() * 100)
             if model is None:
                 raise not_found(f"Servable not found for request: Latest({name})")
@@ -456,7 +466,7 @@ class ModelManager:
                 warming = time.monotonic()
                 try:
                     # through the data plane; the version is not AVAILABLE yet
-                    status.warmup_requests = await self.warmup(status.servable) or 0
+                    status.warmup_requests = await self.warmup(status.servable)
                 finally:
                     status.warmup_seconds = time.monotonic() - warming
         except Exception as e:  # noqa: BLE001 - any load failure is reported in the version's status
