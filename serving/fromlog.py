@@ -17,7 +17,7 @@ from typing import Any
 from google.protobuf.message import DecodeError
 
 from .errors import ServingError
-from .warmup import MAX_RECORDS, read_tfrecords, write_tfrecords
+from .warmup import MAX_RECORDS, prediction_logs, write_tfrecords
 
 
 def distinct_requests(paths: list[Path], limit: int) -> Iterator[bytes]:
@@ -26,32 +26,30 @@ def distinct_requests(paths: list[Path], limit: int) -> Iterator[bytes]:
     from ._proto.tensorflow_serving.apis import prediction_log_pb2
 
     seen: set[tuple[object, ...]] = set()
-    for path in paths:
-        for record in read_tfrecords(path):
-            log = prediction_log_pb2.PredictionLog.FromString(record)
-            kind = log.WhichOneof("log_type")
-            if kind is None:
-                continue
-            request = getattr(log, kind).request
-            if kind == "predict_log":
-                shape: tuple[object, ...] = tuple(sorted(
-                    (name, tensor.dtype, tuple(d.size for d in tensor.tensor_shape.dim))
-                    for name, tensor in request.inputs.items()))
-                key: tuple[object, ...] = (kind, request.model_spec.name, request.model_spec.signature_name, shape)
-            elif kind == "multi_inference_log":
-                tasks = tuple((t.model_spec.name, t.model_spec.signature_name, t.method_name) for t in request.tasks)
-                key = (kind, tasks, examples_count(request.input))
-            else:  # classify_log, regress_log: a batch of tf.Examples
-                key = (kind, request.model_spec.name, request.model_spec.signature_name,
-                       examples_count(request.input))
-            if key in seen:
-                continue
-            seen.add(key)
-            kept = prediction_log_pb2.PredictionLog()
-            getattr(kept, kind).request.CopyFrom(request)
-            yield kept.SerializeToString()
-            if len(seen) >= limit:
-                return
+    for log in prediction_logs(paths):
+        kind = log.WhichOneof("log_type")
+        if kind is None:
+            continue
+        request = getattr(log, kind).request
+        if kind == "predict_log":
+            shape: tuple[object, ...] = tuple(sorted(
+                (name, tensor.dtype, tuple(d.size for d in tensor.tensor_shape.dim))
+                for name, tensor in request.inputs.items()))
+            key: tuple[object, ...] = (kind, request.model_spec.name, request.model_spec.signature_name, shape)
+        elif kind == "multi_inference_log":
+            tasks = tuple((t.model_spec.name, t.model_spec.signature_name, t.method_name) for t in request.tasks)
+            key = (kind, tasks, examples_count(request.input))
+        else:  # classify_log, regress_log: a batch of tf.Examples
+            key = (kind, request.model_spec.name, request.model_spec.signature_name,
+                   examples_count(request.input))
+        if key in seen:
+            continue
+        seen.add(key)
+        kept = prediction_log_pb2.PredictionLog()
+        getattr(kept, kind).request.CopyFrom(request)
+        yield kept.SerializeToString()
+        if len(seen) >= limit:
+            return
 
 
 def examples_count(input: Any) -> int:

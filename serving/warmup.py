@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import struct
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,15 @@ def masked_crc(data: bytes) -> int:
 
     crc = google_crc32c.value(data)
     return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def prediction_logs(paths: Iterable[Path]) -> Iterator[Any]:
+    """The PredictionLog records of TFRecord files (request logs, warm-up files), in order."""
+    from ._proto.tensorflow_serving.apis import prediction_log_pb2
+
+    for path in paths:
+        for record in read_tfrecords(path):
+            yield prediction_log_pb2.PredictionLog.FromString(record)
 
 
 def read_tfrecords(path: Path) -> Iterator[bytes]:

@@ -21,7 +21,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
@@ -181,29 +181,23 @@ def replay_bodies(paths: list[Path], kind: str, url_or_api: str) -> list[bytes]:
     """The predict requests of request logs (TFRecord files of PredictionLog) as bodies for the target: TF
     Serving's serialized PredictRequest (gRPC tf), KServe V2's ModelInferRequest (gRPC v2) or JSON (a /v2/
     URL), TF Serving's columnar REST JSON (any other URL)."""
-    from .._proto.tensorflow_serving.apis import prediction_log_pb2
-    from ..warmup import read_tfrecords
+    from ..warmup import prediction_logs
 
     bodies: list[bytes] = []
-    for path in paths:
-        for record in read_tfrecords(path):
-            log = prediction_log_pb2.PredictionLog.FromString(record)
-            if log.WhichOneof("log_type") == "predict_log":
-                bodies.append(_replayed(log.predict_log.request, kind, url_or_api))
-                if len(bodies) >= REPLAY_MAX:
-                    return bodies
+    for log in prediction_logs(paths):
+        if log.WhichOneof("log_type") == "predict_log":
+            bodies.append(_replayed(log.predict_log.request, kind, url_or_api))
+            if len(bodies) >= REPLAY_MAX:
+                return bodies
     if not bodies:
         raise ValueError(f"--replay: no predict request in {', '.join(map(str, paths))}")
     return bodies
 
 
 def _replayed(request: Any, kind: str, url_or_api: str) -> bytes:
-    import base64
-
-    import numpy as np
-
+    from ..codecs.arrays import encode_strings
     from ..codecs.tensors import tensor_to_array
-    from ..protocols.kserve.codec import NAMES
+    from ..protocols.kserve.codec import datatype_of, raw_bytes
 
     if kind == "grpc" and url_or_api == "tf":
         return bytes(request.SerializeToString())
@@ -213,19 +207,16 @@ def _replayed(request: Any, kind: str, url_or_api: str) -> bytes:
 
         infer = grpc_predict_v2_pb2.ModelInferRequest(model_name=request.model_spec.name)
         for name, array in arrays.items():
-            infer.inputs.add(name=name, datatype=NAMES[array.dtype], shape=list(array.shape))
-            infer.raw_input_contents.append(np.ascontiguousarray(array).tobytes())
+            infer.inputs.add(name=name, datatype=datatype_of(array.dtype), shape=list(array.shape))
+            infer.raw_input_contents.append(raw_bytes(array))
         return bytes(infer.SerializeToString())
 
-    def plain(array: Any) -> Any:
-        if array.dtype == object:
-            return [{"b64": base64.b64encode(v).decode()} if isinstance(v, bytes) else v for v in array.ravel()]
-        return array.tolist()
+    def plain(array: Any) -> Any:  # JSON values, strings as {"b64": ...}
+        return encode_strings(array, True) if array.dtype.kind in "OSU" else array.tolist()
 
     if "/v2/" in urllib.parse.urlsplit(url_or_api).path:
-        return json.dumps({"inputs": [{"name": name, "shape": list(a.shape), "datatype": NAMES[a.dtype],
-                                       "data": plain(a.ravel()) if a.dtype != object else plain(a)}
-                                      for name, a in arrays.items()]}).encode()
+        return json.dumps({"inputs": [{"name": name, "shape": list(a.shape), "datatype": datatype_of(a.dtype),
+                                       "data": plain(a.ravel())} for name, a in arrays.items()]}).encode()
     doc: dict[str, Any] = {"inputs": {name: plain(a) for name, a in arrays.items()}}
     if request.model_spec.signature_name:
         doc["signature_name"] = request.model_spec.signature_name
@@ -313,9 +304,9 @@ def merged(encoded: list[bytes]) -> HdrHistogram:
 class Bench:
     """The processes and the steps of one run."""
 
-    def __init__(self, target: dict[str, Any], processes: int, connections: int | None, duration: float,
+    def __init__(self, target: dict[str, Any], processes: int, connections: int | None,
                  show: Callable[[dict[str, Any] | None, str], None]) -> None:
-        self.target, self.duration, self.show = target, duration, show
+        self.target, self.show = target, show
         self.connections = connections
         context = multiprocessing.get_context("spawn")  # a fresh interpreter: nothing of this one is shared
         self.pipes: list[Connection] = []
@@ -363,6 +354,7 @@ class Bench:
         cpu = [0.0] * n
         done = 0
         shown = 0
+        seconds: list[dict[str, Any]] = []  # each second's figures, made once: shown live, then reported
         while done < n:
             for ready in wait(self.pipes):
                 assert isinstance(ready, Connection)
@@ -380,7 +372,8 @@ class Bench:
                 ticks.setdefault(tick["t"], []).append((index, tick))
                 cpu[index] += tick["cpu"]
                 while len(ticks.get(shown, ())) == n and shown < int(duration):
-                    self.show(self._second(step, start, shown, ticks[shown]), step.label)
+                    seconds.append(self._second(step, start, shown, ticks[shown]))
+                    self.show(seconds[-1], step.label)
                     shown += 1
         if not record:
             return {}
@@ -389,11 +382,10 @@ class Bench:
         hist = merged([t["hist"] for t in every])
         sent = sum(t["sent"] for t in every)
         ok = sum(t["ok"] for t in every)
-        errors: dict[str, int] = {}
-        for t in every:
-            for kind, count in t["errors"].items():
-                errors[kind] = errors.get(kind, 0) + count
-        in_window = sum(t["ok"] for second, group in ticks.items() if second < int(duration) for _, t in group)
+        errors = _sum_kinds(t["errors"] for t in every)
+        # A second a load process never completed was not shown: it is reported all the same.
+        seconds += [self._second(step, start, s, ticks[s]) for s in sorted(ticks) if shown <= s < int(duration)]
+        in_window = sum(s["ok"] for s in seconds)
         latency = latency_summary(hist)
         generator_cpu = max(cpu) / duration if cpu else 0.0
         spectrum = hist.get_percentile_to_value_dict(list(SPECTRUM)) if ok else {}
@@ -404,7 +396,7 @@ class Bench:
             "latency_ms": latency, "percentiles": [[p, v / 1e3] for p, v in spectrum.items()],
             "server": server_split(before, after, latency["mean"]),
             "generator_cpu": round(generator_cpu, 3), "generator_saturated": generator_cpu > SATURATED_CPU,
-            "series": [self._second(step, start, s, ticks[s]) for s in sorted(ticks) if s < int(duration)],
+            "series": seconds,
             "hdr": hist.encode().decode() if ok else "",
         }
 
@@ -418,7 +410,7 @@ class Bench:
                 "cpu": round(max(t["cpu"] for _, t in group), 3)}
 
 
-def _sum_kinds(dicts: Iterator[dict[str, int]]) -> dict[str, int]:
+def _sum_kinds(dicts: Iterable[dict[str, int]]) -> dict[str, int]:
     out: dict[str, int] = {}
     for d in dicts:
         for kind, count in d.items():
@@ -465,7 +457,7 @@ def host_info() -> dict[str, Any]:
 def execute(args: Any, target: dict[str, Any], thresholds: list[Threshold],
             show: Callable[[dict[str, Any] | None, str], None]) -> dict[str, Any]:
     """Run the whole plan; the report (a dict ready for report.json)."""
-    bench = Bench(target, args.processes, args.connections, args.duration, show)
+    bench = Bench(target, args.processes, args.connections, show)
     steps: list[dict[str, Any]] = []
     ramp: dict[str, Any] | None = None
     try:
