@@ -49,7 +49,8 @@ Key = tuple[str, int]  # (model, version)
 
 @dataclasses.dataclass
 class Point:
-    """One interval of one version: what happened in it (differences of the counters) and the queue then."""
+    """One interval of one version: what happened in it (differences of the counters) and the queue then.
+    Also a version's counters as last read (`t` 0), which the next point is the difference from."""
 
     t: int  # the epoch second it ended
     ok: int = 0
@@ -70,18 +71,6 @@ class Point:
         self.inline += other.inline
 
 
-@dataclasses.dataclass
-class Totals:
-    """A version's counters as last read (what the next point is the difference from)."""
-
-    ok: int = 0
-    errors: int = 0
-    latency: list[int] = dataclasses.field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
-    batches: int = 0
-    rows: int = 0
-    inline: int = 0
-
-
 class Sampler:
     """Reads the request metrics and the batch queues every INTERVAL s into the page's series of each version
     (and, under --workers, a ring of its raw Points for a sibling to add up), and the process's CPU time into
@@ -93,7 +82,7 @@ class Sampler:
         self.rings: dict[Key, collections.deque[Point]] = {}
         #: The page's series of each version, extended a point at a time (a poll only copies them).
         self.series: dict[Key, dict[str, collections.deque[Any]]] = {}
-        self.totals: dict[Key, Totals] = {}
+        self.totals: dict[Key, Point] = {}
         self.cpu_percent = 0.0
         self._cpu = (time.monotonic(), _cpu_seconds())
 
@@ -110,12 +99,12 @@ class Sampler:
         counted = self._read()
         seen = set()
         for key, totals in counted.items():
-            before = self.totals.get(key) or Totals()
+            before = self.totals.get(key) or Point(0)
             if totals.batches < before.batches:  # the version was loaded again: its queues' counters started over
                 before = dataclasses.replace(before, batches=0, rows=0, inline=0)
             point = Point(now, totals.ok - before.ok, totals.errors - before.errors,
                           [a - b for a, b in zip(totals.latency, before.latency, strict=True)],
-                          totals_queue(self.manager, key), totals.batches - before.batches,
+                          queue_depth(self.manager, key), totals.batches - before.batches,
                           totals.rows - before.rows, totals.inline - before.inline)
             self.totals[key] = totals
             kept = self.series.get(key)
@@ -137,12 +126,12 @@ class Sampler:
             self.cpu_percent = 100.0 * (cpu - self._cpu[1]) / (clock - self._cpu[0])
         self._cpu = (clock, cpu)
 
-    def _read(self) -> dict[Key, Totals]:
-        counted: dict[Key, Totals] = {}
+    def _read(self) -> dict[Key, Point]:
+        counted: dict[Key, Point] = {}
         for name, model in self.manager.models.items():
             for version, status in model.versions.items():
                 if status.state in (State.AVAILABLE, State.UNLOADING, State.LOADING):
-                    counted[(name, version)] = Totals()
+                    counted[(name, version)] = Point(0)
         for (model_name, version, _, _, _), series in list(self.requests.series.items()):
             totals = counted.get((model_name, version))
             if totals is None:
@@ -166,7 +155,7 @@ class Sampler:
                 for (m, v), ring in self.rings.items()}
 
 
-def totals_queue(manager: ModelManager, key: Key) -> int:
+def queue_depth(manager: ModelManager, key: Key) -> int:
     """Requests waiting in the version's batch queues now."""
     model = manager.models.get(key[0])
     status = model.versions.get(key[1]) if model is not None else None
