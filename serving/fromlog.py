@@ -3,12 +3,15 @@ a TF Serving warm-up file made from real traffic. Reads request logs (serving/re
 TFRecord file of PredictionLog records), keeps one request per distinct (kind, model, signature, input
 names, shapes and dtypes; for classify, regress and MultiInference the number of tf.Examples), the first
 seen, up to `--max`, and writes them with their responses dropped, so the file holds what warm-up replays
-and nothing it does not need. TF Serving reads it; so does this engine (serving/warmup.py).
+and nothing it does not need. TF Serving reads it; so does this engine (serving/warmup.py). A log's truncated
+last record (its disk filled up, or the server was killed mid-write) is skipped with a warning; a corrupt record
+fails the command.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,6 +70,7 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     if not 1 <= args.max <= MAX_RECORDS:
         ap.error(f"--max must be 1 to {MAX_RECORDS}")
+    logging.basicConfig(format=f"{ap.prog}: %(message)s")  # the reader's warnings (a truncated last record)
     try:
         records = list(distinct_requests(args.logs, args.max))
     except (OSError, ValueError, ServingError, DecodeError) as e:
