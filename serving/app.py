@@ -11,6 +11,7 @@ import os
 import pickle
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,7 @@ from .shadow import ShadowRunner
 from .tracing import Tracing, configured_endpoint, otlp_tracing
 from .ui import StatusApi
 from .warmup import Warmup
-from .workers import START_FAILED, Peers, metric_state
+from .workers import START_FAILED, Peers, close_listeners, metric_state
 
 log = logging.getLogger("serving")
 
@@ -239,6 +240,8 @@ class Server:
         self.connections: set[HttpConnection] = set()
         self.api: RestApi | None = None
         self.http: asyncio.Server | None = None
+        #: The HTTP connection factory; stop() also serves with it the connections queued on the listener.
+        self.http_connection: Callable[[], HttpConnection] | None = None
         self.internal: asyncio.Server | None = None  # the Unix socket the sibling workers ask
         self.grpc: grpc.aio.Server | None = None
         self.modelmesh: grpc.aio.Server | None = None  # the ModelMesh runtime API (--modelmesh_port)
@@ -285,10 +288,9 @@ class Server:
             latest = self.peers.saved_reload()
             if latest is not None and latest != reloaded:  # a reload its siblings applied while it loaded
                 await self.apply_reload(latest)
-        self.http = await loop.create_server(
-            lambda: HttpConnection(api, limits, self.connections, wheel, access_log=self.access_log), s.host,
-            s.rest_api_port, backlog=1024, reuse_port=self.peers is not None,
-        )
+        self.http_connection = lambda: HttpConnection(api, limits, self.connections, wheel, access_log=self.access_log)
+        self.http = await loop.create_server(self.http_connection, s.host, s.rest_api_port, backlog=1024,
+                                             reuse_port=self.peers is not None)
         for sock in self.http.sockets:
             log.info("HTTP (TF Serving REST API) listening on %s", sock.getsockname()[:2])
         if s.port:
@@ -392,8 +394,8 @@ class Server:
     async def _update_health(self) -> None:
         """grpc.health.v1: SERVING while every configured model has an AVAILABLE version (as /readyz), in
         every worker under a supervisor."""
-        if self.peers is not None:
-            self.peers.mark(self.manager.ready_here())
+        if self.peers is not None and not (self.api is not None and self.api.draining):  # Peers.leave() said it
+            self.peers.mark(self.manager.ready_here(), starting=not self.started)
         if self.health is not None:
             self.health_ready = ready = self.manager.ready()
             await self.health.set("", health_pb2.HealthCheckResponse.SERVING if ready
@@ -407,8 +409,8 @@ class Server:
             await asyncio.sleep(SIBLINGS_POLL_S)
             if self.health is not None and self.manager.ready() != self.health_ready:
                 await self._update_health()
-            else:
-                self.peers.mark(self.manager.ready_here())
+            elif not (self.api is not None and self.api.draining):  # draining: Peers.leave() said it
+                self.peers.mark(self.manager.ready_here(), starting=not self.started)
 
     async def _sweep_connections(self) -> None:
         while True:
@@ -460,6 +462,8 @@ class Server:
         """/readyz 503, KServe ready 400, gRPC health NOT_SERVING from now on (later updates are ignored)."""
         if self.api is not None:
             self.api.draining = True
+        if self.peers is not None:  # the other workers answer for this one while the supervisor restarts it
+            self.peers.leave()
         if self.health is not None:
             await self.health.enter_graceful_shutdown()
 
@@ -469,10 +473,17 @@ class Server:
             deadline = time.monotonic() + grace_period_s(self.settings)
         log.info("draining: no new connections; finishing requests in flight")
         await self._not_ready()
-        if self.http is not None:
-            self.http.close()
-        if self.peers is not None:
-            self.peers.mark(False)
+        if self.http is not None and self.http_connection is not None:
+            queued = await close_listeners(self.http)
+            if queued:
+                log.info("draining: serving the %d connections queued on the listener", len(queued))
+            loop = asyncio.get_running_loop()
+            for conn in queued:  # into self.connections before _finish_connections looks
+                try:
+                    await loop.connect_accepted_socket(self.http_connection, conn)
+                except OSError as e:
+                    log.warning("a connection queued on the listener could not be served: %s", e)
+                    conn.close()
         grpc_stopped = None
         if self.grpc is not None:  # refuses new calls, lets calls in flight finish
             grpc_stopped = asyncio.create_task(self.grpc.stop(max(deadline - time.monotonic(), 0.1)))
@@ -496,6 +507,9 @@ class Server:
 
     async def _finish_connections(self, deadline: float) -> None:
         """Answer what each connection was sent, the last answer with `Connection: close`, until `deadline`."""
+        # A connection the listener accepted in this pass of the event loop is in self.connections once its
+        # connection_made() has run, in the next one: an empty set before that would end the drain without it.
+        await asyncio.sleep(0)
         while self.connections and time.monotonic() < deadline:
             now = time.monotonic()
             for conn in list(self.connections):

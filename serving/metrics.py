@@ -291,9 +291,9 @@ class Metrics:
         return bytes(generate_latest(self.registry))
 
     async def render_tree(self, peers: Peers) -> bytes:
-        """The whole process tree under a supervisor: this worker's families merged with its siblings'."""
+        """The whole process tree under a supervisor: this worker's families merged with its siblings', with
+        what restarted workers counted before (Peers.tally: summed counters never go back)."""
         own = metric_state(self.registry.collect())
         answers = await peers.ask("GET", "/_worker/metrics")
-        per_worker = [(peers.index, own), *((i, orjson.loads(body)) for i, (status, body) in sorted(answers.items())
-                                            if status == 200)]
-        return bytes(generate_latest(MergedRegistry(merge_metrics(per_worker))))  # type: ignore[arg-type]
+        states = {peers.index: own, **{i: orjson.loads(body) for i, (status, body) in answers.items() if status == 200}}
+        return bytes(generate_latest(MergedRegistry(merge_metrics(peers.tally(states)))))  # type: ignore[arg-type]

@@ -7,11 +7,15 @@ backoff), forwards SIGTERM and SIGINT, and exits when every worker has exited: 0
 
 What must hold for the whole tree is kept by the workers themselves, in the supervisor's private folder:
 
-- readiness: one byte per worker in a shared file (`ready`, mapped in every worker); a worker says ready
-  to clients only when every byte says ready;
+- readiness: one byte per worker in a shared file (`ready`, mapped in every worker): NOT_READY, READY, or
+  RESTARTING (the supervisor's mark of a worker that had been ready, until its successor is); a worker says
+  ready to clients when no byte says NOT_READY and at least one says READY, so that a pod whose other
+  workers serve stays ready while one is restarted, and is not ready before every worker has loaded;
 - metrics, statistics and reloads: each worker also answers on a Unix socket there (`w<i>.sock`, the
   `/_worker/...` routes of `InternalApi`); the worker a scrape, a statistics call or a reload reaches asks
   its siblings and answers for all of them;
+- counted metrics (`w<i>.counted`): what a scrape reported of each worker's counters and histograms, with
+  the totals of its earlier lives, so that a restart never takes a summed counter back;
 - the last reload's model config (`reload.pickle`), which a worker started later serves too.
 """
 
@@ -21,18 +25,22 @@ import asyncio
 import contextlib
 import copy
 import ctypes
+import fcntl
 import logging
 import math
 import mmap
+import operator
 import os
 import pickle
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +49,7 @@ if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
 import httptools
+import orjson
 
 log = logging.getLogger("serving.workers")
 
@@ -54,6 +63,9 @@ MAX_BACKOFF_S = 30.0
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 #: A worker that lived this long before it died is restarted after FIRST_BACKOFF_S again.
 STABLE_S = 30.0
+#: A worker's byte in the `ready` file. RESTARTING: it had been ready and died (or is draining); the
+#: supervisor restarts it, and until its successor is ready the other workers answer for it.
+NOT_READY, READY, RESTARTING = 0, 1, 2
 
 
 # ---- how many ----
@@ -226,7 +238,9 @@ class Supervisor:
                 if status is None:
                     continue
                 worker.exit_status = status
-                self.ready_map[worker.index] = 0
+                # A worker that had been ready is being restarted: its siblings keep the tree ready meanwhile.
+                restarting = not stopping and status != START_FAILED and self.ready_map[worker.index] != NOT_READY
+                self.ready_map[worker.index] = RESTARTING if restarting else NOT_READY
                 if stopping:
                     log.info("worker %d (pid %d) %s", worker.index, worker.proc.pid, describe_exit(status))
                     continue
@@ -274,6 +288,66 @@ def supervise(argv: Sequence[str], count: int) -> int:
     return Supervisor(argv, count).run()
 
 
+# ---- closing a listener without a reset ----
+
+#: A classic BPF socket filter that drops TCP segments with SYN set (the TCP header's flags, byte 13): on a
+#: listener, new handshakes (their clients send the SYN again a second later, to a listener still open or
+#: to a closed port that refuses it), while the handshakes already answered complete.
+DROP_SYN = b"".join(struct.pack("HBBI", *op) for op in (
+    (0x30, 0, 0, 13),           # ldb [13]
+    (0x45, 0, 1, 0x02),         # jset #SYN, next, skip 1
+    (0x06, 0, 0, 0),            # ret #0: drop
+    (0x06, 0, 0, 0xFFFFFFFF),   # ret #-1: keep
+))
+SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
+#: After a listener stops taking new handshakes, how long those already answered (their ACK on its way, a
+#: round trip) have to complete before it closes: a data centre's round trips are well under this.
+HANDSHAKE_S = 0.1
+
+
+def refuse_handshakes(listener: socket.socket) -> None:
+    """From now on, `listener` takes no new TCP handshake (DROP_SYN); Linux only, else nothing."""
+    program = ctypes.create_string_buffer(DROP_SYN)
+    fprog = struct.pack("HP", len(DROP_SYN) // 8, ctypes.addressof(program))  # struct sock_fprog
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+    except OSError as e:  # pragma: no cover - not Linux
+        log.warning("cannot stop new handshakes on %s before it closes: %s", listener.getsockname(), e)
+
+
+async def close_listeners(server: asyncio.Server) -> list[socket.socket]:
+    """Close `server`'s listening sockets, returning the connections still queued on them, to be served.
+
+    Closing a listening socket resets every connection in its accept queue, and every handshake under way
+    on it: the clients took them as accepted and are sending requests. With SO_REUSEPORT each worker's
+    socket has a queue of its own that no other worker can empty, and on a busy machine a worker that is
+    not running lets connections gather there. So each socket first stops taking new handshakes, the event
+    loop accepts on for HANDSHAKE_S while those under way complete, and the loop's listener is then closed
+    on a duplicate of the socket, which keeps the kernel's socket open for it to be accepted from until its
+    queue is empty, and closed.
+    """
+    kept = [socket.socket(fileno=os.dup(sock.fileno())) for sock in server.sockets]
+    for listener in kept:
+        refuse_handshakes(listener)
+    await asyncio.sleep(HANDSHAKE_S)
+    server.close()
+    taken: list[socket.socket] = []
+    for listener in kept:
+        with listener:
+            listener.setblocking(False)
+            while True:
+                try:
+                    taken.append(listener.accept()[0])
+                except BlockingIOError:
+                    break
+                except ConnectionAbortedError:  # reset by its client while queued
+                    continue
+                except OSError as e:  # out of file descriptors: what is left is reset
+                    log.warning("cannot accept the connections queued on %s: %s", listener.getsockname(), e)
+                    break
+    return taken
+
+
 # ---- a worker's siblings ----
 
 class Peers:
@@ -283,7 +357,6 @@ class Peers:
         self.index, self.count, self.folder = index, count, folder
         with open(folder / "ready", "r+b") as f:
             self.ready_map = mmap.mmap(f.fileno(), count)
-        self.all_ones = b"\x01" * count
 
     @classmethod
     def from_env(cls) -> Peers | None:
@@ -297,15 +370,56 @@ class Peers:
     def socket_path(self, index: int) -> str:
         return str(self.folder / f"w{index}.sock")
 
-    def mark(self, ready: bool) -> None:
-        """This worker's own readiness, for its siblings to read."""
-        self.ready_map[self.index] = 1 if ready else 0
+    def mark(self, ready: bool, starting: bool = False) -> None:
+        """This worker's own readiness, for its siblings to read. A worker that is `starting` where the
+        supervisor restarts one that had been ready leaves RESTARTING: it says ready or not once it has
+        loaded and joined the ports."""
+        if ready:
+            self.ready_map[self.index] = READY
+        elif not (starting and self.ready_map[self.index] == RESTARTING):
+            self.ready_map[self.index] = NOT_READY
+
+    def leave(self) -> None:
+        """This worker drains. When it alone does (a SIGTERM to it, not to the supervisor), the supervisor
+        restarts it and its siblings answer meanwhile; when the whole tree drains, each worker says
+        `draining` itself, whatever the bytes say."""
+        if self.ready_map[self.index] == READY:
+            self.ready_map[self.index] = RESTARTING
 
     def all_ready(self) -> bool:
-        return self.ready_map[:] == self.all_ones
+        """Ready as a tree: every worker ready or being restarted after it had been, at least one ready."""
+        states = self.ready_map[:]
+        return NOT_READY not in states and READY in states
 
     def count_ready(self) -> int:
-        return self.ready_map[:].count(1)
+        return self.ready_map[:].count(READY)
+
+    def tally(self, states: dict[int, State]) -> list[tuple[int, State]]:
+        """The workers' parts of one scrape: each worker's answer (`states`, this worker's and its siblings')
+        with the counts of its earlier lives added, and for a worker that did not answer (dead, restarting)
+        what it counted till then. What is reported of a worker is recorded first, under a lock the
+        workers share, so that no scrape reports less of it than an earlier one, whichever worker answers."""
+        parts: list[tuple[int, State]] = []
+        with open(self.folder / "counted.lock", "a+b") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # released when closed; held for a few file reads
+            for index in range(self.count):
+                path = self.folder / f"w{index}.counted"
+                try:
+                    record = orjson.loads(path.read_bytes())
+                except FileNotFoundError:
+                    record = None
+                state = states.get(index)
+                if state is not None:
+                    parts.append((index, [family for family in state if family["type"] not in CARRIED_TYPES]))
+                    updated = counted(record, life_of(state), state)
+                    if updated != record:
+                        tmp = self.folder / f"w{index}.counted.{self.index}.tmp"
+                        tmp.write_bytes(orjson.dumps(updated))
+                        os.replace(tmp, path)
+                    record = updated
+                if record is not None:
+                    parts.append((index, fold([record["before"], record["last"]], operator.add)))
+        return parts
 
     def save_reload(self, specs: Any) -> None:
         """The model config of the last reload, for workers started from now on (written whole, renamed)."""
@@ -370,7 +484,12 @@ async def exchange(path: str, method: str, target: str, body: bytes) -> tuple[in
 
 # ---- what the tree reports as one ----
 
-def metric_state(families: Iterable[Metric]) -> list[dict[str, Any]]:
+#: Metric families as plain data (`metric_state`): [{"name", "type", "help", "unit", "samples": [[sample
+#: name, labels, value], ...]}, ...].
+State = list[dict[str, Any]]
+
+
+def metric_state(families: Iterable[Metric]) -> State:
     """Metric families as plain data, to send to a sibling."""
     return [{"name": m.name, "type": m.type, "help": m.documentation, "unit": m.unit,
              "samples": [[s.name, s.labels, s.value] for s in m.samples]} for m in families]
@@ -379,37 +498,88 @@ def metric_state(families: Iterable[Metric]) -> list[dict[str, Any]]:
 #: Families whose values are levels of one process (memory, state, start time): kept per worker, with a
 #: `worker` label, rather than summed.
 LEVEL_TYPES = ("gauge", "info", "stateset", "unknown")
+#: Families whose values only grow in one process: what a worker counted before a restart stays in the sum.
+CARRIED_TYPES = ("counter", "histogram", "summary")
+#: The sample that tells one life of a worker from the next (prometheus-client's process collector, to the
+#: hundredth of a second): a restarted worker starts at least FIRST_BACKOFF_S after its predecessor.
+LIFE_SAMPLE = "process_start_time_seconds"
 
 
-def merge_metrics(per_worker: Sequence[tuple[int, list[dict[str, Any]]]]) -> list[Metric]:
-    """One set of families for the tree: counters, histograms and summaries summed across workers (their
-    `_created` samples: the earliest), gauges kept per worker under a `worker` label."""
-    from prometheus_client.metrics_core import Metric
+def series(labels: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    """Labels as a key: a sample's series within its family."""
+    return tuple(sorted(labels.items()))
 
-    families: dict[str, Metric] = {}
+
+def fold(states: Iterable[State], op: Callable[[float, float], float]) -> State:
+    """Families of several states as one, sample by sample: `op` of the values of the same sample name and
+    labels (of `_created` samples: the earliest)."""
+    meta: dict[str, dict[str, Any]] = {}
     values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
-    for worker, state in per_worker:
+    for state in states:
         for family in state:
             name = family["name"]
-            if name not in families:
-                families[name] = Metric(name, family["help"], family["type"], family["unit"])
-                values[name] = {}
-            level = family["type"] in LEVEL_TYPES
+            if name not in meta:
+                meta[name], values[name] = family, {}
             into = values[name]
             for sample_name, labels, value in family["samples"]:
-                if level:
-                    labels = {**labels, "worker": str(worker)}
-                key = (sample_name, tuple(sorted(labels.items())))
-                if key not in into or level:
+                key = (sample_name, series(labels))
+                if key not in into:
                     into[key] = value
                 elif sample_name.endswith("_created"):
                     into[key] = min(into[key], value)
                 else:
-                    into[key] += value
-    for name, metric in families.items():
-        for (sample_name, labels), value in values[name].items():
-            metric.add_sample(sample_name, dict(labels), value)
-    return list(families.values())
+                    into[key] = op(into[key], value)
+    return [{"name": name, "type": meta[name]["type"], "help": meta[name]["help"], "unit": meta[name]["unit"],
+             "samples": [[sample_name, dict(labels), value] for (sample_name, labels), value in into.items()]}
+            for name, into in values.items()]
+
+
+def merge_metrics(per_worker: Sequence[tuple[int, State]]) -> list[Metric]:
+    """One set of families for the tree: counters, histograms and summaries summed across workers (their
+    `_created` samples: the earliest), gauges kept per worker under a `worker` label."""
+    from prometheus_client.metrics_core import Metric
+
+    labelled = [[{**family, "samples": [[name, {**labels, "worker": str(worker)}, value]
+                                        for name, labels, value in family["samples"]]}
+                 if family["type"] in LEVEL_TYPES else family for family in state] for worker, state in per_worker]
+    merged = []
+    for family in fold(labelled, operator.add):
+        metric = Metric(family["name"], family["help"], family["type"], family["unit"])
+        for name, labels, value in family["samples"]:
+            metric.add_sample(name, labels, value)
+        merged.append(metric)
+    return merged
+
+
+def life_of(state: State) -> float:
+    """When the process that reported `state` started (0 where the process collector is missing)."""
+    for family in state:
+        if family["name"] == LIFE_SAMPLE:
+            return float(family["samples"][0][2]) if family["samples"] else 0.0
+    return 0.0
+
+
+def at_least(state: State, earlier: State) -> State:
+    """`state`, each sample no less than `earlier` had it: two scrapes at once may record a worker's answers
+    out of order. Only `state`'s series: one gone (an unloaded version's) goes from the record too."""
+    had = {(family["name"], name, series(labels)): value
+           for family in earlier for name, labels, value in family["samples"]}
+    return [{**family, "samples": [[name, labels, max(value, had.get((family["name"], name, series(labels)), value))]
+                                   for name, labels, value in family["samples"]]} for family in state]
+
+
+def counted(record: dict[str, Any] | None, life: float, state: State) -> dict[str, Any]:
+    """A worker's record of counts (`{"life", "before", "last"}`: when its present life began, the totals
+    of its earlier lives, its present life's last report) once it reported `state` in the life begun at
+    `life`."""
+    carried = [family for family in state if family["type"] in CARRIED_TYPES]
+    if record is None:
+        return {"life": life, "before": [], "last": carried}
+    if life == record["life"]:
+        return {**record, "last": at_least(carried, record["last"])}
+    if life > record["life"]:  # restarted: its last life's counts join those before it
+        return {"life": life, "before": fold([record["before"], record["last"]], operator.add), "last": carried}
+    return record  # a report of an earlier life that came after the next life's: nothing new
 
 
 class MergedRegistry:
