@@ -15,6 +15,7 @@ import numpy as np
 
 from serving.errors import Code, ServingError
 from serving.processor import Processor, find_model_file
+from serving.redact import load_failed
 
 from .tabular import INPUT, OUTPUT, tabular_signature, threads
 
@@ -36,7 +37,7 @@ class LightGBMProcessor(Processor):
         try:
             booster = lgb.Booster(model_file=str(path))
         except lgb.basic.LightGBMError as e:
-            raise ServingError(Code.FAILED_PRECONDITION, f"cannot load LightGBM model {path}: {e}") from e
+            raise load_failed("LightGBM model", path, e) from e
         self.num_threads = threads(dict(options))
         n_classes = booster.num_model_per_iteration()
         self.booster = booster

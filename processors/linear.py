@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from serving.errors import Code, ServingError
 from serving.processor import Processor, find_model_file
+from serving.redact import load_failed
 
 from .tabular import INPUT, OUTPUT, tabular_signature
 
@@ -41,7 +41,7 @@ class LinearProcessor(Processor):
             weights = np.asarray(spec["weights"], dtype=np.float32)
             bias = np.asarray(spec.get("bias", 0.0), dtype=np.float32)
         except (ValueError, KeyError, TypeError) as e:
-            raise ServingError(Code.FAILED_PRECONDITION, f"cannot load linear model {path}: {e!r}") from e
+            raise load_failed("linear model", path, e) from e
         self.squeeze = weights.ndim == 1
         self.weights = weights.reshape(weights.shape[0], -1)
         self.bias = np.broadcast_to(bias, (self.weights.shape[1],)).astype(np.float32)

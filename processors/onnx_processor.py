@@ -18,6 +18,7 @@ import onnxruntime as ort
 
 from serving.errors import Code, ServingError
 from serving.processor import Processor, cuda_device_count, find_model_file, resolve_device
+from serving.redact import load_failed
 from serving.signature import DEFAULT_SIGNATURE, STRING, Signature, TensorSpec
 
 ONNX_TYPES = {
@@ -68,7 +69,7 @@ class ONNXProcessor(Processor):
         try:
             self.session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
-            raise ServingError(Code.FAILED_PRECONDITION, f"cannot load ONNX model {path}: {e}") from e
+            raise load_failed("ONNX model", path, e) from e
         inputs = {n.name: _spec(n) for n in self.session.get_inputs()}
         outputs = {n.name: _spec(n) for n in self.session.get_outputs()}
         self.signatures = {DEFAULT_SIGNATURE: Signature(DEFAULT_SIGNATURE, inputs, outputs,

@@ -28,6 +28,7 @@ from pypmml import Model
 from serving.codecs.jsonutil import loads
 from serving.errors import Code, ServingError, invalid_argument
 from serving.processor import Processor, find_model_file
+from serving.redact import load_failed
 from serving.signature import DEFAULT_SIGNATURE, STRING, Signature, TensorSpec
 
 NUMERIC = {"double": np.float64, "float": np.float64, "integer": np.int64}
@@ -60,7 +61,7 @@ def read_fields(path: Path) -> list[Field]:
     try:
         root = ET.parse(path).getroot()
     except ET.ParseError as e:
-        raise ServingError(Code.FAILED_PRECONDITION, f"{path} is not a PMML document: {e}") from e
+        raise load_failed("PMML document", path, e) from e
     dictionary: dict[str, ET.Element] = {}
     mining: list[ET.Element] = []
     for element in root.iter():
@@ -102,7 +103,7 @@ class PMMLProcessor(Processor):
         try:
             self.model = Model.load(str(path))  # the first load in a process starts the JVM
         except Exception as e:  # noqa: BLE001 - py4j / the evaluator's own errors
-            raise ServingError(Code.FAILED_PRECONDITION, f"cannot load PMML model {path}: {e}") from e
+            raise load_failed("PMML model", path, e) from e
         for out in self.model.outputFields:
             kind = str(out.dataType)
             self.output_types[str(out.name)] = (np.dtype(np.float64) if kind in NUMERIC else

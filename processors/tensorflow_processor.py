@@ -23,6 +23,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 
 from serving.errors import Code, ServingError, invalid_argument
 from serving.processor import Processor, resolve_device
+from serving.redact import load_failed
 from serving.signature import CLASSIFY_METHOD, PREDICT_METHOD, REGRESS_METHOD, STRING, Signature, TensorSpec
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def read_signatures(version_dir: Path) -> dict[str, Signature]:
     try:
         saved.ParseFromString(path.read_bytes())
     except Exception as e:  # noqa: BLE001 - protobuf's DecodeError
-        raise ServingError(Code.FAILED_PRECONDITION, f"{path} is not a SavedModel: {e}") from e
+        raise load_failed("SavedModel", path, e) from e
     graphs = [g for g in saved.meta_graphs if "serve" in g.meta_info_def.tags] or list(saved.meta_graphs)
     if not graphs:
         raise ServingError(Code.FAILED_PRECONDITION, f"{path} has no meta graph tagged 'serve'")
@@ -103,7 +104,7 @@ class TensorFlowProcessor(Processor):
             with tf.device(self.tf_device):
                 self.loaded = tf.saved_model.load(str(version_dir), tags=["serve"])
         except Exception as e:  # noqa: BLE001 - TensorFlow raises many error types
-            raise ServingError(Code.FAILED_PRECONDITION, f"cannot load SavedModel {version_dir}: {e}") from e
+            raise load_failed("SavedModel", version_dir, e) from e
         missing = [n for n in self.signatures if n not in self.loaded.signatures]
         for name in missing:  # a signature the loader cannot call is not offered
             del self.signatures[name]

@@ -34,6 +34,7 @@ import torch
 
 from serving.errors import Code, ServingError, invalid_argument
 from serving.processor import Processor, find_model_file, resolve_device
+from serving.redact import load_failed
 from serving.signature import DEFAULT_SIGNATURE, Signature, TensorSpec
 
 F32 = np.dtype(np.float32)
@@ -143,7 +144,7 @@ class TorchScriptProcessor(Processor):
         try:
             module = torch.jit.load(str(path), map_location=self.device)
         except (RuntimeError, ValueError) as e:
-            raise ServingError(Code.FAILED_PRECONDITION, f"cannot load TorchScript model {path}: {e}") from e
+            raise load_failed("TorchScript model", path, e) from e
         module.eval()
         self.fp16 = bool(options.get("fp16", False)) and self.device.startswith("cuda")
         if "intra_op_threads" in options:  # process-wide in torch

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import xgboost as xgb
 
-from serving.errors import Code, ServingError
 from serving.processor import Processor, cuda_device_count, find_model_file, resolve_device
+from serving.redact import load_failed
 
 from .tabular import INPUT, OUTPUT, tabular_signature, threads
 
@@ -37,7 +37,7 @@ class XGBoostProcessor(Processor):
         try:
             booster = xgb.Booster(model_file=str(path))
         except xgb.core.XGBoostError as e:
-            raise ServingError(Code.FAILED_PRECONDITION, f"cannot load XGBoost model {path}: {e}") from e
+            raise load_failed("XGBoost model", path, e) from e
         cuda = bool(xgb.build_info().get("USE_CUDA"))
         device = resolve_device(device, cuda_device_count() if cuda else 0, "xgboost")
         params: dict[str, Any] = {"nthread": threads(dict(options))}

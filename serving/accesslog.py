@@ -32,6 +32,8 @@ from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
+from .errors import encodable
+
 #: Access log lines dropped because the sink stalled, in a one-item list (read by serving/metrics.py).
 ACCESS_LOG_DROPPED = [0]
 
@@ -242,8 +244,12 @@ class AccessLog:
             self.dropped += 1
             ACCESS_LOG_DROPPED[0] += 1
             return
-        entries.append(self.format(entry))  # no wake-up per line: the writer drains every FLUSH_S (a wake-up
-        # per line, with its GIL hand-offs, cost the loop more than the line itself)
+        try:
+            line = self.format(entry)
+        except (TypeError, ValueError, OverflowError):  # a value orjson cannot write (an int past 64 bits)
+            line = self.format(_plain(entry))
+        entries.append(line)  # no wake-up per line: the writer drains every FLUSH_S (a wake-up per line, with
+        # its GIL hand-offs, cost the loop more than the line itself)
 
     # ---- the writer thread ----
 
@@ -290,6 +296,17 @@ def _fields(entry: Entry) -> tuple[Any, ...]:
     t, rid, remote, protocol, route, (model, version, sig, rows, queue, compute), status, total, b_in, b_out = entry
     return (rfc3339(t), rid, _remote(remote), protocol, route, model, version, sig, status, rows, _ms(queue),
             _ms(compute), _ms(total), b_in, b_out)
+
+
+def _plain(entry: Entry) -> Entry:
+    """`entry` with every value a client may have chosen as text: what the formatters can always write, so
+    that no request can cost its log line (or, raising on the event loop, its connection)."""
+    t, rid, remote, protocol, route, details, status, total, b_in, b_out = entry
+    model, version, sig, rows, queue, compute = details
+    text = [encodable(str(v)) for v in (rid, _remote(remote), protocol, route, model, sig)]
+    return (t, text[0], text[1], text[2], text[3],
+            (text[4], None if version is None else encodable(str(version)), text[5], rows, queue, compute),
+            status if isinstance(status, int) and abs(status) < 2**63 else encodable(str(status)), total, b_in, b_out)
 
 
 def _json_line(entry: Entry) -> bytes:

@@ -17,12 +17,12 @@ from typing import Any
 
 import grpc
 import orjson
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
 
 from .accesslog import AccessLog
 from .batching import BatchingOptions, from_batching_parameters
-from .control import ModelControl
+from .control import MODELMESH_MODEL_DIR, LoadRoots, ModelControl
 from .dataplane import DataPlane
 from .errors import Code, ServingError
 from .http.protocol import KEPT_HEADERS, DeadlineWheel, Deferred, HttpConnection, HttpLimits, Request, Response
@@ -36,6 +36,7 @@ from .model_config import (
     VersionPolicy,
     checked_traffic,
     log_spec_from_json,
+    name_error,
     read_model_config_file,
     shadow_from_json,
 )
@@ -45,10 +46,10 @@ from .protocols.kserve.rpc import InferenceService
 from .protocols.kserve.statistics import Statistics
 from .protocols.modelmesh import ModelRuntime
 from .protocols.tfserving.rpc import ModelService, PredictionService
-from .remote import URL_PREFIXES, ModelFetcher
+from .remote import URL_PREFIXES, ModelFetcher, default_cache_dir
 from .repository import ModelManager
 from .requestlog import RequestLogger, worker_index
-from .rpc.decode import add_services
+from .rpc.decode import add_health, add_services
 from .rpc.interceptors import TokenInterceptor
 from .servable import Runtime
 from .settings import Settings
@@ -75,6 +76,8 @@ def initial_specs(settings: Settings) -> list[ModelSpec]:
     if settings.model_config_file:
         specs = read_model_config_file(settings.model_config_file)
     elif settings.model_base_path:
+        if (error := name_error(settings.model_name)) is not None:
+            raise ConfigError(f"--model_name: {error}")
         traffic, request_log, shadow = (service_extras(settings.service_config) if settings.service_config
                                         else ({}, None, None))
         if shadow is not None and not traffic:
@@ -139,6 +142,15 @@ def with_runtime(specs: list[ModelSpec], settings: Settings) -> list[ModelSpec]:
     return [dataclasses.replace(s, device=settings.device, options={**options, **s.options}) for s in specs]
 
 
+def load_roots(settings: Settings, specs: list[ModelSpec]) -> LoadRoots:
+    """Where a path a load request names may be: the configured base paths (the operator's), the model cache
+    dir, ModelMesh's model dir when it is on, and --model_load_roots."""
+    roots = [s.base_path for s in specs] + [settings.model_cache_dir or default_cache_dir()]
+    if settings.modelmesh_port:
+        roots.append(MODELMESH_MODEL_DIR)
+    return LoadRoots([*roots, *settings.model_load_roots.split(",")])
+
+
 def batching_options(settings: Settings) -> BatchingOptions:
     """The batching settings, with a --batching_parameters_file over them; raises ValueError."""
     try:
@@ -196,12 +208,15 @@ class Server:
         self.dataplane = DataPlane(self.runtime, settings.rate_limit)
         token = read_token_file(settings.token_file) if settings.token_file else settings.token
         self.auth = TokenAuth(token, max_skew_s=settings.token_max_skew_seconds) if token else None
+        # The calls that load, unload or reconfigure: the admin token when one is set, else the token.
+        admin = read_token_file(settings.admin_token_file) if settings.admin_token_file else settings.admin_token
+        self.admin_auth = TokenAuth(admin, max_skew_s=settings.token_max_skew_seconds) if admin else None
         warmup = Warmup(self.dataplane, iterations=settings.num_request_iterations_for_warmup,
                         service_model=settings.model_name, warm_up_data_path=settings.warm_up_data_path)
         self.manager = ModelManager(
             runtime=self.runtime,
             fetcher=ModelFetcher(settings.model_cache_dir, settings.model_archive_max_bytes,
-                                 settings.s3_endpoint_url, settings.gcs_endpoint_url),
+                                 settings.s3_endpoint_url, settings.gcs_endpoint_url, settings.model_archive_max_files),
             load_threads=settings.load_threads,
             allow_version_labels_for_unavailable_models=settings.allow_version_labels_for_unavailable_models,
             warmup=warmup,
@@ -256,6 +271,7 @@ class Server:
 
     async def start(self) -> None:
         self.specs = initial_specs(self.settings)  # a bad config stops the start here, before any port opens
+        self.control.roots = load_roots(self.settings, self.specs)
         startup = self.control.startup(self.specs, self.settings.load_model)
         reloaded = self.peers.saved_reload() if self.peers is not None else None
         if reloaded is not None:  # a worker started after a reload (or a load) serves what its siblings serve
@@ -266,7 +282,7 @@ class Server:
             self.manager, self.pipeline, timeout_s=s.rest_api_timeout_in_ms / 1000,
             keepalive_s=s.keepalive_ms / 1000, default_model=self.default_model, auth=self.auth,
             metrics=metrics, statistics=self.statistics, peers=self.peers, control=self.control,
-            status=self.status,
+            status=self.status, admin_auth=self.admin_auth,
         )
         limits = HttpLimits(s.rest_api_max_body_bytes, s.rest_api_read_timeout_seconds, s.rest_api_idle_timeout_seconds,
                             s.rest_api_max_header_bytes, s.max_connections)
@@ -314,15 +330,14 @@ class Server:
     async def _start_grpc(self) -> None:
         s = self.settings
         size = s.grpc_max_message_bytes
-        interceptors = [TokenInterceptor(self.auth, self.access_log)] if self.auth else []
-        self.grpc = grpc.aio.server(interceptors=interceptors, options=[
+        self.grpc = grpc.aio.server(interceptors=self._interceptors(), options=[
             ("grpc.max_receive_message_length", size),
             ("grpc.max_send_message_length", size),
             ("grpc.so_reuseport", 1 if self.peers is not None else 0),
         ])
         timeout_s = s.rest_api_timeout_in_ms / 1000
         services: list[Any] = [PredictionService(self.manager, self.pipeline, timeout_s),
-                               ModelService(self.manager, self.reload),
+                               ModelService(self.manager, self.reload, self.control.roots),
                                InferenceService(self.manager, self.pipeline, timeout_s, self.statistics,
                                                 self.control)]
         for service in services:  # read by adapters.grpc_errors
@@ -330,7 +345,7 @@ class Server:
         add_services(self.grpc, *services)
         self.health = health_aio.HealthServicer()
         await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        add_health(self.grpc, self.health)
         host = "[::]" if s.host in ("0.0.0.0", "::") else s.host
         if self.grpc.add_insecure_port(f"{host}:{s.port}") == 0:
             raise OSError(f"cannot listen on gRPC port {host}:{s.port}")
@@ -338,14 +353,21 @@ class Server:
         log.info("gRPC (TF Serving PredictionService + ModelService, KServe V2, health) listening on %s:%d",
                  host, s.port)
 
+    def _interceptors(self) -> list[TokenInterceptor]:
+        """The token checks of a gRPC server: none when no token is set."""
+        if self.auth is None and self.admin_auth is None:
+            return []
+        return [TokenInterceptor(self.auth, self.access_log, self.admin_auth)]
+
     async def _start_modelmesh(self) -> None:
         s = self.settings
-        self.modelmesh = grpc.aio.server(options=[("grpc.so_reuseport", 1 if self.peers is not None else 0)])
+        self.modelmesh = grpc.aio.server(interceptors=self._interceptors(),
+                                         options=[("grpc.so_reuseport", 1 if self.peers is not None else 0)])
         runtime = ModelRuntime(self.control, self.manager, s, copies=self.peers.count if self.peers else 1,
                                started=lambda: self.started)
         runtime.access_log = self.access_log
         add_services(self.modelmesh, runtime)
-        host = "[::]" if s.host in ("0.0.0.0", "::") else s.host
+        host = "[::]" if s.modelmesh_host in ("0.0.0.0", "::") else s.modelmesh_host
         if self.modelmesh.add_insecure_port(f"{host}:{s.modelmesh_port}") == 0:
             raise OSError(f"cannot listen on the ModelMesh port {host}:{s.modelmesh_port}")
         await self.modelmesh.start()

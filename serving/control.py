@@ -17,18 +17,61 @@ import asyncio
 import dataclasses
 import logging
 import os
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import orjson
 
 from .errors import Code, ServingError, invalid_argument, not_found
-from .model_config import ConfigError, ModelSpec, VersionPolicy
+from .model_config import ConfigError, ModelSpec, VersionPolicy, checked_name
+from .redact import redact
+from .remote import URL_PREFIXES
 from .repository import ModelManager, State
 
 log = logging.getLogger(__name__)
 
 MODES = ("none", "poll", "explicit")
+#: Where ModelMesh's puller puts the models it downloads (its ROOT_MODEL_DIR), a default load root with
+#: --modelmesh_port.
+MODELMESH_MODEL_DIR = "/models"
+
+
+class LoadRoots:
+    """Where a model path that a client names may be (--model_load_roots): local folders, compared after
+    following links, and URL prefixes. A load request naming anything else is refused before anything reads
+    it, so a load cannot be used to read (or probe) the server's other files, or to fetch from a host of
+    the client's choosing."""
+
+    def __init__(self, roots: Iterable[str]) -> None:
+        roots = [r.strip() for r in roots if r.strip()]
+        self.urls = tuple(sorted({r.partition("#")[0] for r in roots if r.startswith(URL_PREFIXES)}))
+        self.folders = tuple(sorted({os.path.realpath(r) for r in roots if not r.startswith(URL_PREFIXES)}))
+
+    @classmethod
+    def parse(cls, text: str) -> LoadRoots:
+        return cls(text.split(","))
+
+    def check(self, path: str, what: str = "the model path") -> str:
+        """`path` when it is inside a root (a local one once its links are followed); PERMISSION_DENIED when
+        it is outside every root, INVALID_ARGUMENT when it is not absolute."""
+        if "\0" in path:  # no file has one; os.path would raise ValueError
+            raise invalid_argument(f"{what} {redact(path)!r} holds a NUL byte")
+        if path.startswith(URL_PREFIXES):
+            if any(_under(path.partition("#")[0], root) for root in self.urls):
+                return path
+        else:
+            if not os.path.isabs(path):
+                raise invalid_argument(f"{what} must be an absolute path, got {path!r}")
+            if any(_under(os.path.realpath(path), root) for root in self.folders):
+                return path
+        # The roots are not named: they are the server's layout, which a client has no need to learn.
+        raise ServingError(Code.PERMISSION_DENIED, f"{what} {redact(path)!r} is outside the folders this server "
+                                                   f"loads models from (--model_load_roots)")
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root if root.endswith("/") else root + "/")
+
 #: Triton's model states in the repository index.
 INDEX_STATES = {State.START: "LOADING", State.LOADING: "LOADING", State.AVAILABLE: "READY",
                 State.UNLOADING: "UNLOADING", State.END: "UNAVAILABLE"}
@@ -46,6 +89,8 @@ class ModelControl:
         #: Under a supervisor: does the same load / unload in the sibling workers (set by the server).
         self.siblings: Callable[[str, Any], Awaitable[Any]] | None = None
         self.changed: Callable[[], None] | None = None  # called after each load / unload in every worker
+        #: Where a path a load request names may be (set by the server from --model_load_roots).
+        self.roots = LoadRoots(())
 
     @property
     def explicit(self) -> bool:
@@ -104,6 +149,7 @@ class ModelControl:
         under a supervisor, in every worker."""
         if not name:
             raise invalid_argument("a model name is needed")
+        checked_name(name)  # a name that comes into the metrics, logs and headers
         await self.load_spec(self.spec_for(name, parameters or {}))
 
     async def load_spec(self, spec: ModelSpec) -> None:
@@ -168,9 +214,9 @@ class ModelControl:
             spec = self.configure([ModelSpec(name=name, base_path="/", flat=True)])[0]
         changes: dict[str, Any] = {}
         if path:
-            if not isinstance(path, str) or not os.path.isabs(path):
-                raise invalid_argument(f"the model path must be an absolute path, got {path!r}")
-            changes["base_path"] = path
+            if not isinstance(path, str):
+                raise invalid_argument(f"the model path must be a string, got {orjson.dumps(path).decode()}")
+            changes["base_path"] = self.roots.check(path)
         platform = config.get("platform") or config.get("backend")
         if platform:
             changes["platform"] = str(platform)

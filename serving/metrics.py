@@ -208,6 +208,10 @@ class EngineCollector(Collector):  # type: ignore[misc]
                     warmup.add_metric([name, str(version)], status.warmup_seconds)
         for name, n in sorted(self.manager.load_failures.items()):
             failures.add_metric([name], float(n))
+        fetch_failures = CounterMetricFamily("serving_model_fetch_failures", "fetches of a remote base path (URL, "
+                                             "archive, object store) that failed", labels=["model"])
+        for name, n in sorted(self.manager.fetch_failures.items()):
+            fetch_failures.add_metric([name], float(n))
         for servable in self.manager.loaded():
             for stats in servable.stats():
                 labels = [servable.model, str(servable.version), stats.signature]
@@ -222,6 +226,7 @@ class EngineCollector(Collector):  # type: ignore[misc]
         dropped = CounterMetricFamily("serving_access_log_dropped", "access log lines dropped: the sink stalled")
         dropped.add_metric([], float(ACCESS_LOG_DROPPED[0]))
         yield from (states, load, warmup, failures)
+        yield fetch_failures
         yield from counters.values()
         yield depth
         yield in_flight
@@ -256,7 +261,7 @@ class GpuMemoryCollector(Collector):  # type: ignore[misc]
 
 
 class RequestLogCollector:
-    """The request log's records written and dropped (its writer's queue was full)."""
+    """The request log's records written and dropped (its writer's queue was full, or its disk failed)."""
 
     def __init__(self, request_log: Any) -> None:
         self.request_log = request_log
@@ -265,7 +270,7 @@ class RequestLogCollector:
         written = CounterMetricFamily("serving_request_log_records", "request log records written")
         written.add_metric([], float(self.request_log.written))
         dropped = CounterMetricFamily("serving_request_log_dropped", "request log records dropped: the writer's "
-                                      "queue was full")
+                                      "queue was full, or its disk failed (full, read-only, gone)")
         dropped.add_metric([], float(self.request_log.dropped))
         yield written
         yield dropped

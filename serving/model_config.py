@@ -8,6 +8,7 @@ absolute base paths, model_platform required in the file).
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 from google.protobuf import text_format
 
 from ._proto.tensorflow_serving.config import model_server_config_pb2 as msc
+from .errors import invalid_argument
 from .remote import URL_PREFIXES
 
 
@@ -151,6 +153,29 @@ def policy_from_proto(p: msc.ModelConfig) -> VersionPolicy:
     return VersionPolicy()
 
 
+#: A model name: what TF Serving's and Triton's repositories hold (a folder name), and nothing that could break
+#: a line of the metrics, the logs or a header: letters, digits, `.`, `_`, `-`; not `.` or `..`.
+MODEL_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
+MAX_NAME_LENGTH = 128
+
+
+def name_error(name: str) -> str | None:
+    """Why `name` cannot be a model's name; None when it can."""
+    if MODEL_NAME.fullmatch(name) and name not in (".", ".."):
+        return None
+    shown = repr(name[:MAX_NAME_LENGTH]) + ("..." if len(name) > MAX_NAME_LENGTH else "")
+    return (f"model name {shown} is not one this server accepts: 1 to {MAX_NAME_LENGTH} letters, digits, '.', "
+            f"'_' or '-'")
+
+
+def checked_name(name: str) -> str:
+    """`name` when it can be a model's name; INVALID_ARGUMENT otherwise (a name a client sends)."""
+    error = name_error(name)
+    if error is not None:
+        raise invalid_argument(error)
+    return name
+
+
 def parse_model_config(text: str, source: str = "model config") -> list[ModelSpec]:
     """Parse and validate the text of a ModelServerConfig; raises ConfigError."""
     config = msc.ModelServerConfig()
@@ -170,6 +195,8 @@ def specs_from_proto(config: msc.ModelServerConfig, source: str = "model config"
     for c in config.model_config_list.config:
         if not c.name:
             raise ConfigError(f"{source}: a model config has no name")
+        if (error := name_error(c.name)) is not None:
+            raise ConfigError(f"{source}: {error}")
         if c.name in seen:
             raise ConfigError(f"{source}: Illegal to list model {c.name} multiple times in config list")
         seen.add(c.name)
@@ -227,6 +254,19 @@ def read_model_config_file(path: str | Path) -> list[ModelSpec]:
     except OSError as e:
         raise ConfigError(f"cannot read model config file {path}: {e.strerror}") from e
     return parse_model_config(text, str(path))
+
+
+#: A version is an int64, as in TF Serving's ModelSpec and Triton's repository.
+MAX_VERSION = 2**63 - 1
+
+
+def version_number(text: str) -> int:
+    """A version a request names in its path or a string field (ASCII digits, an optional minus) as an int64;
+    INVALID_ARGUMENT (TF Serving's words) when it is not one."""
+    digits = text[1:] if text.startswith("-") else text
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 19 or abs(int(text)) > MAX_VERSION:
+        raise invalid_argument(f"Failed to convert version: {text} to numeric.")
+    return int(text)
 
 
 def list_versions(base_path: str, flat: bool = False) -> dict[int, Path]:

@@ -5,9 +5,10 @@
 credentials Google's defaults), whose version folders are mirrored and polled as a local base path's are. It
 is downloaded into --model_cache_dir, checked (the size the server announced; the sha256 when the URL ends in
 `#sha256=<hex>`), unpacked safely (no absolute paths, no `..`, no links, devices or other special files, at
-most --model_archive_max_bytes unpacked) and read as a local base path is: version folders `1/`, `2/`, ..., or
-the model files directly (version 1). A URL fetched before is asked again with its ETag / Last-Modified and
-reused when unchanged (304), or when the server cannot be reached and a copy is there.
+most --model_archive_max_bytes unpacked and --model_archive_max_files entries) and read as a local base path
+is: version folders `1/`, `2/`, ..., or the model files directly (version 1). A URL fetched before is asked
+again with its ETag / Last-Modified and reused when unchanged (304), or when the server cannot be reached and a
+copy is there. A fetch that failed is tried again on the polls after a back-off (`FetchBackoff`).
 """
 
 from __future__ import annotations
@@ -20,15 +21,18 @@ import shutil
 import tarfile
 import tempfile
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import Code, ServingError
+from .redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +46,14 @@ EXTRAS = {"s3": "s3", "gs": "gcs"}
 URL_PREFIXES = ("http://", "https://", *STORES)
 #: --model_archive_max_bytes' default: the largest download, and the most an archive may unpack to.
 MAX_BYTES = 16 * 1024 ** 3
+#: --model_archive_max_files' default: the most entries (files and folders) an archive may hold. Bytes alone
+#: let 100,000 empty files through in a 628 KB archive.
+MAX_FILES = 10_000
+#: A failed fetch is tried again after FIRST_RETRY_S, twice as long after each failure in a row, at most
+#: MAX_RETRY_S; its first failure is logged as an ERROR, the next ones at most once a REPORT_EVERY_S.
+FIRST_RETRY_S = 1.0
+MAX_RETRY_S = 300.0
+REPORT_EVERY_S = 60.0
 
 
 def is_remote(base_path: str) -> bool:
@@ -67,15 +79,57 @@ def _etag(info: dict[str, Any]) -> str:
 
 
 def _failed(message: str) -> ServingError:
-    return ServingError(Code.FAILED_PRECONDITION, message)
+    return ServingError(Code.FAILED_PRECONDITION, redact(message))  # a URL's credentials never in an answer
+
+
+@dataclass
+class FailingFetch:
+    """The failures in a row of one base path's fetch (one model's), as `FetchBackoff` counts them."""
+
+    base_path: str
+    attempts: int = 0  # failed attempts in a row, the last one included
+    delay: float = 0.0  # seconds from the last failure to the next attempt
+    retry_at: float = 0.0  # the clock's time of the next attempt
+    reported_at: float = 0.0  # the clock's time of the last line logged
+    unreported: int = 0  # failures a line for the last one covers: since the line before, this one included
+    report: bool = True  # whether the last failure is to be logged (the first always is)
+
+
+class FetchBackoff:
+    """When a base path whose fetch failed is fetched again, and which failures are worth a log line: the
+    next attempt `first_s` after the first failure, twice as long after each next one, at most `max_s`; a
+    line for the first failure, then at most one a `report_every_s`. The clock is injected (tests step it).
+    The state of each model is a `FailingFetch` its caller keeps; a fetch that succeeds drops it."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, first_s: float = FIRST_RETRY_S,
+                 max_s: float = MAX_RETRY_S, report_every_s: float = REPORT_EVERY_S) -> None:
+        self.clock, self.first_s, self.max_s, self.report_every_s = clock, first_s, max_s, report_every_s
+
+    def due(self, failing: FailingFetch | None, base_path: str) -> bool:
+        """Whether to fetch now: nothing failed, the base path changed since, or the back-off is over."""
+        return failing is None or failing.base_path != base_path or self.clock() >= failing.retry_at
+
+    def failed(self, failing: FailingFetch | None, base_path: str) -> FailingFetch:
+        """The failures in a row with one more (a first one for a new base path)."""
+        now = self.clock()
+        if failing is None or failing.base_path != base_path:
+            failing = FailingFetch(base_path)
+        failing.attempts += 1
+        failing.unreported = 1 if failing.report else failing.unreported + 1  # counted from the last line
+        failing.delay = min(failing.delay * 2 or self.first_s, self.max_s)
+        failing.retry_at = now + failing.delay
+        failing.report = failing.attempts == 1 or now - failing.reported_at >= self.report_every_s
+        if failing.report:
+            failing.reported_at = now
+        return failing
 
 
 class ModelFetcher:
     """Turns a remote base path into a local folder under the cache (one folder per URL)."""
 
     def __init__(self, cache_dir: str = "", max_bytes: int = MAX_BYTES, s3_endpoint_url: str = "",
-                 gcs_endpoint_url: str = "") -> None:
-        self.cache_dir, self.max_bytes = Path(cache_dir or default_cache_dir()), max_bytes
+                 gcs_endpoint_url: str = "", max_files: int = MAX_FILES) -> None:
+        self.cache_dir, self.max_bytes, self.max_files = Path(cache_dir or default_cache_dir()), max_bytes, max_files
         self.s3_endpoint_url = s3_endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get(
             "AWS_ENDPOINT_URL", "")
         self.gcs_endpoint_url = gcs_endpoint_url
@@ -141,7 +195,7 @@ class ModelFetcher:
             raise _failed(f"cannot download {url}: HTTP {e.code} {e.reason}") from None
         except (urllib.error.URLError, OSError) as e:
             if unpacked.is_dir() and meta is not None and meta.get("sha256_asked") == sha256:
-                log.warning("cannot reach %s (%s): serving the copy downloaded before", url, e)
+                log.warning("cannot reach %s (%s): serving the copy downloaded before", redact(url), e)
                 return str(unpacked)
             raise _failed(f"cannot download {url}: {getattr(e, 'reason', e)}") from None
         return str(unpacked)
@@ -207,6 +261,8 @@ class ModelFetcher:
             raise _failed(f"nothing under {url}")
         if sum(info.get("size") or 0 for info in listing.values()) > self.max_bytes:
             raise _failed(f"{url} holds more than --model_archive_max_bytes ({self.max_bytes})")
+        if len(listing) > self.max_files:
+            raise _failed(f"{url} holds more than {self.max_files} files, the limit of --model_archive_max_files")
         mirrored = (self._meta(folder) or {}).get("files", {})
         files: dict[str, list[Any]] = {}
         for path, info in sorted(listing.items()):
@@ -274,8 +330,14 @@ class ModelFetcher:
     def _untar(self, source: Path, into: Path, name: str) -> None:
         try:
             with tarfile.open(source) as tar:
-                members = tar.getmembers()
-                self._check_members(((m.name, m.size, not (m.isfile() or m.isdir())) for m in members), name)
+                members: list[tarfile.TarInfo] = []
+
+                def headers() -> Iterator[tuple[str, int, bool]]:  # one at a time: past a limit, no more is read
+                    for m in tar:
+                        members.append(m)
+                        yield m.name, m.size, not (m.isfile() or m.isdir())
+
+                self._check_members(headers(), name)
                 tar.extractall(into, members=members, filter="data")
         except tarfile.TarError as e:
             raise _failed(f"the archive {name} cannot be read: {e}") from None
@@ -291,9 +353,13 @@ class ModelFetcher:
 
     def _check_members(self, members: Iterable[tuple[str, int, bool]], name: str) -> None:
         """Every (name, size, is a link or special file) of an archive stays in its folder, is a plain file
-        or folder, and all of them fit in --model_archive_max_bytes."""
+        or folder, and all of them fit in --model_archive_max_bytes and --model_archive_max_files. Called
+        before anything is unpacked."""
         total = 0
-        for member, size, special in members:
+        for count, (member, size, special) in enumerate(members, 1):
+            if count > self.max_files:
+                raise _failed(f"the archive {name} holds more than {self.max_files} files and folders, the limit "
+                              f"of --model_archive_max_files")
             _check_name(member, name)
             if special:
                 raise _failed(f"the archive {name} holds {member}, which is a link or a special file")

@@ -29,7 +29,8 @@ from typing import Any
 from .errors import Code, ServingError, invalid_argument, not_found, unavailable
 from .model_config import ConfigError, ModelSpec, list_versions
 from .processor import Processor, canonical_name, detect_platform, processor_class
-from .remote import ModelFetcher, is_polled, is_remote
+from .redact import load_failed, redact
+from .remote import FailingFetch, FetchBackoff, ModelFetcher, is_polled, is_remote
 from .servable import Runtime, Servable
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,7 @@ class ManagedModel:
     """A configured model: its spec, every version it has had, its labels, its newest AVAILABLE one, and
     the traffic split of the requests that name no version (`split`: None when the latest takes them)."""
 
-    __slots__ = ("spec", "versions", "labels", "latest", "traffic", "split", "local_base")
+    __slots__ = ("spec", "versions", "labels", "latest", "traffic", "split", "local_base", "failing_fetch")
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
@@ -127,6 +128,7 @@ class ManagedModel:
         self.traffic: dict[int, int] = {}
         self.split: tuple[tuple[float, ...], tuple[Servable, ...]] | None = None
         self.local_base: str | None = None  # where a remote base path was fetched to (serving/remote.py)
+        self.failing_fetch: FailingFetch | None = None  # its fetch's failures in a row, while it fails
 
     def refresh_latest(self) -> None:
         ready = [s for s in self.versions.values() if s.available]
@@ -156,6 +158,11 @@ class ManagedModel:
         return servables[min(bisect.bisect_right(bounds, point), len(servables) - 1)]
 
 
+def _serves(model: ManagedModel, aspired: set[int]) -> bool:
+    """Whether a version the policy aspires to is AVAILABLE."""
+    return any(model.versions[v].available for v in aspired if v in model.versions)
+
+
 class ModelManager:
     """Loads, unloads and looks up servables; the only place that changes what is served."""
 
@@ -167,10 +174,14 @@ class ModelManager:
         allow_version_labels_for_unavailable_models: bool = False,
         warmup: Callable[[Servable], Awaitable[int]] | None = None,  # -> requests replayed
         fetcher: ModelFetcher | None = None,
+        fetch_backoff: FetchBackoff | None = None,
     ) -> None:
         self.runtime = runtime or Runtime()
         #: Fetches base paths that are URLs or archives (serving/remote.py).
         self.fetcher = fetcher or ModelFetcher()
+        #: When a poll fetches a base path whose fetch failed again.
+        self.fetch_backoff = fetch_backoff or FetchBackoff()
+        self.fetch_failures: collections.Counter[str] = collections.Counter()  # by model name
         self.warmup = warmup
         self.models: dict[str, ManagedModel] = {}
         self.allow_unavailable_labels = allow_version_labels_for_unavailable_models
@@ -277,16 +288,26 @@ class ModelManager:
             for name in [n for n in self.models if n not in wanted]:
                 log.info("model %s removed from the config: unloading", name)
                 await self._unload_all(self.models.pop(name))
-            models = []
+            models, moved = [], {}
             for spec in specs:
-                model = self.models.get(spec.name) or ManagedModel(spec)
-                self.models[spec.name] = model
-                if (model.spec.base_path, model.spec.platform) != (spec.base_path, spec.platform):
-                    log.info("model %s changed its base path or platform: reloading", spec.name)
-                    await self._unload_all(model)
+                model = self.models.get(spec.name)
+                if model is not None and (model.spec.base_path, model.spec.platform) != (spec.base_path, spec.platform):
+                    log.info("model %s changed its base path or platform: loading it from there", spec.name)
+                    moved[spec.name] = model  # serves until the new one does (availability preserving)
+                    model = ManagedModel(spec)
+                elif model is None:
+                    model = self.models[spec.name] = ManagedModel(spec)
                 model.spec = spec
                 models.append(model)
             aspired = await asyncio.gather(*(self._load_aspired(m) for m in models))
+            for model, versions in zip(models, aspired, strict=True):
+                old = moved.get(model.spec.name)
+                if old is not None and (old.latest is None or _serves(model, versions)):
+                    self.models[model.spec.name] = model
+                    await self._unload_all(old)
+                elif old is not None:
+                    log.error("model %s: nothing loaded from its new base path %s; the old one serves on",
+                              model.spec.name, redact(model.spec.base_path))
             errors = [e for m in specs if (e := self._apply_labels(self.models[m.name], m.labels))]
             errors += [e for m, a in zip(models, aspired, strict=True) if (e := self._apply_traffic(m, a))]
             await asyncio.gather(*(self._unload_unaspired(m, a) for m, a in zip(models, aspired, strict=True)))
@@ -302,32 +323,43 @@ class ModelManager:
     async def load_model(self, spec: ModelSpec) -> None:
         """Load (or reload) one model and leave the others alone: the versions its policy aspires to are
         loaded and the others unloaded once one serves, as `apply` does. Raises the load's error when no
-        version is AVAILABLE afterwards; a model that was not serving is then removed again (its error stays
-        in `failures`), so a bad load never leaves the server unready. Loads of different models run at
+        aspired version is AVAILABLE afterwards: what served before (from another base path too) serves on,
+        and a model that was not serving is removed again (its error stays in `failures`), so a bad load
+        never leaves the server unready nor takes a model down. Loads of different models run at
         once (as many as the load threads); loads and unloads of one model take turns."""
         async with self._model_lock(spec.name):
-            model = self.models.get(spec.name)
-            if model is None:
-                model = self.models[spec.name] = ManagedModel(spec)
-            elif (model.spec.base_path, model.spec.platform) != (spec.base_path, spec.platform):
+            old = self.models.get(spec.name)
+            moved = old is not None and (old.spec.base_path, old.spec.platform) != (spec.base_path, spec.platform)
+            if moved:  # loaded apart: the old model serves until the new one does
                 log.info("model %s: loading from a new base path or platform", spec.name)
-                await self._unload_all(model)
-            model.spec = spec
+            model = old if old is not None and not moved else ManagedModel(spec)
+            if old is None:
+                self.models[spec.name] = model
+            before, model.spec = model.spec, spec
             self.failures.pop(spec.name, None)
             aspired = await self._load_aspired(model)
+            if not _serves(model, aspired):
+                errors = [model.versions[v].error for v in sorted(aspired) if v in model.versions]
+                error = next((e for e in errors if e is not None), None) or ServingError(
+                    Code.NOT_FOUND, f"model {spec.name}: no version to load under {redact(spec.base_path)}")
+                if old is not None and old.latest is not None:  # availability preserving: what served, serves
+                    if model is old:
+                        old.spec = before
+                    log.warning("model %s: the load failed; the versions loaded before serve on", spec.name)
+                    raise error
+                if old is not None and moved:
+                    await self._unload_all(old)  # it served nothing
+                if not any(s.servable is not None for s in model.versions.values()):
+                    self.models.pop(spec.name, None)
+                    self.failures[spec.name] = error
+                raise error
+            if old is not None and moved:
+                self.models[spec.name] = model
+                await self._unload_all(old)
             label_error = self._apply_labels(model, spec.labels) or self._apply_traffic(model, aspired)
             await self._unload_unaspired(model, aspired)
-            if model.latest is not None:
-                if label_error:
-                    raise ServingError(Code.FAILED_PRECONDITION, label_error)
-                return
-            errors = [model.versions[v].error for v in sorted(aspired) if v in model.versions]
-            error = next((e for e in errors if e is not None), None) or ServingError(
-                Code.NOT_FOUND, f"model {spec.name}: no version to load under {spec.base_path}")
-            if not any(s.servable is not None for s in model.versions.values()):
-                del self.models[spec.name]
-                self.failures[spec.name] = error
-            raise error
+            if label_error:
+                raise ServingError(Code.FAILED_PRECONDITION, label_error)
 
     async def unload_model(self, name: str) -> bool:
         """Stop serving a model: new requests find it gone at once, those in flight finish, then its
@@ -395,25 +427,47 @@ class ModelManager:
 
     async def _local_base(self, model: ManagedModel, fetch: bool) -> str | None:
         """The folder to read a model's versions from: its base path, or where its URL or archive was fetched
-        (again when `fetch`: a config change, not a poll). None when the fetch failed: the error is the
+        (again when `fetch`: a config change, a reload or a load, tried at once; on a poll, a fetch that
+        failed only once its back-off is over). None when the fetch failed or waits: the error is the
         model's (a version 1 in END when none serves), and what serves keeps serving."""
         base = model.spec.base_path
         if not is_remote(base):
             return base
         if model.local_base is not None and not fetch and not is_polled(base):
             return model.local_base
+        if fetch:
+            model.failing_fetch = None  # asked for: a first attempt, whose failure is an ERROR again
+        elif not self.fetch_backoff.due(model.failing_fetch, base):
+            return None
         try:
             model.local_base = await asyncio.get_running_loop().run_in_executor(self._loader, self.fetcher.local,
                                                                                base)
-        except ServingError as e:
-            self.load_failures[model.spec.name] += 1
-            log.error("model %s: %s", model.spec.name, e.message)
+        except ServingError as e:  # its message has the URL's credentials masked (remote._failed)
+            self._fetch_failed(model, e)
             if not any(s.servable is not None for s in model.versions.values()):
-                status = VersionStatus(model.spec.name, 1, Path(base))
+                status = VersionStatus(model.spec.name, 1, Path(redact(base)))
                 status.state, status.error = State.END, e
                 model.versions[1] = status
             return None
+        if model.failing_fetch is not None:
+            log.info("model %s: fetched %s after %d failed attempts", model.spec.name, redact(base),
+                     model.failing_fetch.attempts)
+            model.failing_fetch = None
         return model.local_base
+
+    def _fetch_failed(self, model: ManagedModel, e: ServingError) -> None:
+        """Count a failed fetch and log it: an ERROR for the first failure in a row, then a line at most once
+        a minute (a poll tries again after a back-off)."""
+        name = model.spec.name
+        self.load_failures[name] += 1
+        self.fetch_failures[name] += 1
+        failing = model.failing_fetch = self.fetch_backoff.failed(model.failing_fetch, model.spec.base_path)
+        if failing.attempts == 1:
+            log.error("model %s: %s (polls try again after %.0f s, then twice as long each time, up to %.0f s)",
+                      name, e.message, failing.delay, self.fetch_backoff.max_s)
+        elif failing.report:
+            log.warning("model %s: the fetch failed again, %d times in a row (%d since the last line): %s (next "
+                        "try after %.0f s)", name, failing.attempts, failing.unreported, e.message, failing.delay)
 
     async def _load_aspired(self, model: ManagedModel, fetch: bool = True) -> set[int]:
         """Load the versions the policy aspires to that are not loaded; the aspired versions."""
@@ -423,7 +477,7 @@ class ModelManager:
         on_disk = list_versions(base, model.spec.flat or base != model.spec.base_path)
         aspired = model.spec.policy.select(set(on_disk))
         if not on_disk:
-            log.warning("model %s: no version directories under %s", model.spec.name, model.spec.base_path)
+            log.warning("model %s: no version directories under %s", model.spec.name, redact(model.spec.base_path))
         loads = []
         for version in sorted(aspired):
             current = model.versions.get(version)
@@ -439,7 +493,7 @@ class ModelManager:
     async def _unload_unaspired(self, model: ManagedModel, aspired: set[int]) -> None:
         # Availability preserving: drop what is no longer aspired only once an aspired version serves
         # (or nothing is aspired at all, e.g. every version directory is gone).
-        if aspired and not any(model.versions[v].available for v in aspired if v in model.versions):
+        if aspired and not _serves(model, aspired):
             return
         for status in list(model.versions.values()):
             if status.version not in aspired:
@@ -470,7 +524,8 @@ class ModelManager:
                 finally:
                     status.warmup_seconds = time.monotonic() - warming
         except Exception as e:  # noqa: BLE001 - any load failure is reported in the version's status
-            error = e if isinstance(e, ServingError) else ServingError(Code.UNKNOWN, f"{type(e).__name__}: {e}")
+            error = e if isinstance(e, ServingError) else load_failed(
+                f"version {status.version} of model {spec.name} from", status.path, e)
             status.state, status.error = State.END, error
             self.load_failures[spec.name] += 1
             log.error("model %s version %d failed to load after %.2f s: %s", spec.name, status.version,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,10 @@ import numpy as np
 from .batching import BatchingOptions, BatchObserver, BatchQueue, QueueStats
 from .errors import Code, ServingError
 from .processor import Processor
+from .redact import without_native_trace
 from .signature import Signature
+
+log = logging.getLogger(__name__)
 
 Outputs = dict[str, np.ndarray]
 
@@ -97,9 +101,13 @@ class Servable:
         except ServingError:
             raise
         except Exception as e:
+            text = str(e)
+            message = without_native_trace(text)
+            if message != text:  # the whole of it for the operator
+                log.error("model %s version %d failed in %s", self.model, self.version, method, exc_info=e)
             raise ServingError(
                 Code.INTERNAL, f"model {self.model} version {self.version} failed in {method}: "
-                f"{type(e).__name__}: {e}"
+                f"{type(e).__name__}: {message}"
             ) from e
 
     def _runner(self, signature_name: str) -> Callable[[dict[str, np.ndarray]], Outputs]:

@@ -21,7 +21,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
 
-from .remote import MAX_BYTES
+from .remote import MAX_BYTES, MAX_FILES
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,10 @@ class Settings:
     model_archive_max_bytes: int = setting(
         MAX_BYTES, "the largest download, and the most an archive may unpack to (archive bombs)",
         group="models", unit="bytes")
+    model_archive_max_files: int = setting(
+        MAX_FILES, "the most files and folders an archive may hold (or files an `s3://` / `gs://` prefix): one "
+        "more and it is refused before anything is unpacked (archive bombs of many small files)",
+        group="models", unit="entries")
     traffic_sticky_header: str = setting(
         "", "an HTTP header (or gRPC metadata key), e.g. a user id, whose value picks a model's weighted version "
         "by hash, so the same value always lands on the same version; none: a random pick per request",
@@ -137,6 +141,11 @@ class Settings:
     load_model: str = setting(
         "", "in explicit mode, the models to load at start: names of the config (comma-separated or the flag "
         "repeated), `*` for all; none: start with no model", group="models", shown_default="none")
+    model_load_roots: str = setting(
+        "", "comma-separated folders (and URL prefixes) that a load request may name a model path in: the V2 "
+        "repository API's `path`, ModelMesh's `modelPath`, a `ReloadConfigRequest`'s base paths; a path outside "
+        "them, after following links, is refused before anything reads it", group="models",
+        shown_default="the configured base paths, the model cache dir, ModelMesh's /models")
     # runtime
     device: str = setting(
         "cpu", "device of the models: `cpu`, `cuda`, `cuda:N`, `auto` (CUDA when present); CUDA asked for "
@@ -155,6 +164,9 @@ class Settings:
     modelmesh_port: int = setting(
         0, "gRPC port of the ModelMesh model runtime API (ModelMesh's convention: 8085); 0: off. A server with "
         "it may start with no model; ModelMesh loads and unloads them", group="modelmesh")
+    modelmesh_host: str = setting(
+        "localhost", "address of the ModelMesh port: ModelMesh reaches its runtime over the pod's loopback, so "
+        "nothing outside the pod can load or unload models", group="modelmesh")
     model_memory_capacity_bytes: int = setting(
         0, "the memory ModelMesh may fill with models here; 0: the container's memory (next flag, else the "
         "cgroup limit, else the machine's) less this process's size and `--memory_headroom_bytes`",
@@ -216,6 +228,13 @@ class Settings:
         "`--token_file` or the environment", group="auth")
     token_file: str = setting(
         "", "read the access token from the first line of this file instead of `--token`", group="auth")
+    admin_token: str = setting(
+        "", "token required on the calls that load, unload or reconfigure (the V2 repository API, gRPC "
+        "`RepositoryModelLoad`/`Unload`, `HandleReloadConfigRequest`, the ModelMesh port) instead of `--token`; "
+        "unset: those calls need `--token` when one is set, and are open when none is", group="auth",
+        shown_default="--token")
+    admin_token_file: str = setting(
+        "", "read the admin token from the first line of this file instead of `--admin_token`", group="auth")
     token_max_skew_seconds: float = setting(
         900.0, "a signed (`EAS ...`) request whose `Date` header is further than this from the server's "
         "clock is refused 401; 0 turns the check off", group="auth", unit="s")

@@ -169,6 +169,42 @@ async def test_text_format_is_one_line_of_fields_with_client_text_quoted():
         r'compute_ms=- total_ms=[\d.]+ bytes_in=0 bytes_out=\d+', line), line
 
 
+class _Servable:
+    version_header = b""
+
+    def __init__(self, model: object, version: object) -> None:
+        self.model, self.version = model, version
+
+
+class _Call:
+    """What call_details reads of a pipeline Call, with values a client could have chosen."""
+
+    dispatched = computed = received = 0.0
+    signature = None
+
+    def __init__(self, model: object, version: object) -> None:
+        self.servable, self.model, self.version, self.protocol, self.rows = None, model, version, "grpc", 1
+
+
+HOSTILE = [2**64, -(2**63) - 1, 10**30, "\ud800", "a\nb\r\n\x00", "\u2028", '"}{', "x" * 10_000, float("nan")]
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_every_field_a_client_controls_is_written_as_one_line_whatever_its_value(fmt):
+    sink = Sink()
+    log = AccessLog(fmt, sink=sink)
+    for value in HOSTILE:
+        log.grpc(f"/route/{value}", str(value), str(value), _Call(value, value), str(value), time.perf_counter(),
+                 0, 0)
+        log.http(None, str(value), (str(value), value), 200, time.perf_counter(), 0, 0)
+    log.close()
+    lines = sink.data.decode().split("\n")
+    assert lines[-1] == "" and len(lines) - 1 == 2 * len(HOSTILE)
+    if fmt == "json":
+        parsed = [json.loads(line) for line in lines[:-1]]
+        assert parsed[0]["version"] == str(2**64) and parsed[0]["model"] == str(2**64)
+
+
 def test_unknown_access_log_format_and_sample_rate_are_refused():
     with pytest.raises(ValueError) as e:
         AccessLog.open("xml", sample_rate=1.0, health=False, path="")
@@ -213,7 +249,7 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("accesslog")
     make_linear(root / "lin", 1)  # y = 0.5x + 2, input "inputs"
     with Server(f"--model_base_path={root / 'lin'}", "--model_name=lin", "--model_platform=linear",
-                "--log_format=json") as s:
+                "--log_format=json", f"--model_load_roots={root}") as s:
         s.root = root
         yield s
 

@@ -36,8 +36,8 @@ def server(tmp_path_factory):
         {"name": "slow", "base_path": root / "slow", "platform": "linear"},
         {"name": "two", "base_path": root / "two", "platform": "linear"},
         {"name": "picky", "base_path": root / "picky", "platform": "linear"},
-    ))
-    with Server(f"--model_config_file={config}") as s:
+    ))  # a reload may name models in any of the tests' folders
+    with Server(f"--model_config_file={config}", f"--model_load_roots={tmp_path_factory.getbasetemp()}") as s:
         s.root = root
         yield s
 

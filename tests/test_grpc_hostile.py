@@ -37,7 +37,7 @@ def server(tmp_path_factory):
     make_linear(root / "lin", 1)  # y = 0.5x + 2
     config = root / "c.pbtxt"
     config.write_text(pbtxt({"name": "lin", "base_path": root / "lin", "platform": "linear"}))
-    with Server(f"--model_config_file={config}") as s:
+    with Server(f"--model_config_file={config}", f"--model_load_roots={root}") as s:
         s.root = root
         yield s
 

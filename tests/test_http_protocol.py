@@ -13,7 +13,16 @@ from typing import Any
 
 import pytest
 
-from serving.http.protocol import MAX_PIPELINE, DeadlineWheel, Deferred, HttpConnection, HttpLimits, Request, Response
+from serving.http.protocol import (
+    MAX_DISPATCHED,
+    MAX_PIPELINE,
+    DeadlineWheel,
+    Deferred,
+    HttpConnection,
+    HttpLimits,
+    Request,
+    Response,
+)
 from tests.helpers import in_loop
 
 TIMED_OUT = b'{"error": "Timed out waiting for the answer"}'
@@ -255,14 +264,41 @@ async def test_reading_pauses_at_max_pipeline_pending_and_resumes_when_half_drai
     assert c.transport.reading
     c.send(get(b"/wait/%d" % (MAX_PIPELINE - 1)))
     assert not c.transport.reading
-    for i in range(MAX_PIPELINE // 2):
+    for i in range(MAX_PIPELINE // 2):  # each answer lets one more waiting request reach the handler
         c.app.futures[str(i)].set_result(b"1")
-    await next_turn()
+        await next_turn()
     assert not c.transport.reading  # MAX_PIPELINE // 2 still owed
     c.app.futures[str(MAX_PIPELINE // 2)].set_result(b"1")
     await next_turn()
     assert c.transport.reading
     assert len(c.answers()) == MAX_PIPELINE // 2 + 1
+
+
+@in_loop
+async def test_one_write_of_200_pipelined_requests_is_computed_a_few_at_a_time_and_answered_in_order():
+    c = Client()
+    c.send(b"".join(get(b"/wait/%d" % i) for i in range(200)))
+    assert len(c.app.seen) == MAX_DISPATCHED  # the rest wait in the connection, not in the model's queue
+    answered = 0
+    while answered < 200:
+        waiting = [name for name, f in c.app.futures.items() if not f.done()]
+        assert 0 < len(waiting) <= MAX_DISPATCHED
+        for name in waiting:
+            c.app.futures[name].set_result(name.encode())
+        await next_turn()
+        answered = len(c.answers())
+    assert c.answers() == [(200, b"%d" % i) for i in range(200)]
+    assert len(c.app.seen) == 200
+
+
+@in_loop
+async def test_the_answer_to_a_head_request_has_no_body_so_the_next_answer_keeps_its_framing():
+    c = Client()
+    c.send(get(b"/now").replace(b"GET", b"HEAD", 1) + get(b"/after"))
+    head, _, rest = bytes(c.transport.written).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK") and b"Content-Length: %d" % len(echoed("/now")) in head
+    assert rest.startswith(b"HTTP/1.1 200 OK")  # no body came between the two answers
+    assert parse(rest) == [(200, parse(rest)[0][1], echoed("/after"))]
 
 
 @in_loop

@@ -37,7 +37,8 @@ def server(tmp_path_factory):
     (root / "broken" / "1" / "linear.json").write_text("{not json")
     make_linear(root / "outside", 3, weights=[[2.0], [2.0]], bias=1.0)  # not in the config
     config = config_file(root, [("lin", "linear"), ("xgb", "xgboost"), ("broken", "linear")])
-    with Server(f"--model_config_file={config}", "--model_control_mode=explicit", "--load_model=lin") as s:
+    with Server(f"--model_config_file={config}", "--model_control_mode=explicit", "--load_model=lin",
+                f"--model_load_roots={root}") as s:
         s.root = root
         yield s
 
@@ -196,7 +197,7 @@ def test_none_mode_never_polls_the_base_path(tmp_path):
 
 
 def test_explicit_mode_may_start_with_no_model(tmp_path):
-    with Server("--model_control_mode=explicit") as s:
+    with Server("--model_control_mode=explicit", f"--model_load_roots={tmp_path}") as s:
         assert s.get("/readyz")[0] == 200
         assert s.post("/v2/repository/index", b"") == (200, [])
         make_linear(tmp_path / "m", 1)
@@ -246,7 +247,7 @@ def test_kserve_mnt_models_without_version_folder_is_version_1(tmp_path, layout)
 
 def test_under_workers_a_load_and_an_unload_reach_every_worker(tmp_path):
     make_linear(tmp_path / "m", 1)
-    with Server("--workers=2", "--model_control_mode=explicit") as s:
+    with Server("--workers=2", "--model_control_mode=explicit", f"--model_load_roots={tmp_path}") as s:
         assert s.post("/v2/repository/models/m/load", {"parameters": {"path": str(tmp_path / "m")}}) == (200, b"")
         # Fresh connections land on both workers (SO_REUSEPORT): each must serve the model.
         answers = {s.request("POST", "/v1/models/m:predict", {"instances": [[2.0]]}, fresh=True)[0]
@@ -266,7 +267,7 @@ def test_a_worker_restarted_after_a_load_serves_the_loaded_model(tmp_path):
     from pathlib import Path
 
     make_linear(tmp_path / "m", 1)
-    with Server("--workers=2", "--model_control_mode=explicit") as s:
+    with Server("--workers=2", "--model_control_mode=explicit", f"--model_load_roots={tmp_path}") as s:
         assert s.post("/v2/repository/models/m/load", {"parameters": {"path": str(tmp_path / "m")}}) == (200, b"")
         children = Path(f"/proc/{s.proc.pid}/task/{s.proc.pid}/children")
         before = sorted(int(p) for p in children.read_text().split())

@@ -30,7 +30,8 @@ def server(tmp_path_factory):
     (root / "junk").mkdir()
     (root / "junk" / "notes.md").write_text("no model here")
     port = free_port()
-    with Server(f"--modelmesh_port={port}") as s:  # no model, no config: ModelMesh brings them
+    # No model, no config: ModelMesh brings them (from its /models; here from the test's folder).
+    with Server(f"--modelmesh_port={port}", f"--model_load_roots={root}") as s:
         s.root, s.mm_port = root, port
         with grpc.insecure_channel(f"127.0.0.1:{port}") as mesh, \
                 grpc.insecure_channel(f"127.0.0.1:{s.grpc_port}") as data:
@@ -170,7 +171,7 @@ def test_runtime_status_unloads_what_modelmesh_does_not_know(server):
 def test_under_workers_every_worker_loads_and_the_size_counts_every_copy(tmp_path):
     make_linear(tmp_path / "lin", 1, weights=[[1.0], [1.0]], bias=0.5)
     port = free_port()
-    with Server(f"--modelmesh_port={port}", "--workers=2") as s, \
+    with Server(f"--modelmesh_port={port}", "--workers=2", f"--model_load_roots={tmp_path}") as s, \
             grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         s.root, s.mesh = tmp_path, mm_grpc.ModelRuntimeStub(channel)
         size = load(s, "lin-w", "lin").sizeInBytes

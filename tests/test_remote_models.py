@@ -1,6 +1,7 @@
 """Models from URLs and archives: a real HTTP server on localhost serving a tar.gz of version folders, a
-zip, one model file; a local archive; the sha256 a URL names; archives that try to leave their folder;
-the cache reused when the server says the file has not changed (304) or cannot be reached."""
+zip, one model file; a local archive; the sha256 a URL names; archives that try to leave their folder or
+hold too many files; the cache reused when the server says the file has not changed (304) or cannot be
+reached; a failed download tried again with a back-off, not on every poll."""
 
 import functools
 import hashlib
@@ -8,9 +9,11 @@ import http.server
 import io
 import tarfile
 import threading
+import time
 import zipfile
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import Server, make_linear, make_xgb, pbtxt, wait_until
 
@@ -137,6 +140,39 @@ def test_an_archive_leaving_its_folder_is_a_failed_load(tmp_path, files, member,
         assert words in body["model_version_status"][0]["status"]["error_message"], s.output()
         assert s.get("/readyz")[0] == 503 and s.get("/healthz")[0] == 200  # not ready, still serving
     assert not (tmp_path / "evil.txt").exists() and not list((tmp_path / "cache").rglob("evil.txt"))
+
+
+def test_a_zip_of_more_files_than_the_flag_allows_is_a_failed_load_naming_it(tmp_path, files):
+    with zipfile.ZipFile(tmp_path / "www" / "many.zip", "w") as z:
+        for i in range(6):
+            z.writestr(f"1/f{i}.txt", "x")
+    with Server(f"--model_base_path={files.url}/many.zip", "--model_name=z", "--model_archive_max_files=5",
+                f"--model_cache_dir={tmp_path / 'cache'}", wait_ready=False) as s:
+        body = wait_until(lambda: (r := s.get("/v1/models/z"))[0] == 200 and r[1], what="the failed load")
+        message = body["model_version_status"][0]["status"]["error_message"]
+        assert message == ("the archive many.zip holds more than 5 files and folders, the limit of "
+                           "--model_archive_max_files"), s.output()
+    assert not list((tmp_path / "cache").rglob("*.txt"))
+
+
+def test_a_failed_download_is_tried_again_with_a_back_off_not_on_every_poll(tmp_path, files):
+    make_linear(tmp_path / "src", 1)
+    tar_of(tmp_path / "src", tmp_path / "www" / "lin.tar.gz")
+    with Server(f"--model_base_path={files.url}/lin.tar.gz#sha256={'0' * 64}", "--model_name=m",
+                "--file_system_poll_wait_seconds=1", f"--model_cache_dir={tmp_path / 'cache'}",
+                wait_ready=False) as s:
+        wait_until(lambda: files.codes, what="the first download")
+        time.sleep(6)
+        downloads = len(files.codes)
+        status, text = s.get("/metrics")
+        output = s.output()
+    # A poll a second would have fetched it 6 or 7 times by now; backing off: at 0, 1 and 3 s (then 7, 15...).
+    assert 2 <= downloads <= 4, files.codes
+    errors = [line for line in output.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "sha256" in errors[0], output
+    families = {f.name: f for f in text_string_to_metric_families(text.decode())}
+    (sample,) = families["serving_model_fetch_failures"].samples
+    assert sample.labels == {"model": "m"} and sample.value == downloads
 
 
 def test_an_unreachable_url_is_a_failed_load_with_the_reason(tmp_path):

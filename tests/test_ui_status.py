@@ -132,7 +132,9 @@ def test_the_series_follow_the_traffic_and_errors_are_kept_with_their_request_id
         later = version_doc(doc, "m", 1)[1]
         assert code == 200 and doc["since"] == last - 1 and later["series"]["t"][0] == last
         assert all(len(values) == len(later["series"]["t"]) for values in later["series"].values())
-        assert s.request("GET", "/ui/api/status?since=nan", fresh=True)[1]["since"] is None  # a full answer
+        for bad in ("nan", "x", "-1", "1e30", "1000000000000000000000000000000"):  # 400, never a 500
+            code, doc = s.request("GET", f"/ui/api/status?since={bad}", fresh=True)
+            assert code == 400 and "since" in doc["error"], bad
         code, _ = s.post("/v1/models/m:predict", {"instances": [["x"]]}, headers={"X-Request-Id": "bad-row-1"})
         assert code == 400
         errors = wait_until(lambda: status(s)["recent"]["errors"], what="the error in the status")

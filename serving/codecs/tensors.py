@@ -121,7 +121,8 @@ def array_proto_to_array(proto: Any, name: str) -> np.ndarray:
     shape = _shape(proto.array_shape.dim, dtype, name)
     field = "string_val" if dtype == STRING else ARRAY_FIELDS.get(dtype.str[1:])
     if field is None:
-        raise unimplemented(f"input '{name}': data type {TF_TYPE_WORDS.get(dtype, dtype.name)} has no ArrayProto field")
+        raise invalid_argument(f"input '{name}': data type {TF_TYPE_WORDS.get(dtype, dtype.name)} has no ArrayProto "
+                               f"field")
     return _fill(getattr(proto, field), dtype, shape, name)
 
 

@@ -35,6 +35,10 @@ STATUS_LINES[414] = b"HTTP/1.1 414 URI Too Long\r\n"  # RFC 9110's name; Python 
 STATUS_LINES[450] = b"HTTP/1.1 450 Queue Full\r\n"
 STATUS_LINES[499] = b"HTTP/1.1 499 Client Closed Request\r\n"
 MAX_PIPELINE = 64
+#: Requests of one connection being computed at once; a pipelining client's further requests wait, parsed, in
+#: the connection until one of them is answered: one write of 200 requests must not fill the model's queue
+#: (--max_queue_size) and have the others refused 503. A full default batch (16 rows) still comes from one.
+MAX_DISPATCHED = 16
 #: After refusing a request the client may still be sending: read and drop its bytes this long before closing.
 LINGER_S = 2.0
 
@@ -123,12 +127,14 @@ KEPT_HEADERS = {b"content-encoding", b"content-type", b"authorization", b"conten
 class _Slot:
     """One request's place in the connection's answer order."""
 
-    __slots__ = ("conn", "data", "close", "deferred", "wheel_key", "request_id", "request", "started", "bytes_in")
+    __slots__ = ("conn", "data", "close", "deferred", "wheel_key", "request_id", "request", "started", "bytes_in",
+                 "head")
 
     def __init__(self, conn: HttpConnection, request_id: str) -> None:
         self.conn = conn
         self.data: bytes | None = None
         self.close = False
+        self.head = False  # a HEAD request: its answer has no body (RFC 9110 9.3.2), or the next one's framing breaks
         self.deferred: Deferred | None = None
         self.wheel_key = 0
         self.request_id = request_id
@@ -148,15 +154,19 @@ class _Slot:
             log.exception("encoding a response failed", extra={"request_id": self.request_id})
             response = Response(500, b'{"error": "internal server error"}')
         self.deferred = None
-        self.conn._complete(self, response)
+        conn = self.conn
+        conn._complete(self, response)
+        conn._released()
 
     def expire(self) -> None:
         deferred = self.deferred
         if deferred is None or self.data is not None:
             return
         self.deferred = None
-        self.conn._complete(self, deferred.on_timeout())
+        conn = self.conn
+        conn._complete(self, deferred.on_timeout())
         deferred.future.cancel()  # a request still queued is dropped, not computed
+        conn._released()
 
     def drop(self) -> None:
         """The client went away: drop the work, nobody will read the answer."""
@@ -181,6 +191,8 @@ class HttpConnection(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.pending: collections.deque[_Slot] = collections.deque()
+        self.dispatched = 0  # requests handed to the handler whose answers are still being computed
+        self.waiting: collections.deque[tuple[_Slot, Request]] = collections.deque()  # past MAX_DISPATCHED
         self.reading_paused = self.writing_paused = False
         self.closing = False
         self.eof = False  # the client half-closed: close our side once the answers owed are written
@@ -214,6 +226,7 @@ class HttpConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self.registry.discard(self)
+        self.waiting.clear()
         for slot in self.pending:  # the client is gone: drop its queued work
             slot.drop()
         self.pending.clear()
@@ -330,26 +343,43 @@ class HttpConnection(asyncio.Protocol):
             if unzipped is None:
                 return
             body = unzipped
-        request = Request(self.parser.get_method().decode("latin-1"), path, query, self.headers, body,
-                          slot.request_id)
+        method = self.parser.get_method().decode("latin-1")
+        slot.head = method == "HEAD"
+        request = Request(method, path, query, self.headers, body, slot.request_id)
         if self.access_log is not None:
             slot.request = request
+        if self.dispatched >= MAX_DISPATCHED or self.waiting:  # a pipelining client: in turn
+            self.waiting.append((slot, request))
+            return
+        self._dispatch(slot, request)
+
+    # ---- answers ----
+
+    def _dispatch(self, slot: _Slot, request: Request) -> None:
         try:
             result = self.handler(request)
         except Exception:  # noqa: BLE001 - a handler bug answers 500 and the server goes on
-            log.exception("handler failed for %s %s", request.method, path, extra={"request_id": slot.request_id})
+            log.exception("handler failed for %s %s", request.method, request.path,
+                          extra={"request_id": slot.request_id})
             result = Response(500, b'{"error": "internal server error"}')
         if isinstance(result, Response):
             self._complete(slot, result)
         else:
             self._defer(slot, result)
 
-    # ---- answers ----
-
     def _defer(self, slot: _Slot, deferred: Deferred) -> None:
         slot.deferred = deferred
         slot.wheel_key = self.wheel.add(slot, deferred.deadline)
+        self.dispatched += 1
         deferred.future.add_done_callback(slot.done)
+
+    def _released(self) -> None:
+        """A deferred answer is done: hand the handler the requests that waited for room."""
+        self.dispatched -= 1
+        waiting = self.waiting
+        while waiting and self.dispatched < MAX_DISPATCHED and self.transport is not None:
+            slot, request = waiting.popleft()
+            self._dispatch(slot, request)
 
     def _complete(self, slot: _Slot, response: Response) -> None:
         HTTP_RESPONSES[response.status] += 1
@@ -360,7 +390,7 @@ class HttpConnection(asyncio.Protocol):
             len(response.body),
             slot.request_id.encode("latin-1"),
             extra,
-            response.body,
+            response.body if not slot.head else b"",
         )
         if self.access_log is not None:
             self.access_log.http(slot.request, slot.request_id, self.peer, response.status, slot.started or

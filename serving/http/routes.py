@@ -33,6 +33,8 @@ PROMETHEUS = CONTENT_TYPE_LATEST.encode()
 HTML = b"text/html; charset=utf-8"
 TEXT = b"text/plain; charset=utf-8"
 NO_STORE = b"Cache-Control: no-store\r\n"
+#: The paths that load and unload models (Triton's repository API): the admin token's, when one is set.
+CONTROL_PREFIX = "/v2/repository/models/"
 
 
 def _wants_html(request: Request) -> bool:
@@ -57,8 +59,11 @@ class RestApi:
         peers: Peers | None = None,
         control: ModelControl | None = None,
         status: StatusApi | None = None,
+        admin_auth: TokenAuth | None = None,
     ) -> None:
         self.manager, self.auth, self.peers = manager, auth, peers
+        #: The token of the calls that load and unload (the repository API), when it is not `auth`'s.
+        self.admin_auth = admin_auth
         self.timeout_s = timeout_s
         self.metrics = metrics or Metrics(manager)
         self.tfserving = TfServingRest(manager, pipeline, timeout_s)
@@ -85,8 +90,11 @@ class RestApi:
         else:
             return Response(404, encode_error(f"Not found: {request.method} {path}"))
         try:
-            if self.auth is not None and (request.method == "POST" or path.startswith("/api/predict")):
-                self.auth.check_http(request.method, path, request.headers, request.body)
+            auth = self.auth
+            if self.admin_auth is not None and path.startswith(CONTROL_PREFIX):
+                auth = self.admin_auth
+            if auth is not None and (request.method == "POST" or path.startswith("/api/predict")):
+                auth.check_http(request.method, path, request.headers, request.body)
             return adapter(request)
         except ServingError as e:
             return adapter.error(e)
@@ -106,9 +114,9 @@ class RestApi:
         try:
             if self.auth is not None:
                 self.auth.check_http("GET", path, request.headers, b"")
+            since = ui.since_of(request.query)
         except ServingError as e:
             return Response(e.http_status, encode_error(e.message))
-        since = ui.since_of(request.query)
         return answer_when(self.status.document(since), lambda doc: Response(200, dumps(doc), headers=NO_STORE),
                            lambda e: Response(e.http_status, encode_error(e.message)), self.timeout_s)
 

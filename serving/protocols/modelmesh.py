@@ -26,7 +26,7 @@ from .._proto.mmesh import model_runtime_pb2 as pb
 from .._proto.mmesh import model_runtime_pb2_grpc
 from ..control import ModelControl
 from ..errors import Code, ServingError, invalid_argument, not_found
-from ..model_config import ModelSpec
+from ..model_config import ModelSpec, checked_name
 from ..processor import ALIASES, REGISTRY, canonical_name
 from ..repository import ModelManager, resident_bytes
 from ..settings import Settings
@@ -85,12 +85,16 @@ def model_type(request: Any) -> str | None:
     return name
 
 
+#: The largest size reported (sizes are uint64 on the wire, and multiplied by DISK_TO_MEMORY and the workers).
+MAX_SIZE = 2**56
+
+
 def disk_size(request: Any) -> int:
-    """The model key's `disk_size_bytes` (the puller writes it), 0 when absent."""
+    """The model key's `disk_size_bytes` (the puller writes it), 0 when absent, at most MAX_SIZE."""
     try:
         key = orjson.loads(request.modelKey) if request.modelKey else {}
-        return max(int(key.get("disk_size_bytes", 0)), 0) if isinstance(key, dict) else 0
-    except (orjson.JSONDecodeError, TypeError, ValueError):
+        return min(max(int(key.get("disk_size_bytes", 0)), 0), MAX_SIZE) if isinstance(key, dict) else 0
+    except (orjson.JSONDecodeError, TypeError, ValueError, OverflowError):
         return 0
 
 
@@ -130,8 +134,8 @@ class ModelRuntime(model_runtime_pb2_grpc.ModelRuntimeServicer):  # type: ignore
         model_id, path = request.modelId, request.modelPath
         if not model_id:
             raise invalid_argument("modelId is empty")
-        if not os.path.isabs(path):
-            raise invalid_argument(f"modelPath must be an absolute path, got {path!r}")
+        checked_name(model_id)
+        path = self.control.roots.check(path, "modelPath")  # before anything looks at it
         if not os.path.exists(path):
             raise ServingError(Code.FAILED_PRECONDITION, f"modelPath {path} does not exist")
         platform = model_type(request)

@@ -5,7 +5,8 @@ raises, grpc logs a full traceback and answers UNKNOWN, so a client sending garb
 register the same methods ourselves, from the service descriptor, with a deserializer that hands a bad
 message to the handler as an `Undecodable`, and a handler that answers it INVALID_ARGUMENT with one line
 (logged at DEBUG only). Why not an interceptor: it would run a coroutine for every call to pick a handler;
-this costs nothing until a message fails to decode, and covers exactly these services (not grpc.health).
+this costs nothing until a message fails to decode. grpc.health.v1 is registered the same way (`add_health`):
+garbage sent to a health check is the prober's error too.
 """
 
 from __future__ import annotations
@@ -36,11 +37,22 @@ class Undecodable:
 def add_services(server: grpc.aio.Server, *servicers: Any) -> None:
     """Register each servicer (its class names its `SERVICE` descriptor) for every method of that service."""
     for servicer in servicers:
-        service: ServiceDescriptor = servicer.SERVICE
-        handlers = {m.name: _method_handler(getattr(servicer, m.name), m) for m in service.methods}
-        # The same two registrations the generated add_*Servicer_to_server makes.
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
-        server.add_registered_method_handlers(service.full_name, handlers)
+        _register(server, servicer, servicer.SERVICE)
+
+
+def add_health(server: grpc.aio.Server, servicer: Any) -> None:
+    """Register grpc.health.v1's servicer (Check, and Watch, which streams) as add_services does ours."""
+    from grpc_health.v1 import health_pb2
+
+    _register(server, servicer, health_pb2.DESCRIPTOR.services_by_name["Health"])
+
+
+def _register(server: grpc.aio.Server, servicer: Any, service: ServiceDescriptor) -> None:
+    handlers = {m.name: _method_handler(getattr(servicer, m.name), m) for m in service.methods
+                if hasattr(servicer, m.name)}
+    # The same two registrations the generated add_*Servicer_to_server makes.
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    server.add_registered_method_handlers(service.full_name, handlers)
 
 
 def _method_handler(behavior: Handler, method: Any) -> grpc.RpcMethodHandler:
@@ -48,7 +60,9 @@ def _method_handler(behavior: Handler, method: Any) -> grpc.RpcMethodHandler:
         raise TypeError(f"{method.full_name}: the servicer method must be async")
     request = message_factory.GetMessageClass(method.input_type)
     response = message_factory.GetMessageClass(method.output_type)
-    return grpc.unary_unary_rpc_method_handler(
+    # A streaming method writes its answers with context.write(): the same coroutine shape.
+    kind = grpc.unary_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
+    return kind(
         _refusing_undecodable(behavior),
         request_deserializer=_tolerant_decoder(request),
         response_serializer=response.SerializeToString,

@@ -22,6 +22,7 @@ import bisect
 import collections
 import dataclasses
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -30,7 +31,9 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import invalid_argument
 from ..metrics import LATENCY_BUCKETS, RequestMetrics
+from ..redact import redact
 from ..remote import is_remote
 from ..repository import ModelManager, State, resident_bytes
 from ..signature import PREDICT_METHOD, STRING, Signature, TensorSpec
@@ -42,7 +45,7 @@ INTERVAL = 1.0
 WINDOW = 300
 POINTS = int(WINDOW / INTERVAL)
 #: The settings never shown.
-SECRET_SETTINGS = frozenset({"token"})
+SECRET_SETTINGS = frozenset({"token", "admin_token"})
 
 Key = tuple[str, int]  # (model, version)
 
@@ -361,7 +364,7 @@ def models_json(manager: ModelManager, series_of: Callable[[Key], dict[str, list
             doc["now"], doc["series"] = latest(values), after(values, since)
             versions.append(doc)
         models.append({
-            "name": name, "platform": spec.platform or "", "base_path": spec.base_path,
+            "name": name, "platform": spec.platform or "", "base_path": redact(spec.base_path),
             "error": "" if versions else model_error(manager, name, spec.base_path),
             "labels": dict(sorted(model.labels.items())),
             "traffic": {str(v): w for v, w in sorted(model.traffic.items())},
@@ -371,7 +374,11 @@ def models_json(manager: ModelManager, series_of: Callable[[Key], dict[str, list
             if spec.request_log is not None else None,
             "versions": versions,
         })
-    return models
+    # A model whose explicit load failed is not in the manager (nothing of it loaded): its error still shows.
+    models += [{"name": name, "platform": "", "base_path": "", "error": failure.message, "labels": {},
+                "traffic": {}, "shadow": None, "request_log": None, "versions": []}
+               for name, failure in sorted(manager.failures.items()) if name not in manager.models]
+    return sorted(models, key=lambda m: m["name"])
 
 
 def model_error(manager: ModelManager, name: str, base_path: str) -> str:
@@ -381,7 +388,7 @@ def model_error(manager: ModelManager, name: str, base_path: str) -> str:
         return failure.message
     if not is_remote(base_path) and not os.path.isdir(base_path):
         return f"the base path {base_path} does not exist"
-    return f"No versions of servable {name} found under base path {base_path}"  # TF Serving's words
+    return f"No versions of servable {name} found under base path {redact(base_path)}"  # TF Serving's words
 
 
 def config_json(settings: Any) -> dict[str, dict[str, Any]]:
@@ -391,6 +398,8 @@ def config_json(settings: Any) -> dict[str, dict[str, Any]]:
         if f.name in SECRET_SETTINGS or "group" not in f.metadata:
             continue
         value = getattr(settings, f.name)
+        if isinstance(value, str):
+            value = redact(value)  # an endpoint's user:password@ or a token in its query
         groups.setdefault(f.metadata["group"], {})[f.name] = list(value) if isinstance(value, tuple) else value
     return groups
 
@@ -406,15 +415,23 @@ def page() -> bytes:
 _PAGE: bytes | None = None
 
 
+#: The latest `since` the status accepts (the year 5138): past it a second is no time the page could mean.
+MAX_SINCE = 10**11
+
+
 def since_of(query: str) -> int | None:
-    """`since=<epoch second>` of the status's query string; None when absent or not a number."""
+    """`since=<epoch second>` of the status's query string (None when absent); INVALID_ARGUMENT when it is
+    not a number of seconds from 0 to MAX_SINCE."""
     for part in query.split("&"):
         name, _, value = part.partition("=")
         if name == "since":
             try:
-                return int(float(value))
-            except (ValueError, OverflowError):  # not a number, nan, inf
-                return None
+                since = float(value)
+            except ValueError:
+                since = math.nan
+            if not 0 <= since <= MAX_SINCE:  # also nan
+                raise invalid_argument(f"since: expected epoch seconds from 0 to {MAX_SINCE}, got {value[:32]!r}")
+            return int(since)
     return None
 
 

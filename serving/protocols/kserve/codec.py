@@ -13,7 +13,8 @@ import numpy as np
 
 from ...codecs.arrays import convert
 from ...codecs.jsonutil import dumps, dumps_with_nonfinite, loads
-from ...errors import ServingError, invalid_argument, unimplemented
+from ...errors import ServingError, invalid_argument
+from ...model_config import version_number
 from ...signature import BFLOAT16, STRING, Signature, TensorSpec
 
 DATATYPES: dict[str, np.dtype] = {
@@ -50,9 +51,9 @@ def parse_version(text: str | None) -> int | None:
     """A V2 model version ('' or None: the latest) as this engine's integer version."""
     if not text:
         return None
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise invalid_argument(f"model version must be an integer, got '{text}'")
-    return int(text)
+    return version_number(text)
 
 
 def datatype_of(dtype: np.dtype) -> str:
@@ -150,7 +151,12 @@ def decode_rest(body: bytes, header_length: int | None, sig_for: Any) -> tuple[
         if not isinstance(name, str):
             raise invalid_argument("each input must be an object with a 'name'")
         spec = sig.inputs.get(name)
-        dtype = _dtype(name, str(item.get("datatype")), spec)
+        if spec is None:  # before its data is read: an unknown input's datatype is no reason for a 501
+            raise invalid_argument(f"signature {sig.name}: unknown input(s) {name}; it takes {', '.join(sig.inputs)}")
+        datatype = item.get("datatype")
+        if not isinstance(datatype, str):  # its repr could be a 1,000-deep object
+            raise invalid_argument(f"input '{name}': 'datatype' must be a string")
+        dtype = _dtype(name, datatype, spec)
         shape = _shape(name, item.get("shape"))
         item_params = item.get("parameters")
         size = item_params.get("binary_data_size") if isinstance(item_params, dict) else None
@@ -225,12 +231,14 @@ def decode_grpc(request: Any, sig: Signature) -> dict[str, np.ndarray]:
         name = item.name
         dtype = _dtype(name, item.datatype, sig.inputs.get(name))
         shape = tuple(int(d) for d in item.shape)
+        if any(d < 0 for d in shape):
+            raise invalid_argument(f"input '{name}': the shape {list(shape)} has a negative dimension")
         if raw:
             inputs[name] = _from_raw(name, raw[index], dtype, shape)
             continue
         field = CONTENTS.get(item.datatype)
         if field is None:
-            raise unimplemented(f"input '{name}': datatype {item.datatype} needs raw_input_contents")
+            raise invalid_argument(f"input '{name}': datatype {item.datatype} needs raw_input_contents")
         values = getattr(item.contents, field)
         if dtype == STRING:
             array = np.empty(len(values), dtype=object)

@@ -134,7 +134,12 @@ def _columns_object(inputs: dict[str, Any], spec: TensorSpec) -> np.ndarray:
     if unknown:
         raise invalid_argument(f"'inputs' object: unknown feature(s) {', '.join(unknown[:10])}")
     column_spec = TensorSpec(spec.name, spec.dtype, (-1,))
-    return np.stack([to_array(inputs[c], column_spec) for c in columns], axis=-1)
+    arrays = [to_array(inputs[c], column_spec) for c in columns]
+    if len({a.shape for a in arrays}) > 1:
+        shapes = ", ".join(f"{c}: {list(a.shape)}" for c, a in zip(columns[:10], arrays, strict=False))
+        raise invalid_argument(f"'inputs' object: the features of {spec.name} must be lists of one length, got "
+                               f"{shapes}")
+    return np.stack(arrays, axis=-1)
 
 
 def _jsonable(name: str, array: np.ndarray) -> Any:

@@ -13,7 +13,9 @@ from ...codecs.jsonutil import dumps, loads
 from ...dataplane import Outputs
 from ...errors import HTTP_STATUS, Code, ServingError, invalid_argument
 from ...http.protocol import Deferred, Request, Response
+from ...model_config import version_number
 from ...pipeline import Call, Inputs, Pipeline
+from ...redact import redact
 from ...repository import ModelManager
 from ...servable import Servable
 from ...signature import Signature
@@ -22,7 +24,7 @@ from . import codec, examples
 
 ROUTE_CACHE = 4096
 MODEL_PATH = re.compile(
-    r"/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>-?\d+)|/labels/(?P<label>[^/:]+))?"
+    r"/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>-?[0-9]+)|/labels/(?P<label>[^/:]+))?"
     r"(?:(?P<metadata>/metadata)|:(?P<verb>predict|classify|regress))?/?$",
     re.IGNORECASE,
 )
@@ -39,7 +41,7 @@ def parse_model_path(path: str) -> Route:
     verb = m["verb"] if m is not None else None
     if m is None or (verb and m["metadata"]) or (verb is not None and not verb.islower()):
         return None, None, None, None, False
-    version = int(m["version"]) if m["version"] is not None else None
+    version = version_number(m["version"]) if m["version"] is not None else None
     return m["name"], version, m["label"], verb, m["metadata"] == "/metadata"
 
 
@@ -127,7 +129,7 @@ class TfServingRest:
             models.append({
                 "name": name,
                 "platform": model.spec.platform or "",
-                "base_path": model.spec.base_path,
+                "base_path": redact(model.spec.base_path),
                 "labels": model.labels,
                 "model_version_status": [
                     {"version": str(s.version), "state": s.state.value}

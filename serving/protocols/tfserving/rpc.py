@@ -26,6 +26,7 @@ from ..._proto.tensorflow_serving.apis import (
     regression_pb2,
 )
 from ...codecs.tensors import DTYPE_ENUMS, array_to_tensor, conform_all, tensor_to_array
+from ...control import LoadRoots
 from ...dataplane import outputs_of
 from ...errors import Code, ServingError, invalid_argument
 from ...model_config import ConfigError, ModelSpec, missing_base_paths, specs_from_proto
@@ -195,8 +196,10 @@ EXAMPLE_ANSWERS: dict[str, tuple[Callable[[], Any], Callable[[Any, dict[str, Any
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):  # type: ignore[misc]
     SERVICE = model_service_pb2.DESCRIPTOR.services_by_name["ModelService"]
 
-    def __init__(self, manager: ModelManager, reload: Callable[[list[ModelSpec]], Awaitable[None]]) -> None:
+    def __init__(self, manager: ModelManager, reload: Callable[[list[ModelSpec]], Awaitable[None]],
+                 roots: LoadRoots | None = None) -> None:
         self.manager, self.reload = manager, reload
+        self.roots = roots or LoadRoots(())  # where the base paths of a reload may be
 
     @grpc_errors
     async def GetModelStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
@@ -222,6 +225,9 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):  # type: ignore
             specs = specs_from_proto(request.config, "ReloadConfigRequest")
         except ConfigError as e:
             raise ServingError(Code.INVALID_ARGUMENT, str(e)) from e
+        for spec in specs:
+            self.roots.check(spec.base_path, f"the base path of model {spec.name}")
+            self._check_request_log(spec)
         missing = missing_base_paths(specs)
         if missing:
             log.warning("ReloadConfigRequest not applied: %s", "; ".join(missing))
@@ -232,6 +238,19 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):  # type: ignore
         except ConfigError as e:
             fill_status(response.status, Code.FAILED_PRECONDITION, str(e))
         return response
+
+
+    def _check_request_log(self, spec: ModelSpec) -> None:
+        """A reload may keep a model's request log where the server's config put it, or drop it, but not
+        write one somewhere new: which files the server writes is the operator's choice, not a client's."""
+        if spec.request_log is None:
+            return
+        current = self.manager.models.get(spec.name)
+        kept = current.spec.request_log if current is not None else None
+        if kept is None or kept.prefix != spec.request_log.prefix:
+            raise ServingError(Code.PERMISSION_DENIED,
+                               f"model {spec.name}: a reload cannot point a request log at a new filename_prefix; "
+                               f"set it in the model config file")
 
 
 def fill_status(status: Any, code: Code, message: str) -> None:
