@@ -38,11 +38,11 @@ from serving.accesslog import AccessLog  # noqa: E402
 from serving.batching import BatchingOptions  # noqa: E402
 from serving.dataplane import DataPlane, validate_inputs  # noqa: E402
 from serving.http.protocol import DeadlineWheel, HttpConnection, HttpLimits, Request, Response  # noqa: E402
-from serving.http.routes import RestApi  # noqa: E402
 from serving.metrics import RequestMetrics  # noqa: E402
 from serving.model_config import ModelSpec  # noqa: E402
 from serving.pipeline import Pipeline  # noqa: E402
 from serving.protocols.kserve.statistics import Statistics  # noqa: E402
+from serving.protocols.router import RestApi  # noqa: E402
 from serving.protocols.tfserving import codec as tfserving  # noqa: E402
 from serving.repository import ModelManager  # noqa: E402
 from serving.servable import Runtime  # noqa: E402

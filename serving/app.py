@@ -26,7 +26,6 @@ from .control import MODELMESH_MODEL_DIR, LoadRoots, ModelControl
 from .dataplane import DataPlane
 from .errors import Code, ServingError
 from .http.protocol import KEPT_HEADERS, DeadlineWheel, Deferred, HttpConnection, HttpLimits, Request, Response
-from .http.routes import RestApi
 from .metrics import Metrics, RequestMetrics
 from .model_config import (
     ConfigError,
@@ -45,6 +44,7 @@ from .protocols.cloud.auth import TokenAuth, read_token_file
 from .protocols.kserve.rpc import InferenceService
 from .protocols.kserve.statistics import Statistics
 from .protocols.modelmesh import ModelRuntime
+from .protocols.router import RestApi
 from .protocols.tfserving.rpc import ModelService, PredictionService
 from .remote import URL_PREFIXES, ModelFetcher, default_cache_dir
 from .repository import ModelManager

@@ -19,8 +19,9 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
+from .codecs.tfrecord import prediction_logs, write_tfrecords
 from .errors import ServingError
-from .warmup import MAX_RECORDS, prediction_logs, write_tfrecords
+from .warmup import MAX_RECORDS
 
 
 def distinct_requests(paths: list[Path], limit: int) -> Iterator[bytes]:

@@ -29,6 +29,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from .accesslog import ACCESS_LOG_DROPPED
+from .http.protocol import HTTP_RESPONSES
 from .repository import ModelManager, State
 from .workers import MergedRegistry, Peers, merge_metrics, metric_state
 
@@ -37,8 +38,6 @@ if TYPE_CHECKING:
     from .errors import ServingError
     from .pipeline import Call, Timings
 
-#: HTTP answers by status code; the connection adds one per response it writes.
-HTTP_RESPONSES: collections.Counter[int] = collections.Counter()
 #: Seconds: from 50 µs (a small model inline) to 30 s.
 LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                    1.0, 2.5, 5.0, 10.0, 30.0)

@@ -41,6 +41,16 @@ def unknown_output(call: Call, name: str) -> ServingError:
                             f"{{{','.join(call.signature.outputs)}}}.")
 
 
+class TaskGroup:
+    """The calls of one MultiInference: each task's (verb, signature, outputs) as it finishes; the request
+    log writes one record when the last one did, none if any failed."""
+
+    def __init__(self, tasks: int) -> None:
+        self.results: list[tuple[str, str, Any] | None] = [None] * tasks
+        self.left = tasks
+        self.failed = False
+
+
 class Call:
     """One inference call, protocol-neutral. The adapter fills the first part; the pipeline the rest.
 

@@ -38,11 +38,12 @@ import numpy as np
 
 from ._proto.tensorflow_serving.apis import prediction_log_pb2
 from .codecs.tensors import array_to_tensor
+from .codecs.tfrecord import tfrecord
 from .errors import ServingError
 from .model_config import RequestLogSpec
 from .pipeline import Call, Timings
+from .protocols.tfserving.examples import EXAMPLE_ANSWERS, fill_classification, fill_regression
 from .repository import ModelManager
-from .warmup import tfrecord
 
 log = logging.getLogger(__name__)
 
@@ -63,16 +64,6 @@ PREVIEW_CHARS = 240
 LOGGED = frozenset({"predict", "classify", "regress"})
 #: A MultiInference task's method_name, by verb.
 TASK_METHODS = {"classify": "tensorflow/serving/classify", "regress": "tensorflow/serving/regress"}
-
-
-class TaskGroup:
-    """The calls of one MultiInference: each task's (verb, signature, outputs) as it finishes; the request
-    log writes one record when the last one did, none if any failed."""
-
-    def __init__(self, tasks: int) -> None:
-        self.results: list[tuple[str, str, Any] | None] = [None] * tasks
-        self.left = tasks
-        self.failed = False
 
 
 class TFRecordFiles:
@@ -300,7 +291,6 @@ def prediction_log(model: str, version: int, signature: str, request_id: str, in
     meta.sampling_config.sampling_rate = sample_rate
     meta.request_id = request_id
     if method == "multi_inference":
-        from .protocols.tfserving.rpc import fill_classification, fill_regression
 
         multi = record.multi_inference_log
         (serialized,) = inputs.values()
@@ -319,7 +309,6 @@ def prediction_log(model: str, version: int, signature: str, request_id: str, in
                 fill_regression(result.regression_result, task_outputs, len(serialized))
         return record.SerializeToString()
     if method != "predict":
-        from .protocols.tfserving.rpc import EXAMPLE_ANSWERS
 
         log = record.classify_log if method == "classify" else record.regress_log
         log.request.model_spec.CopyFrom(meta.model_spec)

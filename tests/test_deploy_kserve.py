@@ -210,7 +210,7 @@ def test_the_modelmesh_runtime_serves_models_through_its_own_model_runtime_api(m
 
 
 def test_the_probed_and_scraped_paths_are_the_servers_routes():
-    source = (ROOT / "serving" / "http" / "routes.py").read_text()
+    source = (ROOT / "serving" / "protocols" / "router.py").read_text()
     for path in ("/healthz", "/readyz", "/metrics"):
         assert f'"{path}"' in source, path
 

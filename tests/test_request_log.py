@@ -26,9 +26,9 @@ from serving._proto.tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 from serving.codecs.tensors import array_to_tensor, tensor_to_array
+from serving.codecs.tfrecord import prediction_logs, read_tfrecords, tfrecord, write_tfrecords
 from serving.errors import ServingError
 from serving.model_config import ConfigError, RequestLogSpec, parse_model_config
-from serving.warmup import prediction_logs, read_tfrecords, tfrecord, write_tfrecords
 from tests.helpers import ROOT, Server, make_linear, wait_until
 
 

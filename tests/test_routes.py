@@ -21,11 +21,11 @@ from serving._proto.eas import tf_predict_pb2
 from serving.batching import BatchingOptions
 from serving.dataplane import DataPlane
 from serving.http.protocol import Deferred, Request, Response
-from serving.http.routes import RestApi
 from serving.metrics import Metrics, RequestMetrics
 from serving.model_config import ModelSpec, VersionPolicy
 from serving.pipeline import Pipeline
 from serving.protocols.cloud.auth import TokenAuth
+from serving.protocols.router import RestApi
 from serving.repository import ModelManager
 from serving.servable import Runtime
 from tests.helpers import in_loop, make_linear, make_xgb, training_data

@@ -130,7 +130,7 @@ def test_the_service_json_shadow(tmp_path):
 def test_a_logged_calls_shadow_answer_is_logged_beside_it(tmp_path):
     from serving._proto.tensorflow_serving.apis import prediction_log_pb2
     from serving.codecs.tensors import tensor_to_array
-    from serving.warmup import read_tfrecords
+    from serving.codecs.tfrecord import read_tfrecords
 
     make_linear(tmp_path / "m", 1, weights=[[1.0]], bias=0.0)
     make_linear(tmp_path / "m", 2, weights=[[1.0]], bias=1.0)

@@ -181,7 +181,7 @@ def replay_bodies(paths: list[Path], kind: str, url_or_api: str) -> list[bytes]:
     """The predict requests of request logs (TFRecord files of PredictionLog) as bodies for the target: TF
     Serving's serialized PredictRequest (gRPC tf), KServe V2's ModelInferRequest (gRPC v2) or JSON (a /v2/
     URL), TF Serving's columnar REST JSON (any other URL)."""
-    from ..warmup import prediction_logs
+    from ..codecs.tfrecord import prediction_logs
 
     bodies: list[bytes] = []
     for log in prediction_logs(paths):

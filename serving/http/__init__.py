@@ -1,1 +1,2 @@
-"""The HTTP front end: an asyncio.Protocol on httptools (this package) and the routes it serves."""
+"""The HTTP/1.1 transport: an asyncio.Protocol on httptools. The routes it serves are the protocols'
+(serving/protocols/router.py)."""

@@ -22,7 +22,6 @@ import httptools
 
 from ..accesslog import request_id_of
 from ..codecs.jsonutil import dumps
-from ..metrics import HTTP_RESPONSES
 
 if TYPE_CHECKING:
     from ..accesslog import AccessLog
@@ -30,6 +29,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 JSON = b"application/json"
+#: HTTP answers by status code, one per response written (serving_http_responses_total reads it).
+HTTP_RESPONSES: collections.Counter[int] = collections.Counter()
 STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
 STATUS_LINES[414] = b"HTTP/1.1 414 URI Too Long\r\n"  # RFC 9110's name; Python 3.11 has the old one
 STATUS_LINES[450] = b"HTTP/1.1 450 Queue Full\r\n"

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from ..codecs.dtypes import NAMES
 from ..errors import invalid_argument
 from ..metrics import LATENCY_BUCKETS, RequestMetrics
 from ..redact import redact
@@ -292,7 +293,6 @@ def try_requests(model: str, version: int, sig: Signature, default: bool, served
                  ) -> list[dict[str, Any]]:
     """A request body per protocol that the version answers: TF Serving REST, KServe V2, and, for the version
     that answers requests naming none (`served`), the cloud route of a tabular model (one 2-D input)."""
-    from ..protocols.kserve.codec import NAMES
 
     if sig.method_name != PREDICT_METHOD:
         return []

@@ -12,20 +12,12 @@ from typing import Any
 import numpy as np
 
 from ...codecs.arrays import convert
+from ...codecs.dtypes import DATATYPES, NAMES
 from ...codecs.jsonutil import dumps, dumps_with_nonfinite, loads
 from ...errors import ServingError, invalid_argument
 from ...model_config import version_number
-from ...signature import BFLOAT16, STRING, Signature, TensorSpec
+from ...signature import STRING, Signature, TensorSpec
 
-DATATYPES: dict[str, np.dtype] = {
-    "BOOL": np.dtype(np.bool_), "UINT8": np.dtype(np.uint8), "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32), "UINT64": np.dtype(np.uint64), "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16), "INT32": np.dtype(np.int32), "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16), "FP32": np.dtype(np.float32), "FP64": np.dtype(np.float64), "BYTES": STRING,
-}
-if BFLOAT16 is not None:
-    DATATYPES["BF16"] = BFLOAT16
-NAMES = {dt: name for name, dt in DATATYPES.items()}
 CONTENTS = {"BOOL": "bool_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
             "UINT32": "uint_contents", "UINT64": "uint64_contents", "INT8": "int_contents",
             "INT16": "int_contents", "INT32": "int_contents", "INT64": "int64_contents",

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
+from ..._proto.tensorflow_serving.apis import classification_pb2, regression_pb2
 from ...codecs.arrays import is_b64
 from ...codecs.jsonutil import dumps, dumps_with_nonfinite, short
 from ...errors import invalid_argument, unimplemented
@@ -186,3 +187,24 @@ def multi_inference_plan(servable: Servable, tasks: Any) -> list[tuple[str, Sign
             raise invalid_argument("Input tensor must be the same for all Signatures.")
         plan.append((verb, sig, name))
     return plan
+
+
+# ---- gRPC answers (and the request log's records of them) ----
+
+def fill_classification(result: Any, outputs: dict[str, Any], n: int) -> None:
+    """A ClassificationResult: per example, its (label, score) classes."""
+    for pairs in classification_pairs(outputs, n):
+        entry = result.classifications.add()
+        for label, score in pairs:
+            entry.classes.add(label=label, score=score)
+
+
+def fill_regression(result: Any, outputs: dict[str, Any], n: int) -> None:
+    for value in regression_values(outputs, n):
+        result.regressions.add(value=value)
+
+
+EXAMPLE_ANSWERS: dict[str, tuple[Callable[[], Any], Callable[[Any, dict[str, Any], int], None]]] = {
+    "classify": (classification_pb2.ClassificationResponse, fill_classification),
+    "regress": (regression_pb2.RegressionResponse, fill_regression),
+}

@@ -13,7 +13,6 @@ import grpc
 
 from ..._proto.tensorflow.core.protobuf import error_codes_pb2
 from ..._proto.tensorflow_serving.apis import (
-    classification_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
     inference_pb2,
@@ -23,21 +22,26 @@ from ..._proto.tensorflow_serving.apis import (
     predict_pb2,
     prediction_service_pb2,
     prediction_service_pb2_grpc,
-    regression_pb2,
 )
 from ...codecs.tensors import DTYPE_ENUMS, array_to_tensor, conform_all, tensor_to_array
 from ...control import LoadRoots
 from ...dataplane import outputs_of
 from ...errors import Code, ServingError, invalid_argument
 from ...model_config import ConfigError, ModelSpec, missing_base_paths, specs_from_proto
-from ...pipeline import Call, Inputs, Pipeline
+from ...pipeline import Call, Inputs, Pipeline, TaskGroup
 from ...repository import ModelManager
-from ...requestlog import TaskGroup
 from ...servable import Servable
 from ...signature import STRING, Signature
 from ..adapters import call_deadline, grpc_call, grpc_errors, routed_model, spec_version
 from . import examples
-from .examples import examples_input, multi_inference_plan, multi_inference_spec
+from .examples import (
+    EXAMPLE_ANSWERS,
+    examples_input,
+    fill_classification,
+    fill_regression,
+    multi_inference_plan,
+    multi_inference_spec,
+)
 
 log = logging.getLogger(__name__)
 
@@ -161,19 +165,6 @@ def _planned(call: Call, servable: Servable) -> tuple[Signature, Inputs]:
     return sig, inputs
 
 
-def fill_classification(result: Any, outputs: dict[str, Any], n: int) -> None:
-    """A ClassificationResult: per example, its (label, score) classes."""
-    for pairs in examples.classification_pairs(outputs, n):
-        entry = result.classifications.add()
-        for label, score in pairs:
-            entry.classes.add(label=label, score=score)
-
-
-def fill_regression(result: Any, outputs: dict[str, Any], n: int) -> None:
-    for value in examples.regression_values(outputs, n):
-        result.regressions.add(value=value)
-
-
 def signature_def(sig: Signature, target: Any) -> None:
     for specs, out in ((sig.inputs, target.inputs), (sig.outputs, target.outputs)):
         for alias, spec in specs.items():
@@ -185,12 +176,6 @@ def signature_def(sig: Signature, target: Any) -> None:
             for d in spec.shape or ():
                 info.tensor_shape.dim.add().size = d
     target.method_name = sig.method_name
-
-
-EXAMPLE_ANSWERS: dict[str, tuple[Callable[[], Any], Callable[[Any, dict[str, Any], int], None]]] = {
-    "classify": (classification_pb2.ClassificationResponse, fill_classification),
-    "regress": (regression_pb2.RegressionResponse, fill_regression),
-}
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):  # type: ignore[misc]

@@ -15,19 +15,19 @@ from .. import ui
 from ..codecs.jsonutil import dumps
 from ..control import ModelControl
 from ..errors import ServingError
+from ..http.protocol import Deferred, Request, Response
 from ..metrics import Metrics
 from ..pipeline import Pipeline
-from ..protocols.adapters import answer_when
-from ..protocols.cloud.auth import TokenAuth
-from ..protocols.cloud.rest import CloudRest
-from ..protocols.kserve.rest import KServeRest
-from ..protocols.kserve.statistics import Statistics
-from ..protocols.tfserving.codec import encode_error
-from ..protocols.tfserving.rest import TfServingRest
 from ..repository import ModelManager
 from ..ui import StatusApi
 from ..workers import Peers
-from .protocol import Deferred, Request, Response
+from .adapters import answer_when
+from .cloud.auth import TokenAuth
+from .cloud.rest import CloudRest
+from .kserve.rest import KServeRest
+from .kserve.statistics import Statistics
+from .tfserving.codec import encode_error
+from .tfserving.rest import TfServingRest
 
 PROMETHEUS = CONTENT_TYPE_LATEST.encode()
 HTML = b"text/html; charset=utf-8"
