@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import gc
 import logging
 import os
@@ -12,7 +11,6 @@ import pickle
 import signal
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -21,8 +19,8 @@ from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
 
 from .accesslog import AccessLog
-from .batching import BatchingOptions, from_batching_parameters
-from .control import MODELMESH_MODEL_DIR, LoadRoots, ModelControl
+from .batching import options_from_settings
+from .control import ModelControl, load_roots
 from .dataplane import DataPlane
 from .errors import Code, ServingError
 from .http.protocol import KEPT_HEADERS, DeadlineWheel, Deferred, HttpConnection, HttpLimits, Request, Response
@@ -30,14 +28,10 @@ from .metrics import Metrics, RequestMetrics
 from .model_config import (
     ConfigError,
     ModelSpec,
-    RequestLogSpec,
-    ShadowSpec,
-    VersionPolicy,
-    checked_traffic,
-    log_spec_from_json,
-    name_error,
+    may_start_empty,
     read_model_config_file,
-    shadow_from_json,
+    specs_from_settings,
+    with_runtime,
 )
 from .pipeline import Pipeline
 from .protocols.cloud.auth import TokenAuth, read_token_file
@@ -46,15 +40,15 @@ from .protocols.kserve.statistics import Statistics
 from .protocols.modelmesh import ModelRuntime
 from .protocols.router import RestApi
 from .protocols.tfserving.rpc import ModelService, PredictionService
-from .remote import URL_PREFIXES, ModelFetcher, default_cache_dir
+from .remote import ModelFetcher
 from .repository import ModelManager
 from .requestlog import RequestLogger, worker_index
-from .rpc.decode import add_health, add_services
-from .rpc.interceptors import TokenInterceptor
+from .rpc.decode import add_health
+from .rpc.server import listen, new_server
 from .servable import Runtime
 from .settings import Settings
 from .shadow import ShadowRunner
-from .tracing import Tracing, configured_endpoint, otlp_tracing
+from .tracing import tracing_from_settings
 from .ui import StatusApi
 from .warmup import Warmup
 from .workers import START_FAILED, Peers, close_listeners, metric_state
@@ -71,140 +65,13 @@ SIBLINGS_POLL_S = 0.2
 RELOAD_TIMEOUT_S = 3600.0
 
 
-def initial_specs(settings: Settings) -> list[ModelSpec]:
-    """The models to serve at start-up: the config file, or the single-model flags."""
-    if settings.model_config_file:
-        specs = read_model_config_file(settings.model_config_file)
-    elif settings.model_base_path:
-        if (error := name_error(settings.model_name)) is not None:
-            raise ConfigError(f"--model_name: {error}")
-        traffic, request_log, shadow = (service_extras(settings.service_config) if settings.service_config
-                                        else ({}, None, None))
-        if shadow is not None and not traffic:
-            raise ConfigError(f"service config {settings.service_config}: \"shadow\" needs \"traffic\" naming the "
-                              f"version(s) that answer (e.g. {{\"1\": 100}})")
-        served = {*traffic, *([shadow.version] if shadow is not None else [])}
-        specs = [
-            ModelSpec(
-                name=settings.model_name,
-                base_path=(settings.model_base_path if settings.model_base_path.startswith(URL_PREFIXES)
-                           else os.path.abspath(settings.model_base_path)),
-                platform=settings.model_platform or None,
-                flat=True,  # the model files directly in the base path (KServe's /mnt/models) are version 1
-                # The versions a split names are the ones served (else the latest alone).
-                policy=VersionPolicy("specific", versions=frozenset(served)) if traffic else VersionPolicy(),
-                traffic=traffic,
-                request_log=request_log,
-                shadow=shadow,
-            )
-        ]
-    elif may_start_empty(settings):
-        specs = []
-    else:
-        raise ConfigError("Either --model_config_file or --model_base_path (or env MODEL_BASE_PATH) must be set")
-    return with_runtime(specs, settings)
-
-
-def service_extras(path: str) -> tuple[dict[int, int], RequestLogSpec | None, ShadowSpec | None]:
-    """The service JSON's `"traffic": {"1": 90, "2": 10}`, `"request_log": {"path", "sample_rate"}` and
-    `"shadow": {"version", "sample_rate"}` (settings.py read the rest of it)."""
-    try:
-        doc = orjson.loads(Path(path).read_bytes())
-    except (OSError, orjson.JSONDecodeError) as e:
-        raise ConfigError(f"cannot read service config {path}: {e}") from e
-    doc = doc if isinstance(doc, dict) else {}
-    traffic = doc.get("traffic")
-    if traffic is not None and not isinstance(traffic, dict):
-        raise ConfigError(f"service config {path}: \"traffic\" must map versions to percents")
-    where = f"service config {path}"
-    return (checked_traffic(traffic or {}, where), log_spec_from_json(doc.get("request_log"), where),
-            shadow_from_json(doc.get("shadow"), where))
-
-
-def may_start_empty(settings: Settings) -> bool:
-    """A server whose models come when asked for (ModelMesh, explicit model control) may have none."""
-    return settings.modelmesh_port > 0 or settings.model_control_mode == "explicit"
-
-
-def with_runtime(specs: list[ModelSpec], settings: Settings) -> list[ModelSpec]:
-    """The server-wide device and framework options, applied to every model spec."""
-    options: dict[str, object] = {}
-    if settings.tensorflow_intra_op_parallelism > 0:
-        options["intra_op_threads"] = settings.tensorflow_intra_op_parallelism
-    if settings.tensorflow_inter_op_parallelism > 0:
-        options["inter_op_threads"] = settings.tensorflow_inter_op_parallelism
-    if settings.gpu_memory_limit_mb > 0:
-        options["gpu_memory_limit_mb"] = settings.gpu_memory_limit_mb
-    if settings.fp16:
-        options["fp16"] = True
-    if settings.onnx_graph_optimization_level != "all":
-        options["graph_optimization_level"] = settings.onnx_graph_optimization_level
-    return [dataclasses.replace(s, device=settings.device, options={**options, **s.options}) for s in specs]
-
-
-def load_roots(settings: Settings, specs: list[ModelSpec]) -> LoadRoots:
-    """Where a path a load request names may be: the configured base paths (the operator's), the model cache
-    dir, ModelMesh's model dir when it is on, and --model_load_roots."""
-    roots = [s.base_path for s in specs] + [settings.model_cache_dir or default_cache_dir()]
-    if settings.modelmesh_port:
-        roots.append(MODELMESH_MODEL_DIR)
-    return LoadRoots([*roots, *settings.model_load_roots.split(",")])
-
-
-def batching_options(settings: Settings) -> BatchingOptions:
-    """The batching settings, with a --batching_parameters_file over them; raises ValueError."""
-    try:
-        allowed = tuple(int(x) for x in settings.allowed_batch_sizes.split(",") if x.strip())
-    except ValueError as e:
-        raise ValueError(f"--allowed_batch_sizes: expected comma-separated integers: {e}") from e
-    options = BatchingOptions(
-        enabled=settings.enable_batching,
-        max_batch_size=settings.max_batch_size,
-        batch_timeout_micros=settings.batch_timeout_micros,
-        max_queue_size=settings.max_queue_size,
-        max_in_flight=settings.worker_threads,
-        allowed_batch_sizes=allowed,
-        pad_variable_length_inputs=settings.pad_variable_length_inputs,
-        inline_batch_micros=settings.inline_batch_micros,
-    )
-    if settings.batching_parameters_file:
-        path = settings.batching_parameters_file
-        try:
-            text = open(path).read()
-        except OSError as e:
-            raise ValueError(f"cannot read --batching_parameters_file {path}: {e.strerror}") from e
-        options = from_batching_parameters(text, options, path)
-    options.validate()
-    return options
-
-
-def tracing(settings: Settings) -> Tracing | None:
-    """The OpenTelemetry observer when an OTLP endpoint is configured (serving/tracing.py), else None."""
-    if not configured_endpoint(settings.otel_exporter_otlp_endpoint):
-        return None
-    try:
-        return otlp_tracing(settings.otel_exporter_otlp_endpoint, settings.model_name)
-    except ImportError:
-        log.error("an OTLP endpoint is set but OpenTelemetry is not installed: pip install serving-engine[otel]; "
-                  "no spans are exported")
-        return None
-
-
-def grace_period_s(settings: Settings) -> float:
-    """--termination_grace_period_seconds, or its older alias --drain_timeout_seconds where only that is set."""
-    default = next(f.default for f in dataclasses.fields(Settings) if f.name == "termination_grace_period_seconds")
-    if settings.termination_grace_period_seconds == default and settings.drain_timeout_seconds >= 0:
-        return settings.drain_timeout_seconds
-    return settings.termination_grace_period_seconds
-
-
 class Server:
     """Everything one serving process runs; `start()` then `stop()`."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.request_metrics = RequestMetrics()
-        self.runtime = Runtime(batching_options(settings), batch_observers=self.request_metrics.batch_observer)
+        self.runtime = Runtime(options_from_settings(settings), batch_observers=self.request_metrics.batch_observer)
         self.dataplane = DataPlane(self.runtime, settings.rate_limit)
         token = read_token_file(settings.token_file) if settings.token_file else settings.token
         self.auth = TokenAuth(token, max_skew_s=settings.token_max_skew_seconds) if token else None
@@ -248,7 +115,7 @@ class Server:
         self.statistics = Statistics(self.manager, self.peers)  # Triton's statistics extension (KServe V2)
         self.pipeline.observe(self.statistics)
         self.status = StatusApi(self)  # the status page's JSON (serving/ui)
-        self.tracing = tracing(settings)
+        self.tracing = tracing_from_settings(settings)
         if self.tracing is not None:
             self.pipeline.observe(self.tracing)
         self.specs: list[ModelSpec] = []
@@ -270,7 +137,7 @@ class Server:
         return self.specs[0].name if self.specs else None
 
     async def start(self) -> None:
-        self.specs = initial_specs(self.settings)  # a bad config stops the start here, before any port opens
+        self.specs = specs_from_settings(self.settings)  # a bad config stops the start here, before any port opens
         self.control.roots = load_roots(self.settings, self.specs)
         startup = self.control.startup(self.specs, self.settings.load_model)
         reloaded = self.peers.saved_reload() if self.peers is not None else None
@@ -329,49 +196,27 @@ class Server:
 
     async def _start_grpc(self) -> None:
         s = self.settings
-        size = s.grpc_max_message_bytes
-        self.grpc = grpc.aio.server(interceptors=self._interceptors(), options=[
-            ("grpc.max_receive_message_length", size),
-            ("grpc.max_send_message_length", size),
-            ("grpc.so_reuseport", 1 if self.peers is not None else 0),
-        ])
         timeout_s = s.rest_api_timeout_in_ms / 1000
         services: list[Any] = [PredictionService(self.manager, self.pipeline, timeout_s),
                                ModelService(self.manager, self.reload, self.control.roots),
                                InferenceService(self.manager, self.pipeline, timeout_s, self.statistics,
                                                 self.control)]
-        for service in services:  # read by adapters.grpc_errors
-            service.access_log = self.access_log
-        add_services(self.grpc, *services)
+        self.grpc = new_server(services, auth=self.auth, admin_auth=self.admin_auth, access_log=self.access_log,
+                               reuse_port=self.peers is not None, max_message_bytes=s.grpc_max_message_bytes)
         self.health = health_aio.HealthServicer()
         await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         add_health(self.grpc, self.health)
-        host = "[::]" if s.host in ("0.0.0.0", "::") else s.host
-        if self.grpc.add_insecure_port(f"{host}:{s.port}") == 0:
-            raise OSError(f"cannot listen on gRPC port {host}:{s.port}")
-        await self.grpc.start()
-        log.info("gRPC (TF Serving PredictionService + ModelService, KServe V2, health) listening on %s:%d",
-                 host, s.port)
-
-    def _interceptors(self) -> list[TokenInterceptor]:
-        """The token checks of a gRPC server: none when no token is set."""
-        if self.auth is None and self.admin_auth is None:
-            return []
-        return [TokenInterceptor(self.auth, self.access_log, self.admin_auth)]
+        await listen(self.grpc, s.host, s.port, "gRPC port",
+                     "TF Serving PredictionService + ModelService, KServe V2, health")
 
     async def _start_modelmesh(self) -> None:
         s = self.settings
-        self.modelmesh = grpc.aio.server(interceptors=self._interceptors(),
-                                         options=[("grpc.so_reuseport", 1 if self.peers is not None else 0)])
         runtime = ModelRuntime(self.control, self.manager, s, copies=self.peers.count if self.peers else 1,
                                started=lambda: self.started)
-        runtime.access_log = self.access_log
-        add_services(self.modelmesh, runtime)
-        host = "[::]" if s.modelmesh_host in ("0.0.0.0", "::") else s.modelmesh_host
-        if self.modelmesh.add_insecure_port(f"{host}:{s.modelmesh_port}") == 0:
-            raise OSError(f"cannot listen on the ModelMesh port {host}:{s.modelmesh_port}")
-        await self.modelmesh.start()
-        log.info("gRPC (ModelMesh mmesh.ModelRuntime) listening on %s:%d", host, s.modelmesh_port)
+        self.modelmesh = new_server([runtime], auth=self.auth, admin_auth=self.admin_auth,
+                                    access_log=self.access_log, reuse_port=self.peers is not None)
+        await listen(self.modelmesh, s.modelmesh_host, s.modelmesh_port, "the ModelMesh port",
+                     "ModelMesh mmesh.ModelRuntime")
 
     async def _control_siblings(self, verb: str, arg: Any) -> None:
         """A load or unload in the sibling workers (ModelControl.siblings); a worker started later serves
@@ -473,7 +318,7 @@ class Server:
     async def drain(self) -> None:
         """SIGTERM: not ready at once, serve on for --drain_delay_seconds, then `stop()`, all within the
         grace period."""
-        deadline = time.monotonic() + grace_period_s(self.settings)
+        deadline = time.monotonic() + self.settings.grace_period_s()
         delay = min(self.settings.drain_delay_seconds, max(deadline - time.monotonic(), 0.0))
         log.info("draining: not ready; serving on for %g s before the listener closes", delay)
         await self._not_ready()
@@ -492,7 +337,7 @@ class Server:
     async def stop(self, deadline: float | None = None) -> None:
         """Stop accepting, answer every request already received (until `deadline`), then unload."""
         if deadline is None:
-            deadline = time.monotonic() + grace_period_s(self.settings)
+            deadline = time.monotonic() + self.settings.grace_period_s()
         log.info("draining: no new connections; finishing requests in flight")
         await self._not_ready()
         if self.http is not None and self.http_connection is not None:

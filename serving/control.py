@@ -18,15 +18,18 @@ import dataclasses
 import logging
 import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from .errors import Code, ServingError, invalid_argument, not_found
 from .model_config import ConfigError, ModelSpec, VersionPolicy, checked_name
 from .redact import redact
-from .remote import URL_PREFIXES
+from .remote import URL_PREFIXES, default_cache_dir
 from .repository import ModelManager, State
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -242,3 +245,12 @@ def policy_from_json(doc: Any) -> VersionPolicy:
             pass
     raise invalid_argument(f"version_policy: expected {{\"latest\": {{\"num_versions\": N}}}}, {{\"all\": {{}}}} "
                            f"or {{\"specific\": {{\"versions\": [...]}}}}, got {orjson.dumps(doc).decode()}")
+
+
+def load_roots(settings: Settings, specs: list[ModelSpec]) -> LoadRoots:
+    """Where a path a load request names may be: the configured base paths (the operator's), the model cache
+    dir, ModelMesh's model dir when it is on, and --model_load_roots."""
+    roots = [s.base_path for s in specs] + [settings.model_cache_dir or default_cache_dir()]
+    if settings.modelmesh_port:
+        roots.append(MODELMESH_MODEL_DIR)
+    return LoadRoots([*roots, *settings.model_load_roots.split(",")])

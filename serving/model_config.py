@@ -7,17 +7,22 @@ absolute base paths, model_platform required in the file).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import orjson
 from google.protobuf import text_format
 
 from ._proto.tensorflow_serving.config import model_server_config_pb2 as msc
 from .errors import invalid_argument
 from .remote import URL_PREFIXES
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 
 class ConfigError(ValueError):
@@ -289,3 +294,76 @@ def list_versions(base_path: str, flat: bool = False) -> dict[int, Path]:
             if len(folders) == 1:
                 return list_versions(folders[0].path, flat)
     return found
+
+
+# ---- the models the settings name ----
+
+def specs_from_settings(settings: Settings) -> list[ModelSpec]:
+    """The models to serve at start-up: the config file, or the single-model flags."""
+    if settings.model_config_file:
+        specs = read_model_config_file(settings.model_config_file)
+    elif settings.model_base_path:
+        if (error := name_error(settings.model_name)) is not None:
+            raise ConfigError(f"--model_name: {error}")
+        traffic, request_log, shadow = (service_extras(settings.service_config) if settings.service_config
+                                        else ({}, None, None))
+        if shadow is not None and not traffic:
+            raise ConfigError(f"service config {settings.service_config}: \"shadow\" needs \"traffic\" naming the "
+                              f"version(s) that answer (e.g. {{\"1\": 100}})")
+        served = {*traffic, *([shadow.version] if shadow is not None else [])}
+        specs = [
+            ModelSpec(
+                name=settings.model_name,
+                base_path=(settings.model_base_path if settings.model_base_path.startswith(URL_PREFIXES)
+                           else os.path.abspath(settings.model_base_path)),
+                platform=settings.model_platform or None,
+                flat=True,  # the model files directly in the base path (KServe's /mnt/models) are version 1
+                # The versions a split names are the ones served (else the latest alone).
+                policy=VersionPolicy("specific", versions=frozenset(served)) if traffic else VersionPolicy(),
+                traffic=traffic,
+                request_log=request_log,
+                shadow=shadow,
+            )
+        ]
+    elif may_start_empty(settings):
+        specs = []
+    else:
+        raise ConfigError("Either --model_config_file or --model_base_path (or env MODEL_BASE_PATH) must be set")
+    return with_runtime(specs, settings)
+
+
+def service_extras(path: str) -> tuple[dict[int, int], RequestLogSpec | None, ShadowSpec | None]:
+    """The service JSON's `"traffic": {"1": 90, "2": 10}`, `"request_log": {"path", "sample_rate"}` and
+    `"shadow": {"version", "sample_rate"}` (settings.py read the rest of it)."""
+    try:
+        doc = orjson.loads(Path(path).read_bytes())
+    except (OSError, orjson.JSONDecodeError) as e:
+        raise ConfigError(f"cannot read service config {path}: {e}") from e
+    doc = doc if isinstance(doc, dict) else {}
+    traffic = doc.get("traffic")
+    if traffic is not None and not isinstance(traffic, dict):
+        raise ConfigError(f"service config {path}: \"traffic\" must map versions to percents")
+    where = f"service config {path}"
+    return (checked_traffic(traffic or {}, where), log_spec_from_json(doc.get("request_log"), where),
+            shadow_from_json(doc.get("shadow"), where))
+
+
+def may_start_empty(settings: Settings) -> bool:
+    """A server whose models come when asked for (ModelMesh, explicit model control) may have none."""
+    return settings.modelmesh_port > 0 or settings.model_control_mode == "explicit"
+
+
+def with_runtime(specs: list[ModelSpec], settings: Settings) -> list[ModelSpec]:
+    """The server-wide device and framework options, applied to every model spec."""
+    options: dict[str, object] = {}
+    if settings.tensorflow_intra_op_parallelism > 0:
+        options["intra_op_threads"] = settings.tensorflow_intra_op_parallelism
+    if settings.tensorflow_inter_op_parallelism > 0:
+        options["inter_op_threads"] = settings.tensorflow_inter_op_parallelism
+    if settings.gpu_memory_limit_mb > 0:
+        options["gpu_memory_limit_mb"] = settings.gpu_memory_limit_mb
+    if settings.fp16:
+        options["fp16"] = True
+    if settings.onnx_graph_optimization_level != "all":
+        options["graph_optimization_level"] = settings.onnx_graph_optimization_level
+    return [dataclasses.replace(s, device=settings.device, options={**options, **s.options}) for s in specs]

@@ -260,6 +260,14 @@ class Settings:
         "this base URL, e.g. `http://collector:4318`; without it, the standard `OTEL_EXPORTER_OTLP_ENDPOINT` / "
         "`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`; needs the `otel` extra", group="logging", shown_default="none")
 
+    def grace_period_s(self) -> float:
+        """--termination_grace_period_seconds, or its older alias --drain_timeout_seconds where only that is
+        set."""
+        default = next(f.default for f in fields(Settings) if f.name == "termination_grace_period_seconds")
+        if self.termination_grace_period_seconds == default and self.drain_timeout_seconds >= 0:
+            return self.drain_timeout_seconds
+        return self.termination_grace_period_seconds
+
     def apply_env(self, environ: Mapping[str, str] | None = None) -> None:
         """Read the TF Serving container's variables (MODEL_NAME, MODEL_BASE_PATH), then SERVING_<NAME>;
         a value that does not parse is a ValueError naming the variable."""

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .errors import ServingError
     from .pipeline import Call, Timings
+    from .settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -103,3 +104,15 @@ class Tracing:
         else:  # a grpc.aio.ServicerContext
             headers = {k: v for k, v in carrier.invocation_metadata() or () if k in ("traceparent", "tracestate")}
         return self.propagator.extract(headers) if headers else None
+
+
+def tracing_from_settings(settings: Settings) -> Tracing | None:
+    """The OpenTelemetry observer when an OTLP endpoint is configured (serving/tracing.py), else None."""
+    if not configured_endpoint(settings.otel_exporter_otlp_endpoint):
+        return None
+    try:
+        return otlp_tracing(settings.otel_exporter_otlp_endpoint, settings.model_name)
+    except ImportError:
+        log.error("an OTLP endpoint is set but OpenTelemetry is not installed: pip install serving-engine[otel]; "
+                  "no spans are exported")
+        return None

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 
 @dataclass(frozen=True)
@@ -76,4 +80,31 @@ def from_batching_parameters(text: str, base: BatchingOptions, source: str = "ba
         options.validate()
     except ValueError as e:
         raise ValueError(f"{source}: {e}") from e
+    return options
+
+
+def options_from_settings(settings: Settings) -> BatchingOptions:
+    """The batching settings, with a --batching_parameters_file over them; raises ValueError."""
+    try:
+        allowed = tuple(int(x) for x in settings.allowed_batch_sizes.split(",") if x.strip())
+    except ValueError as e:
+        raise ValueError(f"--allowed_batch_sizes: expected comma-separated integers: {e}") from e
+    options = BatchingOptions(
+        enabled=settings.enable_batching,
+        max_batch_size=settings.max_batch_size,
+        batch_timeout_micros=settings.batch_timeout_micros,
+        max_queue_size=settings.max_queue_size,
+        max_in_flight=settings.worker_threads,
+        allowed_batch_sizes=allowed,
+        pad_variable_length_inputs=settings.pad_variable_length_inputs,
+        inline_batch_micros=settings.inline_batch_micros,
+    )
+    if settings.batching_parameters_file:
+        path = settings.batching_parameters_file
+        try:
+            text = open(path).read()
+        except OSError as e:
+            raise ValueError(f"cannot read --batching_parameters_file {path}: {e.strerror}") from e
+        options = from_batching_parameters(text, options, path)
+    options.validate()
     return options
