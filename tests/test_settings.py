@@ -218,8 +218,7 @@ def test_new_settings_have_their_documented_defaults():
 
 
 def test_framework_flags_become_model_options(tmp_path):
-    from serving.model_config import with_runtime
-    from serving.model_config import ModelSpec
+    from serving.model_config import ModelSpec, with_runtime
 
     s = parse_settings(["--tensorflow_intra_op_parallelism=2", "--gpu_memory_limit_mb=512", "--fp16",
                         "--device=auto"])
