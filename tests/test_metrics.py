@@ -16,7 +16,7 @@ def server(tmp_path_factory):
     config.write_text(pbtxt({"name": "lin", "base_path": root / "lin", "platform": "linear"},
                             {"name": "broken", "base_path": root / "broken", "platform": "linear"}))
     with Server(f"--model_config_file={config}", wait_ready=False) as s:
-        s.wait_for("/v1/models/lin")
+        s.wait_for("/v1/models/lin/metadata")  # 200 once a version is AVAILABLE; the status answers 200 as it loads
         yield s
 
 
