@@ -215,8 +215,8 @@ def shown(tmp_path_factory):
                             {"name": "remote", "base_path": remote, "platform": "linear"}))
     with Server(f"--model_config_file={config}", f"--token={USER}", "--s3_endpoint_url=http://key:s3pass@127.0.0.1:1",
                 wait_ready=False) as s:
-        wait_until(lambda: s.get("/v1/models/lin")[0] == 200 and s.get("/v1/models/xgb")[0] == 200,
-                   what="lin and xgb loaded")
+        wait_until(lambda: s.get("/v1/models/lin/metadata")[0] == 200 and s.get("/v1/models/xgb/metadata")[0] == 200,
+                   what="lin and xgb AVAILABLE")  # their metadata: their status answers 200 while they load
         wait_until(lambda: "remote" in s.output() and "m.tar.gz" in s.output(), what="the failed fetch")
         yield s
 
