@@ -69,10 +69,11 @@ def test_the_status_lists_models_versions_and_signatures_and_its_request_bodies_
         {"name": "bad", "base_path": str(tmp_path / "bad"), "platform": "linear"}))
     with Server(f"--model_config_file={config}", "--max_batch_size=7", "--batch_timeout_micros=2000",
                 wait_ready=False) as s:
-        def loaded():  # both models with their versions found and their loads over
+        def loaded():  # both models with their versions found, their loads over and the labels applied after them
             d = status(s)
             versions = [v for m in d["models"] for v in m["versions"]]
-            return len(versions) == 3 and all(v["state"] in ("AVAILABLE", "END") for v in versions) and d
+            labelled = any(m["labels"] for m in d["models"])
+            return len(versions) == 3 and all(v["state"] in ("AVAILABLE", "END") for v in versions) and labelled and d
 
         doc = wait_until(loaded, what="the loads")
         assert [m["name"] for m in doc["models"]] == ["bad", "m"]
