@@ -1848,22 +1848,31 @@ class Probe:
     def run_http(self, kind: str, cases: Iterable[Case]) -> Tally:
         tally = Tally(kind, "HTTP")
 
-        def one(case: Case) -> None:
-            if time.monotonic() > self.deadline:
-                with tally.lock:
-                    tally.skipped += 1
-                return
+        def send(case: Case) -> None:
             out = exchange(self.ctx.port, case.data, case.expect if case.expect is not None else len(case.reqs),
                            case.timeout, case.half_close)
             with tally.lock:
                 self.judge_http(tally, case, out)
 
-        cases = list(cases)
+        return self.send_all(tally, list(cases), send, lambda case: excerpt(case.data))
+
+    def send_all(self, tally: Tally, cases: list[Any], send: Callable[[Any], None],
+                 repro: Callable[[Any], str]) -> Tally:
+        """Send `cases` from the thread pool until the deadline (later ones counted as skipped); then the admin
+        reloads of a served model one at a time, each followed by a predict on it (check_touched)."""
+
+        def one(case: Any) -> None:
+            if time.monotonic() > self.deadline:
+                with tally.lock:
+                    tally.skipped += 1
+                return
+            send(case)
+
         with ThreadPoolExecutor(self.args.threads) as pool:
             list(pool.map(one, [c for c in cases if not c.touches]))
-        for case in [c for c in cases if c.touches]:  # admin reloads of a served model: one at a time, checked
+        for case in [c for c in cases if c.touches]:
             one(case)
-            self.check_touched(tally, case.touches, excerpt(case.data))
+            self.check_touched(tally, case.touches, repro(case))
         return tally
 
     def check_touched(self, tally: Tally, name: str, repro: str) -> None:
@@ -2013,22 +2022,12 @@ class Probe:
     def run_grpc(self, kind: str, cases: Iterable[GrpcCase]) -> Tally:
         tally = Tally(kind, "gRPC")
 
-        def one(case: GrpcCase) -> None:
-            if time.monotonic() > self.deadline:
-                with tally.lock:
-                    tally.skipped += 1
-                return
+        def send(case: GrpcCase) -> None:
             code, details, answer, trailing = self.call(case)
             with tally.lock:
                 self.judge_grpc(tally, case, code, details, answer, trailing)
 
-        cases = list(cases)
-        with ThreadPoolExecutor(self.args.threads) as pool:
-            list(pool.map(one, [c for c in cases if not c.touches]))
-        for case in [c for c in cases if c.touches]:  # admin reloads of a served model: one at a time, checked
-            one(case)
-            self.check_touched(tally, case.touches, grpc_repro(case))
-        return tally
+        return self.send_all(tally, list(cases), send, grpc_repro)
 
     def restore(self) -> str:
         """Load this script's models again with the admin token (after a kind took one down), so that the next
