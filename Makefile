@@ -34,7 +34,7 @@ install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
 demo: install
-	$(PY) -m serving.demo $(DEMO)
+	$(PY) -m serving.tools.demo $(DEMO)
 
 serve: demo
 	$(VENV)/bin/serving --model_config_file=$(abspath $(DEMO))/model_config.pbtxt \

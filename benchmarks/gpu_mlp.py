@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # noqa: E402 - 
 
 from benchmarks.report import write_report  # noqa: E402
 from benchmarks.xgb_http import free_port, measure  # noqa: E402
-from serving.processor import processor_class  # noqa: E402
+from serving.core.processor import processor_class  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZES = (1, 32, 256, 2048)

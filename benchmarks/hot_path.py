@@ -34,19 +34,25 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # noqa: E402 - a script run from a checkout
 
 from benchmarks.xgb_http import PEERS, prepare_model  # noqa: E402
-from serving.accesslog import AccessLog  # noqa: E402
-from serving.batching import BatchingOptions  # noqa: E402
-from serving.dataplane import DataPlane, validate_inputs  # noqa: E402
-from serving.http.protocol import DeadlineWheel, HttpConnection, HttpLimits, Request, Response  # noqa: E402
-from serving.metrics import RequestMetrics  # noqa: E402
-from serving.model_config import ModelSpec  # noqa: E402
-from serving.pipeline import Pipeline  # noqa: E402
-from serving.protocols.kserve.statistics import Statistics  # noqa: E402
+from serving.core.batching import BatchingOptions  # noqa: E402
+from serving.core.dataplane import DataPlane, validate_inputs  # noqa: E402
+from serving.core.model_config import ModelSpec  # noqa: E402
+from serving.core.pipeline import Pipeline  # noqa: E402
+from serving.core.repository import ModelManager  # noqa: E402
+from serving.core.servable import Runtime  # noqa: E402
+from serving.ops.accesslog import AccessLog  # noqa: E402
+from serving.ops.metrics import RequestMetrics  # noqa: E402
+from serving.ops.statistics import Statistics  # noqa: E402
+from serving.ops.tracing import Tracing  # noqa: E402
 from serving.protocols.router import RestApi  # noqa: E402
 from serving.protocols.tfserving import codec as tfserving  # noqa: E402
-from serving.repository import ModelManager  # noqa: E402
-from serving.servable import Runtime  # noqa: E402
-from serving.tracing import Tracing  # noqa: E402
+from serving.transport.http import (  # noqa: E402
+    DeadlineWheel,
+    HttpConnection,
+    HttpLimits,
+    Request,
+    Response,
+)
 
 
 class FakeTransport:

@@ -19,7 +19,14 @@ sys.path.insert(0, str(ROOT))
 
 import uvloop  # noqa: E402
 
-from serving.http.protocol import DeadlineWheel, Deferred, HttpConnection, HttpLimits, Request, Response  # noqa: E402
+from serving.transport.http import (  # noqa: E402
+    DeadlineWheel,
+    Deferred,
+    HttpConnection,
+    HttpLimits,
+    Request,
+    Response,
+)
 
 REQUEST = (b"POST /v1/models/xgb:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 22\r\n\r\n"
            b'{"instances": [[1.0]]}')

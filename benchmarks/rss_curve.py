@@ -1,6 +1,6 @@
 """Memory over time: the server's resident memory under a steady load, sampled every 30 s.
 
-Serves the demo model repository (`python -m serving.demo`, made in a temporary folder) with the server's
+Serves the demo model repository (`python -m serving.tools.demo`, made in a temporary folder) with the server's
 defaults (access log on, to /dev/null here), and loads it with `wrk -t1 -c16` for `--duration` seconds,
 one TF Serving REST predict after another, alternating between the xgb and lgbm models. Every `--every`
 seconds it records the RSS of each server process (the supervisor and each worker with `--workers`). Writes
@@ -76,7 +76,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-rss-"))
-    subprocess.run([sys.executable, "-m", "serving.demo", str(work)], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "serving.tools.demo", str(work)], check=True, capture_output=True)
     port = free_port()
     cmd = [sys.executable, "-m", "serving", f"--model_config_file={work / 'model_config.pbtxt'}", "--host=127.0.0.1",
            f"--rest_api_port={port}", f"--port={free_port()}"]

@@ -3,7 +3,7 @@
 
     .venv/bin/python docs/screenshots.py [--out docs/img] [--load-seconds 30]
 
-It makes the demo models (`python -m serving.demo`) and a linear model in a temporary folder, serves them on
+It makes the demo models (`python -m serving.tools.demo`) and a linear model in a temporary folder, serves them on
 free loopback ports, and drives Debian's headless Chromium (`make install-test` installs `chromium` and
 `chromium-driver`; nothing is downloaded). The broken model is added to the served config file while the page
 is open: the page shows it within a poll.
@@ -41,7 +41,7 @@ from serving._proto.tensorflow_serving.config import model_server_config_pb2  # 
 ROW = [0.5, -1.2, 0.3, 0.0, 1.1, -0.4, 0.9, 0.2]
 
 def config_text(demo: str, root: Path, broken: bool = False) -> str:
-    """The demo's model config (`demo`, as serving.demo wrote it) with a 90/10 traffic split on xgb, a request log
+    """The demo's model config (`demo`, as serving.tools.demo wrote it) with a 90/10 traffic split on xgb, a request log
     of 5 % of lgbm's calls and, when `broken`, a model whose file is cut short."""
     config = text_format.Parse(demo, model_server_config_pb2.ModelServerConfig())
     models = {m.name: m for m in config.model_config_list.config}
@@ -131,7 +131,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="serving-shots-") as tmp:
         root = Path(tmp)
-        subprocess.run([sys.executable, "-m", "serving.demo", str(root)], check=True, cwd=ROOT,
+        subprocess.run([sys.executable, "-m", "serving.tools.demo", str(root)], check=True, cwd=ROOT,
                        stdout=subprocess.DEVNULL)
         (root / "logs").mkdir()
         (root / "ranker" / "1").mkdir(parents=True)

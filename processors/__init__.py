@@ -1,1 +1,1 @@
-"""Processors: one module per framework, each a `serving.processor.Processor` subclass."""
+"""Processors: one module per framework, each a `serving.core.processor.Processor` subclass."""

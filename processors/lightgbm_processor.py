@@ -13,8 +13,8 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 
+from serving.core.processor import Processor, find_model_file
 from serving.errors import Code, ServingError
-from serving.processor import Processor, find_model_file
 from serving.redact import load_failed
 
 from .tabular import INPUT, OUTPUT, tabular_signature, threads

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.processor import Processor, find_model_file
+from serving.core.processor import Processor, find_model_file
 from serving.redact import load_failed
 
 from .tabular import INPUT, OUTPUT, tabular_signature

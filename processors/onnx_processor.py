@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from serving.core.processor import Processor, cuda_device_count, find_model_file, resolve_device
+from serving.core.signature import DEFAULT_SIGNATURE, STRING, Signature, TensorSpec
 from serving.errors import Code, ServingError
-from serving.processor import Processor, cuda_device_count, find_model_file, resolve_device
 from serving.redact import load_failed
-from serving.signature import DEFAULT_SIGNATURE, STRING, Signature, TensorSpec
 
 ONNX_TYPES = {
     "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,

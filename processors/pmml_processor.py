@@ -26,10 +26,10 @@ import orjson
 from pypmml import Model
 
 from serving.codecs.jsonutil import loads
+from serving.core.processor import Processor, find_model_file
+from serving.core.signature import DEFAULT_SIGNATURE, STRING, Signature, TensorSpec
 from serving.errors import Code, ServingError, invalid_argument
-from serving.processor import Processor, find_model_file
 from serving.redact import load_failed
-from serving.signature import DEFAULT_SIGNATURE, STRING, Signature, TensorSpec
 
 NUMERIC = {"double": np.float64, "float": np.float64, "integer": np.int64}
 DEFAULTS = {"boolean": False, "string": "", "double": 0.0, "float": 0.0, "integer": 0}

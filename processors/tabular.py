@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from serving.signature import DEFAULT_SIGNATURE, Signature, TensorSpec
+from serving.core.signature import DEFAULT_SIGNATURE, Signature, TensorSpec
 
 INPUT = "inputs"
 OUTPUT = "predictions"

@@ -21,10 +21,17 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
+from serving.core.processor import Processor, resolve_device
+from serving.core.signature import (
+    CLASSIFY_METHOD,
+    PREDICT_METHOD,
+    REGRESS_METHOD,
+    STRING,
+    Signature,
+    TensorSpec,
+)
 from serving.errors import Code, ServingError, invalid_argument
-from serving.processor import Processor, resolve_device
 from serving.redact import load_failed
-from serving.signature import CLASSIFY_METHOD, PREDICT_METHOD, REGRESS_METHOD, STRING, Signature, TensorSpec
 
 log = logging.getLogger(__name__)
 

@@ -32,10 +32,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from serving.core.processor import Processor, find_model_file, resolve_device
+from serving.core.signature import DEFAULT_SIGNATURE, Signature, TensorSpec
 from serving.errors import Code, ServingError, invalid_argument
-from serving.processor import Processor, find_model_file, resolve_device
 from serving.redact import load_failed
-from serving.signature import DEFAULT_SIGNATURE, Signature, TensorSpec
 
 F32 = np.dtype(np.float32)
 # Row shapes of one request or batch, per input (the dims after the batch dim); None: the rank varies.

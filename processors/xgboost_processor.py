@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import xgboost as xgb
 
-from serving.processor import Processor, cuda_device_count, find_model_file, resolve_device
+from serving.core.processor import Processor, cuda_device_count, find_model_file, resolve_device
 from serving.redact import load_failed
 
 from .tabular import INPUT, OUTPUT, tabular_signature, threads

@@ -18,14 +18,10 @@ import orjson
 from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
 
-from .accesslog import AccessLog
-from .batching import options_from_settings
-from .control import ModelControl, load_roots
-from .dataplane import DataPlane
-from .errors import Code, ServingError
-from .http.protocol import KEPT_HEADERS, DeadlineWheel, Deferred, HttpConnection, HttpLimits, Request, Response
-from .metrics import Metrics, RequestMetrics
-from .model_config import (
+from .core.batching import options_from_settings
+from .core.control import ModelControl, load_roots
+from .core.dataplane import DataPlane
+from .core.model_config import (
     ConfigError,
     ModelSpec,
     may_start_empty,
@@ -33,25 +29,37 @@ from .model_config import (
     specs_from_settings,
     with_runtime,
 )
-from .pipeline import Pipeline
-from .protocols.cloud.auth import TokenAuth, read_token_file
+from .core.pipeline import Pipeline
+from .core.remote import ModelFetcher
+from .core.repository import ModelManager
+from .core.servable import Runtime
+from .errors import Code, ServingError
+from .ops.accesslog import AccessLog
+from .ops.metrics import Metrics, RequestMetrics
+from .ops.requestlog import RequestLogger, worker_index
+from .ops.shadow import ShadowRunner
+from .ops.statistics import Statistics
+from .ops.tracing import tracing_from_settings
+from .platform.modelmesh import ModelRuntime
+from .platform.workers import START_FAILED, Peers, close_listeners, metric_state
 from .protocols.kserve.rpc import InferenceService
-from .protocols.kserve.statistics import Statistics
-from .protocols.modelmesh import ModelRuntime
 from .protocols.router import RestApi
 from .protocols.tfserving.rpc import ModelService, PredictionService
-from .remote import ModelFetcher
-from .repository import ModelManager
-from .requestlog import RequestLogger, worker_index
-from .rpc.decode import add_health
-from .rpc.server import listen, new_server
-from .servable import Runtime
 from .settings import Settings
-from .shadow import ShadowRunner
-from .tracing import tracing_from_settings
-from .ui import StatusApi
-from .warmup import Warmup
-from .workers import START_FAILED, Peers, close_listeners, metric_state
+from .tools.ui import StatusApi
+from .tools.warmup import Warmup
+from .transport.auth import TokenAuth, read_token_file
+from .transport.http import (
+    KEPT_HEADERS,
+    DeadlineWheel,
+    Deferred,
+    HttpConnection,
+    HttpLimits,
+    Request,
+    Response,
+)
+from .transport.rpc.decode import add_health
+from .transport.rpc.server import listen, new_server
 
 log = logging.getLogger("serving")
 
@@ -107,10 +115,10 @@ class Server:
             self.control.siblings = self._control_siblings
             peers = self.peers  # a worker started later loads what the others have loaded then
             self.control.changed = lambda: peers.save_reload([m.spec for m in self.manager.models.values()])
-        # Sampled predict calls of the models whose config asks for it (serving/requestlog.py).
+        # Sampled predict calls of the models whose config asks for it (serving/ops/requestlog.py).
         self.request_log = RequestLogger(self.manager, worker_index(), settings.request_log_max_bytes)
         self.pipeline.observe(self.request_log)
-        self.shadow = ShadowRunner(self.manager, self.dataplane, self.request_log)  # serving/shadow.py
+        self.shadow = ShadowRunner(self.manager, self.dataplane, self.request_log)  # serving/ops/shadow.py
         self.pipeline.observe(self.shadow)
         self.statistics = Statistics(self.manager, self.peers)  # Triton's statistics extension (KServe V2)
         self.pipeline.observe(self.statistics)

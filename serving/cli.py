@@ -11,7 +11,15 @@ from collections.abc import Callable
 from dataclasses import Field, fields
 from typing import Any
 
-from .settings import GROUPS, Settings, convert, env_name, grouped, setting_type, shown_default
+from .settings import (
+    GROUPS,
+    Settings,
+    convert,
+    env_name,
+    grouped,
+    setting_type,
+    shown_default,
+)
 
 DESCRIPTION = (
     "serving-engine: serve models over TF Serving's REST and gRPC APIs, KServe V2 and the cloud processor "
@@ -94,12 +102,12 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
 
 def setup_logging(settings: Settings) -> None:
     """The server's own log on standard error, text or JSON lines; records about a request carry its id."""
-    from .accesslog import JsonFormatter, RequestIdFilter, TextFormatter
+    from .ops.accesslog import JsonFormatter, RequestIdFilter, TextFormatter
 
     if settings.log_format not in ("text", "json"):
         sys.exit(f"serving: --log_format: expected text or json, got {settings.log_format!r}")
     handler = logging.StreamHandler()
-    from .workers import SUPERVISED_ENV
+    from .platform.workers import SUPERVISED_ENV
 
     supervised = os.environ.get(SUPERVISED_ENV)
     worker = supervised.split(",", 1)[0] if supervised else None
@@ -109,7 +117,7 @@ def setup_logging(settings: Settings) -> None:
 
 
 #: `serving <command> ...`: the module whose main(argv) runs it.
-COMMANDS = {"bench": ".bench.cli",  # the load generator (serving/bench/)
+COMMANDS = {"bench": ".bench.cli",  # the load generator (serving/tools/bench/)
             "warmup-from-log": ".fromlog"}  # a warm-up file from request logs
 
 
@@ -121,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(importlib.import_module(COMMANDS[args[0]], __package__).main(args[1:]))
     settings = parse_settings(args)
     setup_logging(settings)
-    from .workers import SUPERVISED_ENV, supervise, worker_count
+    from .platform.workers import SUPERVISED_ENV, supervise, worker_count
 
     try:
         workers = worker_count(settings.workers)

@@ -21,7 +21,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
 
-from .remote import MAX_BYTES, MAX_FILES
+from .core.remote import MAX_BYTES, MAX_FILES
 
 log = logging.getLogger(__name__)
 
@@ -306,7 +306,7 @@ class Settings:
         if "model_path" in flat:
             self.model_base_path = str(flat["model_path"])
         if "processor" in flat:
-            from .processor import parse_processor_code
+            from .core.processor import parse_processor_code
 
             self.model_platform, self.device = parse_processor_code(str(flat["processor"]))
         for key in ("warm_up_data_path", "token"):

@@ -22,10 +22,10 @@ from serving._proto.tensorflow_serving.apis import (
     predict_pb2,
     prediction_service_pb2_grpc,
 )
-from serving.accesslog import MAX_ID_LENGTH, AccessLog
-from serving.http.protocol import DeadlineWheel, HttpConnection, HttpLimits
-from serving.metrics import ACCESS_LOG_DROPPED
-from serving.protocols.cloud.auth import sign
+from serving.ops.accesslog import MAX_ID_LENGTH, AccessLog
+from serving.ops.metrics import ACCESS_LOG_DROPPED
+from serving.transport.auth import sign
+from serving.transport.http import DeadlineWheel, HttpConnection, HttpLimits
 from tests.helpers import Server, in_loop, make_linear, wait_until
 from tests.test_http_protocol import App, FakeTransport, get, parse, post
 

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from serving.errors import Code, ServingError
-from serving.protocols.cloud.auth import TokenAuth, read_token_file, sign
+from serving.transport.auth import TokenAuth, read_token_file, sign
 
 TOKEN = "s3cret-token"
 NOW = 1_700_000_000.0  # 2023-11-14T22:13:20Z

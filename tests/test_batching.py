@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from serving import batching
-from serving.batching import BatchingOptions, BatchQueue, from_batching_parameters
+from serving.core import batching
+from serving.core.batching import BatchingOptions, BatchQueue, from_batching_parameters
 from serving.errors import Code, ServingError
 
 

@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from serving.bench.plots import step_label, write_plots  # noqa: E402
+from serving.tools.bench.plots import step_label, write_plots  # noqa: E402
 
 ALL = ["latency_vs_throughput.png", "timeline.png", "latency_spectrum.png", "server_split.png"]
 

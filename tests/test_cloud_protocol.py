@@ -11,9 +11,9 @@ import pytest
 
 from serving._proto.eas import pytorch_predict_pb2, tf_predict_pb2
 from serving._proto.tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
-from serving.protocols.cloud.auth import sign
+from serving.core.signature import Signature, TensorSpec
 from serving.protocols.cloud.proto import decode_pytorch, encode_pytorch
-from serving.signature import Signature, TensorSpec
+from serving.transport.auth import sign
 from tests.helpers import Server, make_linear
 
 TOKEN = "s3cret-token"

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from serving.codecs.jsonutil import loads
+from serving.core.signature import STRING, Signature, TensorSpec
 from serving.errors import Code, ServingError
 from serving.protocols.cloud import codec as cloud
 from serving.protocols.tfserving import codec as tfserving
-from serving.signature import STRING, Signature, TensorSpec
 
 F32 = np.dtype(np.float32)
 
@@ -164,7 +164,7 @@ def test_half_precision_over_json_is_unimplemented_as_in_tf_serving():
 
 def test_string_lists_nested_past_the_recursion_limit_are_a_client_error():
     from serving.codecs.arrays import convert
-    from serving.signature import STRING
+    from serving.core.signature import STRING
 
     nested: object = "a"
     for _ in range(1020):  # orjson reads 1024 levels; Python recurses about 1000 deep

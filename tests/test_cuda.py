@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from serving.core.processor import cuda_device_count, processor_class
 from serving.errors import Code, ServingError
-from serving.processor import cuda_device_count, processor_class
 from tests.helpers import Server, make_xgb, training_data
 
 

@@ -20,7 +20,7 @@ from serving._proto.inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from serving._proto.mmesh import model_runtime_pb2 as mm
 from serving._proto.mmesh import model_runtime_pb2_grpc as mm_grpc
 from serving._proto.tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
-from serving.control import LoadRoots
+from serving.core.control import LoadRoots
 from serving.errors import ServingError
 from serving.redact import redact, without_native_trace
 from tests.helpers import Server, free_port, make_linear, make_xgb, pbtxt, run_cli, wait_until

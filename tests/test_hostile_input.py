@@ -10,8 +10,8 @@ import grpc
 import pytest
 
 from serving._proto.tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
+from serving.codecs.examples import examples_from_json
 from serving.errors import Code, ServingError
-from serving.protocols.tfserving.examples import examples_from_json
 from tests.helpers import Server, make_linear, make_xgb, pbtxt, wait_until
 
 pytest.importorskip("xgboost", reason="xgboost-cpu is not installed")

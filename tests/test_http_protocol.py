@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from serving.http.protocol import (
+from serving.transport.http import (
     MAX_DISPATCHED,
     MAX_PIPELINE,
     DeadlineWheel,

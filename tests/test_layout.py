@@ -80,7 +80,7 @@ def test_no_module_of_serving_imports_one_that_imports_it_back():
 
 def test_the_http_transport_imports_no_protocol():
     graph = import_graph()
-    upward = sorted((m, t) for m, targets in graph.items() if m.startswith("serving.http")
+    upward = sorted((m, t) for m, targets in graph.items() if m.startswith("serving.transport")
                     for t in targets if t.startswith("serving.protocols"))
     assert upward == []
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from serving.model_config import ConfigError, VersionPolicy, list_versions, parse_model_config
+from serving.core.model_config import ConfigError, VersionPolicy, list_versions, parse_model_config
 
 GOOD = """
 model_config_list {

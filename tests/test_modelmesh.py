@@ -15,8 +15,8 @@ from serving._proto.mmesh import model_runtime_pb2 as mm
 from serving._proto.mmesh import model_runtime_pb2_grpc as mm_grpc
 from serving._proto.tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from serving.codecs.tensors import array_to_tensor, tensor_to_array
-from serving.protocols.modelmesh import model_capacity
-from serving.repository import resident_bytes
+from serving.core.repository import resident_bytes
+from serving.platform.modelmesh import model_capacity
 from serving.settings import Settings
 from tests.helpers import Server, free_port, make_linear, make_xgb, wait_until
 

@@ -5,7 +5,7 @@ import warnings
 import numpy as np
 import pytest
 
-from serving.processor import processor_class
+from serving.core.processor import processor_class
 from tests.helpers import Server
 
 torch = pytest.importorskip("torch", reason="torch (extra torch) is not installed")

@@ -14,15 +14,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from serving.batching import BatchingOptions
-from serving.dataplane import DataPlane, Outputs
+from serving.core.batching import BatchingOptions
+from serving.core.dataplane import DataPlane, Outputs
+from serving.core.model_config import ModelSpec
+from serving.core.pipeline import Call, Inputs, Pipeline, Timings
+from serving.core.repository import ModelManager
+from serving.core.servable import Runtime, Servable
+from serving.core.signature import Signature
 from serving.errors import Code, ServingError, invalid_argument
-from serving.metrics import RequestMetrics
-from serving.model_config import ModelSpec
-from serving.pipeline import Call, Inputs, Pipeline, Timings
-from serving.repository import ModelManager
-from serving.servable import Runtime, Servable
-from serving.signature import Signature
+from serving.ops.metrics import RequestMetrics
 from tests.helpers import in_loop, make_linear
 
 SLOW_MS = 100

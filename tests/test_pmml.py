@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
+from serving.core.processor import processor_class
 from serving.errors import Code, ServingError
-from serving.processor import processor_class
 from serving.protocols.tfserving.codec import record_rows
 from tests.helpers import Server
 

@@ -3,8 +3,14 @@
 import numpy as np
 import pytest
 
+from serving.core.processor import (
+    REGISTRY,
+    ProcessorEntry,
+    detect_platform,
+    processor_class,
+    resolve_device,
+)
 from serving.errors import Code, ServingError
-from serving.processor import REGISTRY, ProcessorEntry, detect_platform, processor_class, resolve_device
 from tests.helpers import make_lgbm, make_linear, make_xgb, training_data
 
 xgb = pytest.importorskip("xgboost", reason="xgboost-cpu is not installed")
@@ -91,7 +97,7 @@ def test_unknown_processor_lists_known_ones():
 
 
 def test_third_party_processors_register_through_entry_points(monkeypatch):
-    from serving import processor
+    from serving.core import processor
 
     monkeypatch.setattr(processor, "_entry_points", lambda: {"mylinear": "processors.linear:LinearProcessor"})
     from processors.linear import LinearProcessor

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from serving.core.model_config import ModelSpec, VersionPolicy
+from serving.core.remote import MAX_FILES, FetchBackoff, ModelFetcher
+from serving.core.repository import ModelManager, State
 from serving.errors import Code, ServingError
-from serving.metrics import Metrics
-from serving.model_config import ModelSpec, VersionPolicy
-from serving.remote import MAX_FILES, FetchBackoff, ModelFetcher
-from serving.repository import ModelManager, State
+from serving.ops.metrics import Metrics
 from serving.settings import Settings
 from tests.helpers import make_linear
 
@@ -54,7 +54,7 @@ def spec(base, name="m"):
 
 
 def records(caplog, level):
-    return [r.getMessage() for r in caplog.records if r.name == "serving.repository" and r.levelno == level]
+    return [r.getMessage() for r in caplog.records if r.name == "serving.core.repository" and r.levelno == level]
 
 
 @pytest.fixture
@@ -81,7 +81,7 @@ def test_a_failed_fetch_backs_off_to_five_minutes_with_one_error_then_a_line_a_m
         await m.shutdown()
         return scraped
 
-    with caplog.at_level(logging.INFO, logger="serving.repository"):
+    with caplog.at_level(logging.INFO, logger="serving.core.repository"):
         scraped = asyncio.run(go())
     times = [t for _, t in fetcher.calls]
     assert times == [0, 1, 3, 7, 15, 31, 63, 127, 255, 511, 811]  # doubling, then every 300 s
@@ -119,7 +119,7 @@ def test_a_fetch_that_succeeds_ends_the_back_off(clock, fetcher, caplog):
         assert m.get("m").version == 1
         await m.shutdown()
 
-    with caplog.at_level(logging.INFO, logger="serving.repository"):
+    with caplog.at_level(logging.INFO, logger="serving.core.repository"):
         asyncio.run(go())
     assert [t for _, t in fetcher.calls] == [0, 1, 3, 4, 5]
     assert any("fetched s3://models/lin after 2 failed attempts" in r for r in records(caplog, logging.INFO))
@@ -142,7 +142,7 @@ def test_a_changed_base_path_or_a_reload_is_fetched_at_once(clock, fetcher, capl
         assert m.get("m").version == 1
         await m.shutdown()
 
-    with caplog.at_level(logging.INFO, logger="serving.repository"):
+    with caplog.at_level(logging.INFO, logger="serving.core.repository"):
         asyncio.run(go())
     assert fetcher.calls == [(URL, 0), (other, 0.5), (other, 0.5), (other, 1.5)]
     assert len(records(caplog, logging.ERROR)) == 3  # each attempt asked for is reported

@@ -7,9 +7,9 @@ import threading
 import numpy as np
 import pytest
 
+from serving.core.model_config import ConfigError, ModelSpec, VersionPolicy
+from serving.core.repository import ModelManager, State
 from serving.errors import Code, ServingError
-from serving.model_config import ConfigError, ModelSpec, VersionPolicy
-from serving.repository import ModelManager, State
 from tests.helpers import make_linear
 
 

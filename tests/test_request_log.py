@@ -18,7 +18,6 @@ import grpc
 import numpy as np
 import pytest
 
-from serving import requestlog
 from serving._proto.tensorflow_serving.apis import (
     inference_pb2,
     predict_pb2,
@@ -27,8 +26,9 @@ from serving._proto.tensorflow_serving.apis import (
 )
 from serving.codecs.tensors import array_to_tensor, tensor_to_array
 from serving.codecs.tfrecord import prediction_logs, read_tfrecords, tfrecord, write_tfrecords
+from serving.core.model_config import ConfigError, RequestLogSpec, parse_model_config
 from serving.errors import ServingError
-from serving.model_config import ConfigError, RequestLogSpec, parse_model_config
+from serving.ops import requestlog
 from tests.helpers import ROOT, Server, make_linear, wait_until
 
 
@@ -287,14 +287,15 @@ def log_fd_writes(monkeypatch, folder, write):
 
 
 def warnings_of(caplog):
-    return [r.getMessage() for r in caplog.records if r.name == "serving.requestlog" and r.levelno >= logging.WARNING]
+    return [r.getMessage() for r in caplog.records
+            if r.name == "serving.ops.requestlog" and r.levelno >= logging.WARNING]
 
 
 def test_a_log_on_a_failing_disk_drops_and_counts_warns_once_a_minute_and_writes_again_once_it_frees_up(
         tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(requestlog, "RETRY_S", 0.05)
     monkeypatch.setattr(requestlog, "WARN_EVERY_S", 1.0)
-    caplog.set_level(logging.INFO, "serving.requestlog")
+    caplog.set_level(logging.INFO, "serving.ops.requestlog")
     blocked = tmp_path / "logs"
     blocked.write_text("a file where the log's folder should be")  # mkdir and open fail: ENOTDIR, EEXIST
     spec = RequestLogSpec(str(blocked / "m"), 1.0)
@@ -328,7 +329,7 @@ def test_a_log_on_a_failing_disk_drops_and_counts_warns_once_a_minute_and_writes
 def test_a_disk_that_fills_up_mid_record_leaves_only_whole_records_and_closing_never_raises(tmp_path, monkeypatch,
                                                                                             caplog):
     monkeypatch.setattr(requestlog, "RETRY_S", 0.02)
-    caplog.set_level(logging.INFO, "serving.requestlog")
+    caplog.set_level(logging.INFO, "serving.ops.requestlog")
     folder = tmp_path / "logs"
     state = {"full": False, "calls": 0}
 
@@ -461,6 +462,6 @@ def test_a_server_whose_log_folder_becomes_unwritable_answers_counts_the_drops_w
                                   "serving_request_log_dropped_total") >= dropped + 100, what="more drops")
         assert s.stop() == 0
         output = s.output()
-    warnings = [line for line in output.splitlines() if "WARNING serving.requestlog" in line]
+    warnings = [line for line in output.splitlines() if "WARNING serving.ops.requestlog" in line]
     assert 1 <= len(warnings) <= 2, output[-3000:]  # the outage, and at exit the drops since
     assert "writes fail" in warnings[0] and "Traceback" not in output

@@ -18,16 +18,16 @@ import numpy as np
 import pytest
 
 from serving._proto.eas import tf_predict_pb2
-from serving.batching import BatchingOptions
-from serving.dataplane import DataPlane
-from serving.http.protocol import Deferred, Request, Response
-from serving.metrics import Metrics, RequestMetrics
-from serving.model_config import ModelSpec, VersionPolicy
-from serving.pipeline import Pipeline
-from serving.protocols.cloud.auth import TokenAuth
+from serving.core.batching import BatchingOptions
+from serving.core.dataplane import DataPlane
+from serving.core.model_config import ModelSpec, VersionPolicy
+from serving.core.pipeline import Pipeline
+from serving.core.repository import ModelManager
+from serving.core.servable import Runtime
+from serving.ops.metrics import Metrics, RequestMetrics
 from serving.protocols.router import RestApi
-from serving.repository import ModelManager
-from serving.servable import Runtime
+from serving.transport.auth import TokenAuth
+from serving.transport.http import Deferred, Request, Response
 from tests.helpers import in_loop, make_linear, make_xgb, training_data
 from tests.test_cloud_protocol import tf_request
 

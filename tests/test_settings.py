@@ -8,8 +8,16 @@ from pathlib import Path
 import pytest
 
 from serving.cli import build_parser, parse_settings
-from serving.processor import parse_processor_code
-from serving.settings import GROUPS, Settings, markdown_table, replace_table, setting_type, shown_default, table_span
+from serving.core.processor import parse_processor_code
+from serving.settings import (
+    GROUPS,
+    Settings,
+    markdown_table,
+    replace_table,
+    setting_type,
+    shown_default,
+    table_span,
+)
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 SETTINGS = fields(Settings)
@@ -218,7 +226,7 @@ def test_new_settings_have_their_documented_defaults():
 
 
 def test_framework_flags_become_model_options(tmp_path):
-    from serving.model_config import ModelSpec, with_runtime
+    from serving.core.model_config import ModelSpec, with_runtime
 
     s = parse_settings(["--tensorflow_intra_op_parallelism=2", "--gpu_memory_limit_mb=512", "--fp16",
                         "--device=auto"])

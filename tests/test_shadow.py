@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from serving.model_config import ConfigError, parse_model_config
+from serving.core.model_config import ConfigError, parse_model_config
 from tests.helpers import Server, make_linear, run_cli, wait_until
 
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from serving._proto.eas import pytorch_predict_pb2
+from serving.core.processor import processor_class
 from serving.errors import Code, ServingError
-from serving.processor import processor_class
 from tests.helpers import Server
 
 torch = pytest.importorskip("torch", reason="torch (extra torch) is not installed")

@@ -13,14 +13,14 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
 from opentelemetry.trace import SpanKind, StatusCode  # noqa: E402
 
-from serving.batching import BatchingOptions  # noqa: E402
-from serving.dataplane import DataPlane  # noqa: E402
+from serving.core.batching import BatchingOptions  # noqa: E402
+from serving.core.dataplane import DataPlane  # noqa: E402
+from serving.core.model_config import ModelSpec  # noqa: E402
+from serving.core.pipeline import Call, Pipeline  # noqa: E402
+from serving.core.repository import ModelManager  # noqa: E402
+from serving.core.servable import Runtime  # noqa: E402
 from serving.errors import ServingError  # noqa: E402
-from serving.model_config import ModelSpec  # noqa: E402
-from serving.pipeline import Call, Pipeline  # noqa: E402
-from serving.repository import ModelManager  # noqa: E402
-from serving.servable import Runtime  # noqa: E402
-from serving.tracing import Tracing, configured_endpoint  # noqa: E402
+from serving.ops.tracing import Tracing, configured_endpoint  # noqa: E402
 from tests.helpers import in_loop, make_linear  # noqa: E402
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"

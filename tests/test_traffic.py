@@ -20,8 +20,8 @@ from serving._proto.tensorflow_serving.apis import (
 )
 from serving._proto.tensorflow_serving.config import model_server_config_pb2
 from serving.codecs.tensors import array_to_tensor
-from serving.model_config import ConfigError, ModelSpec, VersionPolicy, parse_model_config
-from serving.repository import ModelManager
+from serving.core.model_config import ConfigError, ModelSpec, VersionPolicy, parse_model_config
+from serving.core.repository import ModelManager
 from tests.helpers import Server, make_linear, pbtxt
 
 ALL = VersionPolicy("all")

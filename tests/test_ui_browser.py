@@ -1,4 +1,4 @@
-"""The status page (serving/ui/index.html) driven in a real headless Chromium against real servers: it lists
+"""The status page (serving/tools/ui/index.html) driven in a real headless Chromium against real servers: it lists
 the models, its charts move under traffic, its try-it console answers, a failed model shows its error, and
 with a token it shows nothing until given the token. The JSON it polls is tested in test_ui_status.py.
 

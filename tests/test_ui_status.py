@@ -13,8 +13,14 @@ import pytest
 from serving._proto.tensorflow_serving.apis import prediction_log_pb2
 from serving.codecs.tensors import array_to_tensor
 from serving.codecs.tfrecord import write_tfrecords
-from serving.metrics import LATENCY_BUCKETS
-from serving.ui import Point, merge_points, quantile, quantiles, series
+from serving.ops.metrics import LATENCY_BUCKETS
+from serving.tools.ui import (
+    Point,
+    merge_points,
+    quantile,
+    quantiles,
+    series,
+)
 from tests.helpers import Server, make_linear, pbtxt, wait_until
 
 

@@ -10,11 +10,11 @@ from serving._proto.eas import tf_predict_pb2
 from serving._proto.tensorflow.core.example import example_pb2
 from serving._proto.tensorflow_serving.apis import prediction_log_pb2
 from serving.codecs.tfrecord import read_tfrecords, write_tfrecords
-from serving.dataplane import DataPlane
-from serving.model_config import ModelSpec
-from serving.repository import ModelManager, State
-from serving.servable import Runtime
-from serving.warmup import TF_WARMUP_FILE, Warmup
+from serving.core.dataplane import DataPlane
+from serving.core.model_config import ModelSpec
+from serving.core.repository import ModelManager, State
+from serving.core.servable import Runtime
+from serving.tools.warmup import TF_WARMUP_FILE, Warmup
 from tests.helpers import make_linear
 from tests.tf_models import half_plus_two
 

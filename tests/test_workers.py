@@ -18,8 +18,8 @@ from serving._proto.inference import grpc_predict_v2_pb2 as v2
 from serving._proto.inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from serving._proto.tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
 from serving._proto.tensorflow_serving.config import model_server_config_pb2
-from serving.accesslog import blocks
-from serving.workers import (
+from serving.ops.accesslog import blocks
+from serving.platform.workers import (
     Peers,
     available_cores,
     cgroup_cpu_limit,

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from ..core.signature import STRING, TF_TYPE_WORDS, TensorSpec
 from ..errors import invalid_argument, unimplemented
-from ..signature import STRING, TF_TYPE_WORDS, TensorSpec
 from .jsonutil import short
 
 # Which kinds numpy infers from JSON values each target kind accepts.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..signature import BFLOAT16, STRING
+from ..core.signature import BFLOAT16, STRING
 
 DATATYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_), "UINT8": np.dtype(np.uint8), "UINT16": np.dtype(np.uint16),

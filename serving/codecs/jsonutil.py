@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from ..core.signature import BFLOAT16
 from ..errors import invalid_argument
-from ..signature import BFLOAT16
 
 OPTS = orjson.OPT_SERIALIZE_NUMPY
 

@@ -10,8 +10,14 @@ from typing import Any
 import numpy as np
 
 from .._proto.tensorflow.core.framework import types_pb2
+from ..core.signature import (
+    BFLOAT16,
+    STRING,
+    TF_TYPE_WORDS,
+    Signature,
+    TensorSpec,
+)
 from ..errors import invalid_argument, unimplemented
-from ..signature import BFLOAT16, STRING, TF_TYPE_WORDS, Signature, TensorSpec
 
 # tensorflow.DataType (and tensorflow.eas.ArrayDataType, same numbers) -> numpy dtype
 DTYPES: dict[int, np.dtype] = {

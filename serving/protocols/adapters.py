@@ -17,11 +17,11 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 
-from ..accesslog import GRPC_EXCHANGE, AccessLog, GrpcExchange, request_id_of
-from ..dataplane import Outputs, error_of
+from ..core.dataplane import Outputs, error_of
+from ..core.pipeline import Call
 from ..errors import Code, ServingError, invalid_argument
-from ..http.protocol import Deferred, Response
-from ..pipeline import Call
+from ..ops.accesslog import GRPC_EXCHANGE, AccessLog, GrpcExchange, request_id_of
+from ..transport.http import Deferred, Response
 
 
 class RestCodec(Protocol):

@@ -11,21 +11,21 @@ from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from .. import ui
 from ..codecs.jsonutil import dumps
-from ..control import ModelControl
+from ..core.control import ModelControl
+from ..core.pipeline import Pipeline
+from ..core.repository import ModelManager
 from ..errors import ServingError
-from ..http.protocol import Deferred, Request, Response
-from ..metrics import Metrics
-from ..pipeline import Pipeline
-from ..repository import ModelManager
-from ..ui import StatusApi
-from ..workers import Peers
+from ..ops.metrics import Metrics
+from ..ops.statistics import Statistics
+from ..platform.workers import Peers
+from ..tools import ui
+from ..tools.ui import StatusApi
+from ..transport.auth import TokenAuth
+from ..transport.http import Deferred, Request, Response
 from .adapters import answer_when
-from .cloud.auth import TokenAuth
 from .cloud.rest import CloudRest
 from .kserve.rest import KServeRest
-from .kserve.statistics import Statistics
 from .tfserving.codec import encode_error
 from .tfserving.rest import TfServingRest
 

@@ -15,8 +15,8 @@ import numpy as np
 
 from ...codecs.arrays import column_matrix, to_array
 from ...codecs.jsonutil import dumps, dumps_with_nonfinite, finite, json_ready
+from ...core.signature import Signature, tf_dtype_name
 from ...errors import invalid_argument
-from ...signature import Signature, tf_dtype_name
 from ..tfserving import codec as tfserving
 
 

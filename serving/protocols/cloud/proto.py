@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 
 from ...codecs.tensors import ARRAY_FIELDS, DTYPE_ENUMS, array_proto_to_array, conform_all
+from ...core.signature import STRING, Signature
 from ...errors import invalid_argument, unimplemented
-from ...signature import STRING, Signature
 
 
 def looks_like_json(body: bytes) -> bool:

@@ -10,13 +10,13 @@ import time
 from collections.abc import Callable
 
 from ...codecs.jsonutil import dumps, loads
-from ...dataplane import Outputs
+from ...core.dataplane import Outputs
+from ...core.pipeline import Call, Inputs, Pipeline
+from ...core.repository import ModelManager
+from ...core.servable import Servable
+from ...core.signature import Signature
 from ...errors import CLOUD_STATUS, Code, ServingError, not_found
-from ...http.protocol import Deferred, Request, Response
-from ...pipeline import Call, Inputs, Pipeline
-from ...repository import ModelManager
-from ...servable import Servable
-from ...signature import Signature
+from ...transport.http import Deferred, Request, Response
 from ..adapters import answer_later
 from ..tfserving.codec import encode_error
 from . import codec, proto

@@ -14,9 +14,9 @@ import numpy as np
 from ...codecs.arrays import convert
 from ...codecs.dtypes import DATATYPES, NAMES
 from ...codecs.jsonutil import dumps, dumps_with_nonfinite, loads
+from ...core.model_config import version_number
+from ...core.signature import STRING, Signature, TensorSpec
 from ...errors import ServingError, invalid_argument
-from ...model_config import version_number
-from ...signature import STRING, Signature, TensorSpec
 
 CONTENTS = {"BOOL": "bool_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
             "UINT32": "uint_contents", "UINT64": "uint64_contents", "INT8": "int_contents",
@@ -26,7 +26,7 @@ HEADER_LENGTH = b"inference-header-content-length"
 
 
 def unknown_output(call: Any, name: object) -> ServingError:
-    """Triton's words for a wanted output the model does not have (`call`: a serving.pipeline.Call)."""
+    """Triton's words for a wanted output the model does not have (`call`: a serving.core.pipeline.Call)."""
     return invalid_argument(f"unexpected inference output '{name}' for model '{call.model}'")
 
 

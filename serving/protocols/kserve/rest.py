@@ -15,18 +15,18 @@ import orjson
 
 from ... import __version__
 from ...codecs.jsonutil import dumps
-from ...control import ModelControl
-from ...dataplane import Outputs
+from ...core.control import ModelControl
+from ...core.dataplane import Outputs
+from ...core.pipeline import Call, Inputs, Pipeline
+from ...core.repository import ModelManager
+from ...core.servable import Servable
+from ...core.signature import Signature
 from ...errors import ServingError, invalid_argument, not_found
-from ...http.protocol import Deferred, Request, Response
-from ...pipeline import Call, Inputs, Pipeline
-from ...repository import ModelManager
-from ...servable import Servable
-from ...signature import Signature
+from ...ops.statistics import Statistics, extensions
+from ...transport.http import Deferred, Request, Response
 from ..adapters import answer_later, answer_when
 from ..tfserving.rest import ROUTE_CACHE, Answer, error_response
 from . import codec
-from .statistics import Statistics, extensions
 
 OCTET_STREAM = b"application/octet-stream"
 REPOSITORY_PATH = re.compile(r"/v2/repository/models/(?P<name>[^/]+)/(?P<verb>load|unload)$")

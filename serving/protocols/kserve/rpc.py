@@ -12,16 +12,16 @@ from google.protobuf import json_format
 from ... import __version__
 from ..._proto.inference import grpc_predict_v2_pb2 as pb
 from ..._proto.inference import grpc_predict_v2_pb2_grpc
-from ...control import ModelControl
-from ...dataplane import outputs_of
+from ...core.control import ModelControl
+from ...core.dataplane import outputs_of
+from ...core.pipeline import Call, Inputs, Pipeline
+from ...core.repository import ModelManager
+from ...core.servable import Servable
+from ...core.signature import Signature
 from ...errors import Code, ServingError
-from ...pipeline import Call, Inputs, Pipeline
-from ...repository import ModelManager
-from ...servable import Servable
-from ...signature import Signature
+from ...ops.statistics import Statistics, extensions
 from ..adapters import call_deadline, grpc_call, grpc_errors, routed_model
 from . import codec
-from .statistics import Statistics, extensions
 
 
 def _decode(call: Call, servable: Servable) -> tuple[Signature, Inputs]:

@@ -10,11 +10,17 @@ from typing import Any
 import numpy as np
 
 from ...codecs.arrays import column_matrix, encode_strings, is_b64, to_array
-from ...codecs.jsonutil import dumps, dumps_with_nonfinite, finite, json_ready, short
+from ...codecs.jsonutil import (
+    dumps,
+    dumps_with_nonfinite,
+    finite,
+    json_ready,
+    short,
+)
+from ...core.repository import VersionStatus
+from ...core.servable import Servable
+from ...core.signature import STRING, Signature, TensorSpec, tf_dtype_name
 from ...errors import encodable, invalid_argument
-from ...repository import VersionStatus
-from ...servable import Servable
-from ...signature import STRING, Signature, TensorSpec, tf_dtype_name
 
 
 def signature_name(doc: Any) -> str:

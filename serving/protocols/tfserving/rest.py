@@ -9,18 +9,19 @@ import re
 import time
 from typing import Any
 
+from ...codecs import examples
 from ...codecs.jsonutil import dumps, loads
-from ...dataplane import Outputs
+from ...core.dataplane import Outputs
+from ...core.model_config import version_number
+from ...core.pipeline import Call, Inputs, Pipeline
+from ...core.repository import ModelManager
+from ...core.servable import Servable
+from ...core.signature import Signature
 from ...errors import HTTP_STATUS, Code, ServingError, invalid_argument
-from ...http.protocol import Deferred, Request, Response
-from ...model_config import version_number
-from ...pipeline import Call, Inputs, Pipeline
 from ...redact import redact
-from ...repository import ModelManager
-from ...servable import Servable
-from ...signature import Signature
+from ...transport.http import Deferred, Request, Response
 from ..adapters import answer_later
-from . import codec, examples
+from . import codec
 
 ROUTE_CACHE = 4096
 MODEL_PATH = re.compile(

@@ -23,24 +23,30 @@ from ..._proto.tensorflow_serving.apis import (
     prediction_service_pb2,
     prediction_service_pb2_grpc,
 )
-from ...codecs.tensors import DTYPE_ENUMS, array_to_tensor, conform_all, tensor_to_array
-from ...control import LoadRoots
-from ...dataplane import outputs_of
-from ...errors import Code, ServingError, invalid_argument
-from ...model_config import ConfigError, ModelSpec, missing_base_paths, specs_from_proto
-from ...pipeline import Call, Inputs, Pipeline, TaskGroup
-from ...repository import ModelManager
-from ...servable import Servable
-from ...signature import STRING, Signature
-from ..adapters import call_deadline, grpc_call, grpc_errors, routed_model, spec_version
-from . import examples
-from .examples import (
+from ...codecs import examples
+from ...codecs.examples import (
     EXAMPLE_ANSWERS,
     examples_input,
     fill_classification,
     fill_regression,
     multi_inference_plan,
     multi_inference_spec,
+)
+from ...codecs.tensors import DTYPE_ENUMS, array_to_tensor, conform_all, tensor_to_array
+from ...core.control import LoadRoots
+from ...core.dataplane import outputs_of
+from ...core.model_config import ConfigError, ModelSpec, missing_base_paths, specs_from_proto
+from ...core.pipeline import Call, Inputs, Pipeline, TaskGroup
+from ...core.repository import ModelManager
+from ...core.servable import Servable
+from ...core.signature import STRING, Signature
+from ...errors import Code, ServingError, invalid_argument
+from ..adapters import (
+    call_deadline,
+    grpc_call,
+    grpc_errors,
+    routed_model,
+    spec_version,
 )
 
 log = logging.getLogger(__name__)

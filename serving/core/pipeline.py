@@ -1,0 +1,176 @@
+"""The request pipeline: every protocol's inference request is one `Call` through one shared step.
+
+A protocol adapter (serving/protocols/<protocol>/) decodes what it can without the model (the route)
+into a `Call`: the model and its version or label, a `decode` that turns the request into the
+signature and named input arrays once the servable is known, the wanted outputs, the deadline, the
+request id and the adapter's own context. `Pipeline.infer(call)` is the shared step: it resolves the
+servable, refuses at once when its batch queues are full (before the body is decoded), decodes, checks
+the wanted outputs against the signature, applies the rate limit and the deadline, and queues (or runs)
+the call through the data plane; the adapter gets a future of the outputs.
+
+Cross-cutting work attaches through observers (`Pipeline.observe`): `finished(call, error, timings)` once
+its outputs or its error are ready, with the queue wait, the compute time and the total, and, for an
+observer that defines it, `received(call)` once the call is decoded (with `call.rows` counted once for
+all). With no observer attached the step reads no clock and adds no callback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+
+from ..errors import ServingError, internal, invalid_argument
+from .dataplane import DataPlane, Outputs, error_of
+from .repository import ModelManager
+from .servable import Servable
+from .signature import Signature
+
+Inputs = dict[str, np.ndarray]
+#: (call, servable) -> (signature, inputs); may keep what the answer needs in `call.context`.
+Decode = Callable[["Call", Servable], tuple[Signature, Inputs]]
+
+
+def unknown_output(call: Call, name: str) -> ServingError:
+    """TF Serving's answer to an output filter naming an output the signature lacks."""
+    assert call.signature is not None
+    return invalid_argument(f"output tensor alias not found in signature: {name} Outputs expected to be in the set "
+                            f"{{{','.join(call.signature.outputs)}}}.")
+
+
+class TaskGroup:
+    """The calls of one MultiInference: each task's (verb, signature, outputs) as it finishes; the request
+    log writes one record when the last one did, none if any failed."""
+
+    def __init__(self, tasks: int) -> None:
+        self.results: list[tuple[str, str, Any] | None] = [None] * tasks
+        self.left = tasks
+        self.failed = False
+
+
+class Call:
+    """One inference call, protocol-neutral. The adapter fills the first part; the pipeline the rest.
+
+    No __slots__: what is set on every call is set in __init__, and what most calls never set (the
+    observers' clocks, the adapter's codec) reads the class defaults, which costs nothing per call."""
+
+    servable: Servable | None = None  # resolved by the pipeline
+    signature: Signature | None = None  # decoded
+    inputs: Inputs | None = None  # decoded
+    codec: Any = None  # the adapter's answer codec (answer_later)
+    received = dispatched = computed = 0.0  # time.perf_counter(), set only while observers watch
+    rows: int | None = None  # the request's rows, counted once it decoded, while observers watch
+    result: Outputs | None = None  # its outputs, once finished, while observers watch (the request log)
+    logged = False  # the request log wrote it (a shadow's answer is then logged beside it)
+    task: Any = None  # (TaskGroup, index): one task of a MultiInference, logged with its siblings as one record
+    observers: Sequence[Observer] = ()
+
+    def __init__(self, protocol: str, model: str, version: int | None, label: str | None, decode: Decode,
+                 deadline: float, *, outputs: Sequence[str] = (), method: str = "predict", request_id: str = "",
+                 unknown_output: Callable[[Call, str], ServingError] = unknown_output,
+                 context: Any = None, carrier: Any = None) -> None:
+        self.protocol, self.model, self.version, self.label = protocol, model, version, label
+        self.decode, self.deadline, self.outputs, self.method = decode, deadline, outputs, method
+        self.request_id, self.unknown_output, self.context = request_id, unknown_output, context
+        self.carrier = carrier  # what carries the caller's trace context: HTTP headers, or the gRPC context
+
+    def finished(self, future: asyncio.Future[Outputs]) -> None:
+        """Its outputs or error are ready (the batch queue or the executor says so): tell the observers."""
+        if self.dispatched and not self.computed:  # the executor's path: done now
+            self.computed = time.perf_counter()
+        error = error_of(future)
+        if error is None:
+            self.result = future.result()
+        notify(self, error)
+
+    def output_names(self) -> list[str]:
+        """The outputs to answer: the wanted ones, else every output of the signature."""
+        assert self.signature is not None
+        return list(self.outputs) or list(self.signature.outputs)
+
+
+class Timings(NamedTuple):
+    """Seconds a finished call spent waiting in its batch queue, computing, and in all."""
+
+    queue: float
+    compute: float
+    total: float
+
+
+class Observer(Protocol):
+    """What watches the pipeline. It may also define `received(call)`, called once the call decoded; most
+    observers need only `finished`, and the step calls no empty hook for them."""
+
+    def finished(self, call: Call, error: ServingError | None, timings: Timings) -> None: ...
+
+
+def rows_of(inputs: Inputs) -> int:
+    """A request's rows: the first batched input's dim 0 (1 when every input is a scalar)."""
+    for array in inputs.values():
+        if array.ndim:
+            return int(array.shape[0])
+    return 1
+
+
+class Pipeline:
+    """The shared step of every inference request; one per server."""
+
+    def __init__(self, manager: ModelManager, dataplane: DataPlane) -> None:
+        self.manager, self.dataplane = manager, dataplane
+        self.observers: list[Observer] = []
+        self.receivers: list[Callable[[Call], None]] = []  # the observers' `received`, where they have one
+
+    def observe(self, observer: Observer) -> None:
+        self.observers.append(observer)
+        received = getattr(observer, "received", None)
+        if received is not None:
+            self.receivers.append(received)
+
+    def infer(self, call: Call) -> asyncio.Future[Outputs]:
+        """Resolve, decode, check and queue `call`; a ServingError for what fails before it is queued.
+        Observed, the call is told when it is finished by what completes it (no callback of its own)."""
+        if not self.observers:
+            return self._infer(call)
+        call.received = time.perf_counter()
+        call.observers = self.observers
+        try:
+            return self._infer(call)
+        except ServingError as e:
+            notify(call, e)
+            raise
+        except Exception as e:  # a decoder's bug: the front end answers 500; observers still see the call
+            notify(call, internal(f"{type(e).__name__}: {e}"))
+            raise
+
+    def _infer(self, call: Call) -> asyncio.Future[Outputs]:
+        servable = call.servable = self.manager.get(call.model, call.version, call.label, call.carrier)
+        if call.method == "predict" and (refused := servable.refusal()) is not None:
+            raise refused
+        sig, inputs = call.decode(call, servable)
+        call.signature, call.inputs = sig, inputs
+        for name in call.outputs:
+            if name not in sig.outputs:
+                raise call.unknown_output(call, name)
+        if self.observers:
+            call.rows = rows_of(inputs)
+            for received in self.receivers:
+                received(call)
+            timing: Call | None = call
+        else:
+            timing = None
+        return self.dataplane.infer(servable, sig, inputs, call.deadline, call.method, timing=timing)
+
+
+def notify(call: Call, error: ServingError | None) -> None:
+    """Tell the call's observers it is finished, with its timings."""
+    end = time.perf_counter()
+    if call.dispatched:  # it reached a batch (or a worker)
+        timings = Timings(call.dispatched - call.received, (call.computed or end) - call.dispatched,
+                          end - call.received)
+    else:
+        timings = Timings(0.0, 0.0, end - call.received)
+    for observer in call.observers:
+        observer.finished(call, error, timings)

@@ -1,0 +1,149 @@
+"""A loaded version of a model, as one handle: what a successful load produced.
+
+TF Serving holds a served version through one non-null `ServableHandle` and wraps its session in a
+batching session at load; here a `Servable` is built by the load and owns its execution: a non-null
+processor, one batch queue per signature (for batchable processors with batching on), the count of
+calls that bypass the queues, `close()` / `drained()` for the unload and typed `stats()` for metrics. Its
+status (state, error, files) is a separate record in the repository (`serving.core.repository.VersionStatus`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import Code, ServingError
+from ..redact import without_native_trace
+from .batching import BatchingOptions, BatchObserver, BatchQueue, QueueStats
+from .processor import Processor
+from .signature import Signature
+
+log = logging.getLogger(__name__)
+
+Outputs = dict[str, np.ndarray]
+
+
+#: (model, version, signature) -> what each batch of that queue is told to (metrics), or None.
+BatchObservers = Callable[[str, int, str], BatchObserver | None]
+
+
+class Runtime:
+    """What every loaded version shares: the batching options, the worker threads that run batches, and
+    who is told of every batch (`batch_observers`, set by the server for its metrics)."""
+
+    def __init__(self, batching: BatchingOptions | None = None, batch_observers: BatchObservers | None = None
+                 ) -> None:
+        self.batch_observers = batch_observers
+        self.batching = batching or BatchingOptions()
+        self.batching.validate()
+        workers = max(self.batching.max_in_flight, 1)
+        self.executor = concurrent.futures.ThreadPoolExecutor(workers * 2, thread_name_prefix="predict")
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=True)
+
+
+@dataclass(frozen=True)
+class SignatureStats:
+    """One batch queue's counters and gauges, read by metrics."""
+
+    signature: str
+    counters: QueueStats
+    waiting: int
+    in_flight: int
+    compute_seconds: float
+
+
+class Servable:
+    """One loaded version; live on the event-loop thread (its queues are made there)."""
+
+    __slots__ = ("model", "version", "path", "platform", "processor", "queues", "runtime", "inflight", "_idle",
+                 "version_header")
+
+    def __init__(self, model: str, version: int, path: Path, platform: str, processor: Processor,
+                 runtime: Runtime) -> None:
+        self.model, self.version, self.path = model, version, path  # path: the version directory it loaded
+        self.version_header = b"x-model-version: %d\r\n" % version  # on every HTTP answer it makes, made once
+        self.platform, self.processor = platform, processor
+        self.runtime = runtime
+        self.inflight = 0
+        self._idle: asyncio.Event | None = None
+        options = runtime.batching
+        self.queues: dict[str, BatchQueue] = {}
+        if options.enabled and processor.batchable:
+            for name in processor.signatures:
+                where = f"model {model} version {version} signature {name}"
+                observer = runtime.batch_observers(model, version, name) if runtime.batch_observers else None
+                self.queues[name] = BatchQueue(self._runner(name), options, runtime.executor, where,
+                                               on_batch=observer)
+
+    def refusal(self) -> ServingError | None:
+        """When every batch queue is full, the error that refuses a predict request before it is even
+        decoded (a large body costs more to decode than to refuse); None otherwise."""
+        for queue in self.queues.values():
+            if queue.waiting < queue.options.max_queue_size or not queue.full:
+                return None
+        return next(iter(self.queues.values())).refusal() if self.queues else None
+
+    def signature(self, name: str | None) -> Signature:
+        return self.processor.signature(name)
+
+    def run(self, method: str, inputs: dict[str, np.ndarray], signature_name: str) -> Outputs:
+        """Blocking: call the processor (in an executor thread); framework errors become INTERNAL."""
+        try:
+            return getattr(self.processor, method)(inputs, signature_name)  # type: ignore[no-any-return]
+        except ServingError:
+            raise
+        except Exception as e:
+            text = str(e)
+            message = without_native_trace(text)
+            if message != text:  # the whole of it for the operator
+                log.error("model %s version %d failed in %s", self.model, self.version, method, exc_info=e)
+            raise ServingError(
+                Code.INTERNAL, f"model {self.model} version {self.version} failed in {method}: "
+                f"{type(e).__name__}: {message}"
+            ) from e
+
+    def _runner(self, signature_name: str) -> Callable[[dict[str, np.ndarray]], Outputs]:
+        def run(inputs: dict[str, np.ndarray]) -> Outputs:
+            return self.run("predict", inputs, signature_name)
+
+        return run
+
+    # ---- holding it during a call ----
+
+    def hold(self, future: asyncio.Future[Outputs]) -> None:
+        """Keep this version loaded until `future` is done (calls that do not go through a queue; a queue
+        keeps it loaded while it has requests or batches)."""
+        self.inflight += 1
+        future.add_done_callback(self._release)
+
+    def _release(self, _: asyncio.Future[Outputs]) -> None:
+        self.inflight -= 1
+        if self.inflight == 0 and self._idle is not None:
+            self._idle.set()
+
+    async def drained(self) -> None:
+        """Wait until no request uses this version: none held, every batch queue empty and idle."""
+        while self.inflight:
+            self._idle = asyncio.Event()
+            await self._idle.wait()
+        for queue in self.queues.values():
+            await queue.drained()
+
+    def close(self, error: ServingError) -> None:
+        """Fail what is still queued (a load that failed after the queues were made, e.g. in warm-up)."""
+        for queue in self.queues.values():
+            queue.close(error)
+
+    def stats(self) -> list[SignatureStats]:
+        for queue in self.queues.values():
+            queue.purge()  # requests settled while they waited are not waiting
+        return [SignatureStats(name, q.stats, q.waiting, q.in_flight, q.placement.cost)
+                for name, q in sorted(self.queues.items())]

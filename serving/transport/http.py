@@ -1,0 +1,496 @@
+"""HTTP/1.1 on httptools as an asyncio.Protocol: keep-alive, pipelining (answers in request order),
+bounded header blocks (431, 414) and bodies (413), gzip request bodies, flow control, read/idle time-outs,
+half-closed clients. No ASGI layer: the connection hands each complete request to a handler that answers
+at once or with a future. Every answer carries the request's `X-Request-Id` (the client's or ours); with an
+access log (serving/ops/accesslog.py) each answer written is one line, else the log costs a None check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+import httptools
+
+from ..codecs.jsonutil import dumps
+from ..ops.accesslog import request_id_of
+
+if TYPE_CHECKING:
+    from ..ops.accesslog import AccessLog
+
+log = logging.getLogger(__name__)
+
+JSON = b"application/json"
+#: HTTP answers by status code, one per response written (serving_http_responses_total reads it).
+HTTP_RESPONSES: collections.Counter[int] = collections.Counter()
+STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
+STATUS_LINES[414] = b"HTTP/1.1 414 URI Too Long\r\n"  # RFC 9110's name; Python 3.11 has the old one
+STATUS_LINES[450] = b"HTTP/1.1 450 Queue Full\r\n"
+STATUS_LINES[499] = b"HTTP/1.1 499 Client Closed Request\r\n"
+MAX_PIPELINE = 64
+#: Requests of one connection being computed at once; a pipelining client's further requests wait, parsed, in
+#: the connection until one of them is answered: one write of 200 requests must not fill the model's queue
+#: (--max_queue_size) and have the others refused 503. A full default batch (16 rows) still comes from one.
+MAX_DISPATCHED = 16
+#: After refusing a request the client may still be sending: read and drop its bytes this long before closing.
+LINGER_S = 2.0
+
+
+@dataclass(slots=True)
+class Response:
+    status: int
+    body: bytes
+    content_type: bytes = JSON
+    headers: bytes = b""  # extra header lines, each ending in CRLF
+
+
+class Deferred:
+    """A response still being computed: `future` resolves, then `finish(future, context)` makes the
+    Response; past `deadline` (time.monotonic()) `on_timeout()` answers and the future is cancelled."""
+
+    __slots__ = ("future", "finish", "context", "deadline", "on_timeout")
+
+    def __init__(
+        self,
+        future: asyncio.Future[Any],
+        finish: Callable[[asyncio.Future[Any], Any], Response],
+        context: Any,
+        deadline: float,
+        on_timeout: Callable[[], Response],
+    ) -> None:
+        self.future, self.finish, self.context = future, finish, context
+        self.deadline, self.on_timeout = deadline, on_timeout
+
+
+class DeadlineWheel:
+    """Time-outs for many requests with few timers: deadlines fall into `tick_s` buckets, one loop
+    timer per bucket, a set per bucket so a request that completes leaves it in O(1). A request is
+    answered at most `tick_s` after its deadline."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, tick_s: float = 0.005) -> None:
+        self.loop, self.tick_s = loop, tick_s
+        self.buckets: dict[int, set[_Slot]] = {}
+
+    def add(self, slot: _Slot, deadline: float) -> int:
+        key = int(deadline / self.tick_s) + 1
+        bucket = self.buckets.get(key)
+        if bucket is None:
+            bucket = self.buckets[key] = set()
+            self.loop.call_at(key * self.tick_s, self._fire, key)
+        bucket.add(slot)
+        return key
+
+    def discard(self, slot: _Slot, key: int) -> None:
+        bucket = self.buckets.get(key)
+        if bucket is not None:
+            bucket.discard(slot)
+
+    def _fire(self, key: int) -> None:
+        for slot in self.buckets.pop(key, ()):
+            slot.expire()
+
+
+@dataclass(slots=True)
+class Request:
+    method: str
+    path: str
+    query: str
+    headers: dict[bytes, bytes]
+    body: bytes
+    request_id: str = ""  # the client's x-request-id, else ours; answered as X-Request-Id
+    call: Any = None  # the pipeline Call an adapter made of it (for the access log)
+
+
+Handler = Callable[[Request], "Response | Deferred"]
+
+
+@dataclass
+class HttpLimits:
+    max_body_bytes: int = 64 * 1024 * 1024
+    read_timeout_s: float = 30.0  # a started request must arrive whole within this
+    idle_timeout_s: float = 75.0  # a keep-alive connection with nothing to do is closed after this
+    max_header_bytes: int = 64 * 1024  # URL + header names and values; more is 431, a longer URL alone 414
+    max_connections: int = 10000  # open connections; one more is answered 503 and closed
+
+
+KEPT_HEADERS = {b"content-encoding", b"content-type", b"authorization", b"content-md5", b"date", b"expect",
+                b"inference-header-content-length", b"x-request-id", b"traceparent", b"tracestate", b"accept"}
+
+
+class _Slot:
+    """One request's place in the connection's answer order."""
+
+    __slots__ = ("conn", "data", "close", "deferred", "wheel_key", "request_id", "request", "started", "bytes_in",
+                 "head")
+
+    def __init__(self, conn: HttpConnection, request_id: str) -> None:
+        self.conn = conn
+        self.data: bytes | None = None
+        self.close = False
+        self.head = False  # a HEAD request: its answer has no body (RFC 9110 9.3.2), or the next one's framing breaks
+        self.deferred: Deferred | None = None
+        self.wheel_key = 0
+        self.request_id = request_id
+        # Set only while the access log is on:
+        self.request: Request | None = None
+        self.started = 0.0  # time.perf_counter() when the request had arrived whole
+        self.bytes_in = 0
+
+    def done(self, future: asyncio.Future[Any]) -> None:
+        deferred = self.deferred
+        if deferred is None or self.data is not None:
+            return
+        self.conn.wheel.discard(self, self.wheel_key)
+        try:
+            response = deferred.finish(future, deferred.context)
+        except Exception:  # noqa: BLE001 - an encoder bug answers 500 and the server goes on
+            log.exception("encoding a response failed", extra={"request_id": self.request_id})
+            response = Response(500, b'{"error": "internal server error"}')
+        self.deferred = None
+        conn = self.conn
+        conn._complete(self, response)
+        conn._released()
+
+    def expire(self) -> None:
+        deferred = self.deferred
+        if deferred is None or self.data is not None:
+            return
+        self.deferred = None
+        conn = self.conn
+        conn._complete(self, deferred.on_timeout())
+        deferred.future.cancel()  # a request still queued is dropped, not computed
+        conn._released()
+
+    def drop(self) -> None:
+        """The client went away: drop the work, nobody will read the answer."""
+        deferred, self.deferred = self.deferred, None
+        if deferred is not None:
+            self.conn.wheel.discard(self, self.wheel_key)
+            deferred.future.cancel()
+
+
+class HttpConnection(asyncio.Protocol):
+    """One client connection. Per-connection state here; per-request state reset at message begin."""
+
+    def __init__(self, handler: Handler, limits: HttpLimits, registry: set[HttpConnection],
+                 wheel: DeadlineWheel, *, clock: Callable[[], float] = time.monotonic,
+                 access_log: AccessLog | None = None) -> None:
+        self.handler, self.limits, self.registry, self.wheel = handler, limits, registry, wheel
+        self.access_log = access_log  # None: off, one check per request
+        self.peer: Any = None
+        self.clock = clock  # what check_timeouts' `now` is measured with
+        self.max_header_bytes = limits.max_header_bytes
+        self.loop = asyncio.get_running_loop()
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.pending: collections.deque[_Slot] = collections.deque()
+        self.dispatched = 0  # requests handed to the handler whose answers are still being computed
+        self.waiting: collections.deque[tuple[_Slot, Request]] = collections.deque()  # past MAX_DISPATCHED
+        self.reading_paused = self.writing_paused = False
+        self.closing = False
+        self.eof = False  # the client half-closed: close our side once the answers owed are written
+        self.linger = False  # a request was refused mid-stream: close gently (see _flush)
+        self.last_activity = clock()
+        self.request_started: float | None = None
+        self._reset()
+        self.in_headers = False  # no message begun yet
+
+    def _reset(self) -> None:
+        self.url = b""
+        self.headers: dict[bytes, bytes] = {}
+        self.body: list[bytes] = []
+        self.body_size = 0
+        self.too_big = False
+        self.header_room = self.max_header_bytes  # less each URL piece and header as they arrive
+        self.header_wire = 0  # bytes of chunks that arrived while the header block was still incomplete
+        self.in_headers = True  # from on_message_begin to on_headers_complete
+
+    # ---- asyncio.Protocol ----
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        if len(self.registry) >= self.limits.max_connections:  # once per connection, not per request
+            self._refuse_connection()
+            return
+        self.registry.add(self)
+        if self.access_log is not None:
+            self.peer = transport.get_extra_info("peername")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.registry.discard(self)
+        self.waiting.clear()
+        for slot in self.pending:  # the client is gone: drop its queued work
+            slot.drop()
+        self.pending.clear()
+
+    def _refuse_connection(self) -> None:
+        """Over the connection limit: 503 before any request is read, then close gently (see _flush). Not in
+        the access log: a flood of connections must not become a flood of lines."""
+        self.access_log = None
+        self._fail(503, b'{"error": "too many connections"}')
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+        self._pause_reading()
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        self._maybe_resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        self.last_activity = self.clock()
+        if self.closing:
+            return
+        if self.in_headers:
+            self.header_wire += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(400, b'{"error": "protocol upgrades are not supported"}')
+        except httptools.HttpParserError as e:
+            self._fail(400, dumps({"error": f"malformed HTTP request: {e}"}))
+        # httptools holds a header line until it ends, so on_header alone cannot stop one endless line:
+        # a header block still open after this chunk was all header bytes since the chunk it began in.
+        if self.in_headers and self.header_wire > self.max_header_bytes:
+            self._fail(431, self._too_big_headers())
+
+    def eof_received(self) -> bool | None:
+        """The client shut its sending side (SHUT_WR, `nc -N`, some proxies) but may still read: keep
+        ours open while answers are owed (_flush closes it after the last one); nothing owed: close now."""
+        if self.pending:
+            self.eof = True
+            return True
+        self.closing = True
+        return None
+
+    # ---- httptools callbacks ----
+
+    def on_message_begin(self) -> None:
+        self._reset()
+        self.request_started = self.clock()
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url  # arrives in pieces as the chunks come, so this stops an endless URL early
+        self.header_room -= len(url)
+        if self.header_room < 0:  # before any header: the URL alone is too long
+            self._fail(414, b'{"error": "request URL longer than the limit of %d bytes"}' % self.max_header_bytes)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_room -= len(name) + len(value)  # checked once, at the end of the header block
+        name = name.lower()
+        if name in KEPT_HEADERS:
+            self.headers[name] = value
+        elif name == b"content-length":
+            try:
+                size = int(value)
+            except ValueError:
+                size = 0
+            if size > self.limits.max_body_bytes:
+                self.too_big = True
+
+    def on_headers_complete(self) -> None:
+        self.in_headers = False
+        if self.header_room < 0:
+            self._fail(431, self._too_big_headers())
+        if self.closing:  # refused already: no 100 Continue ahead of the answers owed
+            return
+        if self.too_big:
+            self._fail(413, self._too_big_body())
+        elif self.headers.get(b"expect", b"").lower() == b"100-continue" and self.transport is not None:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, chunk: bytes) -> None:
+        if self.closing:
+            return
+        self.body_size += len(chunk)
+        if self.body_size > self.limits.max_body_bytes:
+            self._fail(413, self._too_big_body())
+            return
+        self.body.append(chunk)
+
+    def on_message_complete(self) -> None:
+        if self.closing:
+            return
+        self.request_started = None
+        slot = _Slot(self, request_id_of(self.headers.get(b"x-request-id")))
+        slot.close = not self.parser.should_keep_alive()
+        if self.access_log is not None:
+            slot.started, slot.bytes_in = time.perf_counter(), self.body_size
+        self.pending.append(slot)
+        if len(self.pending) >= MAX_PIPELINE:
+            self._pause_reading()
+        if b"?" in self.url or b"%" in self.url or not self.url.startswith(b"/"):
+            try:
+                url = httptools.parse_url(self.url) if self.url else None
+            except httptools.HttpParserError:  # the framing is sound, so only this request fails
+                self._complete(slot, Response(400, b'{"error": "malformed request URL"}'))
+                return
+            path = unquote(url.path.decode("latin-1")) if url and url.path else "/"
+            query = url.query.decode("latin-1") if url and url.query else ""
+        else:
+            path, query = self.url.decode("latin-1"), ""
+        body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
+        if self.headers.get(b"content-encoding", b"").lower() == b"gzip":
+            unzipped = self._gunzip(body)
+            if unzipped is None:
+                return
+            body = unzipped
+        method = self.parser.get_method().decode("latin-1")
+        slot.head = method == "HEAD"
+        request = Request(method, path, query, self.headers, body, slot.request_id)
+        if self.access_log is not None:
+            slot.request = request
+        if self.dispatched >= MAX_DISPATCHED or self.waiting:  # a pipelining client: in turn
+            self.waiting.append((slot, request))
+            return
+        self._dispatch(slot, request)
+
+    # ---- answers ----
+
+    def _dispatch(self, slot: _Slot, request: Request) -> None:
+        try:
+            result = self.handler(request)
+        except Exception:  # noqa: BLE001 - a handler bug answers 500 and the server goes on
+            log.exception("handler failed for %s %s", request.method, request.path,
+                          extra={"request_id": slot.request_id})
+            result = Response(500, b'{"error": "internal server error"}')
+        if isinstance(result, Response):
+            self._complete(slot, result)
+        else:
+            self._defer(slot, result)
+
+    def _defer(self, slot: _Slot, deferred: Deferred) -> None:
+        slot.deferred = deferred
+        slot.wheel_key = self.wheel.add(slot, deferred.deadline)
+        self.dispatched += 1
+        deferred.future.add_done_callback(slot.done)
+
+    def _released(self) -> None:
+        """A deferred answer is done: hand the handler the requests that waited for room."""
+        self.dispatched -= 1
+        waiting = self.waiting
+        while waiting and self.dispatched < MAX_DISPATCHED and self.transport is not None:
+            slot, request = waiting.popleft()
+            self._dispatch(slot, request)
+
+    def _complete(self, slot: _Slot, response: Response) -> None:
+        HTTP_RESPONSES[response.status] += 1
+        extra = b"Connection: close\r\n" + response.headers if slot.close else response.headers
+        slot.data = data = b"%sContent-Type: %s\r\nContent-Length: %d\r\nX-Request-Id: %s\r\n%s\r\n%s" % (
+            STATUS_LINES.get(response.status) or b"HTTP/1.1 %d Unknown\r\n" % response.status,
+            response.content_type,
+            len(response.body),
+            slot.request_id.encode("latin-1"),
+            extra,
+            response.body if not slot.head else b"",
+        )
+        if self.access_log is not None:
+            self.access_log.http(slot.request, slot.request_id, self.peer, response.status, slot.started or
+                                 time.perf_counter(), slot.bytes_in, len(data))
+        self._flush()
+
+    def _flush(self) -> None:
+        transport = self.transport
+        pending = self.pending
+        while pending and pending[0].data is not None:
+            slot = pending.popleft()
+            if transport is None:
+                continue
+            transport.write(slot.data)  # type: ignore[arg-type]
+            if slot.close:
+                self.closing = True
+                if self.linger and transport.can_write_eof():
+                    # Closing with the client's bytes unread resets the connection, which can destroy the
+                    # answer before the client reads it: stop writing, drop what still comes, close later.
+                    transport.write_eof()
+                    self.loop.call_later(LINGER_S, transport.close)
+                else:
+                    transport.close()
+                self.transport = transport = None
+        if transport is not None:
+            if self.eof and not pending:  # a half-closed client has had every answer
+                self.closing = True
+                transport.close()
+                self.transport = None
+            else:
+                self._maybe_resume_reading()
+
+    def _fail(self, status: int, body: bytes) -> None:
+        """Answer a request that cannot be parsed or accepted, after the answers already owed; then close."""
+        if self.closing:
+            return
+        slot = _Slot(self, request_id_of(self.headers.get(b"x-request-id")))
+        slot.close = True
+        self.linger = True
+        self.pending.append(slot)
+        self._complete(slot, Response(status, body))
+        self.closing = True
+
+    def _too_big_body(self) -> bytes:
+        return b'{"error": "request body larger than the limit of %d bytes"}' % self.limits.max_body_bytes
+
+    def _too_big_headers(self) -> bytes:
+        return b'{"error": "request header block larger than the limit of %d bytes"}' % self.max_header_bytes
+
+    def _gunzip(self, body: bytes) -> bytes | None:
+        limit = self.limits.max_body_bytes
+        try:
+            inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            data = inflater.decompress(body, limit + 1)
+            if len(data) > limit or inflater.unconsumed_tail:
+                self._fail_last(413, self._too_big_body())
+                return None
+            if not inflater.eof:
+                raise zlib.error("truncated gzip stream")
+            return data
+        except zlib.error as e:
+            self._fail_last(400, dumps({"error": f"cannot decompress the gzip request body: {e}"}))
+            return None
+
+    def _fail_last(self, status: int, body: bytes) -> None:
+        slot = self.pending[-1]
+        slot.close = True
+        self._complete(slot, Response(status, body))
+
+    # ---- flow control and time-outs ----
+
+    def _pause_reading(self) -> None:
+        if not self.reading_paused and self.transport is not None:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def _maybe_resume_reading(self) -> None:
+        if (self.reading_paused and not self.writing_paused and len(self.pending) < MAX_PIPELINE // 2
+                and self.transport is not None):
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    def check_timeouts(self, now: float) -> None:
+        """Called about once a second by the server: 408 for a request that stalls, close idle ones."""
+        if self.transport is None or self.closing:
+            return
+        if self.request_started is not None and now - self.request_started > self.limits.read_timeout_s:
+            self._fail(408, b'{"error": "the request did not arrive in time"}')
+        elif (not self.pending and self.request_started is None
+              and now - self.last_activity > self.limits.idle_timeout_s):
+            self.closing = True
+            self.transport.close()
+
+    def shutdown(self) -> None:
+        """Close once the answers owed are written (graceful drain)."""
+        if self.transport is None:
+            return
+        if not self.pending:
+            self.closing = True
+            self.transport.close()
+        else:
+            self.pending[-1].close = True

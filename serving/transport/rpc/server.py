@@ -1,0 +1,42 @@
+"""The gRPC servers (grpc.aio): the inference port and ModelMesh's runtime port are each one of these, with
+the token checks, our tolerant registration of the services (serving/transport/rpc/decode.py) and their access log."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import grpc
+
+from ...ops.accesslog import AccessLog
+from ..auth import TokenAuth
+from .decode import add_services
+from .interceptors import TokenInterceptor
+
+log = logging.getLogger("serving")
+
+
+def new_server(services: list[Any], *, auth: TokenAuth | None, admin_auth: TokenAuth | None,
+               access_log: AccessLog | None, reuse_port: bool, max_message_bytes: int = 0) -> grpc.aio.Server:
+    """A server holding `services` (each writes its calls to `access_log`), checking the token of every call
+    but health's and the admin token of control calls (none: open), on a port shared with sibling workers
+    when `reuse_port`."""
+    options: list[tuple[str, int]] = [("grpc.so_reuseport", 1 if reuse_port else 0)]
+    if max_message_bytes:
+        options += [("grpc.max_receive_message_length", max_message_bytes),
+                    ("grpc.max_send_message_length", max_message_bytes)]
+    checks = [TokenInterceptor(auth, access_log, admin_auth)] if auth is not None or admin_auth is not None else []
+    server = grpc.aio.server(interceptors=checks, options=options)
+    for service in services:  # read by adapters.grpc_errors
+        service.access_log = access_log
+    add_services(server, *services)
+    return server
+
+
+async def listen(server: grpc.aio.Server, host: str, port: int, name: str, serves: str) -> None:
+    """Start `server` on `host:port` (every interface for 0.0.0.0 or ::); OSError when it cannot listen."""
+    host = "[::]" if host in ("0.0.0.0", "::") else host
+    if server.add_insecure_port(f"{host}:{port}") == 0:
+        raise OSError(f"cannot listen on {name} {host}:{port}")
+    await server.start()
+    log.info("gRPC (%s) listening on %s:%d", serves, host, port)
