@@ -9,7 +9,10 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .run import Threshold
 
 EPILOG = """examples:
   serving bench --url http://127.0.0.1:8080/v1/models/m:predict --body request.json --concurrency 1,4,16,64
@@ -128,21 +131,30 @@ def _ms(value: float | None) -> str:
 
 
 def main(argv: list[str]) -> int:
-    from ...errors import ServingError
     from ...platform.workers import available_cores
     from . import report as report_files
-    from .run import (
-        Threshold,
-        execute,
-        grpc_body,
-        grpc_target,
-        http_target,
-        replay_bodies,
-    )
+    from .run import execute
 
     ap = build_parser()
     args = ap.parse_args(argv)
     args.argv = argv
+    _check_args(ap, args)
+    thresholds, target = _thresholds_and_target(ap, args)
+    args.processes = args.processes or available_cores()
+    out = args.out or Path(time.strftime("bench-%Y%m%d-%H%M%S"))
+    view = LiveView(args.quiet)
+    try:
+        report = execute(args, target, thresholds, view)
+    finally:
+        view.stop()
+    written = report_files.write(report, out)
+    print((out / "report.md").read_text())
+    print(f"wrote {', '.join(str(p) for p in written)}")
+    return 0 if report["verdict"]["passed"] else 1
+
+
+def _check_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The usage errors argparse cannot see alone (each exits with status 2)."""
     if bool(args.url) == bool(args.grpc):
         ap.error("give one target: --url or --grpc")
     if args.mode == "open" and not args.rate:
@@ -157,6 +169,15 @@ def main(argv: list[str]) -> int:
         ap.error("give --body or --replay, not both")
     if args.grpc and args.body is None and not args.replay:
         ap.error("--grpc needs --body (the request, .json or .pb) or --replay")
+
+
+def _thresholds_and_target(ap: argparse.ArgumentParser,
+                           args: argparse.Namespace) -> tuple[list[Threshold], dict[str, Any]]:
+    """The parsed --threshold options and the target with its requests; a file that cannot be read or a
+    threshold that does not parse is a usage error."""
+    from ...errors import ServingError
+    from .run import Threshold, grpc_body, grpc_target, http_target, replay_bodies
+
     try:
         thresholds = [Threshold.parse(t) for t in args.threshold]
         if args.replay:
@@ -173,14 +194,4 @@ def main(argv: list[str]) -> int:
             target = grpc_target(args.grpc, args.api, bodies, args.header, args.timeout)
     except (ValueError, OSError, ServingError) as e:
         ap.error(str(getattr(e, "message", e)))
-    args.processes = args.processes or available_cores()
-    out = args.out or Path(time.strftime("bench-%Y%m%d-%H%M%S"))
-    view = LiveView(args.quiet)
-    try:
-        report = execute(args, target, thresholds, view)
-    finally:
-        view.stop()
-    written = report_files.write(report, out)
-    print((out / "report.md").read_text())
-    print(f"wrote {', '.join(str(p) for p in written)}")
-    return 0 if report["verdict"]["passed"] else 1
+    return thresholds, target

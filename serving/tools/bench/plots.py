@@ -147,6 +147,26 @@ def _knee(report: dict[str, Any]) -> Figure | None:
 def _timeline(report: dict[str, Any]) -> Figure | None:
     """Rates and latency second by second, so that warm-up, stalls and a server falling behind within a step
     show; steps are separated by a gap in the lines and a dotted line with the step's label."""
+    columns, starts = _timeline_columns(report)
+    if not any(math.isfinite(t) for t in columns["t"]):
+        return None
+    fig = _figure()
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    _rates_panel(top, columns)
+    _latency_panel(bottom, columns)
+    for start, label in starts:
+        for ax in (top, bottom):
+            ax.axvline(start, color="gray", linestyle=":")
+        top.text(start, 1.01, label, transform=top.get_xaxis_transform(), fontsize=8, va="bottom")
+    for ax in (top, bottom):
+        ax.grid(True, alpha=0.3)
+    fig.suptitle(_title(report, "Timeline"))
+    return fig
+
+
+def _timeline_columns(report: dict[str, Any]) -> tuple[dict[str, list[float]], list[tuple[float, str]]]:
+    """The series of every step one after the other, column by column (a value that is not a number: NaN),
+    and where each step starts with its label."""
     nan = math.nan
     columns: dict[str, list[float]] = {k: [] for k in ("t", "sent", "ok", "errors", "p50_ms", "p99_ms")}
     starts: list[tuple[float, str]] = []
@@ -163,10 +183,11 @@ def _timeline(report: dict[str, Any]) -> Figure | None:
                 column.append(nan if value is None else value)
         for column in columns.values():  # NaN breaks the lines between steps
             column.append(nan)
-    if not any(math.isfinite(t) for t in columns["t"]):
-        return None
-    fig = _figure()
-    top, bottom = fig.subplots(2, 1, sharex=True)
+    return columns, starts
+
+
+def _rates_panel(top: Axes, columns: dict[str, list[float]]) -> None:
+    """Sent and ok per second, and errors per second on their own axis."""
     t = columns["t"]
     top.plot(t, columns["ok"], label="ok/s")
     top.plot(t, columns["sent"], linestyle="--", label="sent/s")
@@ -177,20 +198,16 @@ def _timeline(report: dict[str, Any]) -> Figure | None:
     top.set_ylabel("requests per second")
     top.legend(*[a + b for a, b in zip(top.get_legend_handles_labels(), errors.get_legend_handles_labels(),
                                        strict=True)], loc="upper left", fontsize=8)
+
+
+def _latency_panel(bottom: Axes, columns: dict[str, list[float]]) -> None:
+    t = columns["t"]
     bottom.plot(t, columns["p50_ms"], label="p50")
     bottom.plot(t, columns["p99_ms"], label="p99")
     _latency_scale(bottom, columns["p50_ms"] + columns["p99_ms"])
     bottom.set_ylabel("latency (ms)")
     bottom.set_xlabel("seconds since the run started")
     bottom.legend(loc="upper left", fontsize=8)
-    for start, label in starts:
-        for ax in (top, bottom):
-            ax.axvline(start, color="gray", linestyle=":")
-        top.text(start, 1.01, label, transform=top.get_xaxis_transform(), fontsize=8, va="bottom")
-    for ax in (top, bottom):
-        ax.grid(True, alpha=0.3)
-    fig.suptitle(_title(report, "Timeline"))
-    return fig
 
 
 def _spectrum(report: dict[str, Any]) -> Figure | None:

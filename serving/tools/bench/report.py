@@ -60,41 +60,13 @@ def write_csv(report: dict[str, Any], path: Path) -> None:
 
 
 def markdown(report: dict[str, Any], plots: Sequence[str] = ()) -> str:
-    target = report["target"]
-    where = target.get("url") or f"{target.get('address')} {target.get('method')}"
-    lines = [f"# serving bench: {report['mode']} load on {where}", "",
-             f"`{report['command']}`", "",
-             f"Started {report['started']}; host {report['host']['hostname']} with {report['host']['cores']} cores; "
-             f"{report['generator']['processes']} load processes; body {target.get('body_bytes', 0)} bytes"
-             + (f"; server {report['server']['name']} {report['server']['version']}" if report.get("server") else "")
-             + ".", "",
-             "| step | sent | ok | errors | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | server queue / "
-             "compute / network µs | load CPU |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for step in report["steps"]:
-        lat = step["latency_ms"]
-        errors = ", ".join(f"{k} {v}" for k, v in sorted(step["errors"].items())) or "0"
-        server = step.get("server")
-        split = (f"{server['queue_us']:.0f} / {server['compute_us']:.0f} / {server.get('network_us', 0):.0f}"
-                 if server else "-")
-        held = {True: " held", False: " broke"}.get(step.get("held"), "")
-        lines.append(f"| {label(step)}{held} | {step['sent']:,} | {step['ok']:,} | {errors} | "
-                     f"{step['achieved_rate']:,.0f} | {_ms(lat['p50'])} | {_ms(lat['p90'])} | {_ms(lat['p99'])} | "
-                     f"{_ms(lat['p99.9'])} | {_ms(lat['max'])} | {split} | {step['generator_cpu']:.0%} |")
+    lines = _heading(report)
+    lines += [_step_row(step) for step in report["steps"]]
     verdict = report["verdict"]
     lines.append("")
     ramp = verdict.get("ramp")
     if ramp is not None:
-        slo = report["slo"]
-        if ramp["max_rate_held"] is None:
-            lines.append(f"**Ramp:** no rate held p99 <= {slo['p99_ms']:g} ms with errors <= "
-                         f"{slo['max_error_rate']:.2%} ({ramp['reason']}).")
-        else:
-            broke = (f"; {ramp['broke_at']:g}/s broke it: {ramp['reason']}" if ramp["broke_at"] is not None
-                     else "; the ramp's top rate held")
-            lines.append(f"**Ramp:** the highest rate that held p99 <= {slo['p99_ms']:g} ms with errors <= "
-                         f"{slo['max_error_rate']:.2%} is {ramp['max_rate_held']:g}/s (achieved "
-                         f"{ramp['achieved_at_max']:,.0f}/s){broke}.")
+        lines.append(_ramp_line(ramp, report["slo"]))
     for item in verdict["thresholds"]:
         mark = "pass" if item["passed"] else "FAIL"
         lines.append(f"- threshold `{item['threshold']}`: {mark} (value {item['shown']}, step {item['step']})")
@@ -104,3 +76,42 @@ def markdown(report: dict[str, Any], plots: Sequence[str] = ()) -> str:
         lines.append(f"\nWarning: {warning}")
     lines += ["", *(f"![{p}]({p})" for p in plots)]
     return "\n".join(lines) + "\n"
+
+
+def _heading(report: dict[str, Any]) -> list[str]:
+    """The title, the command, the run's circumstances and the head of the steps' table."""
+    target = report["target"]
+    where = target.get("url") or f"{target.get('address')} {target.get('method')}"
+    return [f"# serving bench: {report['mode']} load on {where}", "",
+            f"`{report['command']}`", "",
+            f"Started {report['started']}; host {report['host']['hostname']} with {report['host']['cores']} cores; "
+            f"{report['generator']['processes']} load processes; body {target.get('body_bytes', 0)} bytes"
+            + (f"; server {report['server']['name']} {report['server']['version']}" if report.get("server") else "")
+            + ".", "",
+            "| step | sent | ok | errors | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | server queue / "
+            "compute / network µs | load CPU |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+
+
+def _step_row(step: dict[str, Any]) -> str:
+    lat = step["latency_ms"]
+    errors = ", ".join(f"{k} {v}" for k, v in sorted(step["errors"].items())) or "0"
+    server = step.get("server")
+    split = (f"{server['queue_us']:.0f} / {server['compute_us']:.0f} / {server.get('network_us', 0):.0f}"
+             if server else "-")
+    held = {True: " held", False: " broke", None: ""}.get(step.get("held"), "")
+    return (f"| {label(step)}{held} | {step['sent']:,} | {step['ok']:,} | {errors} | "
+            f"{step['achieved_rate']:,.0f} | {_ms(lat['p50'])} | {_ms(lat['p90'])} | {_ms(lat['p99'])} | "
+            f"{_ms(lat['p99.9'])} | {_ms(lat['max'])} | {split} | {step['generator_cpu']:.0%} |")
+
+
+def _ramp_line(ramp: dict[str, Any], slo: dict[str, Any]) -> str:
+    """The ramp's outcome: the highest rate that held the objective, and what broke it."""
+    if ramp["max_rate_held"] is None:
+        return (f"**Ramp:** no rate held p99 <= {slo['p99_ms']:g} ms with errors <= "
+                f"{slo['max_error_rate']:.2%} ({ramp['reason']}).")
+    broke = (f"; {ramp['broke_at']:g}/s broke it: {ramp['reason']}" if ramp["broke_at"] is not None
+             else "; the ramp's top rate held")
+    return (f"**Ramp:** the highest rate that held p99 <= {slo['p99_ms']:g} ms with errors <= "
+            f"{slo['max_error_rate']:.2%} is {ramp['max_rate_held']:g}/s (achieved "
+            f"{ramp['achieved_at_max']:,.0f}/s){broke}.")

@@ -301,6 +301,10 @@ def merged(encoded: list[bytes]) -> HdrHistogram:
     return hist
 
 
+#: The ticks of a step by second: (the load process's index, its tick) of each.
+Ticks = dict[int, list[tuple[int, dict[str, Any]]]]
+
+
 class Bench:
     """The processes and the steps of one run."""
 
@@ -335,46 +339,10 @@ class Bench:
     def run(self, step: Step, duration: float, record: bool = True) -> dict[str, Any]:
         """One step; its figures (record) or nothing (warm-up)."""
         self.step_id += 1
-        n = len(self.pipes)
         start = time.time() + 0.2
-        for i, pipe in enumerate(self.pipes):
-            if step.mode == "closed":
-                assert step.concurrency is not None
-                share = step.concurrency // n + (i < step.concurrency % n)
-                spec = {"mode": "closed", "connections": share}
-            else:
-                assert step.rate is not None
-                connections = self.connections or 64
-                spec = {"mode": "open", "rate": step.rate / n, "offset": i / step.rate if step.rate else 0.0,
-                        "connections": max(math.ceil(connections / n), 1)}
-            pipe.send({**spec, "id": self.step_id, "start": start, "duration": duration, "record": record,
-                       "timeout": self.target["timeout"]})
+        self._send(step, start, duration, record)
         before = server_totals(self.target) if record else None
-        ticks: dict[int, list[tuple[int, dict[str, Any]]]] = {}
-        cpu = [0.0] * n
-        done = 0
-        shown = 0
-        seconds: list[dict[str, Any]] = []  # each second's figures, made once: shown live, then reported
-        while done < n:
-            for ready in wait(self.pipes):
-                assert isinstance(ready, Connection)
-                pipe = ready
-                try:
-                    kind, step_id, tick = pipe.recv()
-                except EOFError:
-                    raise RuntimeError("a load process died; see its output above") from None
-                if kind == "failed":
-                    raise RuntimeError(f"a load process failed: {tick}")
-                if kind == "done":
-                    done += 1
-                    continue
-                index = self.pipes.index(pipe)
-                ticks.setdefault(tick["t"], []).append((index, tick))
-                cpu[index] += tick["cpu"]
-                while len(ticks.get(shown, ())) == n and shown < int(duration):
-                    seconds.append(self._second(step, start, shown, ticks[shown]))
-                    self.show(seconds[-1], step.label)
-                    shown += 1
+        ticks, cpu, seconds, shown = self._gather(step, start, duration)
         if not record:
             return {}
         after = server_totals(self.target)
@@ -399,6 +367,54 @@ class Bench:
             "series": seconds,
             "hdr": hist.encode().decode() if ok else "",
         }
+
+    def _send(self, step: Step, start: float, duration: float, record: bool) -> None:
+        """Give each load process its share of the step: of the connections (closed loop) or of the rate."""
+        n = len(self.pipes)
+        for i, pipe in enumerate(self.pipes):
+            if step.mode == "closed":
+                assert step.concurrency is not None
+                share = step.concurrency // n + (i < step.concurrency % n)
+                spec = {"mode": "closed", "connections": share}
+            else:
+                assert step.rate is not None
+                connections = self.connections or 64
+                spec = {"mode": "open", "rate": step.rate / n, "offset": i / step.rate if step.rate else 0.0,
+                        "connections": max(math.ceil(connections / n), 1)}
+            pipe.send({**spec, "id": self.step_id, "start": start, "duration": duration, "record": record,
+                       "timeout": self.target["timeout"]})
+
+    def _gather(self, step: Step, start: float,
+                duration: float) -> tuple[Ticks, list[float], list[dict[str, Any]], int]:
+        """The load processes' ticks until every one is done: the ticks by second, each process's CPU seconds,
+        the figures of the seconds shown live (each once every process has sent it) and how many they are."""
+        n = len(self.pipes)
+        ticks: Ticks = {}
+        cpu = [0.0] * n
+        done = 0
+        shown = 0
+        seconds: list[dict[str, Any]] = []  # each second's figures, made once: shown live, then reported
+        while done < n:
+            for ready in wait(self.pipes):
+                assert isinstance(ready, Connection)
+                pipe = ready
+                try:
+                    kind, step_id, tick = pipe.recv()
+                except EOFError:
+                    raise RuntimeError("a load process died; see its output above") from None
+                if kind == "failed":
+                    raise RuntimeError(f"a load process failed: {tick}")
+                if kind == "done":
+                    done += 1
+                    continue
+                index = self.pipes.index(pipe)
+                ticks.setdefault(tick["t"], []).append((index, tick))
+                cpu[index] += tick["cpu"]
+                while len(ticks.get(shown, ())) == n and shown < int(duration):
+                    seconds.append(self._second(step, start, shown, ticks[shown]))
+                    self.show(seconds[-1], step.label)
+                    shown += 1
+        return ticks, cpu, seconds, shown
 
     def _second(self, step: Step, start: float, index: int, group: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
         hist = merged([t["hist"] for _, t in group])
@@ -458,42 +474,14 @@ def execute(args: Any, target: dict[str, Any], thresholds: list[Threshold],
             show: Callable[[dict[str, Any] | None, str], None]) -> dict[str, Any]:
     """Run the whole plan; the report (a dict ready for report.json)."""
     bench = Bench(target, args.processes, args.connections, show)
-    steps: list[dict[str, Any]] = []
-    ramp: dict[str, Any] | None = None
     try:
-        planned = plan(args)
-        first = planned[0] if planned else Step("open", rate=args.start)
-        if args.warmup > 0:
-            show(None, f"warm-up {args.warmup:g} s at {first.label}")
-            bench.run(first, args.warmup, record=False)
-        if args.mode == "ramp":
-            ramp = {"max_rate_held": None, "achieved_at_max": None, "broke_at": None, "reason": None}
-            for rate in ramp_rates(args.start, args.step, args.max):
-                result = bench.run(Step("open", rate=rate), args.duration)
-                why = ramp_holds(result, args.slo_p99_ms, args.max_error_rate)
-                result["held"] = why is None
-                steps.append(result)
-                if why is not None:
-                    ramp.update(broke_at=rate, reason=why)
-                    break
-                ramp.update(max_rate_held=rate, achieved_at_max=result["achieved_rate"])
-        else:
-            for step in planned:
-                result = bench.run(step, args.duration)
-                result["held"] = None
-                steps.append(result)
+        steps, ramp = _run_plan(bench, args, show)
     finally:
         bench.close()
     for i, step_result in enumerate(steps):
         step_result["index"] = i
     judged = [s for s in steps if s["held"]][-1:] if args.mode == "ramp" else steps
-    verdicts = []
-    for threshold in thresholds:
-        failing = [s for s in judged if not threshold.holds(s)]
-        worst = failing[0] if failing else (judged[-1] if judged else None)
-        value = threshold.value(worst) if worst is not None else None
-        verdicts.append({"threshold": threshold.text, "passed": bool(judged) and not failing, "value": value,
-                         "shown": threshold.show(value), "step": worst["index"] if worst is not None else None})
+    verdicts = _verdicts(thresholds, judged)
     warnings = [f"step {s['index']}: a load process used {s['generator_cpu']:.0%} of a core: the figures may be "
                 f"the load generator's limit, not the server's" for s in steps if s["generator_saturated"]]
     return {
@@ -507,3 +495,52 @@ def execute(args: Any, target: dict[str, Any], thresholds: list[Threshold],
         "verdict": {"passed": all(v["passed"] for v in verdicts), "thresholds": verdicts, "ramp": ramp},
         "warnings": warnings,
     }
+
+
+def _run_plan(bench: Bench, args: Any, show: Callable[[dict[str, Any] | None, str], None]) -> tuple[
+        list[dict[str, Any]], dict[str, Any] | None]:
+    """The warm-up, then the planned steps or the ramp: each step's figures, and the ramp's outcome (None
+    but for a ramp)."""
+    planned = plan(args)
+    first = planned[0] if planned else Step("open", rate=args.start)
+    if args.warmup > 0:
+        show(None, f"warm-up {args.warmup:g} s at {first.label}")
+        bench.run(first, args.warmup, record=False)
+    if args.mode == "ramp":
+        return _ramp(bench, args)
+    steps: list[dict[str, Any]] = []
+    for step in planned:
+        result = bench.run(step, args.duration)
+        result["held"] = None
+        steps.append(result)
+    return steps, None
+
+
+def _ramp(bench: Bench, args: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Open-loop steps at rising rates until one misses the objective: each step's figures, and the highest
+    rate that held with the one that broke it."""
+    steps: list[dict[str, Any]] = []
+    ramp: dict[str, Any] = {"max_rate_held": None, "achieved_at_max": None, "broke_at": None, "reason": None}
+    for rate in ramp_rates(args.start, args.step, args.max):
+        result = bench.run(Step("open", rate=rate), args.duration)
+        why = ramp_holds(result, args.slo_p99_ms, args.max_error_rate)
+        result["held"] = why is None
+        steps.append(result)
+        if why is not None:
+            ramp.update(broke_at=rate, reason=why)
+            break
+        ramp.update(max_rate_held=rate, achieved_at_max=result["achieved_rate"])
+    return steps, ramp
+
+
+def _verdicts(thresholds: list[Threshold], judged: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each threshold against the judged steps: passed when it held at every one (and there is one); its
+    value at the first step where it failed, else at the last."""
+    verdicts: list[dict[str, Any]] = []
+    for threshold in thresholds:
+        failing = [s for s in judged if not threshold.holds(s)]
+        worst = failing[0] if failing else (judged[-1] if judged else None)
+        value = threshold.value(worst) if worst is not None else None
+        verdicts.append({"threshold": threshold.text, "passed": bool(judged) and not failing, "value": value,
+                         "shown": threshold.show(value), "step": worst["index"] if worst is not None else None})
+    return verdicts
