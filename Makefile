@@ -10,7 +10,7 @@ BENCH_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 EXTRAS ?= xgboost,lightgbm,pmml,torch,onnx,tensorflow,otel
 
-.PHONY: serve test install install-test demo lint protos bench clean
+.PHONY: serve test test-fast install install-test demo lint protos bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,7 @@ $(VENV)/.installed: $(PY) pyproject.toml
 
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(PIP) install -q -e '.[$(EXTRAS),test]'
-	@# tests/test_ui_browser.py drives the status page in Debian's headless Chromium and its chromedriver.
+	@# tests/e2e/test_ui_browser.py drives the status page in Debian's headless Chromium and its chromedriver.
 	@[ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] || { echo "installing chromium and chromium-driver for the UI tests"; \
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver >/dev/null; }
 	touch $@
@@ -45,6 +45,11 @@ test: install-test
 	$(VENV)/bin/ruff check serving processors protos tests benchmarks docs
 	$(VENV)/bin/mypy
 	$(PY) -m pytest
+
+# The in-process tests only (tests/unit: no server process, no browser), with pytest's options from
+# pyproject.toml; `make test` runs them too, with the linters and tests/e2e.
+test-fast: install-test
+	$(PY) -m pytest tests/unit
 
 protos: install-test
 	$(PY) protos/generate.py

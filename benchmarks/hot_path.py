@@ -42,7 +42,8 @@ from serving.core.repository import ModelManager  # noqa: E402
 from serving.core.servable import Runtime  # noqa: E402
 from serving.ops.accesslog import AccessLog  # noqa: E402
 from serving.ops.metrics import RequestMetrics  # noqa: E402
-from serving.ops.statistics import Statistics  # noqa: E402
+from serving.ops.requestlog import RequestLogger  # noqa: E402
+from serving.ops.shadow import ShadowRunner  # noqa: E402
 from serving.ops.tracing import Tracing  # noqa: E402
 from serving.protocols.router import RestApi  # noqa: E402
 from serving.protocols.tfserving import codec as tfserving  # noqa: E402
@@ -132,22 +133,25 @@ async def main(total: int) -> None:
     await manager.apply([ModelSpec("xgb", str(repo), "xgboost")])
     dataplane = DataPlane(runtime)
     bare = Pipeline(manager, dataplane)  # no observer
-    served = Pipeline(manager, dataplane)  # as the server runs: request metrics and Triton's statistics
-    served.observe(RequestMetrics())
-    served.observe(Statistics(manager))
+    served = Pipeline(manager, dataplane)  # observed as serving/app.py wires it
+    served.observe(RequestMetrics())  # into each version's record: Prometheus and Triton's statistics read it
+    request_log, shadow = RequestLogger(manager), ShadowRunner(manager, dataplane)
+    manager.observers_for = lambda spec: tuple(  # a model's own: none, its config asks for neither
+        o for o in (request_log.observer_for(spec), shadow.observer_for(spec)) if o is not None)
+    await manager.apply([ModelSpec("xgb", str(repo), "xgboost")])  # the config applied again: observers chosen
     traced = Pipeline(manager, dataplane)
     for observer in served.observers:
         traced.observe(observer)
     variants: list[tuple[str, Pipeline, AccessLog | None]] = [
         ("no observer, access log off", bare, None),
-        ("metrics + statistics, access log off", served, None),
-        ("metrics + statistics, access log json", served,
+        ("as served (metrics, statistics, request log, shadow), access log off", served, None),
+        ("as served, access log json", served,
          AccessLog.open("json", sample_rate=1.0, health=False, path=os.devnull)),
     ]
     tracing = discarding_tracing()
     if tracing is not None:
         traced.observe(tracing)
-        variants.append(("metrics + statistics + OpenTelemetry spans, access log off", traced, None))
+        variants.append(("as served + OpenTelemetry spans, access log off", traced, None))
     loop = asyncio.get_running_loop()
     wheel = DeadlineWheel(loop)
     gc.collect()

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # noqa: E402 - a script run from a checkout
 
 from serving.protocols.tfserving.codec import record_rows  # noqa: E402
-from tests.test_pmml import TREE  # noqa: E402 - the hand-checkable tree model of the tests
+from tests.e2e.test_pmml import TREE  # noqa: E402 - the hand-checkable tree model of the tests
 
 
 def main() -> None:

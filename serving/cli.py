@@ -4,8 +4,10 @@ all derived from the declaration in serving/settings.py."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import Field, fields
@@ -13,6 +15,7 @@ from typing import Any
 
 from .settings import (
     GROUPS,
+    SUPERVISED_ENV,
     Settings,
     convert,
     env_name,
@@ -107,8 +110,6 @@ def setup_logging(settings: Settings) -> None:
     if settings.log_format not in ("text", "json"):
         sys.exit(f"serving: --log_format: expected text or json, got {settings.log_format!r}")
     handler = logging.StreamHandler()
-    from .platform.workers import SUPERVISED_ENV
-
     supervised = os.environ.get(SUPERVISED_ENV)
     worker = supervised.split(",", 1)[0] if supervised else None
     handler.setFormatter(JsonFormatter(worker) if settings.log_format == "json" else TextFormatter(worker))
@@ -117,8 +118,8 @@ def setup_logging(settings: Settings) -> None:
 
 
 #: `serving <command> ...`: the module whose main(argv) runs it.
-COMMANDS = {"bench": ".bench.cli",  # the load generator (serving/tools/bench/)
-            "warmup-from-log": ".fromlog"}  # a warm-up file from request logs
+COMMANDS = {"bench": ".tools.bench.cli",  # the load generator (serving/tools/bench/)
+            "warmup-from-log": ".tools.fromlog"}  # a warm-up file from request logs
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(importlib.import_module(COMMANDS[args[0]], __package__).main(args[1:]))
     settings = parse_settings(args)
     setup_logging(settings)
-    from .platform.workers import SUPERVISED_ENV, supervise, worker_count
+    from .platform.workers import supervise, worker_count
 
     try:
         workers = worker_count(settings.workers)
@@ -138,9 +139,56 @@ def main(argv: list[str] | None = None) -> None:
     if workers > 1 and not os.environ.get(SUPERVISED_ENV):
         # The supervisor imports no framework: each worker is a fresh `serving` with the same arguments.
         sys.exit(supervise(args, workers))
-    from .app import run  # imported after logging is set up
-
     sys.exit(run(settings))
+
+
+async def serve(settings: Settings) -> int:
+    """One server process: start, serve until SIGTERM or SIGINT, drain; the exit status."""
+    from .app import Server  # imported after logging is set up
+    from .core.model_config import ConfigError
+    from .platform.workers import START_FAILED
+
+    log = logging.getLogger("serving")
+    # Under a supervisor, a start that cannot succeed says so, and is not restarted.
+    failed = START_FAILED if os.environ.get(SUPERVISED_ENV) else 1
+    try:
+        server = Server(settings)
+    except ValueError as e:
+        log.error("%s", e)
+        return failed
+    loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if not server.stopping.is_set():
+            server.stopping.set()
+            return
+        # A second signal: the operator does not want to wait. Requests in flight stay unanswered.
+        log.warning("%s during the drain: exiting now (status %d)", sig.name, 128 + sig)
+        logging.shutdown()
+        os._exit(128 + sig)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        await server.start()
+    except ConfigError as e:
+        log.error("%s", e)
+        await server.stop()
+        return failed
+    except OSError as e:
+        log.error("cannot listen: %s", e)
+        return failed
+    await server.stopping.wait()
+    await server.drain()
+    return 0
+
+
+def run(settings: Settings) -> int:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency; plain asyncio still works
+        return asyncio.run(serve(settings))
+    return uvloop.run(serve(settings))
 
 
 if __name__ == "__main__":

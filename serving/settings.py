@@ -21,13 +21,18 @@ from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
 
-from .core.remote import MAX_BYTES, MAX_FILES
-
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 ENV_PREFIX = "SERVING_"
+#: Set by the supervisor (--workers) in each worker's environment: "<index>,<count>,<folder>".
+SUPERVISED_ENV = "SERVING_SUPERVISED"
+#: --model_archive_max_bytes' default: the largest download, and the most an archive may unpack to.
+MAX_BYTES = 16 * 1024 ** 3
+#: --model_archive_max_files' default: the most entries (files and folders) an archive may hold. Bytes alone
+#: let 100,000 empty files through in a 628 KB archive.
+MAX_FILES = 10_000
 
 # Group name -> title of its section in `serving --help`, in the order they are shown.
 GROUPS = {
@@ -306,8 +311,6 @@ class Settings:
         if "model_path" in flat:
             self.model_base_path = str(flat["model_path"])
         if "processor" in flat:
-            from .core.processor import parse_processor_code
-
             self.model_platform, self.device = parse_processor_code(str(flat["processor"]))
         for key in ("warm_up_data_path", "token"):
             if key in flat:
@@ -460,6 +463,28 @@ def replace_table(readme: str) -> str:
     """`readme` with its flag table rendered anew from the declaration."""
     start, end = table_span(readme)
     return readme[:start] + markdown_table() + readme[end:]
+
+
+def parse_processor_code(code: str) -> tuple[str, str]:
+    """A cloud processor code -> (processor name, device): `xgboost`, `lightgbm`, `pmml`,
+    `tensorflow_cpu_2.x` / `tensorflow_gpu_2.x`, `pytorch_cpu_*` / `pytorch_gpu_*`, `onnx*` (gpu when the
+    code says so); any other name is taken as a processor name on the cpu."""
+    key = code.strip().lower()
+    device = "cuda" if "_gpu" in key or key.endswith("gpu") else "cpu"
+    for prefix, name in (("tensorflow", "tensorflow"), ("pytorch", "torchscript"), ("torch", "torchscript"),
+                         ("onnx", "onnx"), ("xgboost", "xgboost"), ("lightgbm", "lightgbm"), ("pmml", "pmml")):
+        if key.startswith(prefix):
+            return name, device
+    return key, device
+
+
+def default(name: str) -> Any:
+    """The default of setting `name`: what an options object built without the settings (a test, a benchmark)
+    takes, so that no default is written twice."""
+    return _DEFAULTS[name]
+
+
+_DEFAULTS = {f.name: f.default for f in fields(Settings)}
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ def channel(server):
 
 def pytest_addoption(parser):
     parser.addoption("--device", default="cpu", choices=("cpu", "cuda"),
-                     help="cuda: run tests/test_cuda.py's CUDA tests and fail (not skip) where no CUDA device is "
+                     help="cuda: run tests/e2e/test_cuda.py's CUDA tests and fail (not skip) where no CUDA device is "
                           "present; cpu (the default): they are skipped")
 
 

@@ -17,6 +17,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +25,14 @@ import orjson
 
 from ..errors import Code, ServingError, invalid_argument, not_found
 from ..redact import redact
-from .model_config import ConfigError, ModelSpec, VersionPolicy, checked_name
+from .model_config import (
+    ConfigError,
+    ModelSpec,
+    VersionPolicy,
+    checked_name,
+    read_model_config_file,
+    with_runtime,
+)
 from .remote import URL_PREFIXES, default_cache_dir
 from .repository import ModelManager, State
 
@@ -86,14 +94,24 @@ class ModelControl:
             raise ValueError(f"--model_control_mode: expected one of {', '.join(MODES)}, got {mode!r}")
         self.mode, self.manager = mode, manager
         self.configure = configure  # the server-wide device and framework options, applied to a spec
-        #: The models this server knows by name (the repository): the config's, and those loaded by path.
+        #: The models this server knows by name (the repository): the config's, and those loaded by path
+        #: while they are loaded (a server that loads many by path keeps none it unloaded).
         self.repository: dict[str, ModelSpec] = {}
+        self.configured: set[str] = set()  # the config's names, which stay in the repository
         self.load_timeout_s = 90.0  # how long an HTTP load request waits for its answer
         #: Under a supervisor: does the same load / unload in the sibling workers (set by the server).
         self.siblings: Callable[[str, Any], Awaitable[Any]] | None = None
         self.changed: Callable[[], None] | None = None  # called after each load / unload in every worker
         #: Where a path a load request names may be (set by the server from --model_load_roots).
         self.roots = LoadRoots(())
+
+    @classmethod
+    def from_settings(cls, s: Settings, manager: ModelManager) -> ModelControl:
+        # ModelMesh loads and unloads: its runtime port implies explicit model control.
+        control = cls("explicit" if s.modelmesh_port else s.model_control_mode, manager,
+                      lambda specs: with_runtime(specs, s))
+        control.load_timeout_s = s.model_loading_timeout_ms / 1000
+        return control
 
     @property
     def explicit(self) -> bool:
@@ -102,6 +120,7 @@ class ModelControl:
     def startup(self, specs: list[ModelSpec], load_model: str) -> list[ModelSpec]:
         """Remember the configured models; the ones to load at start (all but in explicit mode)."""
         self.repository = {s.name: s for s in specs}
+        self.configured = set(self.repository)
         names = [n.strip() for n in load_model.split(",") if n.strip()]
         if not self.explicit:
             if names:
@@ -120,6 +139,7 @@ class ModelControl:
     def replace(self, specs: list[ModelSpec]) -> None:
         """A reload (config poll, ReloadConfigRequest) names the repository anew."""
         self.repository = {s.name: s for s in specs}
+        self.configured = set(self.repository)
 
     def index(self, ready_only: bool = False) -> list[dict[str, str]]:
         """Triton's repository index: every model known or loaded, a row per version it has, a row without
@@ -191,7 +211,10 @@ class ModelControl:
             await self.manager.load_model(arg)
             self.repository.setdefault(arg.name, arg)
             return True
-        return await self.manager.unload_model(arg)
+        unloaded = await self.manager.unload_model(arg)
+        if arg not in self.configured:
+            self.repository.pop(arg, None)
+        return unloaded
 
     def spec_for(self, name: str, parameters: Mapping[str, Any]) -> ModelSpec:
         """The spec a load request means: the repository's, with its parameters over it."""
@@ -226,6 +249,44 @@ class ModelControl:
         if "version_policy" in config:
             changes["policy"] = policy_from_json(config["version_policy"])
         return dataclasses.replace(spec, **changes) if changes else spec
+
+
+class ConfigPolls:
+    """--model_control_mode=poll: new versions under the base paths (`files`) and changes of the model
+    config file (`config`), each a task that runs for ever and never stops on a failure."""
+
+    def __init__(self, manager: ModelManager, current: Callable[[], list[ModelSpec]],
+                 accept: Callable[[list[ModelSpec]], list[ModelSpec]], after: Callable[[], Awaitable[None]]) -> None:
+        self.manager, self.current, self.accept, self.after = manager, current, accept, after
+
+    async def files(self, every: float) -> None:
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.manager.poll()
+                await self.after()
+            except Exception:  # noqa: BLE001 - polling must go on
+                log.exception("file system poll failed")
+
+    async def config(self, path: str, every: float) -> None:
+        while True:
+            await asyncio.sleep(every)
+            try:
+                specs = read_model_config_file(path)
+            except ConfigError as e:
+                log.error("model config file not applied, still serving the previous one: %s", e)
+                continue
+            before = self.current()
+            if self.accept(specs) == before:
+                continue
+            log.info("model config file changed: applying it")
+            started = time.monotonic()
+            try:
+                await self.manager.apply(self.current())
+            except ConfigError as e:
+                log.error("model config applied in part: %s", e)
+            log.info("model config file applied in %.2f s", time.monotonic() - started)
+            await self.after()
 
 
 def policy_from_json(doc: Any) -> VersionPolicy:

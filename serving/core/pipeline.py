@@ -3,15 +3,19 @@
 A protocol adapter (serving/protocols/<protocol>/) decodes what it can without the model (the route)
 into a `Call`: the model and its version or label, a `decode` that turns the request into the
 signature and named input arrays once the servable is known, the wanted outputs, the deadline, the
-request id and the adapter's own context. `Pipeline.infer(call)` is the shared step: it resolves the
+request id and the adapter's own state of the call (`Call.context`: a small class per protocol, the type
+`S` of a `Call[S]`). `Pipeline.infer(call)` is the shared step: it resolves the
 servable, refuses at once when its batch queues are full (before the body is decoded), decodes, checks
 the wanted outputs against the signature, applies the rate limit and the deadline, and queues (or runs)
 the call through the data plane; the adapter gets a future of the outputs.
 
-Cross-cutting work attaches through observers (`Pipeline.observe`): `finished(call, error, timings)` once
-its outputs or its error are ready, with the queue wait, the compute time and the total, and, for an
-observer that defines it, `received(call)` once the call is decoded (with `call.rows` counted once for
-all). With no observer attached the step reads no clock and adds no callback.
+Cross-cutting work attaches through observers: the server's (`Pipeline.observe`: metrics, tracing), and
+those a model's config asks for (`Servable.observers`: its request log, its shadow; chosen when the config
+is applied, so a model without them pays nothing for them). `finished(call, error, timings)` is told once
+its outputs or its error are ready, with the queue wait, the compute time and the total, on the next turn
+of the event loop: the answer is handed to the transport first. An observer that defines `received(call)`
+is told once the call is decoded (with `call.rows` counted once for all). With no observer attached the
+step reads no clock and adds no callback.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 import numpy as np
 
@@ -30,8 +34,10 @@ from .servable import Servable
 from .signature import Signature
 
 Inputs = dict[str, np.ndarray]
-#: (call, servable) -> (signature, inputs); may keep what the answer needs in `call.context`.
-Decode = Callable[["Call", Servable], tuple[Signature, Inputs]]
+#: The adapter's state of a call: what its decode reads and what the answer needs (see the adapters).
+S = TypeVar("S")
+#: (call, servable) -> (signature, inputs); may keep what the answer needs in the call's state.
+Decode = Callable[["Call[S]", Servable], tuple[Signature, Inputs]]
 
 
 def unknown_output(call: Call, name: str) -> ServingError:
@@ -51,8 +57,10 @@ class TaskGroup:
         self.failed = False
 
 
-class Call:
+class Call(Generic[S]):
     """One inference call, protocol-neutral. The adapter fills the first part; the pipeline the rest.
+    `context` is the adapter's state of the call (`S`: its own class, which its decode and its answer read
+    and fill in; the pipeline never looks at it).
 
     No __slots__: what is set on every call is set in __init__, and what most calls never set (the
     observers' clocks, the adapter's codec) reads the class defaults, which costs nothing per call."""
@@ -68,10 +76,11 @@ class Call:
     task: Any = None  # (TaskGroup, index): one task of a MultiInference, logged with its siblings as one record
     observers: Sequence[Observer] = ()
 
-    def __init__(self, protocol: str, model: str, version: int | None, label: str | None, decode: Decode,
+    def __init__(self, protocol: str, model: str, version: int | None, label: str | None, decode: Decode[S],
                  deadline: float, *, outputs: Sequence[str] = (), method: str = "predict", request_id: str = "",
-                 unknown_output: Callable[[Call, str], ServingError] = unknown_output,
-                 context: Any = None, carrier: Any = None) -> None:
+                 unknown_output: Callable[[Call[Any], str], ServingError] = unknown_output,
+                 context: S = None,  # type: ignore[assignment] # None: a decode that reads no state (tests')
+                 carrier: Any = None) -> None:
         self.protocol, self.model, self.version, self.label = protocol, model, version, label
         self.decode, self.deadline, self.outputs, self.method = decode, deadline, outputs, method
         self.request_id, self.unknown_output, self.context = request_id, unknown_output, context
@@ -84,7 +93,7 @@ class Call:
         error = error_of(future)
         if error is None:
             self.result = future.result()
-        notify(self, error)
+        notify(self, error, future.get_loop())
 
     def output_names(self) -> list[str]:
         """The outputs to answer: the wanted ones, else every output of the signature."""
@@ -149,6 +158,8 @@ class Pipeline:
         servable = call.servable = self.manager.get(call.model, call.version, call.label, call.carrier)
         if call.method == "predict" and (refused := servable.refusal()) is not None:
             raise refused
+        if servable.observers and self.observers:
+            call.observers = (*self.observers, *servable.observers)
         sig, inputs = call.decode(call, servable)
         call.signature, call.inputs = sig, inputs
         for name in call.outputs:
@@ -164,13 +175,18 @@ class Pipeline:
         return self.dataplane.infer(servable, sig, inputs, call.deadline, call.method, timing=timing)
 
 
-def notify(call: Call, error: ServingError | None) -> None:
-    """Tell the call's observers it is finished, with its timings."""
+def notify(call: Call, error: ServingError | None, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    """Tell the call's observers it is finished, with its timings as of now, on the loop's next turn: what
+    answers the call (a future's callback, the adapter's raise) goes first."""
     end = time.perf_counter()
     if call.dispatched:  # it reached a batch (or a worker)
         timings = Timings(call.dispatched - call.received, (call.computed or end) - call.dispatched,
                           end - call.received)
     else:
         timings = Timings(0.0, 0.0, end - call.received)
+    (loop or asyncio.get_running_loop()).call_soon(_tell, call, error, timings)
+
+
+def _tell(call: Call, error: ServingError | None, timings: Timings) -> None:
     for observer in call.observers:
         observer.finished(call, error, timings)

@@ -173,18 +173,6 @@ def find_model_file(version_dir: Path, patterns: tuple[str, ...], what: str) -> 
     )
 
 
-def parse_processor_code(code: str) -> tuple[str, str]:
-    """A cloud processor code -> (processor name, device): `xgboost`, `lightgbm`, `pmml`,
-    `tensorflow_cpu_2.x` / `tensorflow_gpu_2.x`, `pytorch_cpu_*` / `pytorch_gpu_*`, `onnx*` (gpu when the
-    code says so); any other name is taken as a processor name on the cpu."""
-    key = code.strip().lower()
-    device = "cuda" if "_gpu" in key or key.endswith("gpu") else "cpu"
-    for prefix, name in (("tensorflow", "tensorflow"), ("pytorch", "torchscript"), ("torch", "torchscript"),
-                         ("onnx", "onnx"), ("xgboost", "xgboost"), ("lightgbm", "lightgbm"), ("pmml", "pmml")):
-        if key.startswith(prefix):
-            return name, device
-    return key, device
-
 
 @functools.cache
 def cuda_device_count() -> int:

@@ -33,6 +33,7 @@ from typing import Any
 
 from ..errors import Code, ServingError
 from ..redact import redact
+from ..settings import MAX_BYTES, MAX_FILES, Settings
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +45,6 @@ STORES = ("s3://", "gs://")
 EXTRAS = {"s3": "s3", "gs": "gcs"}
 #: What a base path that is fetched rather than read in place starts with.
 URL_PREFIXES = ("http://", "https://", *STORES)
-#: --model_archive_max_bytes' default: the largest download, and the most an archive may unpack to.
-MAX_BYTES = 16 * 1024 ** 3
-#: --model_archive_max_files' default: the most entries (files and folders) an archive may hold. Bytes alone
-#: let 100,000 empty files through in a 628 KB archive.
-MAX_FILES = 10_000
 #: A failed fetch is tried again after FIRST_RETRY_S, twice as long after each failure in a row, at most
 #: MAX_RETRY_S; its first failure is logged as an ERROR, the next ones at most once a REPORT_EVERY_S.
 FIRST_RETRY_S = 1.0
@@ -127,6 +123,11 @@ class FetchBackoff:
 class ModelFetcher:
     """Turns a remote base path into a local folder under the cache (one folder per URL)."""
 
+    @classmethod
+    def from_settings(cls, s: Settings) -> ModelFetcher:
+        return cls(s.model_cache_dir, s.model_archive_max_bytes, s.s3_endpoint_url, s.gcs_endpoint_url,
+                   s.model_archive_max_files)
+
     def __init__(self, cache_dir: str = "", max_bytes: int = MAX_BYTES, s3_endpoint_url: str = "",
                  gcs_endpoint_url: str = "", max_files: int = MAX_FILES) -> None:
         self.cache_dir, self.max_bytes, self.max_files = Path(cache_dir or default_cache_dir()), max_bytes, max_files
@@ -150,24 +151,34 @@ class ModelFetcher:
         url, _, fragment = base_path.partition("#")
         sha256 = fragment[len("sha256="):].lower() if fragment.startswith("sha256=") else None
         folder = self.cache_dir / hashlib.sha256(url.encode()).hexdigest()[:24]
-        unpacked = folder / "model"
         if url.startswith(STORES):
             return self._store_checked(url, folder, sha256)
-        if not url.startswith(("http://", "https://")):  # a local archive
-            archive = Path(url)
-            if not archive.is_file():
-                raise _failed(f"the model archive {url} does not exist")
-            st = archive.stat()
-            stamp: dict[str, Any] = {"size": st.st_size, "mtime": st.st_mtime}
-            if self._current(folder, stamp):
-                return str(unpacked)
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-                self._verify(archive, None, sha256, url)
-                self._unpack_into(folder, archive, url, stamp)
-            except OSError as e:
-                raise _failed(f"cannot unpack {url}: {e}") from None
+        if not url.startswith(("http://", "https://")):
+            return self._from_archive(url, folder, sha256)
+        return self._from_url(url, folder, sha256)
+
+    def _from_archive(self, url: str, folder: Path, sha256: str | None) -> str:
+        """A local archive, unpacked again only when its size or modification time changed."""
+        unpacked = folder / "model"
+        archive = Path(url)
+        if not archive.is_file():
+            raise _failed(f"the model archive {url} does not exist")
+        st = archive.stat()
+        stamp: dict[str, Any] = {"size": st.st_size, "mtime": st.st_mtime}
+        if self._current(folder, stamp):
             return str(unpacked)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._verify(archive, None, sha256, url)
+            self._unpack_into(folder, archive, url, stamp)
+        except OSError as e:
+            raise _failed(f"cannot unpack {url}: {e}") from None
+        return str(unpacked)
+
+    def _from_url(self, url: str, folder: Path, sha256: str | None) -> str:
+        """An http(s) URL: downloaded and unpacked, or the copy we have when the server says it is unchanged
+        (304) or cannot be reached."""
+        unpacked = folder / "model"
         meta = self._meta(folder)
         request = urllib.request.Request(url)
         if meta is not None and unpacked.is_dir() and meta.get("sha256_asked") == sha256:
@@ -178,17 +189,7 @@ class ModelFetcher:
         folder.mkdir(parents=True, exist_ok=True)
         try:
             with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as answer:
-                download = Path(tempfile.mkstemp(dir=folder, suffix=".part")[1])
-                try:
-                    expected = answer.headers.get("Content-Length")
-                    self._save(answer, download)
-                    self._verify(download, int(expected) if expected else None, sha256, url)
-                    name = os.path.basename(urllib.parse.urlsplit(url).path) or "model"
-                    stamp = {"etag": answer.headers.get("ETag"),
-                             "last_modified": answer.headers.get("Last-Modified"), "sha256_asked": sha256, "url": url}
-                    self._unpack_into(folder, download, name, stamp)
-                finally:
-                    download.unlink(missing_ok=True)
+                self._download_into(folder, answer, url, sha256)
         except urllib.error.HTTPError as e:
             if e.code == 304 and unpacked.is_dir():
                 return str(unpacked)  # unchanged since the copy we have
@@ -199,6 +200,21 @@ class ModelFetcher:
                 return str(unpacked)
             raise _failed(f"cannot download {url}: {getattr(e, 'reason', e)}") from None
         return str(unpacked)
+
+    def _download_into(self, folder: Path, answer: Any, url: str, sha256: str | None) -> None:
+        """Save a URL's answer next to `folder/model`, check it, and unpack it there."""
+        download = Path(tempfile.mkstemp(dir=folder, suffix=".part")[1])
+        try:
+            expected = answer.headers.get("Content-Length")
+            self._save(answer, download)
+            self._verify(download, int(expected) if expected else None, sha256, url)
+            name = os.path.basename(urllib.parse.urlsplit(url).path) or "model"
+            stamp: dict[str, Any] = {"etag": answer.headers.get("ETag"),
+                                     "last_modified": answer.headers.get("Last-Modified"), "sha256_asked": sha256,
+                                     "url": url}
+            self._unpack_into(folder, download, name, stamp)
+        finally:
+            download.unlink(missing_ok=True)
 
     def _store_checked(self, url: str, folder: Path, sha256: str | None) -> str:
         try:
@@ -237,32 +253,37 @@ class ModelFetcher:
         scheme, _, key = url.partition("://")
         fs, key = self.store(scheme), key.rstrip("/")
         folder.mkdir(parents=True, exist_ok=True)
-        unpacked = folder / "model"
         try:
             info = fs.info(key)  # one request tells a file key from a prefix (polled every few seconds)
         except FileNotFoundError:
             info = {}  # no such key: a prefix, or nothing at all (said below)
         if key.lower().endswith(ARCHIVES) or info.get("type") == "file":
-            stamp = {"etag": _etag(info), "size": info.get("size"), "sha256_asked": sha256, "url": url}
-            if self._current(folder, stamp):
-                return str(unpacked)
-            download = Path(tempfile.mkstemp(dir=folder, suffix=".part")[1])
-            try:
-                if (info.get("size") or 0) > self.max_bytes:
-                    raise _failed(f"{url} is larger than --model_archive_max_bytes ({self.max_bytes})")
-                fs.get_file(key, str(download))
-                self._verify(download, info.get("size"), sha256, url)
-                self._unpack_into(folder, download, os.path.basename(key), stamp)
-            finally:
-                download.unlink(missing_ok=True)
+            return self._store_file(fs, key, info, url, folder, sha256)
+        return self._mirror(fs, key, url, folder)
+
+    def _store_file(self, fs: Any, key: str, info: dict[str, Any], url: str, folder: Path,
+                    sha256: str | None) -> str:
+        """An archive or model file key, downloaded and unpacked unless its ETag and size are those of the copy
+        we have."""
+        unpacked = folder / "model"
+        stamp = {"etag": _etag(info), "size": info.get("size"), "sha256_asked": sha256, "url": url}
+        if self._current(folder, stamp):
             return str(unpacked)
-        listing = {path: info for path, info in fs.find(key, detail=True).items() if info.get("type") != "directory"}
-        if not listing:
-            raise _failed(f"nothing under {url}")
-        if sum(info.get("size") or 0 for info in listing.values()) > self.max_bytes:
-            raise _failed(f"{url} holds more than --model_archive_max_bytes ({self.max_bytes})")
-        if len(listing) > self.max_files:
-            raise _failed(f"{url} holds more than {self.max_files} files, the limit of --model_archive_max_files")
+        download = Path(tempfile.mkstemp(dir=folder, suffix=".part")[1])
+        try:
+            if (info.get("size") or 0) > self.max_bytes:
+                raise _failed(f"{url} is larger than --model_archive_max_bytes ({self.max_bytes})")
+            fs.get_file(key, str(download))
+            self._verify(download, info.get("size"), sha256, url)
+            self._unpack_into(folder, download, os.path.basename(key), stamp)
+        finally:
+            download.unlink(missing_ok=True)
+        return str(unpacked)
+
+    def _mirror(self, fs: Any, key: str, url: str, folder: Path) -> str:
+        """A prefix mirrored into `folder/model`: new and changed keys downloaded, removed ones deleted."""
+        listing = self._listing(fs, key, url)
+        unpacked = folder / "model"
         mirrored = (self._meta(folder) or {}).get("files", {})
         files: dict[str, list[Any]] = {}
         for path, info in sorted(listing.items()):
@@ -284,6 +305,18 @@ class ModelFetcher:
                 directory.rmdir()
         (folder / "meta.json").write_text(json.dumps({"url": url, "files": files}))
         return str(unpacked)
+
+    def _listing(self, fs: Any, key: str, url: str) -> dict[str, dict[str, Any]]:
+        """The files under a prefix (path -> the store's info), within --model_archive_max_bytes and
+        --model_archive_max_files."""
+        listing = {path: info for path, info in fs.find(key, detail=True).items() if info.get("type") != "directory"}
+        if not listing:
+            raise _failed(f"nothing under {url}")
+        if sum(info.get("size") or 0 for info in listing.values()) > self.max_bytes:
+            raise _failed(f"{url} holds more than --model_archive_max_bytes ({self.max_bytes})")
+        if len(listing) > self.max_files:
+            raise _failed(f"{url} holds more than {self.max_files} files, the limit of --model_archive_max_files")
+        return listing
 
     def _save(self, answer: object, path: Path) -> None:
         size = 0

@@ -22,7 +22,7 @@ import random
 import sys
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,8 @@ from ..errors import (
     unavailable,
 )
 from ..redact import load_failed, redact
-from .model_config import ConfigError, ModelSpec, list_versions
+from ..settings import Settings
+from .model_config import ConfigError, ModelSpec, list_versions, may_start_empty
 from .processor import Processor, canonical_name, detect_platform, processor_class
 from .remote import (
     FailingFetch,
@@ -210,7 +211,22 @@ class ModelManager:
         self.sticky_header = None
         #: The last load error of each model that `load_model` removed again (never served), for the index.
         self.failures: dict[str, ServingError] = {}
-        self._model_locks: dict[str, asyncio.Lock] = {}
+        #: One lock per model name while its loads and unloads take turns, with how many hold or wait for it.
+        self._model_locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+        #: The per-call observers a model's config asks for (its request log, its shadow), chosen when the
+        #: config is applied and given to each of its versions (`Servable.observers`); set by the server.
+        self.observers_for: Callable[[ModelSpec], tuple[Any, ...]] | None = None
+
+    @classmethod
+    def from_settings(cls, s: Settings, runtime: Runtime,
+                      warmup: Callable[[Servable], Awaitable[int]] | None = None) -> ModelManager:
+        manager = cls(runtime=runtime, fetcher=ModelFetcher.from_settings(s), load_threads=s.load_threads,
+                      warmup=warmup,
+                      allow_version_labels_for_unavailable_models=s.allow_version_labels_for_unavailable_models)
+        manager.may_be_empty = may_start_empty(s)
+        if s.traffic_sticky_header:
+            manager.sticky_header = s.traffic_sticky_header.lower()
+        return manager
 
     @property
     def sticky_header(self) -> str | None:
@@ -299,6 +315,7 @@ class ModelManager:
             wanted = {s.name: s for s in specs}
             for name in [n for n in self.models if n not in wanted]:
                 log.info("model %s removed from the config: unloading", name)
+                self._forget(name)
                 await self._unload_all(self.models.pop(name))
             models, moved = [], {}
             for spec in specs:
@@ -309,7 +326,7 @@ class ModelManager:
                     model = ManagedModel(spec)
                 elif model is None:
                     model = self.models[spec.name] = ManagedModel(spec)
-                model.spec = spec
+                self._configure(model, spec)
                 models.append(model)
             aspired = await asyncio.gather(*(self._load_aspired(m) for m in models))
             for model, versions in zip(models, aspired, strict=True):
@@ -347,7 +364,7 @@ class ModelManager:
             model = old if old is not None and not moved else ManagedModel(spec)
             if old is None:
                 self.models[spec.name] = model
-            before, model.spec = model.spec, spec
+            before = self._configure(model, spec)
             self.failures.pop(spec.name, None)
             aspired = await self._load_aspired(model)
             if not _serves(model, aspired):
@@ -356,7 +373,7 @@ class ModelManager:
                     Code.NOT_FOUND, f"model {spec.name}: no version to load under {redact(spec.base_path)}")
                 if old is not None and old.latest is not None:  # availability preserving: what served, serves
                     if model is old:
-                        old.spec = before
+                        self._configure(old, before)
                     log.warning("model %s: the load failed; the versions loaded before serve on", spec.name)
                     raise error
                 if old is not None and moved:
@@ -381,14 +398,41 @@ class ModelManager:
             model = self.models.pop(name, None)
             if model is None:
                 return False
+            self._forget(name)
             await self._unload_all(model)
             return True
 
-    def _model_lock(self, name: str) -> asyncio.Lock:
-        lock = self._model_locks.get(name)
-        if lock is None:
-            lock = self._model_locks[name] = asyncio.Lock()
-        return lock
+    @contextlib.asynccontextmanager
+    async def _model_lock(self, name: str) -> AsyncIterator[None]:
+        """The model's turn among its loads and unloads; the lock goes when no one holds or waits for it (a
+        server that loads and unloads many names keeps none of them)."""
+        lock, users = self._model_locks.get(name) or self._model_locks.setdefault(name, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._model_locks[name]
+
+    def _forget(self, name: str) -> None:
+        """A model no longer served: its failure counts go with it."""
+        self.load_failures.pop(name, None)
+        self.fetch_failures.pop(name, None)
+
+    def _configure(self, model: ManagedModel, spec: ModelSpec) -> ModelSpec:
+        """Give `model` its config, and its versions the per-call observers that config asks for; the config
+        it had before."""
+        before, model.spec = model.spec, spec
+        observers = self._observers(spec)
+        for status in model.versions.values():
+            if status.servable is not None:
+                status.servable.observers = observers
+        return before
+
+    def _observers(self, spec: ModelSpec) -> tuple[Any, ...]:
+        return self.observers_for(spec) if self.observers_for is not None else ()
 
     def size_of(self, name: str) -> int:
         """The memory the loaded versions of a model take (0 when none is loaded)."""
@@ -528,6 +572,7 @@ class ModelManager:
                 status.load_seconds = time.monotonic() - started
             status.servable = Servable(spec.name, status.version, status.path, status.platform, processor,
                                        self.runtime)
+            status.servable.observers = self._observers(model.spec)
             if self.warmup is not None:
                 warming = time.monotonic()
                 try:

@@ -3,7 +3,8 @@
 TF Serving holds a served version through one non-null `ServableHandle` and wraps its session in a
 batching session at load; here a `Servable` is built by the load and owns its execution: a non-null
 processor, one batch queue per signature (for batchable processors with batching on), the count of
-calls that bypass the queues, `close()` / `drained()` for the unload and typed `stats()` for metrics. Its
+calls that bypass the queues, `close()` / `drained()` for the unload, typed `stats()` of its queues and the
+record of what it did (`record`, serving/core/stats.py). Its
 status (state, error, files) is a separate record in the repository (`serving.core.repository.VersionStatus`).
 """
 
@@ -15,31 +16,26 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..errors import Code, ServingError
 from ..redact import without_native_trace
-from .batching import BatchingOptions, BatchObserver, BatchQueue, QueueStats
+from .batching import BatchingOptions, BatchQueue, QueueStats
 from .processor import Processor
 from .signature import Signature
+from .stats import VersionStats
 
 log = logging.getLogger(__name__)
 
 Outputs = dict[str, np.ndarray]
 
 
-#: (model, version, signature) -> what each batch of that queue is told to (metrics), or None.
-BatchObservers = Callable[[str, int, str], BatchObserver | None]
-
-
 class Runtime:
-    """What every loaded version shares: the batching options, the worker threads that run batches, and
-    who is told of every batch (`batch_observers`, set by the server for its metrics)."""
+    """What every loaded version shares: the batching options and the worker threads that run batches."""
 
-    def __init__(self, batching: BatchingOptions | None = None, batch_observers: BatchObservers | None = None
-                 ) -> None:
-        self.batch_observers = batch_observers
+    def __init__(self, batching: BatchingOptions | None = None) -> None:
         self.batching = batching or BatchingOptions()
         self.batching.validate()
         workers = max(self.batching.max_in_flight, 1)
@@ -64,7 +60,7 @@ class Servable:
     """One loaded version; live on the event-loop thread (its queues are made there)."""
 
     __slots__ = ("model", "version", "path", "platform", "processor", "queues", "runtime", "inflight", "_idle",
-                 "version_header")
+                 "version_header", "record", "observers")
 
     def __init__(self, model: str, version: int, path: Path, platform: str, processor: Processor,
                  runtime: Runtime) -> None:
@@ -74,14 +70,16 @@ class Servable:
         self.runtime = runtime
         self.inflight = 0
         self._idle: asyncio.Event | None = None
+        self.record = VersionStats()  # what it did: every call and batch (serving/core/stats.py)
+        #: The per-call observers its model's config asks for (request log, shadow), besides the server's.
+        self.observers: tuple[Any, ...] = ()
         options = runtime.batching
         self.queues: dict[str, BatchQueue] = {}
         if options.enabled and processor.batchable:
             for name in processor.signatures:
                 where = f"model {model} version {version} signature {name}"
-                observer = runtime.batch_observers(model, version, name) if runtime.batch_observers else None
                 self.queues[name] = BatchQueue(self._runner(name), options, runtime.executor, where,
-                                               on_batch=observer)
+                                               on_batch=self.record.batch_observer(name))
 
     def refusal(self) -> ServingError | None:
         """When every batch queue is full, the error that refuses a predict request before it is even

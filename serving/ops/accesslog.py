@@ -66,20 +66,10 @@ def request_id_of(value: str | bytes | None) -> str:
     return value if isinstance(value, str) else value.decode("latin-1")
 
 
-class GrpcExchange:
-    """The gRPC method running in this task: its request id, and its (last) Call for the access log."""
-
-    __slots__ = ("request_id", "context", "call", "model_id")
-
-    def __init__(self, request_id: str, context: Any = None, model_id: str | None = None) -> None:
-        self.request_id = request_id
-        self.context = context  # the grpc.aio.ServicerContext (its metadata: trace context)
-        self.call: Call | None = None
-        self.model_id = model_id  # ModelMesh's `mm-model-id` metadata: the model the call is for
-
-
-#: Set by adapters.grpc_errors while a method runs (each gRPC call runs in its own task).
-GRPC_EXCHANGE: contextvars.ContextVar[GrpcExchange | None] = contextvars.ContextVar("grpc_exchange", default=None)
+#: The request id of the gRPC method running in this task (each gRPC call runs in its own task), set by
+#: adapters.grpc_errors for the log records written meanwhile and read by nothing else: the request path
+#: hands the id on explicitly (the method's exchange, its Calls).
+GRPC_REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("grpc_request_id", default=None)
 
 
 class RequestIdFilter(logging.Filter):
@@ -88,9 +78,9 @@ class RequestIdFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "request_id"):
-            exchange = GRPC_EXCHANGE.get()
-            if exchange is not None:
-                record.request_id = exchange.request_id
+            request_id = GRPC_REQUEST_ID.get()
+            if request_id is not None:
+                record.request_id = request_id
         return True
 
 

@@ -14,14 +14,12 @@ Served at `GET /metrics` and at TF Serving's `GET /monitoring/prometheus/metrics
 
 from __future__ import annotations
 
-import bisect
 import collections
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
-import orjson
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.platform_collector import PlatformCollector
@@ -29,119 +27,54 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from ..core.repository import ModelManager, State
-from ..platform.workers import MergedRegistry, Peers, merge_metrics, metric_state
-from ..transport.http import HTTP_RESPONSES
+from ..core.stats import Histogram, Series
 from .accesslog import ACCESS_LOG_DROPPED
 
 if TYPE_CHECKING:
-    from ..core.batching import BatchObserver
     from ..core.pipeline import Call, Timings
+    from ..core.servable import Servable
     from ..errors import ServingError
 
-#: Seconds: from 50 µs (a small model inline) to 30 s.
-LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                   1.0, 2.5, 5.0, 10.0, 30.0)
 #: Failed calls kept for the status page.
 RECENT_ERRORS = 50
-#: Rows of a request or a batch.
-ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 16384)
 
 
-class Histogram:
-    """Bucket counts and a sum, kept by the engine (see the module doc)."""
-
-    __slots__ = ("bounds", "counts", "sum")
-
-    def __init__(self, bounds: Sequence[float]) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)  # the last one: above every bound (+Inf)
-        self.sum = 0.0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.sum += value
-
-    def add_to(self, family: HistogramMetricFamily, labels: list[str]) -> None:
-        cumulative, buckets = 0, []
-        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
-            cumulative += count
-            buckets.append(("+Inf" if bound == float("inf") else repr(float(bound)), float(cumulative)))
-        family.add_metric(labels, buckets, self.sum)
-
-
-class _Series:
-    """One (model, version, signature, protocol, method): outcomes and histograms."""
-
-    __slots__ = ("ok", "codes", "latency", "queue", "rows")
-
-    def __init__(self) -> None:
-        self.ok = 0  # answered (the common case, counted apart from the error codes)
-        self.codes: collections.Counter[str] = collections.Counter()
-        self.latency = Histogram(LATENCY_BUCKETS)
-        self.queue = Histogram(LATENCY_BUCKETS)
-        self.rows = Histogram(ROWS_BUCKETS)
-
-    def counts(self) -> collections.Counter[str]:
-        """Calls by outcome code ("OK" included)."""
-        return self.codes + collections.Counter({"OK": self.ok})
-
-
-class _Batches:
-    """One batch queue's batches: compute time and size."""
-
-    __slots__ = ("compute", "size")
-
-    def __init__(self) -> None:
-        self.compute = Histogram(LATENCY_BUCKETS)
-        self.size = Histogram(ROWS_BUCKETS)
-
-    def observe(self, rows: int, seconds: float) -> None:
-        self.compute.observe(seconds)
-        self.size.observe(rows)
-
-
-SeriesKey = tuple[str, int, str, str, str]
+def add_histogram(family: HistogramMetricFamily, labels: list[str], histogram: Histogram) -> None:
+    cumulative, buckets = 0, []
+    for bound, count in zip((*histogram.bounds, float("inf")), histogram.counts, strict=True):
+        cumulative += count
+        buckets.append(("+Inf" if bound == float("inf") else repr(float(bound)), float(cumulative)))
+    family.add_metric(labels, buckets, histogram.sum)
 
 
 class RequestMetrics:
-    """A request pipeline observer, and the batch observer of every queue (Runtime.batch_observers).
-
-    A call that named no loaded model counts under model "" (clients choose the names: no label per name);
-    its signature is "" until it decoded."""
+    """The request pipeline's observer that counts every call: into its version's record
+    (`Servable.record`, serving/core/stats.py), which goes when the version unloads; a call that named no
+    loaded model counts under model "" (clients choose the names: no label per name)."""
 
     def __init__(self) -> None:
-        self.series: dict[SeriesKey, _Series] = {}
-        self.batches: dict[tuple[str, int, str], _Batches] = {}
+        #: The calls that reached no version, by (protocol, method): a handful of series at most.
+        self.unrouted: dict[tuple[str, str], Series] = {}
         #: The last failed calls, newest last: (time, request id, model, version, protocol, method, code,
         #: message), for the status page. Kept on failures only: an answered call costs nothing more.
         self.recent_errors: collections.deque[tuple[Any, ...]] = collections.deque(maxlen=RECENT_ERRORS)
 
     def finished(self, call: Call, error: ServingError | None, timings: Timings) -> None:
-        servable, sig = call.servable, call.signature
-        key = (servable.model if servable is not None else "", servable.version if servable is not None else -1,
-               sig.name if sig is not None else "", call.protocol, call.method)
-        series = self.series.get(key)
-        if series is None:
-            series = self.series[key] = _Series()
-        if error is None:
-            series.ok += 1
-            if call.rows is not None:
-                series.rows.observe(call.rows)
+        servable = call.servable
+        if servable is not None:
+            servable.record.finished(call, error, timings)
         else:
-            series.codes[error.code.name] += 1
-            self.recent_errors.append((time.time(), call.request_id, call.model if servable is None else key[0],
-                                       key[1] if servable is not None else None, call.protocol, call.method,
-                                       error.code.name, error.message))
-        series.latency.observe(timings.total)
-        if call.dispatched:
-            series.queue.observe(timings.queue)
+            key = (call.protocol, call.method)
+            series = self.unrouted.get(key)
+            if series is None:
+                series = self.unrouted[key] = Series()
+            series.finished(call, error, timings)
+        if error is not None:
+            self.recent_errors.append((time.time(), call.request_id, call.model if servable is None else servable.model,
+                                       servable.version if servable is not None else None, call.protocol,
+                                       call.method, error.code.name, error.message))
 
-    def batch_observer(self, model: str, version: int, signature: str) -> BatchObserver:
-        """What a new batch queue tells of each batch it runs."""
-        batches = self.batches.setdefault((model, version, signature), _Batches())
-        return batches.observe
-
-    def collect(self) -> Iterator[Metric]:
+    def collect(self, servables: Iterable[Servable]) -> Iterator[Metric]:
         labels = ["model", "version", "signature", "protocol", "method"]
         count = CounterMetricFamily("serving_requests", "inference requests by outcome (a gRPC code name)",
                                     labels=[*labels, "code"])
@@ -150,53 +83,55 @@ class RequestMetrics:
         queue = HistogramMetricFamily("serving_request_queue_seconds",
                                       "time inference requests waited in a batch queue", labels=labels)
         rows = HistogramMetricFamily("serving_request_rows", "rows of answered inference requests", labels=labels)
-        for (model, version, signature, protocol, method), series in sorted(self.series.items()):
-            values = [model, str(version) if version >= 0 else "", signature, protocol, method]
-            for code, n in sorted(series.counts().items()):
-                count.add_metric([*values, code], float(n))
-            series.latency.add_to(latency, values)
-            series.queue.add_to(queue, values)
-            series.rows.add_to(rows, values)
         queue_labels = ["model", "version", "signature"]
         compute = HistogramMetricFamily("serving_batch_compute_duration_seconds", "compute time of each batch",
                                         labels=queue_labels)
         size = HistogramMetricFamily("serving_batch_size_rows", "rows of each batch", labels=queue_labels)
-        for (model, version, signature), batches in sorted(self.batches.items()):
-            values = [model, str(version), signature]
-            batches.compute.add_to(compute, values)
-            batches.size.add_to(size, values)
+        # (model, version, signature, protocol, method) of each series: the unrouted calls' first
+        every = [(("", "", "", protocol, method), series)
+                 for (protocol, method), series in sorted(self.unrouted.items())]
+        for servable in sorted(servables, key=lambda s: (s.model, s.version)):
+            record, version = servable.record, str(servable.version)
+            every += [((servable.model, version, *key), series) for key, series in sorted(record.series.items())]
+            for signature, batches in sorted(record.batches.items()):
+                add_histogram(compute, [servable.model, version, signature], batches.compute)
+                add_histogram(size, [servable.model, version, signature], batches.size)
+        for values, series in every:
+            for code, n in sorted(series.counts().items()):
+                count.add_metric([*values, code], float(n))
+            add_histogram(latency, list(values), series.latency)
+            add_histogram(queue, list(values), series.queue)
+            add_histogram(rows, list(values), series.rows)
         yield from (count, latency, queue, rows, compute, size)
 
 
 class EngineCollector(Collector):  # type: ignore[misc]
-    def __init__(self, manager: ModelManager, requests: RequestMetrics | None) -> None:
+    def __init__(self, manager: ModelManager, requests: RequestMetrics | None,
+                 http_responses: Mapping[int, int]) -> None:
         self.manager, self.requests = manager, requests
+        self.http_responses = http_responses  # what the HTTP transport answered, by status
 
     def collect(self) -> Iterator[Metric]:
+        yield from self._versions()
+        yield from self._queues()
+        responses = CounterMetricFamily("serving_http_responses", "HTTP answers by status code", labels=["code"])
+        for code, count in sorted(self.http_responses.items()):
+            responses.add_metric([str(code)], float(count))
+        yield responses
+        dropped = CounterMetricFamily("serving_access_log_dropped", "access log lines dropped: the sink stalled")
+        dropped.add_metric([], float(ACCESS_LOG_DROPPED[0]))
+        yield dropped
+        if self.requests is not None:
+            yield from self.requests.collect(self.manager.loaded())
+
+    def _versions(self) -> Iterator[Metric]:
+        """Each version's state, load and warm-up time; each model's load and fetch failures."""
         states = GaugeMetricFamily("serving_model_version_state", "1 for the state each model version is in",
                                    labels=["model", "version", "state"])
-        counters = {
-            key: CounterMetricFamily(f"serving_batch_{key}", text, labels=["model", "version", "signature"])
-            for key, text in (("requests", "requests queued for batching"),
-                              ("batches", "batches run"),
-                              ("rows", "rows run in batches"),
-                              ("rejected", "requests refused because the queue was full"),
-                              ("expired", "requests dropped uncomputed past their deadline"),
-                              ("inline_batches", "batches run on the event-loop thread (--inline_batch_micros)"))
-        }
-        depth = GaugeMetricFamily("serving_batch_queue_depth", "requests waiting in a batch queue",
-                                  labels=["model", "version", "signature"])
-        in_flight = GaugeMetricFamily("serving_batch_in_flight", "batches running",
-                                      labels=["model", "version", "signature"])
-        cost = GaugeMetricFamily("serving_batch_compute_average_seconds",
-                                 "moving average of a batch's compute time (what --inline_batch_micros is held to)",
-                                 labels=["model", "version", "signature"])
         load = GaugeMetricFamily("serving_model_load_seconds", "how long a version's load took",
                                  labels=["model", "version"])
         warmup = GaugeMetricFamily("serving_model_warmup_seconds", "how long a version's warm-up took",
                                    labels=["model", "version"])
-        failures = CounterMetricFamily("serving_model_load_failures", "loads that failed (warm-up included)",
-                                       labels=["model"])
         for name, model in sorted(self.manager.models.items()):
             for version, status in sorted(model.versions.items()):
                 for state in State:
@@ -205,35 +140,43 @@ class EngineCollector(Collector):  # type: ignore[misc]
                     load.add_metric([name, str(version)], status.load_seconds)
                 if status.warmup_seconds:
                     warmup.add_metric([name, str(version)], status.warmup_seconds)
+        failures = CounterMetricFamily("serving_model_load_failures", "loads that failed (warm-up included)",
+                                       labels=["model"])
         for name, n in sorted(self.manager.load_failures.items()):
             failures.add_metric([name], float(n))
         fetch_failures = CounterMetricFamily("serving_model_fetch_failures", "fetches of a remote base path (URL, "
                                              "archive, object store) that failed", labels=["model"])
         for name, n in sorted(self.manager.fetch_failures.items()):
             fetch_failures.add_metric([name], float(n))
+        yield from (states, load, warmup, failures, fetch_failures)
+
+    def _queues(self) -> Iterator[Metric]:
+        """Each loaded version's batch queues: counters, depth, batches running, average compute."""
+        labels = ["model", "version", "signature"]
+        counters = {
+            key: CounterMetricFamily(f"serving_batch_{key}", text, labels=labels)
+            for key, text in (("requests", "requests queued for batching"),
+                              ("batches", "batches run"),
+                              ("rows", "rows run in batches"),
+                              ("rejected", "requests refused because the queue was full"),
+                              ("expired", "requests dropped uncomputed past their deadline"),
+                              ("inline_batches", "batches run on the event-loop thread (--inline_batch_micros)"))
+        }
+        depth = GaugeMetricFamily("serving_batch_queue_depth", "requests waiting in a batch queue", labels=labels)
+        in_flight = GaugeMetricFamily("serving_batch_in_flight", "batches running", labels=labels)
+        cost = GaugeMetricFamily("serving_batch_compute_average_seconds",
+                                 "moving average of a batch's compute time (what --inline_batch_micros is held to)",
+                                 labels=labels)
         for servable in self.manager.loaded():
             for stats in servable.stats():
-                labels = [servable.model, str(servable.version), stats.signature]
+                values = [servable.model, str(servable.version), stats.signature]
                 for key, family in counters.items():
-                    family.add_metric(labels, float(getattr(stats.counters, key)))
-                depth.add_metric(labels, float(stats.waiting))
-                in_flight.add_metric(labels, float(stats.in_flight))
-                cost.add_metric(labels, stats.compute_seconds)
-        responses = CounterMetricFamily("serving_http_responses", "HTTP answers by status code", labels=["code"])
-        for code, count in sorted(HTTP_RESPONSES.items()):
-            responses.add_metric([str(code)], float(count))
-        dropped = CounterMetricFamily("serving_access_log_dropped", "access log lines dropped: the sink stalled")
-        dropped.add_metric([], float(ACCESS_LOG_DROPPED[0]))
-        yield from (states, load, warmup, failures)
-        yield fetch_failures
+                    family.add_metric(values, float(getattr(stats.counters, key)))
+                depth.add_metric(values, float(stats.waiting))
+                in_flight.add_metric(values, float(stats.in_flight))
+                cost.add_metric(values, stats.compute_seconds)
         yield from counters.values()
-        yield depth
-        yield in_flight
-        yield cost
-        yield responses
-        yield dropped
-        if self.requests is not None:
-            yield from self.requests.collect()
+        yield from (depth, in_flight, cost)
 
 
 class GpuMemoryCollector(Collector):  # type: ignore[misc]
@@ -275,14 +218,27 @@ class RequestLogCollector:
         yield dropped
 
 
+#: Metric families as plain data (`metric_state`): [{"name", "type", "help", "unit", "samples": [[sample
+#: name, labels, value], ...]}, ...].
+Families = list[dict[str, Any]]
+
+
+def metric_state(families: Iterable[Metric]) -> Families:
+    """Metric families as plain data, to send to a sibling."""
+    return [{"name": m.name, "type": m.type, "help": m.documentation, "unit": m.unit,
+             "samples": [[s.name, s.labels, s.value] for s in m.samples]} for m in families]
+
+
 class Metrics:
     """The server's registry: the engine's collector, the process and platform collectors of
     prometheus-client (CPU, memory, open fds, threads...), GPU memory."""
 
     def __init__(self, manager: ModelManager, requests: RequestMetrics | None = None,
-                 request_log: Any = None, shadow: Any = None) -> None:
+                 request_log: Any = None, shadow: Any = None, tree: Tree | None = None,
+                 http_responses: Mapping[int, int] | None = None) -> None:
+        self.tree = tree  # under a supervisor: the siblings, whose families are merged in
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(EngineCollector(manager, requests))
+        self.registry.register(EngineCollector(manager, requests, {} if http_responses is None else http_responses))
         if request_log is not None:
             self.registry.register(RequestLogCollector(request_log))
         if shadow is not None:  # serving/ops/shadow.py's ShadowRunner collects its own families
@@ -294,10 +250,21 @@ class Metrics:
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))
 
-    async def render_tree(self, peers: Peers) -> bytes:
-        """The whole process tree under a supervisor: this worker's families merged with its siblings', with
-        what restarted workers counted before (Peers.tally: summed counters never go back)."""
-        own = metric_state(self.registry.collect())
-        answers = await peers.ask("GET", "/_worker/metrics")
-        states = {peers.index: own, **{i: orjson.loads(body) for i, (status, body) in answers.items() if status == 200}}
-        return bytes(generate_latest(MergedRegistry(merge_metrics(peers.tally(states)))))  # type: ignore[arg-type]
+    def state(self) -> Families:
+        """This process's families as plain data, for a sibling worker to merge."""
+        return metric_state(self.registry.collect())
+
+    async def render_tree(self) -> bytes:
+        """The whole process tree's families under a supervisor (`tree`), this process's without one."""
+        if self.tree is None:
+            return self.render()
+        return await self.tree.metrics(self.state())
+
+
+class Tree(Protocol):
+    """The sibling workers under a supervisor (serving/platform/siblings.py `Siblings`): what the whole tree
+    reports, merged."""
+
+    async def metrics(self, own: Families) -> bytes: ...
+
+    async def statistics(self, own: dict[str, Any], name: str, version: int | None) -> dict[str, Any]: ...

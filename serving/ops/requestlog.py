@@ -40,10 +40,11 @@ from .._proto.tensorflow_serving.apis import prediction_log_pb2
 from ..codecs.examples import EXAMPLE_ANSWERS, fill_classification, fill_regression
 from ..codecs.tensors import array_to_tensor
 from ..codecs.tfrecord import tfrecord
-from ..core.model_config import RequestLogSpec
+from ..core.model_config import ModelSpec, RequestLogSpec
 from ..core.pipeline import Call, Timings
 from ..core.repository import ModelManager
 from ..errors import ServingError
+from ..settings import SUPERVISED_ENV
 
 log = logging.getLogger(__name__)
 
@@ -163,9 +164,21 @@ class Outage:
             self.unreported = 0
 
 
+class ModelLog:
+    """The pipeline observer of one model that logs: its config's request log, bound once."""
+
+    __slots__ = ("logger", "spec")
+
+    def __init__(self, logger: RequestLogger, spec: RequestLogSpec) -> None:
+        self.logger, self.spec = logger, spec
+
+    def finished(self, call: Call, error: ServingError | None, timings: Timings) -> None:
+        self.logger.log(call, error, self.spec)
+
+
 class RequestLogger:
-    """A pipeline observer: samples the finished predict calls of the models that log, on the loop; the
-    writer thread builds and writes their records."""
+    """Samples the finished predict calls of the models that log (through their `ModelLog` observer), on the
+    loop; the writer thread builds and writes their records."""
 
     def __init__(self, manager: ModelManager, worker: int | None = None, max_bytes: int = 256 << 20) -> None:
         self.manager, self.worker, self.max_bytes = manager, worker, max_bytes
@@ -182,15 +195,19 @@ class RequestLogger:
         self.thread = threading.Thread(target=self._write, name="request-log", daemon=True)
         self.thread.start()
 
-    def finished(self, call: Call, error: ServingError | None, timings: Timings) -> None:
+    def observer_for(self, spec: ModelSpec) -> ModelLog | None:
+        """What logs the calls of a model whose config asks for it; chosen when its config is applied
+        (ModelManager.observers_for), so a model that does not log costs its calls nothing here."""
+        return ModelLog(self, spec.request_log) if spec.request_log is not None else None
+
+    def log(self, call: Call, error: ServingError | None, spec: RequestLogSpec) -> None:
+        """Sample one finished call of a model that logs."""
         servable = call.servable
         if call.task is not None and not self._task_done(call, error):
             return  # a MultiInference task: logged with the last of its group
         if error is not None or servable is None or call.method not in LOGGED or call.result is None:
             return
-        model = self.manager.models.get(servable.model)
-        spec = model.spec.request_log if model is not None else None
-        if spec is None or (spec.sample_rate < 1.0 and random.random() >= spec.sample_rate):
+        if spec.sample_rate < 1.0 and random.random() >= spec.sample_rate:
             return
         assert call.signature is not None
         if call.task is not None:
@@ -278,6 +295,25 @@ class RequestLogger:
                 log.warning("request log %s: closing its file failed (%s)", prefix, e)
 
 
+def _multi_inference(record: Any, inputs: dict[str, Any], outputs: Any) -> None:
+    """A MultiInference call's request and response (`outputs`: its tasks' (verb, signature, outputs))."""
+    multi, spec = record.multi_inference_log, record.log_metadata.model_spec
+    (serialized,) = inputs.values()
+    for example in serialized:
+        multi.request.input.example_list.examples.add().ParseFromString(example)
+    for verb, task_signature, task_outputs in outputs:
+        task = multi.request.tasks.add()
+        task.model_spec.CopyFrom(spec)
+        task.model_spec.signature_name = task_signature
+        task.method_name = TASK_METHODS[verb]
+        result = multi.response.results.add()
+        result.model_spec.CopyFrom(task.model_spec)
+        if verb == "classify":
+            fill_classification(result.classification_result, task_outputs, len(serialized))
+        else:
+            fill_regression(result.regression_result, task_outputs, len(serialized))
+
+
 def prediction_log(model: str, version: int, signature: str, request_id: str, inputs: dict[str, Any],
                    outputs: Any, sample_rate: float, method: str = "predict") -> bytes:
     """One PredictionLog record: a predict call as a PredictRequest and its answer as a PredictResponse; a
@@ -291,25 +327,9 @@ def prediction_log(model: str, version: int, signature: str, request_id: str, in
     meta.sampling_config.sampling_rate = sample_rate
     meta.request_id = request_id
     if method == "multi_inference":
-
-        multi = record.multi_inference_log
-        (serialized,) = inputs.values()
-        for example in serialized:
-            multi.request.input.example_list.examples.add().ParseFromString(example)
-        for verb, task_signature, task_outputs in outputs:
-            task = multi.request.tasks.add()
-            task.model_spec.CopyFrom(meta.model_spec)
-            task.model_spec.signature_name = task_signature
-            task.method_name = TASK_METHODS[verb]
-            result = multi.response.results.add()
-            result.model_spec.CopyFrom(task.model_spec)
-            if verb == "classify":
-                fill_classification(result.classification_result, task_outputs, len(serialized))
-            else:
-                fill_regression(result.regression_result, task_outputs, len(serialized))
+        _multi_inference(record, inputs, outputs)
         return record.SerializeToString()
     if method != "predict":
-
         log = record.classify_log if method == "classify" else record.regress_log
         log.request.model_spec.CopyFrom(meta.model_spec)
         log.response.model_spec.CopyFrom(meta.model_spec)
@@ -346,7 +366,6 @@ def preview(values: Any, limit: int = PREVIEW_CHARS) -> str:
 
 
 def worker_index() -> int | None:
-    from ..platform.workers import SUPERVISED_ENV
-
+    """This worker's index under a supervisor (its request log files are its own), None alone."""
     value = os.environ.get(SUPERVISED_ENV)
     return int(value.split(",", 1)[0]) if value else None

@@ -4,14 +4,12 @@ answer is never returned: it is compared with the served one into metrics, the l
 of the numeric outputs (`serving_shadow_divergence`) and, for outputs with a class axis, whether the
 argmax agrees (`serving_shadow_agreement_total`). A shadow that is not AVAILABLE, whose queue is full, that
 fails or that outlives its deadline is counted (`serving_shadow_requests_total{outcome}`) and dropped, and
-so is one sampled while served requests wait in the version's batch queue or a batch of it runs (`shed`),
-looked at when the call finishes and again when the shadow is about to be queued (after the I/O that came
-meanwhile): a shadow runs on the capacity the served traffic leaves, never ahead of it. When
-the served call was written to the request log, the shadow's answer is written beside it (same request id,
-the shadow's version).
+so is one sampled while served requests wait in the version's batch queue or a batch of it runs (`shed`):
+a shadow runs on the capacity the served traffic leaves, never ahead of it. When the served call was written
+to the request log, the shadow's answer is written beside it (same request id, the shadow's version).
 
-The submission waits for the event loop's next turn (`call_soon`), so the served answer's own callbacks,
-which write it to the client, run first; the shadow then queues in its own version's batch queue.
+Like every observer (serving/core/pipeline.py), the shadow is told on the event loop's turn after the served
+answer's own callbacks, which write it to the client, ran; it then queues in its own version's batch queue.
 """
 
 from __future__ import annotations
@@ -26,9 +24,12 @@ from typing import Any
 import numpy as np
 
 from ..core.dataplane import DataPlane, Outputs, error_of
+from ..core.model_config import ModelSpec, ShadowSpec
 from ..core.pipeline import Call, Timings
 from ..core.repository import ModelManager
+from ..core.stats import Histogram
 from ..errors import ServingError
+from .metrics import add_histogram
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +39,23 @@ SHADOW_TIMEOUT_S = 30.0
 DIVERGENCE_BOUNDS = tuple(10.0 ** e for e in range(-7, 4))
 
 
+class ModelShadow:
+    """The pipeline observer of one model with a shadow: its config's shadow, bound once."""
+
+    __slots__ = ("runner", "shadow")
+
+    def __init__(self, runner: ShadowRunner, shadow: ShadowSpec) -> None:
+        self.runner, self.shadow = runner, shadow
+
+    def finished(self, call: Call, error: ServingError | None, timings: Timings) -> None:
+        self.runner.sample(call, error, self.shadow)
+
+
 class ShadowRunner:
-    """A pipeline observer: runs the sampled calls of models with a shadow on it and keeps the comparison."""
+    """Runs the sampled calls of models with a shadow (through their `ModelShadow` observer) on it and keeps
+    the comparison."""
 
     def __init__(self, manager: ModelManager, dataplane: DataPlane, request_log: Any = None) -> None:
-        from .metrics import Histogram
-
         self.manager, self.dataplane = manager, dataplane
         self.request_log = request_log  # a RequestLogger: a logged call's shadow answer is logged beside it
         #: (model, shadow version, outcome) -> calls: ok, mismatch (other outputs or shapes), unavailable,
@@ -53,28 +65,27 @@ class ShadowRunner:
         self.divergence: dict[tuple[str, int], Histogram] = {}
         self.histogram = Histogram
 
-    def finished(self, call: Call, error: ServingError | None, timings: Timings) -> None:
+    def observer_for(self, spec: ModelSpec) -> ModelShadow | None:
+        """What shadows the calls of a model whose config has a shadow; chosen when its config is applied
+        (ModelManager.observers_for)."""
+        return ModelShadow(self, spec.shadow) if spec.shadow is not None else None
+
+    def sample(self, call: Call, error: ServingError | None, shadow: ShadowSpec) -> None:
+        """Send one finished call of a model with a shadow to the shadow version, when sampled."""
         servable = call.servable
         if error is not None or servable is None or call.method != "predict" or call.result is None:
             return
-        model = self.manager.models.get(servable.model)
-        shadow = model.spec.shadow if model is not None else None
-        if shadow is None or servable.version == shadow.version:
+        if servable.version == shadow.version:
             return
         if shadow.sample_rate < 1.0 and random.random() >= shadow.sample_rate:
             return
-        assert call.signature is not None
-        queue = servable.queues.get(call.signature.name)
-        if queue is not None and (queue.waiting or queue.in_flight):  # served requests first
-            self.outcomes[(servable.model, shadow.version, "shed")] += 1
-            return
-        asyncio.get_running_loop().call_soon(self._submit, call, servable.model, shadow.version)
+        self._submit(call, servable.model, shadow.version)  # observers run once the answer is handed over
 
     def _submit(self, call: Call, model: str, version: int) -> None:
         key = (model, version)
         assert call.servable is not None and call.signature is not None
         queue = call.servable.queues.get(call.signature.name)
-        if queue is not None and (queue.waiting or queue.in_flight):  # requests came in the meantime: they first
+        if queue is not None and (queue.waiting or queue.in_flight):  # served requests first
             self.outcomes[(model, version, "shed")] += 1
             return
         try:
@@ -147,7 +158,7 @@ class ShadowRunner:
                                            "shadow answer's numeric outputs from the served one's",
                                            labels=["model", "version"])
         for (model, version), histogram in sorted(self.divergence.items()):
-            histogram.add_to(divergence, [model, str(version)])
+            add_histogram(divergence, [model, str(version)], histogram)
         yield requests
         yield agreement
         yield divergence

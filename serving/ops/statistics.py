@@ -2,10 +2,9 @@
 and of its batches, as `GET /v2/models[/<name>[/versions/<v>]]/stats` and the gRPC `ModelStatistics` answer
 them (tritonclient's `get_inference_statistics()`, perf_analyzer's server-side queue / compute split).
 
-`Statistics` is a request pipeline observer: predict calls of every protocol count (the extension is per
-model, whoever called it); a call that named no loaded model counts nowhere. On the hot path it does a dict
-lookup and a few adds; the report is built when asked for, from those sums and from the version's batch
-queues' own counters (`QueueStats.batch_sizes` / `batch_seconds`), which include warm-up batches.
+Predict calls of every protocol count (the extension is per model, whoever called it); a call that named no
+loaded model counts nowhere. The report is built when asked for from the version's record
+(serving/core/stats.py: its predict calls' sums, and its batches by size, warm-up batches included).
 
 What Triton splits and we do not: compute_input and compute_output are 0 ns (with compute_infer's count),
 the whole compute time is compute_infer's; there is no response cache (cache_hit / cache_miss are 0).
@@ -16,18 +15,16 @@ request alone: its execution_count is the success count and it has no batch_stat
 
 from __future__ import annotations
 
+import collections
 import time
 from typing import TYPE_CHECKING, Any
-
-import orjson
 
 from ..core.repository import ManagedModel, ModelManager
 from ..core.servable import Servable
 from ..errors import Code, ServingError
-from ..platform.workers import Peers, merge_statistics
 
 if TYPE_CHECKING:
-    from ..core.pipeline import Call, Timings
+    from .metrics import Tree
 
 NS = 1e9
 
@@ -38,48 +35,17 @@ def extensions(statistics: Statistics | None) -> list[str]:
     return [*served, "statistics"] if statistics is not None else served
 
 
-class _Sums:
-    """One (model, version)'s calls: counts, seconds, rows and the last call's perf_counter()."""
-
-    __slots__ = ("success", "success_s", "fail", "fail_s", "queue_s", "compute_s", "rows", "last")
-
-    def __init__(self) -> None:
-        self.success = self.fail = self.rows = 0
-        self.success_s = self.fail_s = self.queue_s = self.compute_s = self.last = 0.0
-
-
 def _duration(count: int, seconds: float) -> dict[str, int]:
     return {"count": count, "ns": int(seconds * NS)}
 
 
 class Statistics:
-    """A request pipeline observer that keeps Triton's model statistics, and builds their report."""
+    """Triton's model statistics report, built when asked for from each ready version's record
+    (`Servable.record`, serving/core/stats.py)."""
 
-    def __init__(self, manager: ModelManager, peers: Peers | None = None) -> None:
+    def __init__(self, manager: ModelManager, tree: Tree | None = None) -> None:
         self.manager = manager
-        self.peers = peers  # under a supervisor: the sibling workers, whose statistics are added in
-        self.sums: dict[tuple[str, int], _Sums] = {}
-
-    def finished(self, call: Call, error: ServingError | None, timings: Timings) -> None:
-        servable = call.servable
-        if servable is None or call.method != "predict":
-            return
-        key = (servable.model, servable.version)
-        sums = self.sums.get(key)
-        if sums is None:
-            sums = self.sums[key] = _Sums()
-        queue, compute, total = timings  # unpacked: faster than three named-field reads
-        if error is None:
-            sums.success += 1
-            sums.success_s += total
-            sums.queue_s += queue
-            sums.compute_s += compute
-            sums.rows += call.rows or 0  # decoded: it succeeded
-        else:
-            sums.fail += 1
-            sums.fail_s += total
-        if call.received > sums.last:
-            sums.last = call.received
+        self.tree = tree  # under a supervisor: the sibling workers, whose statistics are added in
 
     # ---- the report ----
 
@@ -91,11 +57,7 @@ class Statistics:
     async def report_tree(self, name: str, version: int | None) -> dict[str, Any]:
         """`report()` of every worker under a supervisor, added up; of this process alone without one."""
         report = self.report(name, version)
-        if self.peers is None:
-            return report
-        answers = await self.peers.ask("POST", "/_worker/statistics", orjson.dumps({"name": name, "version": version}))
-        return merge_statistics([report, *(orjson.loads(body) for _, (status, body) in sorted(answers.items())
-                                           if status == 200)])
+        return report if self.tree is None else await self.tree.statistics(report, name, version)
 
     def _servables(self, name: str, version: int | None) -> list[Servable]:
         models = self.manager.models
@@ -112,7 +74,7 @@ class Statistics:
         return chosen
 
     def _model_stat(self, servable: Servable) -> dict[str, Any]:
-        sums = self.sums.get((servable.model, servable.version)) or _Sums()
+        sums = servable.record
         success = sums.success
         executions, batch_stats = _batches(servable)
         if not servable.queues:
@@ -146,13 +108,12 @@ def _ready(model: ManagedModel) -> list[Servable]:
 
 def _batches(servable: Servable) -> tuple[int, list[dict[str, Any]]]:
     """(batches run, Triton's batch_stats by batch size) over the version's batch queues."""
-    counts: dict[int, int] = {}
-    seconds: dict[int, float] = {}
-    for queue in servable.queues.values():
-        stats = queue.stats
-        for size, n in stats.batch_sizes.items():
-            counts[size] = counts.get(size, 0) + n
-            seconds[size] = seconds.get(size, 0.0) + stats.batch_seconds.get(size, 0.0)
+    counts: collections.Counter[int] = collections.Counter()
+    seconds: dict[int, float] = collections.defaultdict(float)
+    for batches in servable.record.batches.values():
+        counts.update(batches.by_size)
+        for size, s in batches.seconds_by_size.items():
+            seconds[size] += s
     batch_stats = [{"batch_size": size, "compute_input": _duration(n, 0.0),
                     "compute_infer": _duration(n, seconds[size]), "compute_output": _duration(n, 0.0)}
                    for size, n in sorted(counts.items())]

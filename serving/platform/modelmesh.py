@@ -18,7 +18,6 @@ import shutil
 import tempfile
 from typing import Any
 
-import grpc
 import orjson
 
 from .. import __version__
@@ -29,7 +28,7 @@ from ..core.model_config import ModelSpec, checked_name
 from ..core.processor import ALIASES, REGISTRY, canonical_name
 from ..core.repository import ModelManager, resident_bytes
 from ..errors import Code, ServingError, invalid_argument, not_found
-from ..protocols.adapters import grpc_errors
+from ..protocols.adapters import GrpcExchange, grpc_errors
 from ..settings import Settings
 from .workers import cgroup_memory_limit
 
@@ -110,7 +109,7 @@ class ModelRuntime(model_runtime_pb2_grpc.ModelRuntimeServicer):  # type: ignore
         self._folders: dict[str, str] = {}  # model id -> the folder made for its one-file model
 
     @grpc_errors
-    async def runtimeStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+    async def runtimeStatus(self, request: Any, exchange: GrpcExchange) -> Any:  # noqa: N802
         if not self.started():
             return pb.RuntimeStatusResponse(status=pb.RuntimeStatusResponse.STARTING)
         # As the contract asks: whatever is loaded now ModelMesh does not know of (it restarted); unload it.
@@ -130,7 +129,7 @@ class ModelRuntime(model_runtime_pb2_grpc.ModelRuntimeServicer):  # type: ignore
         )
 
     @grpc_errors
-    async def loadModel(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+    async def loadModel(self, request: Any, exchange: GrpcExchange) -> Any:  # noqa: N802
         model_id, path = request.modelId, request.modelPath
         if not model_id:
             raise invalid_argument("modelId is empty")
@@ -183,19 +182,19 @@ class ModelRuntime(model_runtime_pb2_grpc.ModelRuntimeServicer):  # type: ignore
         self._drop_folder(model_id)
 
     @grpc_errors
-    async def unloadModel(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+    async def unloadModel(self, request: Any, exchange: GrpcExchange) -> Any:  # noqa: N802
         await self.control.unload(request.modelId, known_only=False)  # an unknown id is no error
         self._drop_folder(request.modelId)
         return pb.UnloadModelResponse()
 
     @grpc_errors
-    async def modelSize(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+    async def modelSize(self, request: Any, exchange: GrpcExchange) -> Any:  # noqa: N802
         if request.modelId not in self.manager.models:
             raise not_found(f"model {request.modelId} is not loaded")
         return pb.ModelSizeResponse(sizeInBytes=self.manager.size_of(request.modelId) * self.copies)
 
     @grpc_errors
-    async def predictModelSize(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+    async def predictModelSize(self, request: Any, exchange: GrpcExchange) -> Any:  # noqa: N802
         on_disk = disk_size(request)  # no I/O: what the puller measured, else the default
         size = on_disk * DISK_TO_MEMORY if on_disk else self.settings.default_model_size_bytes
         return pb.PredictModelSizeResponse(sizeInBytes=size * self.copies)

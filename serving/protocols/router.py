@@ -2,7 +2,8 @@
 
 Each protocol's REST adapter (serving/protocols/*/rest.py) answers its paths with a `Response` at once
 (status, metadata, errors) or a `Deferred` (inference through the request pipeline); a ServingError it
-raises is answered in that protocol's error format.
+raises is answered in that protocol's error format. The HTTP connection's own errors (serving/transport/
+http.py: a request it cannot parse or accept) are written by `RestApi.render_error`, in the same shape.
 """
 
 from __future__ import annotations
@@ -18,21 +19,15 @@ from ..core.repository import ModelManager
 from ..errors import ServingError
 from ..ops.metrics import Metrics
 from ..ops.statistics import Statistics
-from ..platform.workers import Peers
-from ..tools import ui
-from ..tools.ui import StatusApi
 from ..transport.auth import TokenAuth
 from ..transport.http import Deferred, Request, Response
 from .adapters import answer_when
 from .cloud.rest import CloudRest
 from .kserve.rest import KServeRest
-from .tfserving.codec import encode_error
+from .tfserving.codec import encode_connection_error, encode_error
 from .tfserving.rest import TfServingRest
 
 PROMETHEUS = CONTENT_TYPE_LATEST.encode()
-HTML = b"text/html; charset=utf-8"
-TEXT = b"text/plain; charset=utf-8"
-NO_STORE = b"Cache-Control: no-store\r\n"
 #: The paths that load and unload models (Triton's repository API): the admin token's, when one is set.
 CONTROL_PREFIX = "/v2/repository/models/"
 
@@ -56,12 +51,13 @@ class RestApi:
         auth: TokenAuth | None = None,
         metrics: Metrics | None = None,
         statistics: Statistics | None = None,
-        peers: Peers | None = None,
+        workers_ready: Callable[[], str] | None = None,
         control: ModelControl | None = None,
-        status: StatusApi | None = None,
+        pages: Callable[[Request], Response | Deferred] | None = None,
         admin_auth: TokenAuth | None = None,
     ) -> None:
-        self.manager, self.auth, self.peers = manager, auth, peers
+        self.manager, self.auth = manager, auth
+        self.workers_ready = workers_ready  # under a supervisor: "ready/count" of the workers, for /readyz
         #: The token of the calls that load and unload (the repository API), when it is not `auth`'s.
         self.admin_auth = admin_auth
         self.timeout_s = timeout_s
@@ -69,9 +65,14 @@ class RestApi:
         self.tfserving = TfServingRest(manager, pipeline, timeout_s)
         self.kserve = KServeRest(manager, pipeline, timeout_s, statistics, control)
         self.cloud = CloudRest(manager, pipeline, keepalive_s, default_model)
-        self.status = status  # the status page's JSON (serving/ui)
+        self.pages = pages  # the status page (serving/tools/ui `StatusApi.route`)
         #: Set by the server on SIGTERM: readiness answers not ready while requests are still served.
         self.draining = False
+
+    @staticmethod
+    def render_error(status: int, message: str) -> Response:
+        """An error of the HTTP connection itself (the listener hands it to every connection)."""
+        return Response(status, encode_connection_error(message))
 
     def __call__(self, request: Request) -> Response | Deferred:
         path = request.path
@@ -82,7 +83,9 @@ class RestApi:
                 return Response(400, b'{"error": "not ready: draining"}')
             adapter = self.kserve
         elif path.startswith("/ui") or path == "/" and request.method == "GET" and _wants_html(request):
-            return self._ui_route(request)
+            if self.pages is None:
+                return Response(404, encode_error(f"Not found: {request.method} {path}"))
+            return self.pages(request)
         elif path.startswith("/api/predict/") or path == "/":
             adapter = self.cloud
         elif request.method == "GET" and path in ("/healthz", "/readyz", "/metrics", "/monitoring/prometheus/metrics"):
@@ -99,27 +102,6 @@ class RestApi:
         except ServingError as e:
             return adapter.error(e)
 
-    def _ui_route(self, request: Request) -> Response | Deferred:
-        """The status page (`/`, `/ui`), its JSON (`/ui/api/status`, behind the token when there is one) and
-        the README it links to (`/ui/docs`)."""
-        path = request.path.rstrip("/") or "/"
-        if request.method != "GET":
-            return Response(405, encode_error(f"Method not allowed: {request.method} {request.path}"))
-        if path in ("/", "/ui"):
-            return Response(200, ui.page(), HTML, ui.PAGE_HEADERS)
-        if path == "/ui/docs":
-            return Response(200, ui.readme(), TEXT)
-        if path != "/ui/api/status" or self.status is None:
-            return Response(404, encode_error(f"Not found: GET {request.path}"))
-        try:
-            if self.auth is not None:
-                self.auth.check_http("GET", path, request.headers, b"")
-            since = ui.since_of(request.query)
-        except ServingError as e:
-            return Response(e.http_status, encode_error(e.message))
-        return answer_when(self.status.document(since), lambda doc: Response(200, dumps(doc), headers=NO_STORE),
-                           lambda e: Response(e.http_status, encode_error(e.message)), self.timeout_s)
-
     def _server_route(self, path: str) -> Response | Deferred:
         if path == "/healthz":
             return Response(200, b'{"status": "live"}')
@@ -130,10 +112,10 @@ class RestApi:
                 return Response(200, b'{"status": "ready"}')
             waiting = sorted(n for n, m in self.manager.models.items() if m.latest is None)
             doc: dict[str, object] = {"status": "not ready", "models_without_available_version": waiting}
-            if self.peers is not None:
-                doc["workers_ready"] = f"{self.peers.count_ready()}/{self.peers.count}"
+            if self.workers_ready is not None:
+                doc["workers_ready"] = self.workers_ready()
             return Response(503, dumps(doc))
-        if self.peers is None:
+        if self.metrics.tree is None:
             return Response(200, self.metrics.render(), PROMETHEUS)
-        return answer_when(self.metrics.render_tree(self.peers), lambda text: Response(200, text, PROMETHEUS),
+        return answer_when(self.metrics.render_tree(), lambda text: Response(200, text, PROMETHEUS),
                            lambda e: Response(e.http_status, encode_error(e.message)), self.timeout_s)

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC
 
 from ..errors import Code, ServingError
+from ..settings import Settings
 
 
 def _denied(message: str) -> ServingError:
@@ -95,6 +96,15 @@ def read_token_file(path: str) -> str:
     if not token:
         raise ValueError(f"the token file {path} is empty (the token is its first line)")
     return token
+
+
+def tokens_from(settings: Settings) -> tuple[TokenAuth | None, TokenAuth | None]:
+    """(the token of every call, the admin token of the calls that load, unload or reconfigure), each None
+    when not set; with no admin token those calls take the first."""
+    def one(token: str, path: str) -> TokenAuth | None:
+        value = read_token_file(path) if path else token
+        return TokenAuth(value, max_skew_s=settings.token_max_skew_seconds) if value else None
+    return one(settings.token, settings.token_file), one(settings.admin_token, settings.admin_token_file)
 
 
 def sign(token: str, method: str, path: str, body: bytes, content_type: str, date: str) -> dict[str, str]:

@@ -3,6 +3,10 @@ bounded header blocks (431, 414) and bodies (413), gzip request bodies, flow con
 half-closed clients. No ASGI layer: the connection hands each complete request to a handler that answers
 at once or with a future. Every answer carries the request's `X-Request-Id` (the client's or ours); with an
 access log (serving/ops/accesslog.py) each answer written is one line, else the log costs a None check.
+
+The connection's own error answers (a request it cannot parse or accept, a handler that fails) are a status
+and a message handed to the `render_error` it is given: the protocols' router writes them in their wire
+format (serving/protocols/router.py); a connection built without one answers plain text.
 """
 
 from __future__ import annotations
@@ -15,13 +19,14 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote
 
 import httptools
 
-from ..codecs.jsonutil import dumps
+from ..errors import encodable
 from ..ops.accesslog import request_id_of
+from ..settings import Settings, default
 
 if TYPE_CHECKING:
     from ..ops.accesslog import AccessLog
@@ -29,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 JSON = b"application/json"
+PLAIN_TEXT = b"text/plain; charset=utf-8"
 #: HTTP answers by status code, one per response written (serving_http_responses_total reads it).
 HTTP_RESPONSES: collections.Counter[int] = collections.Counter()
 STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
@@ -110,15 +116,36 @@ class Request:
 
 
 Handler = Callable[[Request], "Response | Deferred"]
+#: (status, message) -> the answer: how the connection's own errors are written.
+RenderError = Callable[[int, str], Response]
+
+
+def plain_error(status: int, message: str) -> Response:
+    """An error answer as plain text: a connection's when it is given no `render_error`."""
+    return Response(status, encodable(message).encode(), PLAIN_TEXT)
+
+
+class Routes(Protocol):
+    """A handler that also writes the connection's own error answers in its wire format (the router)."""
+
+    def __call__(self, request: Request) -> Response | Deferred: ...
+
+    def render_error(self, status: int, message: str) -> Response: ...
 
 
 @dataclass
 class HttpLimits:
-    max_body_bytes: int = 64 * 1024 * 1024
-    read_timeout_s: float = 30.0  # a started request must arrive whole within this
-    idle_timeout_s: float = 75.0  # a keep-alive connection with nothing to do is closed after this
-    max_header_bytes: int = 64 * 1024  # URL + header names and values; more is 431, a longer URL alone 414
-    max_connections: int = 10000  # open connections; one more is answered 503 and closed
+    max_body_bytes: int = default("rest_api_max_body_bytes")
+    read_timeout_s: float = default("rest_api_read_timeout_seconds")
+    idle_timeout_s: float = default("rest_api_idle_timeout_seconds")
+    max_header_bytes: int = default("rest_api_max_header_bytes")  # a longer URL alone is 414
+    max_connections: int = default("max_connections")
+
+
+def http_limits(s: Settings) -> HttpLimits:
+    """The HTTP settings of serving/settings.py (their help says what each means)."""
+    return HttpLimits(s.rest_api_max_body_bytes, s.rest_api_read_timeout_seconds, s.rest_api_idle_timeout_seconds,
+                      s.rest_api_max_header_bytes, s.max_connections)
 
 
 KEPT_HEADERS = {b"content-encoding", b"content-type", b"authorization", b"content-md5", b"date", b"expect",
@@ -153,7 +180,7 @@ class _Slot:
             response = deferred.finish(future, deferred.context)
         except Exception:  # noqa: BLE001 - an encoder bug answers 500 and the server goes on
             log.exception("encoding a response failed", extra={"request_id": self.request_id})
-            response = Response(500, b'{"error": "internal server error"}')
+            response = self.conn.render_error(500, "internal server error")
         self.deferred = None
         conn = self.conn
         conn._complete(self, response)
@@ -182,8 +209,9 @@ class HttpConnection(asyncio.Protocol):
 
     def __init__(self, handler: Handler, limits: HttpLimits, registry: set[HttpConnection],
                  wheel: DeadlineWheel, *, clock: Callable[[], float] = time.monotonic,
-                 access_log: AccessLog | None = None) -> None:
+                 access_log: AccessLog | None = None, render_error: RenderError = plain_error) -> None:
         self.handler, self.limits, self.registry, self.wheel = handler, limits, registry, wheel
+        self.render_error = render_error
         self.access_log = access_log  # None: off, one check per request
         self.peer: Any = None
         self.clock = clock  # what check_timeouts' `now` is measured with
@@ -236,7 +264,7 @@ class HttpConnection(asyncio.Protocol):
         """Over the connection limit: 503 before any request is read, then close gently (see _flush). Not in
         the access log: a flood of connections must not become a flood of lines."""
         self.access_log = None
-        self._fail(503, b'{"error": "too many connections"}')
+        self._fail(503, "too many connections")
 
     def pause_writing(self) -> None:
         self.writing_paused = True
@@ -255,9 +283,9 @@ class HttpConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._fail(400, b'{"error": "protocol upgrades are not supported"}')
+            self._fail(400, "protocol upgrades are not supported")
         except httptools.HttpParserError as e:
-            self._fail(400, dumps({"error": f"malformed HTTP request: {e}"}))
+            self._fail(400, f"malformed HTTP request: {e}")
         # httptools holds a header line until it ends, so on_header alone cannot stop one endless line:
         # a header block still open after this chunk was all header bytes since the chunk it began in.
         if self.in_headers and self.header_wire > self.max_header_bytes:
@@ -282,7 +310,7 @@ class HttpConnection(asyncio.Protocol):
         self.url += url  # arrives in pieces as the chunks come, so this stops an endless URL early
         self.header_room -= len(url)
         if self.header_room < 0:  # before any header: the URL alone is too long
-            self._fail(414, b'{"error": "request URL longer than the limit of %d bytes"}' % self.max_header_bytes)
+            self._fail(414, f"request URL longer than the limit of {self.max_header_bytes} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.header_room -= len(name) + len(value)  # checked once, at the end of the header block
@@ -332,7 +360,7 @@ class HttpConnection(asyncio.Protocol):
             try:
                 url = httptools.parse_url(self.url) if self.url else None
             except httptools.HttpParserError:  # the framing is sound, so only this request fails
-                self._complete(slot, Response(400, b'{"error": "malformed request URL"}'))
+                self._complete(slot, self.render_error(400, "malformed request URL"))
                 return
             path = unquote(url.path.decode("latin-1")) if url and url.path else "/"
             query = url.query.decode("latin-1") if url and url.query else ""
@@ -362,7 +390,7 @@ class HttpConnection(asyncio.Protocol):
         except Exception:  # noqa: BLE001 - a handler bug answers 500 and the server goes on
             log.exception("handler failed for %s %s", request.method, request.path,
                           extra={"request_id": slot.request_id})
-            result = Response(500, b'{"error": "internal server error"}')
+            result = self.render_error(500, "internal server error")
         if isinstance(result, Response):
             self._complete(slot, result)
         else:
@@ -424,7 +452,7 @@ class HttpConnection(asyncio.Protocol):
             else:
                 self._maybe_resume_reading()
 
-    def _fail(self, status: int, body: bytes) -> None:
+    def _fail(self, status: int, message: str) -> None:
         """Answer a request that cannot be parsed or accepted, after the answers already owed; then close."""
         if self.closing:
             return
@@ -432,14 +460,14 @@ class HttpConnection(asyncio.Protocol):
         slot.close = True
         self.linger = True
         self.pending.append(slot)
-        self._complete(slot, Response(status, body))
+        self._complete(slot, self.render_error(status, message))
         self.closing = True
 
-    def _too_big_body(self) -> bytes:
-        return b'{"error": "request body larger than the limit of %d bytes"}' % self.limits.max_body_bytes
+    def _too_big_body(self) -> str:
+        return f"request body larger than the limit of {self.limits.max_body_bytes} bytes"
 
-    def _too_big_headers(self) -> bytes:
-        return b'{"error": "request header block larger than the limit of %d bytes"}' % self.max_header_bytes
+    def _too_big_headers(self) -> str:
+        return f"request header block larger than the limit of {self.max_header_bytes} bytes"
 
     def _gunzip(self, body: bytes) -> bytes | None:
         limit = self.limits.max_body_bytes
@@ -453,13 +481,13 @@ class HttpConnection(asyncio.Protocol):
                 raise zlib.error("truncated gzip stream")
             return data
         except zlib.error as e:
-            self._fail_last(400, dumps({"error": f"cannot decompress the gzip request body: {e}"}))
+            self._fail_last(400, f"cannot decompress the gzip request body: {e}")
             return None
 
-    def _fail_last(self, status: int, body: bytes) -> None:
+    def _fail_last(self, status: int, message: str) -> None:
         slot = self.pending[-1]
         slot.close = True
-        self._complete(slot, Response(status, body))
+        self._complete(slot, self.render_error(status, message))
 
     # ---- flow control and time-outs ----
 
@@ -479,7 +507,7 @@ class HttpConnection(asyncio.Protocol):
         if self.transport is None or self.closing:
             return
         if self.request_started is not None and now - self.request_started > self.limits.read_timeout_s:
-            self._fail(408, b'{"error": "the request did not arrive in time"}')
+            self._fail(408, "the request did not arrive in time")
         elif (not self.pending and self.request_started is None
               and now - self.last_activity > self.limits.idle_timeout_s):
             self.closing = True

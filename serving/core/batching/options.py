@@ -3,31 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from ...settings import Settings
+from ...settings import Settings, default
 
 
 @dataclass(frozen=True)
 class BatchingOptions:
-    """How one queue batches; units in the names."""
+    """How one queue batches: the batching settings of serving/settings.py (their help says what each
+    means), with the defaults they declare."""
 
-    enabled: bool = True
-    #: Most rows in one batch (requests are split above it).
-    max_batch_size: int = 16
-    #: Longest wait of a queued request for a fuller batch while other batches run.
-    batch_timeout_micros: int = 50_000
-    #: Most requests waiting in one queue; more are refused at once.
-    max_queue_size: int = 64
-    #: Most batches running at once per queue.
-    max_in_flight: int = 5
-    #: Pad a batch up to the next of these sizes (the last must equal max_batch_size).
-    allowed_batch_sizes: tuple[int, ...] = ()
-    #: Pad inputs whose non-batch dims differ to the largest (zeros) so they share a batch.
-    pad_variable_length_inputs: bool = False
-    #: Run batches on the event-loop thread while they average under this many µs of compute (0: never).
-    inline_batch_micros: int = 1000
+    enabled: bool = default("enable_batching")
+    max_batch_size: int = default("max_batch_size")
+    batch_timeout_micros: int = default("batch_timeout_micros")
+    max_queue_size: int = default("max_queue_size")
+    max_in_flight: int = default("worker_threads")  # batches at once per queue
+    allowed_batch_sizes: tuple[int, ...] = ()  # --allowed_batch_sizes, parsed
+    pad_variable_length_inputs: bool = default("pad_variable_length_inputs")
+    inline_batch_micros: int = default("inline_batch_micros")
 
     def validate(self) -> None:
         if self.max_batch_size < 1:

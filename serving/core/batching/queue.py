@@ -30,7 +30,7 @@ import asyncio
 import collections
 import concurrent.futures
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from ...errors import Code, ServingError, internal
@@ -122,9 +122,6 @@ class QueueStats:
     requests: int = 0
     rejected: int = 0
     expired: int = 0
-    batch_sizes: collections.Counter[int] = field(default_factory=collections.Counter)
-    #: Compute wall seconds by batch size (rows), of the batches that ran (succeeded or not).
-    batch_seconds: dict[int, float] = field(default_factory=lambda: collections.defaultdict(float))
     inline_batches: int = 0
 
 
@@ -239,14 +236,8 @@ class BatchQueue:
             request = queue.popleft()
             if not request.queued:  # let go of already
                 continue
-            if request.future.done():  # settled while it waited
-                self._leave(request)
-                request.settle()
-                continue
-            if request.deadline <= now:
-                self._leave(request)
-                self.stats.expired += 1
-                request.fail(ServingError(Code.DEADLINE_EXCEEDED, DEADLINE_MESSAGE))
+            if request.future.done() or request.deadline <= now:  # settled while it waited, or expired: rare
+                self._drop(request)
                 continue
             if key is None:
                 key = request.key
@@ -271,6 +262,16 @@ class BatchQueue:
         queue.extend(again)
         return batch, rows
 
+    def _drop(self, request: _Request) -> None:
+        """Let go of a request taken off the queue that will not be computed: settled while it waited, or
+        past its deadline (failed with DEADLINE_EXCEEDED, counted as expired)."""
+        self._leave(request)
+        if request.future.done():
+            request.settle()
+        else:
+            self.stats.expired += 1
+            request.fail(ServingError(Code.DEADLINE_EXCEEDED, DEADLINE_MESSAGE))
+
     def _assemble(self, batch: Batch, rows: int) -> Inputs | None:
         """The batch's inputs; None (its requests failed) when they cannot be put together."""
         if self.timer is not None:
@@ -294,7 +295,6 @@ class BatchQueue:
         stats = self.stats
         stats.batches += 1
         stats.rows += rows
-        stats.batch_sizes[rows] += 1
         return inputs
 
     def _dispatch(self) -> bool:
@@ -383,7 +383,6 @@ class BatchQueue:
             offset += n
 
     def _ran(self, rows: int, seconds: float) -> None:
-        self.stats.batch_seconds[rows] += seconds
         if self.on_batch is not None:
             self.on_batch(rows, seconds)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from ...codecs.jsonutil import dumps, loads
 from ...core.dataplane import Outputs
@@ -29,6 +30,20 @@ def error_response(error: ServingError) -> Response:
     return Response(CLOUD_STATUS.get(error.code, 500), encode_error(error.message))
 
 
+#: The answer's protobuf encoder: (outputs, output names) -> body.
+Encoder = Callable[[Outputs, list[str]], bytes]
+
+
+@dataclass(slots=True)
+class CloudState:
+    """A cloud call's state: its body, then for a protobuf body the answer's encoder (tf_predict or
+    pytorch_predict, as the request was) and output names."""
+
+    body: bytes
+    encode: Encoder | None = None
+    names: list[str] | None = None
+
+
 class _Answer:
     TIMEOUT = ServingError(Code.DEADLINE_EXCEEDED, "request timed out")
 
@@ -39,39 +54,38 @@ class _Answer:
 
 class _Json(_Answer):
     @staticmethod
-    def encode(call: Call, outputs: Outputs) -> Response:
+    def encode(call: Call[CloudState], outputs: Outputs) -> Response:
         assert call.signature is not None
         return Response(200, codec.encode_json(outputs, call.signature.records))
 
 
 class _Proto(_Answer):
     @staticmethod
-    def encode(call: Call, outputs: Outputs) -> Response:
-        encode, names = call.context
+    def encode(call: Call[CloudState], outputs: Outputs) -> Response:
+        encode, names = call.context.encode, call.context.names
+        assert encode is not None and names is not None  # the decode chose them
         return Response(200, encode(outputs, names), OCTET_STREAM)
 
 
 JSON, PROTO = _Json(), _Proto()
 
 
-def _decode_json(call: Call, servable: Servable) -> tuple[Signature, Inputs]:
+def _decode_json(call: Call[CloudState], servable: Servable) -> tuple[Signature, Inputs]:
     sig = servable.signature(None)
-    return sig, codec.decode_json(loads(call.context), sig)
+    return sig, codec.decode_json(loads(call.context.body), sig)
 
 
-def _decode_proto(call: Call, servable: Servable) -> tuple[Signature, Inputs]:
-    """tf_predict for signature models, pytorch_predict for processors with positional inputs; the context
-    becomes the answer's encoder and output names."""
-    body: bytes = call.context
-    encode: Callable[[Outputs, list[str]], bytes]
+def _decode_proto(call: Call[CloudState], servable: Servable) -> tuple[Signature, Inputs]:
+    """tf_predict for signature models, pytorch_predict for processors with positional inputs; the state
+    gets the answer's encoder and output names."""
+    state = call.context
     if servable.processor.positional_inputs:
         sig = servable.signature(None)
-        inputs, names = proto.decode_pytorch(body, sig)
-        encode = proto.encode_pytorch
+        inputs, state.names = proto.decode_pytorch(state.body, sig)
+        state.encode = proto.encode_pytorch
     else:
-        sig, inputs, names = proto.decode_tf(body, servable.signature)
-        encode = proto.encode_tf
-    call.context = (encode, names)
+        sig, inputs, state.names = proto.decode_tf(state.body, servable.signature)
+        state.encode = proto.encode_tf
     return sig, inputs
 
 
@@ -102,8 +116,10 @@ class CloudRest:
         deadline = time.monotonic() + self.keepalive_s
         if proto.looks_like_json(request.body):
             request.call = call = Call("cloud", name, None, None, _decode_json, deadline,
-                                       request_id=request.request_id, carrier=request.headers, context=request.body)
+                                       request_id=request.request_id, carrier=request.headers,
+                                       context=CloudState(request.body))
             return answer_later(call, self.pipeline.infer(call), JSON)
         request.call = call = Call("cloud", name, None, None, _decode_proto, deadline,
-                                   request_id=request.request_id, carrier=request.headers, context=request.body)
+                                   request_id=request.request_id, carrier=request.headers,
+                                   context=CloudState(request.body))
         return answer_later(call, self.pipeline.infer(call), PROTO)

@@ -100,11 +100,8 @@ def _from_raw(name: str, raw: bytes, dtype: np.dtype, shape: tuple[int, ...]) ->
         if len(raw) % dtype.itemsize:
             raise invalid_argument(f"input '{name}': {len(raw)} bytes is not a whole number of {dtype.name}")
         array = np.frombuffer(raw, dtype=dtype.newbyteorder("<"))
-    size = math.prod(shape)
-    if array.size != size:
-        raise invalid_argument(
-            f"input '{name}': unexpected number of elements {array.size}, the shape {list(shape)} needs {size}"
-        )
+    if array.size != math.prod(shape):
+        raise _count_error(name, array.size, shape)
     return array.reshape(shape)
 
 
@@ -130,45 +127,66 @@ def decode_rest(body: bytes, header_length: int | None, sig_for: Any) -> tuple[
     else:
         doc, binary = loads(body), memoryview(b"")
     items = doc.get("inputs") if isinstance(doc, dict) else None
-    if not isinstance(items, list):
-        raise invalid_argument("the infer request must be a JSON object with an 'inputs' list")
-    if not isinstance(doc.get("id", ""), str):  # echoed in the answer: only a string, as Triton
-        raise invalid_argument("Unable to parse 'id': attempt to access JSON non-string as string")
+    if not isinstance(items, list) or not isinstance(doc.get("id", ""), str):
+        raise _document_error(doc)
     params = doc.get("parameters")
     sig: Signature = sig_for(params.get("signature_name") if isinstance(params, dict) else None)
     inputs: dict[str, np.ndarray] = {}
     offset = 0
     for item in items:
         name = item.get("name") if isinstance(item, dict) else None
-        if not isinstance(name, str):
-            raise invalid_argument("each input must be an object with a 'name'")
-        spec = sig.inputs.get(name)
-        if spec is None:  # before its data is read: an unknown input's datatype is no reason for a 501
-            raise invalid_argument(f"signature {sig.name}: unknown input(s) {name}; it takes {', '.join(sig.inputs)}")
-        datatype = item.get("datatype")
-        if not isinstance(datatype, str):  # its repr could be a 1,000-deep object
-            raise invalid_argument(f"input '{name}': 'datatype' must be a string")
+        if (not isinstance(name, str) or (spec := sig.inputs.get(name)) is None
+                or not isinstance(datatype := item.get("datatype"), str)):
+            raise _input_error(item, sig)
         dtype = _dtype(name, datatype, spec)
         shape = _shape(name, item.get("shape"))
         item_params = item.get("parameters")
         size = item_params.get("binary_data_size") if isinstance(item_params, dict) else None
         if size is not None:
-            if type(size) is not int or size < 0:
-                raise invalid_argument(f"input '{name}': binary_data_size must be a non-negative integer")
-            if offset + size > len(binary):
-                raise invalid_argument(f"input '{name}': binary data beyond the end of the body")
+            if type(size) is not int or size < 0 or offset + size > len(binary):
+                raise _binary_size_error(name, size)
             inputs[name] = _from_raw(name, bytes(binary[offset:offset + size]), dtype, shape)
             offset += size
             continue
         if "data" not in item:
             raise invalid_argument(f"input '{name}' has neither 'data' nor binary data")
         array = convert(item["data"], dtype, name)
-        size_wanted = math.prod(shape)
-        if array.size != size_wanted:
-            raise invalid_argument(f"input '{name}': unexpected number of elements {array.size}, the shape "
-                                   f"{list(shape)} needs {size_wanted}")
+        if array.size != math.prod(shape):
+            raise _count_error(name, array.size, shape)
         inputs[name] = array.reshape(shape)  # flat or nested data alike
     return sig, inputs, doc
+
+
+# Why a request is refused, worked out again once a combined check in decode_rest failed: the requests that
+# pass pay for the checks alone, not for a call each.
+
+def _document_error(doc: Any) -> ServingError:
+    if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list):
+        return invalid_argument("the infer request must be a JSON object with an 'inputs' list")
+    # the id is echoed in the answer: only a string, as Triton
+    return invalid_argument("Unable to parse 'id': attempt to access JSON non-string as string")
+
+
+def _input_error(item: Any, sig: Signature) -> ServingError:
+    name = item.get("name") if isinstance(item, dict) else None
+    if not isinstance(name, str):
+        return invalid_argument("each input must be an object with a 'name'")
+    if name not in sig.inputs:  # before its data is read: an unknown input's datatype is no reason for a 501
+        return invalid_argument(f"signature {sig.name}: unknown input(s) {name}; it takes {', '.join(sig.inputs)}")
+    # its repr could be a 1,000-deep object
+    return invalid_argument(f"input '{name}': 'datatype' must be a string")
+
+
+def _binary_size_error(name: str, size: Any) -> ServingError:
+    if type(size) is not int or size < 0:
+        return invalid_argument(f"input '{name}': binary_data_size must be a non-negative integer")
+    return invalid_argument(f"input '{name}': binary data beyond the end of the body")
+
+
+def _count_error(name: str, count: int, shape: tuple[int, ...]) -> ServingError:
+    return invalid_argument(
+        f"input '{name}': unexpected number of elements {count}, the shape {list(shape)} needs {math.prod(shape)}"
+    )
 
 
 def encode_rest(model: str, version: int, doc: Mapping[str, Any], outputs: Mapping[str, np.ndarray],

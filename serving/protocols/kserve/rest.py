@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import re
 import time
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
@@ -35,13 +36,23 @@ V2_MODEL_PATH = re.compile(
 )
 
 
+@dataclass(slots=True)
+class KServeRestState:
+    """A KServe V2 REST infer call's state: its request (the body, the Inference-Header-Content-Length), then
+    the request's JSON document, whose "id" and output parameters the answer follows."""
+
+    request: Request
+    doc: dict[str, Any] | None = None
+
+
 class _Infer(Answer):
     """KServe V2 errors and time-outs are TF Serving's `{"error": ...}` with the same codes."""
 
     @staticmethod
-    def encode(call: Call, outputs: Outputs) -> Response:
-        assert call.servable is not None and call.signature is not None
-        body, json_length = codec.encode_rest(call.servable.model, call.servable.version, call.context, outputs,
+    def encode(call: Call[KServeRestState], outputs: Outputs) -> Response:
+        doc = call.context.doc
+        assert call.servable is not None and call.signature is not None and doc is not None
+        body, json_length = codec.encode_rest(call.servable.model, call.servable.version, doc, outputs,
                                               call.signature)
         if json_length is None:
             return Response(200, body)
@@ -58,15 +69,15 @@ def parse_model_path(path: str) -> tuple[str, str | None, str | None] | None:
     return (m["name"], m["version"], m["verb"]) if m is not None else None
 
 
-def _decode(call: Call, servable: Servable) -> tuple[Signature, Inputs]:
-    request: Request = call.context
-    header = request.headers.get(codec.HEADER_LENGTH)
+def _decode(call: Call[KServeRestState], servable: Servable) -> tuple[Signature, Inputs]:
+    state = call.context
+    header = state.request.headers.get(codec.HEADER_LENGTH)
     try:
         length = int(header) if header is not None else None
     except ValueError:
         raise invalid_argument("Inference-Header-Content-Length must be an integer") from None
-    sig, inputs, doc = codec.decode_rest(request.body, length, servable.signature)
-    call.context, call.outputs = doc, codec.requested_outputs(doc)  # the body's "id" is echoed, not the request id
+    sig, inputs, state.doc = codec.decode_rest(state.request.body, length, servable.signature)
+    call.outputs = codec.requested_outputs(state.doc)  # the body's "id" is echoed, not the request id
     return sig, inputs
 
 
@@ -115,8 +126,8 @@ class KServeRest:
         version = codec.parse_version(version_text)
         if method == "POST" and verb == "infer":
             request.call = call = Call("kserve_rest", name, version, None, _decode, time.monotonic() + self.timeout_s,
-                                       request_id=request.request_id, carrier=request.headers, context=request,
-                                       unknown_output=codec.unknown_output)
+                                       request_id=request.request_id, carrier=request.headers,
+                                       context=KServeRestState(request), unknown_output=codec.unknown_output)
             return answer_later(call, self.pipeline.infer(call), INFER)
         if method == "GET" and verb == "ready":
             try:
@@ -155,7 +166,7 @@ class KServeRest:
     def _statistics(self, name: str, version: int | None) -> Response | Deferred:
         statistics = self.statistics
         assert statistics is not None
-        if statistics.peers is None:
+        if statistics.tree is None:
             return Response(200, dumps(statistics.report(name, version)))  # not ready: INVALID_ARGUMENT, 400
         return answer_when(statistics.report_tree(name, version), lambda report: Response(200, dumps(report)),
                            self.error, self.timeout_s)

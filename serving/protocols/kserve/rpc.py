@@ -20,11 +20,11 @@ from ...core.servable import Servable
 from ...core.signature import Signature
 from ...errors import Code, ServingError
 from ...ops.statistics import Statistics, extensions
-from ..adapters import call_deadline, grpc_call, grpc_errors, routed_model
+from ..adapters import GrpcExchange, grpc_call, grpc_errors
 from . import codec
 
 
-def _decode(call: Call, servable: Servable) -> tuple[Signature, Inputs]:
+def _decode(call: Call[pb.ModelInferRequest], servable: Servable) -> tuple[Signature, Inputs]:
     request = call.context
     param = request.parameters.get("signature_name")
     sig = servable.signature(param.string_param if param is not None else None)
@@ -48,44 +48,44 @@ class InferenceService(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):  
         return pb.ServerReadyResponse(ready=self.manager.ready())
 
     @grpc_errors
-    async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+    async def ModelReady(self, request: Any, exchange: GrpcExchange) -> Any:  # noqa: N802
         try:
-            self.manager.get(routed_model(request.name), codec.parse_version(request.version))
+            self.manager.get(exchange.model(request.name), codec.parse_version(request.version))
         except ServingError:
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=True)
 
     @grpc_errors
-    async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+    async def ServerMetadata(self, request: Any, exchange: GrpcExchange) -> Any:  # noqa: N802
         return pb.ServerMetadataResponse(name="serving-engine", version=__version__, extensions=self.extensions)
 
     @grpc_errors
-    async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        servable = self.manager.get(routed_model(request.name), codec.parse_version(request.version))
+    async def ModelMetadata(self, request: Any, exchange: GrpcExchange) -> Any:  # noqa: N802
+        servable = self.manager.get(exchange.model(request.name), codec.parse_version(request.version))
         metadata = codec.model_metadata(servable, self.manager.available_versions(servable.model))
         return json_format.ParseDict(metadata, pb.ModelMetadataResponse())
 
     @grpc_errors
-    async def ModelConfig(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        servable = self.manager.get(routed_model(request.name), codec.parse_version(request.version))
+    async def ModelConfig(self, request: Any, exchange: GrpcExchange) -> Any:  # noqa: N802
+        servable = self.manager.get(exchange.model(request.name), codec.parse_version(request.version))
         config = codec.triton_config(servable, self.pipeline.dataplane.batching)
         response = pb.ModelConfigResponse()
         json_format.ParseDict(config, response.config)
         return response
 
     @grpc_errors
-    async def ModelStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+    async def ModelStatistics(self, request: Any, exchange: GrpcExchange) -> Any:  # noqa: N802
         if self.statistics is None:
             raise ServingError(Code.UNIMPLEMENTED, "the statistics extension is not served")
         report = await self.statistics.report_tree(request.name, codec.parse_version(request.version))
         return json_format.ParseDict(report, pb.ModelStatisticsResponse())
 
     @grpc_errors
-    async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        call = grpc_call("kserve_grpc", request.model_name, codec.parse_version(request.model_version), None,
-                         _decode, call_deadline(context, self.default_timeout_s),
-                         outputs=[o.name for o in request.outputs], unknown_output=codec.unknown_output,
-                         context=request)  # the body's id is echoed below; the request id is x-request-id
+    async def ModelInfer(self, request: Any, exchange: GrpcExchange) -> Any:  # noqa: N802
+        # Its state is the request: the body's id is echoed below (the request id is x-request-id's).
+        call = grpc_call(exchange, "kserve_grpc", request.model_name, codec.parse_version(request.model_version),
+                         None, _decode, exchange.deadline(self.default_timeout_s), request,
+                         outputs=[o.name for o in request.outputs], unknown_output=codec.unknown_output)
         outputs = await outputs_of(self.pipeline.infer(call))
         assert call.servable is not None
         response = pb.ModelInferResponse(model_name=call.servable.model, model_version=str(call.servable.version),
@@ -94,18 +94,18 @@ class InferenceService(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):  
         return response
 
     @grpc_errors
-    async def RepositoryIndex(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+    async def RepositoryIndex(self, request: Any, exchange: GrpcExchange) -> Any:  # noqa: N802
         rows = self._control().index(request.ready)
         return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(**row) for row in rows])
 
     @grpc_errors
-    async def RepositoryModelLoad(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+    async def RepositoryModelLoad(self, request: Any, exchange: GrpcExchange) -> Any:  # noqa: N802
         parameters = {key: _parameter(value) for key, value in request.parameters.items()}
         await self._control().load(request.model_name, parameters)
         return pb.RepositoryModelLoadResponse()
 
     @grpc_errors
-    async def RepositoryModelUnload(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+    async def RepositoryModelUnload(self, request: Any, exchange: GrpcExchange) -> Any:  # noqa: N802
         await self._control().unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 

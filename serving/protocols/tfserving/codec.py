@@ -227,3 +227,10 @@ def encode_metadata(servable: Servable) -> bytes:
 def encode_error(message: str) -> bytes:
     """`{"error": message}`, the body of every REST error (TF Serving, KServe V2 and cloud routes alike)."""
     return dumps({"error": encodable(message)})
+
+
+def encode_connection_error(message: str) -> bytes:
+    """`{"error": message}` as the HTTP connection's own errors are written (a body over the limit, a request
+    that stalls, too many connections): with a space after the colon, the bytes these answers have always
+    had on the wire, which clients compare."""
+    return b'{"error": %s}' % dumps(encodable(message))

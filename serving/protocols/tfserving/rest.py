@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import re
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from ...codecs import examples
@@ -63,15 +64,24 @@ class Answer:
         return error_response(error)
 
 
+@dataclass(slots=True)
+class TfRestState:
+    """A TF Serving REST call's state: its body, and once a predict body is decoded, whether it used the row
+    format (`instances`), as its answer must (`predictions`)."""
+
+    body: bytes
+    row_format: bool = False
+
+
 class _Predict(Answer):
     @staticmethod
-    def encode(call: Call, outputs: Outputs) -> Response:
-        return Response(200, codec.encode_predict(outputs, call.context))
+    def encode(call: Call[TfRestState], outputs: Outputs) -> Response:
+        return Response(200, codec.encode_predict(outputs, call.context.row_format))
 
 
 class _Examples(Answer):
     @staticmethod
-    def encode(call: Call, outputs: Outputs) -> Response:
+    def encode(call: Call[TfRestState], outputs: Outputs) -> Response:
         assert call.inputs is not None
         n = len(next(iter(call.inputs.values())))
         encode = examples.encode_classify if call.method == "classify" else examples.encode_regress
@@ -81,16 +91,17 @@ class _Examples(Answer):
 PREDICT, EXAMPLES = _Predict(), _Examples()
 
 
-def _decode_predict(call: Call, servable: Servable) -> tuple[Signature, Inputs]:
-    doc = loads(call.context)
+def _decode_predict(call: Call[TfRestState], servable: Servable) -> tuple[Signature, Inputs]:
+    state = call.context
+    doc = loads(state.body)
     sig = servable.signature(codec.signature_name(doc))
-    inputs, call.context = codec.decode_predict(doc, sig)  # the context becomes the answer's row format
+    inputs, state.row_format = codec.decode_predict(doc, sig)
     return sig, inputs
 
 
-def _decode_examples(call: Call, servable: Servable) -> tuple[Signature, Inputs]:
+def _decode_examples(call: Call[TfRestState], servable: Servable) -> tuple[Signature, Inputs]:
     """`:classify` / `:regress`: JSON examples -> serialized tf.Examples for the processor's method."""
-    doc = loads(call.context)
+    doc = loads(call.context.body)
     sig = servable.signature(codec.signature_name(doc))
     name = examples.examples_input(servable, sig, call.method, f"{call.method}: it serves predict only")
     return sig, {name: examples.examples_from_json(doc, call.method)}
@@ -118,10 +129,12 @@ class TfServingRest:
         deadline = time.monotonic() + self.timeout_s
         if verb == "predict":
             request.call = call = Call("tfserving_rest", name, version, label, _decode_predict, deadline,
-                                       request_id=request.request_id, carrier=request.headers, context=request.body)
+                                       request_id=request.request_id, carrier=request.headers,
+                                       context=TfRestState(request.body))
             return answer_later(call, self.pipeline.infer(call), PREDICT)
         request.call = call = Call("tfserving_rest", name, version, label, _decode_examples, deadline, method=verb,
-                                   request_id=request.request_id, carrier=request.headers, context=request.body)
+                                   request_id=request.request_id, carrier=request.headers,
+                                   context=TfRestState(request.body))
         return answer_later(call, self.pipeline.infer(call), EXAMPLES)
 
     def _list_models(self) -> bytes:

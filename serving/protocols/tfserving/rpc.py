@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
-
-import grpc
 
 from ..._proto.tensorflow.core.protobuf import error_codes_pb2
 from ..._proto.tensorflow_serving.apis import (
+    classification_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
     inference_pb2,
@@ -22,6 +21,7 @@ from ..._proto.tensorflow_serving.apis import (
     predict_pb2,
     prediction_service_pb2,
     prediction_service_pb2_grpc,
+    regression_pb2,
 )
 from ...codecs import examples
 from ...codecs.examples import (
@@ -36,18 +36,12 @@ from ...codecs.tensors import DTYPE_ENUMS, array_to_tensor, conform_all, tensor_
 from ...core.control import LoadRoots
 from ...core.dataplane import outputs_of
 from ...core.model_config import ConfigError, ModelSpec, missing_base_paths, specs_from_proto
-from ...core.pipeline import Call, Inputs, Pipeline, TaskGroup
+from ...core.pipeline import Call, Decode, Inputs, Pipeline, S, TaskGroup
 from ...core.repository import ModelManager
 from ...core.servable import Servable
 from ...core.signature import STRING, Signature
 from ...errors import Code, ServingError, invalid_argument
-from ..adapters import (
-    call_deadline,
-    grpc_call,
-    grpc_errors,
-    routed_model,
-    spec_version,
-)
+from ..adapters import GrpcExchange, grpc_call, grpc_errors, spec_version
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +54,19 @@ def fill_model_spec(target: Any, servable: Servable, signature_name: str) -> Non
     target.signature_name = signature_name
 
 
-def _decode_predict(call: Call, servable: Servable) -> tuple[Signature, Inputs]:
+#: A MultiInference task's state: its signature and inputs, resolved with the plan.
+Planned = tuple[Signature, Inputs]
+
+
+def _decode_predict(call: Call[predict_pb2.PredictRequest], servable: Servable) -> tuple[Signature, Inputs]:
     request = call.context
     sig = servable.signature(request.model_spec.signature_name)
     raw = {name: tensor_to_array(tensor, name) for name, tensor in request.inputs.items()}
     return sig, conform_all(raw, sig, f"model {servable.model} version {servable.version} signature {sig.name}")
 
 
-def _decode_examples(call: Call, servable: Servable) -> tuple[Signature, Inputs]:
+def _decode_examples(call: Call[classification_pb2.ClassificationRequest | regression_pb2.RegressionRequest],
+                     servable: Servable) -> tuple[Signature, Inputs]:
     """Classify / Regress: the request's tf.Examples into the signature's one input."""
     request = call.context
     sig = servable.signature(request.model_spec.signature_name)
@@ -82,16 +81,16 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer): 
     def __init__(self, manager: ModelManager, pipeline: Pipeline, default_timeout_s: float) -> None:
         self.manager, self.pipeline, self.default_timeout_s = manager, pipeline, default_timeout_s
 
-    def _call(self, request: Any, context: grpc.aio.ServicerContext, decode: Any, method: str = "predict",
-              outputs: Any = ()) -> Call:
+    def _call(self, request: Any, exchange: GrpcExchange, decode: Decode[S], method: str = "predict",
+              outputs: Sequence[str] = ()) -> Call[S]:
+        """The Call of a Predict, Classify or Regress request: its state is the request message."""
         version, label = spec_version(request.model_spec)
-        return grpc_call("tfserving_grpc", request.model_spec.name, version, label, decode,
-                         call_deadline(context, self.default_timeout_s), outputs=outputs, method=method,
-                         context=request)
+        return grpc_call(exchange, "tfserving_grpc", request.model_spec.name, version, label, decode,
+                         exchange.deadline(self.default_timeout_s), request, outputs=outputs, method=method)
 
     @grpc_errors
-    async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802 - gRPC's name
-        call = self._call(request, context, _decode_predict, outputs=request.output_filter)
+    async def Predict(self, request: Any, exchange: GrpcExchange) -> Any:  # noqa: N802 - gRPC's name
+        call = self._call(request, exchange, _decode_predict, outputs=request.output_filter)
         outputs = await outputs_of(self.pipeline.infer(call))
         assert call.servable is not None and call.signature is not None
         response = predict_pb2.PredictResponse()
@@ -101,7 +100,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer): 
         return response
 
     @grpc_errors
-    async def GetModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+    async def GetModelMetadata(self, request: Any, exchange: GrpcExchange) -> Any:  # noqa: N802
         fields = list(request.metadata_field)
         if not fields:
             raise invalid_argument("GetModelMetadataRequest must specify at least one metadata_field")
@@ -109,7 +108,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer): 
             if field != "signature_def":
                 raise invalid_argument(f"Metadata field {field} is not supported")
         version, label = spec_version(request.model_spec)
-        servable = self.manager.get(routed_model(request.model_spec.name), version, label)
+        servable = self.manager.get(exchange.model(request.model_spec.name), version, label)
         sig_map = get_model_metadata_pb2.SignatureDefMap()
         for name, sig in servable.processor.signatures.items():
             signature_def(sig, sig_map.signature_def[name])
@@ -119,16 +118,16 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer): 
         return response
 
     @grpc_errors
-    async def Classify(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        return await self._examples("classify", request, context)
+    async def Classify(self, request: Any, exchange: GrpcExchange) -> Any:  # noqa: N802
+        return await self._examples("classify", request, exchange)
 
     @grpc_errors
-    async def Regress(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        return await self._examples("regress", request, context)
+    async def Regress(self, request: Any, exchange: GrpcExchange) -> Any:  # noqa: N802
+        return await self._examples("regress", request, exchange)
 
-    async def _examples(self, verb: str, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def _examples(self, verb: str, request: Any, exchange: GrpcExchange) -> Any:
         """Classify / Regress: the examples through the pipeline, the results in the verb's response."""
-        call = self._call(request, context, _decode_examples, verb)
+        call = self._call(request, exchange, _decode_examples, verb)
         outputs = await outputs_of(self.pipeline.infer(call))
         assert call.servable is not None and call.signature is not None and call.inputs is not None
         make, fill = EXAMPLE_ANSWERS[verb]
@@ -138,17 +137,17 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer): 
         return response
 
     @grpc_errors
-    async def MultiInference(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+    async def MultiInference(self, request: Any, exchange: GrpcExchange) -> Any:  # noqa: N802
         """Several classify / regress signatures of one model over the same Input, as TF Serving runs them."""
         spec = multi_inference_spec(request.tasks)
         version, label = spec_version(spec)
-        name = routed_model(spec.name)
+        name = exchange.model(spec.name)
         servable = self.manager.get(name, version, label)
         plan = multi_inference_plan(servable, request.tasks)
         serialized = examples.examples_from_input(request.input)
-        deadline = call_deadline(context, self.default_timeout_s)
-        calls = [grpc_call("tfserving_grpc", name, servable.version, None, _planned, deadline, method=verb,
-                           context=(sig, {input_name: serialized})) for verb, sig, input_name in plan]
+        deadline = exchange.deadline(self.default_timeout_s)
+        calls = [grpc_call(exchange, "tfserving_grpc", name, servable.version, None, _planned, deadline,
+                           (sig, {input_name: serialized}), method=verb) for verb, sig, input_name in plan]
         group = TaskGroup(len(calls))  # the request log writes the tasks as one multi_inference_log
         for index, call in enumerate(calls):
             call.task = (group, index)
@@ -165,10 +164,9 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer): 
         return response
 
 
-def _planned(call: Call, servable: Servable) -> tuple[Signature, Inputs]:
+def _planned(call: Call[Planned], servable: Servable) -> tuple[Signature, Inputs]:
     """A MultiInference task: its signature and inputs were resolved with the plan."""
-    sig, inputs = call.context
-    return sig, inputs
+    return call.context
 
 
 def signature_def(sig: Signature, target: Any) -> None:
@@ -193,7 +191,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):  # type: ignore
         self.roots = roots or LoadRoots(())  # where the base paths of a reload may be
 
     @grpc_errors
-    async def GetModelStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+    async def GetModelStatus(self, request: Any, exchange: GrpcExchange) -> Any:  # noqa: N802
         version, label = spec_version(request.model_spec)
         response = get_model_status_pb2.GetModelStatusResponse()
         for s in self.manager.status(request.model_spec.name, version, label):
@@ -205,7 +203,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):  # type: ignore
         return response
 
     @grpc_errors
-    async def HandleReloadConfigRequest(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+    async def HandleReloadConfigRequest(self, request: Any, exchange: GrpcExchange) -> Any:  # noqa: N802
         """Serve the given config; returns once its models are AVAILABLE or have failed.
 
         A base path that does not exist refuses the whole config at once (the served models stay as

@@ -7,8 +7,8 @@ signatures, a request body to try per protocol), how it is doing (per version, s
 process (uptime, workers, CPU, memory, connections), the effective flags (never the token) and the recent
 errors and request-log samples.
 
-The series cost the request path nothing: a sampler reads the counters and histograms the metrics already
-keep (serving/ops/metrics.py RequestMetrics, the batch queues' stats) once per `INTERVAL` seconds and keeps the
+The series cost the request path nothing: a sampler reads the counters and histograms each version's record
+already keeps (serving/core/stats.py, the batch queues' stats) once per `INTERVAL` seconds and keeps the
 differences in a ring buffer per version, and the page's series made of them a point at a time, so a poll
 only copies lists. Under --workers every worker samples its own; the one answering adds its siblings' points
 (same second) to its own and makes the series of the sums (numpy, every point at once), so the page shows
@@ -25,19 +25,29 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sized
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 import numpy as np
 
 from ...codecs.dtypes import NAMES
+from ...codecs.jsonutil import dumps
 from ...core.remote import is_remote
-from ...core.repository import ModelManager, State, resident_bytes
+from ...core.repository import ManagedModel, ModelManager, State, VersionStatus, resident_bytes
 from ...core.signature import PREDICT_METHOD, STRING, Signature, TensorSpec
-from ...errors import invalid_argument
-from ...ops.metrics import LATENCY_BUCKETS, RequestMetrics
+from ...core.stats import LATENCY_BUCKETS
+from ...errors import ServingError, invalid_argument
+from ...ops.metrics import RequestMetrics
+from ...ops.requestlog import RequestLogger
+from ...platform.siblings import Siblings
+from ...protocols.adapters import answer_when
+from ...protocols.tfserving.codec import encode_error
 from ...redact import redact
+from ...settings import Settings
+from ...transport.auth import TokenAuth
+from ...transport.http import Deferred, Request, Response
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +86,12 @@ class Point:
 
 
 class Sampler:
-    """Reads the request metrics and the batch queues every INTERVAL s into the page's series of each version
+    """Reads the versions' records and batch queues every INTERVAL s into the page's series of each version
     (and, under --workers, a ring of its raw Points for a sibling to add up), and the process's CPU time into
     a CPU share."""
 
-    def __init__(self, manager: ModelManager, requests: RequestMetrics, keep_points: bool = False) -> None:
-        self.manager, self.requests = manager, requests
+    def __init__(self, manager: ModelManager, keep_points: bool = False) -> None:
+        self.manager = manager
         self.keep_points = keep_points
         self.rings: dict[Key, collections.deque[Point]] = {}
         #: The page's series of each version, extended a point at a time (a poll only copies them).
@@ -136,17 +146,14 @@ class Sampler:
             for version, status in model.versions.items():
                 if status.state in (State.AVAILABLE, State.UNLOADING, State.LOADING):
                     counted[(name, version)] = Point(0)
-        for (model_name, version, _, _, _), series in list(self.requests.series.items()):
-            totals = counted.get((model_name, version))
-            if totals is None:
-                continue
-            totals.ok += series.ok
-            totals.errors += sum(series.codes.values())
-            totals.latency = [a + b for a, b in zip(totals.latency, series.latency.counts, strict=True)]
         for servable in self.manager.loaded():
             totals = counted.get((servable.model, servable.version))
             if totals is None:
                 continue
+            for series in servable.record.series.values():
+                totals.ok += series.ok
+                totals.errors += sum(series.codes.values())
+                totals.latency = [a + b for a, b in zip(totals.latency, series.latency.counts, strict=True)]
             for stats in servable.stats():
                 totals.batches += stats.counters.batches
                 totals.rows += stats.counters.rows
@@ -335,31 +342,7 @@ def models_json(manager: ModelManager, series_of: Callable[[Key], dict[str, list
         spec = model.spec
         versions = []
         for version, status in sorted(model.versions.items()):
-            servable = status.servable
-            doc: dict[str, Any] = {
-                "version": version, "state": status.state.value,
-                "error": status.error.message if status.error is not None else "",
-                "processor": status.platform or spec.platform or "", "device": spec.device,
-                "load_seconds": round(status.load_seconds, 3), "warmup_seconds": round(status.warmup_seconds, 3),
-                "warmup_requests": status.warmup_requests,
-                "size_bytes": status.size_bytes, "batching": None, "signatures": [], "try": [],
-            }
-            if servable is not None:
-                processor = servable.processor
-                doc["device"] = getattr(processor, "device", spec.device)
-                queue = next(iter(servable.queues.values()), None)  # every signature's queue has the same options
-                doc["batching"] = dataclasses.asdict(queue.options) if queue is not None else None
-                default = processor.signature(None).name
-                for sig in processor.signatures.values():
-                    doc["signatures"].append({
-                        "name": sig.name, "method": sig.method_name,
-                        "inputs": [tensor_json(t) for t in sig.inputs.values()],
-                        "outputs": [tensor_json(t) for t in sig.outputs.values()]})
-                if status.state is State.AVAILABLE:  # the default signature's requests, else the first predict one's
-                    served = model.latest is servable and not model.traffic
-                    doc["try"] = try_requests(name, version, processor.signature(None), True, served) or next(
-                        (t for sig in processor.signatures.values() if sig.name != default
-                         if (t := try_requests(name, version, sig, False))), [])
+            doc = version_json(model, version, status)
             values = series_of((name, version))
             doc["now"], doc["series"] = latest(values), after(values, since)
             versions.append(doc)
@@ -379,6 +362,36 @@ def models_json(manager: ModelManager, series_of: Callable[[Key], dict[str, list
                 "traffic": {}, "shadow": None, "request_log": None, "versions": []}
                for name, failure in sorted(manager.failures.items()) if name not in manager.models]
     return sorted(models, key=lambda m: m["name"])
+
+
+def version_json(model: ManagedModel, version: int, status: VersionStatus) -> dict[str, Any]:
+    """One version: its state and load, and once loaded its device, batching, signatures and requests to try."""
+    spec, servable = model.spec, status.servable
+    doc: dict[str, Any] = {
+        "version": version, "state": status.state.value,
+        "error": status.error.message if status.error is not None else "",
+        "processor": status.platform or spec.platform or "", "device": spec.device,
+        "load_seconds": round(status.load_seconds, 3), "warmup_seconds": round(status.warmup_seconds, 3),
+        "warmup_requests": status.warmup_requests,
+        "size_bytes": status.size_bytes, "batching": None, "signatures": [], "try": [],
+    }
+    if servable is None:
+        return doc
+    processor = servable.processor
+    doc["device"] = getattr(processor, "device", spec.device)
+    queue = next(iter(servable.queues.values()), None)  # every signature's queue has the same options
+    doc["batching"] = dataclasses.asdict(queue.options) if queue is not None else None
+    default = processor.signature(None).name
+    doc["signatures"] = [{"name": sig.name, "method": sig.method_name,
+                          "inputs": [tensor_json(t) for t in sig.inputs.values()],
+                          "outputs": [tensor_json(t) for t in sig.outputs.values()]}
+                         for sig in processor.signatures.values()]
+    if status.state is State.AVAILABLE:  # the default signature's requests, else the first predict one's
+        served = model.latest is servable and not model.traffic
+        doc["try"] = try_requests(spec.name, version, processor.signature(None), True, served) or next(
+            (t for sig in processor.signatures.values() if sig.name != default
+             if (t := try_requests(spec.name, version, sig, False))), [])
+    return doc
 
 
 def model_error(manager: ModelManager, name: str, base_path: str) -> str:
@@ -446,37 +459,85 @@ def readme() -> bytes:
     return (text or "The README is not installed with this package.").encode()
 
 
+@dataclass
+class StatusSources:
+    """What the status page shows, from the server that runs it."""
+
+    manager: ModelManager
+    request_metrics: RequestMetrics
+    request_log: RequestLogger  # its recent samples
+    settings: Settings  # the effective flags (shown redacted, never the token)
+    connections: Sized  # the open HTTP connections
+    draining: Callable[[], bool]
+    auth: TokenAuth | None  # the status JSON is behind the token when there is one
+    siblings: Siblings | None  # under --workers: the other workers' parts are added in
+    timeout_s: float = 5.0
+
+
 class StatusApi:
     """`GET /ui/api/status`: this process's part (`local`, also what a sibling worker asks for) and the
-    whole document, its siblings' parts added in under --workers."""
+    whole document, its siblings' parts added in under --workers; `route` answers the page's paths."""
 
-    def __init__(self, server: Any) -> None:
-        self.server = server  # serving.app.Server: its manager, settings, connections, peers, observers
-        self.sampler = Sampler(server.manager, server.request_metrics, keep_points=server.peers is not None)
+    def __init__(self, sources: StatusSources) -> None:
+        self.sources = sources
+        self.sampler = Sampler(sources.manager, keep_points=sources.siblings is not None)
         self.started_at = time.time()
+
+    def route(self, request: Request) -> Response | Deferred:
+        """The status page (`/`, `/ui`), its JSON (`/ui/api/status`, behind the token when there is one) and
+        the README it links to (`/ui/docs`)."""
+        path = request.path.rstrip("/") or "/"
+        if request.method != "GET":
+            return Response(405, encode_error(f"Method not allowed: {request.method} {request.path}"))
+        if path in ("/", "/ui"):
+            return Response(200, page(), HTML, PAGE_HEADERS)
+        if path == "/ui/docs":
+            return Response(200, readme(), TEXT)
+        if path != "/ui/api/status":
+            return Response(404, encode_error(f"Not found: GET {request.path}"))
+        try:
+            if self.sources.auth is not None:
+                self.sources.auth.check_http("GET", path, request.headers, b"")
+            since = since_of(request.query)
+        except ServingError as e:
+            return Response(e.http_status, encode_error(e.message))
+        return answer_when(self.document(since), lambda doc: Response(200, dumps(doc), headers=NO_STORE),
+                           lambda e: Response(e.http_status, encode_error(e.message)), self.sources.timeout_s)
 
     def local(self, points: bool = True) -> dict[str, Any]:
         """This process's part: its raw points (what a sibling adds to its own), process figures, recent
         errors and request-log samples."""
-        server = self.server
+        sources = self.sources
         return {
             "points": self.sampler.points() if points else {}, "cpu_percent": self.sampler.cpu_percent,
-            "rss_bytes": resident_bytes(), "open_connections": len(server.connections),
-            "errors": [list(e) for e in server.request_metrics.recent_errors],
-            "requests": [list(r) for r in server.request_log.recent],
+            "rss_bytes": resident_bytes(), "open_connections": len(sources.connections),
+            "errors": [list(e) for e in sources.request_metrics.recent_errors],
+            "requests": [list(r) for r in sources.request_log.recent],
+        }
+
+    def _server(self, parts: list[dict[str, Any]]) -> dict[str, Any]:
+        """The process tree: this worker's figures and its siblings' (`parts`) added up."""
+        from ... import __version__
+
+        sources, siblings = self.sources, self.sources.siblings
+        draining = sources.draining()
+        return {
+            "name": "serving-engine", "version": __version__, "pid": os.getpid(),
+            "started_at": self.started_at, "uptime_s": round(time.time() - self.started_at, 1),
+            "workers": siblings.count if siblings is not None else 1, "workers_answered": len(parts),
+            "ready": sources.manager.ready() and not draining, "draining": draining,
+            "cpu_percent": round(sum(p["cpu_percent"] for p in parts), 1), "cpu_cores": os.cpu_count() or 1,
+            "rss_bytes": sum(p["rss_bytes"] for p in parts),
+            "open_connections": sum(p["open_connections"] for p in parts),
+            "auth": sources.auth is not None,
         }
 
     async def document(self, since: int | None = None) -> dict[str, Any]:
         """The status; with `since` (an epoch second) the series hold only the seconds after it, for a page
         that keeps what it had (it asks a few seconds back, so a sibling worker's late point still comes)."""
-        server = self.server
-        draining = server.api is not None and server.api.draining
-        own, others = self.local(points=server.peers is not None), []
-        if server.peers is not None:
-            import orjson
-
-            answers = await server.peers.ask("GET", "/_worker/ui")
-            others = [orjson.loads(body) for _, (status, body) in sorted(answers.items()) if status == 200]
+        sources, siblings = self.sources, self.sources.siblings
+        own = self.local(points=siblings is not None)
+        others = await siblings.status_parts() if siblings is not None else []
         parts = [own, *others]
         if others:  # every worker's points of a second added up, then the series made of them
             merged = merge_points(own["points"], (o["points"] for o in others))
@@ -489,24 +550,13 @@ class StatusApi:
                 return {k: list(v) for k, v in kept.items()} if kept is not None else series([])
         errors = sorted((e for p in parts for e in p["errors"]), key=lambda e: -e[0])[:RECENT]
         requests = sorted((r for p in parts for r in p["requests"]), key=lambda r: -r[0])[:RECENT]
-        from ... import __version__
-
         return {
-            "server": {
-                "name": "serving-engine", "version": __version__, "pid": os.getpid(),
-                "started_at": self.started_at, "uptime_s": round(time.time() - self.started_at, 1),
-                "workers": server.peers.count if server.peers is not None else 1, "workers_answered": len(parts),
-                "ready": server.manager.ready() and not draining, "draining": draining,
-                "cpu_percent": round(sum(p["cpu_percent"] for p in parts), 1), "cpu_cores": os.cpu_count() or 1,
-                "rss_bytes": sum(p["rss_bytes"] for p in parts),
-                "open_connections": sum(p["open_connections"] for p in parts),
-                "auth": server.auth is not None,
-            },
-            "config": config_json(server.settings),
+            "server": self._server(parts),
+            "config": config_json(sources.settings),
             "links": {"metrics": "/metrics", "statistics": "/v2/models/stats", "server_metadata": "/v2",
                       "docs": DOCS},
             "interval_s": INTERVAL, "window_s": WINDOW, "since": since,
-            "models": models_json(server.manager, series_of, since),
+            "models": models_json(sources.manager, series_of, since),
             "recent": {
                 "errors": [dict(zip(ERROR_FIELDS, e, strict=True)) for e in errors],
                 "requests": [dict(zip(REQUEST_FIELDS, r, strict=True)) for r in requests],
@@ -515,6 +565,9 @@ class StatusApi:
         }
 
 
+HTML = b"text/html; charset=utf-8"
+TEXT = b"text/plain; charset=utf-8"
+NO_STORE = b"Cache-Control: no-store\r\n"
 #: The recent errors and request-log samples kept (per process) and shown.
 RECENT = 50
 ERROR_FIELDS = ("time", "request_id", "model", "version", "protocol", "method", "code", "message")

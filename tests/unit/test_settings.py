@@ -8,18 +8,18 @@ from pathlib import Path
 import pytest
 
 from serving.cli import build_parser, parse_settings
-from serving.core.processor import parse_processor_code
 from serving.settings import (
     GROUPS,
     Settings,
     markdown_table,
+    parse_processor_code,
     replace_table,
     setting_type,
     shown_default,
     table_span,
 )
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 SETTINGS = fields(Settings)
 
 

@@ -87,6 +87,10 @@ async def outcome(future: asyncio.Future[Outputs]) -> Outputs | BaseException:
     return future.exception() or future.result()
 
 
+def only_finished_count(recorder: Recorder) -> int:
+    return sum(1 for e in recorder.events if e[0] == "finished")
+
+
 def only_finished(recorder: Recorder) -> tuple[Call, ServingError | None, Timings]:
     (event,) = [e for e in recorder.events if e[0] == "finished"]
     return event[1], event[2], event[3]
@@ -110,6 +114,51 @@ async def test_an_observer_sees_received_then_finished_once_per_call(repo: Path)
     assert call.inputs is not None and call.inputs["inputs"].tolist() == [[2.0], [4.0]]
     assert timings.queue >= 0 and timings.compute >= 0 and timings.total > 0
     assert timings.total >= timings.queue + timings.compute - 1e-9
+
+
+@in_loop
+async def test_observers_are_told_after_the_answer_is_handed_over(repo: Path) -> None:
+    recorder = Recorder()
+    told_before_answer: list[int] = []
+    async with pipeline(repo, recorder) as step:
+        for call in (a_call("lin"), a_call("lin", method="classify")):  # a queued call, and one on the executor
+            recorder.events.clear()
+            future = step.infer(call)
+            future.add_done_callback(lambda _: told_before_answer.append(only_finished_count(recorder)))
+            await outcome(future)
+            await asyncio.sleep(0)
+            assert only_finished(recorder)[0] is call
+    assert told_before_answer == [0, 0]  # the answer's callback ran first, every time
+
+
+@in_loop
+async def test_a_models_own_observers_are_chosen_when_its_config_is_applied(repo: Path) -> None:
+    """`ModelManager.observers_for` (the server's request log and shadow) is asked when a config is applied,
+    not per call: a model whose config asks for nothing has no observer of its own."""
+    own, asked = Recorder(), []
+
+    def observers_for(spec: ModelSpec) -> tuple[Any, ...]:
+        asked.append(spec.name)
+        return (own,) if spec.platform == "linear" and spec.name == "lin" and spec.labels.get("log") == 1 else ()
+
+    async with pipeline(repo, Recorder()) as step:
+        step.manager.observers_for = observers_for
+        specs = [ModelSpec(n, str(repo / n), "linear") for n in ("lin", "slow", "picky")]
+        logged = [ModelSpec("lin", str(repo / "lin"), "linear", labels={"log": 1}), *specs[1:]]
+        await step.manager.apply(logged)
+        assert step.manager.get("lin").observers == (own,) and step.manager.get("slow").observers == ()
+        asked.clear()
+        for model in ("lin", "slow", "lin"):
+            await step.infer(a_call(model))
+        await asyncio.sleep(0)
+        assert asked == []  # nothing looked up per call
+        assert [e[1].model for e in own.events if e[0] == "finished"] == ["lin", "lin"]
+        await step.manager.apply(specs)  # the config no longer asks: applied to the loaded version at once
+        assert step.manager.get("lin").observers == ()
+        own.events.clear()
+        await step.infer(a_call("lin"))
+        await asyncio.sleep(0)
+        assert own.events == []
 
 
 @in_loop
@@ -163,6 +212,8 @@ async def test_a_failure_before_queueing_is_finished_with_its_error_and_no_queue
             with pytest.raises(ServingError) as raised:
                 step.infer(call)
             assert (raised.value.code, raised.value.message) == (code, message)
+            assert only_finished_count(recorder) == 0  # told once the adapter answered: on the next turn
+            await asyncio.sleep(0)
             finished, error, timings = only_finished(recorder)
             assert finished is call and error is raised.value
             assert (timings.queue, timings.compute) == (0.0, 0.0) and timings.total >= 0
@@ -176,6 +227,7 @@ async def test_only_a_call_that_decoded_is_received(repo: Path) -> None:
         for call in (a_call("nope"), a_call("lin", decode=decode_fails)):
             with pytest.raises(ServingError):
                 step.infer(call)
+            await asyncio.sleep(0)  # its observers are told on the next turn
         bad_rows = a_call("lin", [[1.0, 2.0]])  # decodes, then the data plane refuses it
         with pytest.raises(ServingError):
             step.infer(bad_rows)
@@ -245,6 +297,7 @@ async def test_an_unknown_wanted_output_is_refused_before_anything_is_queued(rep
         assert (raised.value.code, raised.value.message) == (
             Code.INVALID_ARGUMENT,
             "output tensor alias not found in signature: nope Outputs expected to be in the set {predictions}.")
+        await asyncio.sleep(0)  # its observers are told on the next turn
         assert step.manager.get("lin").queues["serving_default"].stats.requests == 0
         assert (await step.infer(a_call("lin", outputs=["predictions"])))["predictions"].tolist() == [3.0]
     assert [e[0] for e in recorder.events] == ["finished", "received", "finished"]
@@ -264,7 +317,8 @@ async def test_the_unknown_output_error_is_the_calls_own(repo: Path) -> None:
 # ---- RequestMetrics ----
 
 @in_loop
-async def test_request_metrics_count_by_model_version_protocol_method_and_code(repo: Path) -> None:
+async def test_request_metrics_count_into_each_versions_record_by_signature_protocol_method_and_code(
+        repo: Path) -> None:
     metrics = RequestMetrics()
     async with pipeline(repo, metrics) as step:
         for _ in range(2):
@@ -276,15 +330,22 @@ async def test_request_metrics_count_by_model_version_protocol_method_and_code(r
         for name in ("nope", "other"):
             with pytest.raises(ServingError):
                 step.infer(a_call(name))
-    assert {key: dict(series.counts()) for key, series in metrics.series.items()} == {
-        ("lin", 1, "serving_default", "test", "predict"): {"OK": 2, "INVALID_ARGUMENT": 1},
-        ("lin", 1, "serving_default", "kserve", "predict"): {"OK": 1},
-        ("lin", 1, "serving_default", "test", "classify"): {"UNIMPLEMENTED": 1},
-        ("", -1, "", "test", "predict"): {"NOT_FOUND": 2},  # no series per client-chosen name
+        await asyncio.sleep(0)
+        record = step.manager.get("lin").record
+    assert {key: dict(series.counts()) for key, series in record.series.items()} == {
+        ("serving_default", "test", "predict"): {"OK": 2, "INVALID_ARGUMENT": 1},
+        ("serving_default", "kserve", "predict"): {"OK": 1},
+        ("serving_default", "test", "classify"): {"UNIMPLEMENTED": 1},
     }
-    ok = metrics.series[("lin", 1, "serving_default", "test", "predict")]
+    assert {key: dict(series.counts()) for key, series in metrics.unrouted.items()} == {
+        ("test", "predict"): {"NOT_FOUND": 2},  # no series per client-chosen name
+    }
+    ok = record.series[("serving_default", "test", "predict")]
     assert sum(ok.latency.counts) == 3 and ok.latency.sum > 0  # every finished call, errors too
     assert sum(ok.rows.counts) == 2 and ok.rows.sum == 2.0  # the rows of the answered ones
     assert sum(ok.queue.counts) == 2  # the refused one never reached a queue
-    unknown = metrics.series[("", -1, "", "test", "predict")]
+    unknown = metrics.unrouted[("test", "predict")]
     assert sum(unknown.queue.counts) == 0 and sum(unknown.latency.counts) == 2
+    # Triton's sums are the predict calls': 3 answered (2 test, 1 kserve), 1 failed after it resolved
+    assert (record.success, record.fail, record.rows) == (3, 1, 3)
+    assert record.batches["serving_default"].size.sum == 3  # every answered predict call ran in a batch

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from serving.protocols.router import RestApi
 from serving.transport.http import (
     MAX_DISPATCHED,
     MAX_PIPELINE,
@@ -20,8 +21,10 @@ from serving.transport.http import (
     Deferred,
     HttpConnection,
     HttpLimits,
+    RenderError,
     Request,
     Response,
+    plain_error,
 )
 from tests.helpers import in_loop
 
@@ -80,7 +83,7 @@ class FakeClock:
 
 class App:
     """A trivial handler: /wait/NAME answers when the test resolves futures[NAME] (or on_timeout past
-    `timeout_s`); any other path answers at once with what arrived."""
+    `timeout_s`); /bug raises; any other path answers at once with what arrived."""
 
     def __init__(self, timeout_s: float) -> None:
         self.timeout_s = timeout_s
@@ -93,6 +96,8 @@ class App:
             future = self.futures[request.path[6:]] = asyncio.get_running_loop().create_future()
             return Deferred(future, lambda f, _: Response(200, f.result()), None,
                             time.monotonic() + self.timeout_s, lambda: Response(504, TIMED_OUT))
+        if request.path == "/bug":
+            raise RuntimeError("a handler's bug")
         return Response(200, echoed(request.path, request.query, request.body))
 
 
@@ -101,15 +106,17 @@ def echoed(path: str, query: str = "", body: bytes = b"") -> bytes:
 
 
 class Client:
-    """One HttpConnection on a fake transport and a fake clock."""
+    """One HttpConnection on a fake transport and a fake clock, its own errors written by the router's
+    `render_error` as the server's listener has them written."""
 
-    def __init__(self, limits: HttpLimits | None = None, *, timeout_s: float = 30.0, tick_s: float = 0.005) -> None:
+    def __init__(self, limits: HttpLimits | None = None, *, timeout_s: float = 30.0, tick_s: float = 0.005,
+                 render_error: RenderError = RestApi.render_error) -> None:
         loop = asyncio.get_running_loop()
         self.app = App(timeout_s)
         self.clock = FakeClock()
         self.registry: set[HttpConnection] = set()
         self.protocol = HttpConnection(self.app, limits or HttpLimits(), self.registry, DeadlineWheel(loop, tick_s),
-                                       clock=self.clock)
+                                       clock=self.clock, render_error=render_error)
         self.transport = FakeTransport(self.protocol)
         self.protocol.connection_made(self.transport)
 
@@ -201,10 +208,27 @@ async def test_gzip_request_body_is_inflated():
 async def test_corrupt_gzip_request_body_is_400_and_closes():
     c = Client()
     c.send(post(b"/zipped", b"not gzip at all", b"Content-Encoding: gzip"))
-    assert c.answers() == [(400, b'{"error":"cannot decompress the gzip request body: '
+    assert c.answers() == [(400, b'{"error": "cannot decompress the gzip request body: '
                                  b'Error -3 while decompressing data: incorrect header check"}')]
     assert c.closed_after_answering()
     assert c.app.seen == []
+
+
+@in_loop
+async def test_a_connection_given_no_error_renderer_writes_its_errors_as_plain_text():
+    c = Client(HttpLimits(max_body_bytes=100), render_error=plain_error)
+    c.send(get(b"/over", b"Content-Length: 101"))
+    (status, headers, body), = parse(bytes(c.transport.written))
+    assert (status, headers[b"content-type"], body) == (
+        413, b"text/plain; charset=utf-8", b"request body larger than the limit of 100 bytes")
+
+
+@in_loop
+async def test_a_handler_that_raises_is_answered_500_and_the_connection_goes_on():
+    c = Client()
+    c.send(get(b"/bug") + get(b"/now"))
+    assert c.answers() == [(500, b'{"error": "internal server error"}'), (200, echoed("/now"))]
+    assert not c.transport.closed
 
 
 @in_loop

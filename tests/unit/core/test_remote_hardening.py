@@ -2,7 +2,7 @@
 (a stepped clock, no sleeps), logged once as an ERROR and then at most once a minute, and counted; a fetch
 that succeeds ends the back-off, a changed base path or config is tried at once. Archives (tar and zip,
 made here) of more entries than --model_archive_max_files are refused before anything is unpacked.
-The same over a real HTTP server: tests/test_remote_models.py."""
+The same over a real HTTP server: tests/e2e/test_remote_models.py."""
 
 import asyncio
 import io

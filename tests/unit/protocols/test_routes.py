@@ -28,8 +28,8 @@ from serving.ops.metrics import Metrics, RequestMetrics
 from serving.protocols.router import RestApi
 from serving.transport.auth import TokenAuth
 from serving.transport.http import Deferred, Request, Response
+from tests.e2e.test_cloud_protocol import tf_request
 from tests.helpers import in_loop, make_linear, make_xgb, training_data
-from tests.test_cloud_protocol import tf_request
 
 TOKEN = "s3cret-token"
 SLOW_MS = 200
@@ -412,6 +412,7 @@ async def test_metrics_count_requests_by_model_protocol_and_code(repo: Path) -> 
         assert (await s.post("/v2/models/two/infer", V2))[0] == 200
         assert (await s.post("/api/predict/lin", [[2.0]]))[0] == 200
         assert (await s.post("/api/predict/nope", [[2.0]]))[0] == 404
+        await asyncio.sleep(0)  # the observers are told once the answer is handed over: on the next turn
         for path in ("/metrics", "/monitoring/prometheus/metrics"):
             status, text = await s.get(path)
             assert status == 200

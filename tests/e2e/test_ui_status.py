@@ -13,7 +13,7 @@ import pytest
 from serving._proto.tensorflow_serving.apis import prediction_log_pb2
 from serving.codecs.tensors import array_to_tensor
 from serving.codecs.tfrecord import write_tfrecords
-from serving.ops.metrics import LATENCY_BUCKETS
+from serving.core.stats import LATENCY_BUCKETS
 from serving.tools.ui import (
     Point,
     merge_points,

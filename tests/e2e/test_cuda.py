@@ -1,5 +1,5 @@
-"""The CUDA paths on a GPU: `pytest tests/test_cuda.py tests/test_torchscript.py --device cuda` on a machine
-with one. Without `--device cuda` these tests are skipped; with it, a framework that sees no CUDA device
+"""The CUDA paths on a GPU: `pytest tests/e2e/test_cuda.py tests/unit/processors/test_torchscript.py --device cuda`
+on a machine with one. Without `--device cuda` these tests are skipped; with it, a framework that sees no CUDA device
 fails them instead. A framework that is not installed, or installed without CUDA (onnxruntime rather
 than onnxruntime-gpu, a CPU TensorFlow, an XGBoost built without CUDA), is skipped with that said."""
 
@@ -28,7 +28,7 @@ def torch():
 
 
 def mlp(torch, tmp_path, signature=True):
-    from tests.test_torchscript import X, Z, make_mlp, reference
+    from tests.unit.processors.test_torchscript import X, Z, make_mlp, reference
 
     module, d = make_mlp(tmp_path / "mlp", signature=signature)
     return module, d, X, Z, reference(module, X, Z)
@@ -155,7 +155,7 @@ def test_onnx_on_cuda_with_io_binding_equals_the_cpu(tmp_path):
     ort = pytest.importorskip("onnxruntime", reason="onnxruntime (extra onnx) is not installed")
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip("this onnxruntime has no CUDAExecutionProvider (onnxruntime-gpu has)")
-    from tests.test_onnx import X, Z, export
+    from tests.e2e.test_onnx import X, Z, export
 
     export(tmp_path)
     cpu, gpu = processor_class("onnx")(), processor_class("onnx")()

@@ -72,7 +72,7 @@ def test_the_autoscaler_reads_the_metric_the_adapter_makes_from_the_servers_hist
     wanted = [m["pods"]["metric"]["name"] for m in found["HorizontalPodAutoscaler"]["spec"]["metrics"]
               if m["type"] == "Pods"]
     assert wanted and all(name in made for name in wanted)
-    source = (ROOT / "serving" / "metrics.py").read_text()
+    source = (ROOT / "serving" / "ops" / "metrics.py").read_text()
     for query in made.values():
         family = query.split("{")[0].removesuffix("_bucket")
         assert f'HistogramMetricFamily("{family}"' in source, family

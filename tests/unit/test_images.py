@@ -1,18 +1,15 @@
 """The container images (Dockerfile.cpu, Dockerfile.gpu) read as text: they install through pyproject.toml's
-extras as `make` does, run as a non-root user, serve the TF Serving image's ports and model path, and their
-HEALTHCHECK command tells a live server from a dead one. No Docker engine is needed; hadolint lints the
-files themselves from `make test`."""
+extras as `make` does, run as a non-root user, serve the TF Serving image's ports and model path. No Docker
+engine is needed; hadolint lints the files themselves from `make test`. Their HEALTHCHECK command against a
+live and a dead server: tests/e2e/test_images.py."""
 
-import json
 import re
 import shlex
-import subprocess
-import sys
 import tomllib
 
 import pytest
 
-from tests.helpers import ROOT, Server, make_xgb
+from tests.helpers import ROOT
 
 IMAGES = ("Dockerfile.cpu", "Dockerfile.gpu")
 # The torch==2.13.0 wheel PyPI serves for Linux x86_64 is the multi-GB CUDA build: the CPU image takes torch
@@ -124,24 +121,3 @@ def test_the_image_exposes_the_ports_its_entrypoint_serves_on(image):
 def test_the_image_reads_the_model_from_models_as_tf_servings_image(image):
     env = env_of(image)
     assert (env["MODEL_NAME"], env["MODEL_BASE_PATH"]) == ("model", "/models")
-
-
-def healthcheck(image: str, port: int) -> list[str]:
-    """The image's HEALTHCHECK command, pointed at `port` and run with this interpreter."""
-    (args,) = args_of(image, "HEALTHCHECK")
-    command = re.sub(r"^(--\S+\s+)*CMD\s+", "", args)
-    argv = [word.replace("127.0.0.1:8080/healthz", f"127.0.0.1:{port}/healthz") for word in json.loads(command)]
-    assert argv[0] == "python" and "/healthz" in argv[-1], f"{image}: HEALTHCHECK is {argv}"
-    return [sys.executable, *argv[1:]]
-
-
-def test_the_healthcheck_passes_on_a_live_server_and_fails_on_a_dead_one(tmp_path):
-    make_xgb(tmp_path / "model", 1)
-    # The images' own environment, but for the base path: this machine has no /models.
-    with Server(env={"MODEL_NAME": "model", "MODEL_BASE_PATH": str(tmp_path)}) as s:
-        commands = [healthcheck(image, s.port) for image in IMAGES]
-        for command in commands:
-            assert subprocess.run(command, capture_output=True, timeout=30).returncode == 0
-    for command in commands:
-        failed = subprocess.run(command, capture_output=True, text=True, timeout=30)
-        assert failed.returncode == 1 and "Connection refused" in failed.stderr
