@@ -47,6 +47,7 @@ from serving.ops.shadow import ShadowRunner  # noqa: E402
 from serving.ops.tracing import Tracing  # noqa: E402
 from serving.protocols.router import RestApi  # noqa: E402
 from serving.protocols.tfserving import codec as tfserving  # noqa: E402
+from serving.settings import Settings  # noqa: E402
 from serving.transport.http import (  # noqa: E402
     DeadlineWheel,
     HttpConnection,
@@ -142,11 +143,16 @@ async def main(total: int) -> None:
     traced = Pipeline(manager, dataplane)
     for observer in served.observers:
         traced.observe(observer)
+    defaults = Settings()
     variants: list[tuple[str, Pipeline, AccessLog | None]] = [
         ("no observer, access log off", bare, None),
         ("as served (metrics, statistics, request log, shadow), access log off", served, None),
-        ("as served, access log json", served,
-         AccessLog.open("json", sample_rate=1.0, health=False, path=os.devnull)),
+        # The default selection: every request here is a fast 200, so only the 1% sample is written.
+        ("as served, access log json (default: failures, slow, 1% sample)", served,
+         AccessLog.open("json", sample_rate=defaults.access_log_sample_rate, slow_ms=defaults.access_log_slow_ms,
+                        health=False, path=os.devnull)),
+        ("as served, access log all", served,
+         AccessLog.open("all", sample_rate=1.0, slow_ms=0.0, health=False, path=os.devnull)),
     ]
     tracing = discarding_tracing()
     if tracing is not None:

@@ -32,6 +32,7 @@ from .ops.statistics import Statistics
 from .ops.tracing import tracing_from_settings
 from .platform.modelmesh import ModelRuntime
 from .platform.siblings import InternalApi, Siblings
+from .platform.workers import available_cores
 from .protocols.kserve.rpc import InferenceService
 from .protocols.router import RestApi
 from .protocols.tfserving.rpc import ModelService, PredictionService
@@ -42,7 +43,7 @@ from .transport.auth import tokens_from
 from .transport.http import HTTP_RESPONSES, KEPT_HEADERS, http_limits
 from .transport.listener import HttpListener
 from .transport.rpc.decode import add_health
-from .transport.rpc.server import listen, new_server
+from .transport.rpc.server import answer_compression, listen, new_server
 
 log = logging.getLogger("serving")
 
@@ -55,8 +56,10 @@ class Server:
 
     def __init__(self, settings: Settings) -> None:
         s = self.settings = settings
+        self.grpc_compression = answer_compression(s.grpc_compression)  # a bad name stops the start here
         self.siblings = Siblings.from_env()  # under a supervisor (--workers): the other workers
-        self.runtime = Runtime(options_from_settings(s))
+        processes = self.siblings.count if self.siblings is not None else 1
+        self.runtime = Runtime(options_from_settings(s), spare_core=available_cores() > processes)
         self.dataplane = DataPlane(self.runtime, s.rate_limit)
         self.auth, self.admin_auth = tokens_from(s)
         warmup = Warmup(self.dataplane, iterations=s.num_request_iterations_for_warmup,
@@ -91,7 +94,8 @@ class Server:
         if self.tracing is not None:
             self.pipeline.observe(self.tracing)
         self.access_log = AccessLog.open(s.access_log, sample_rate=s.access_log_sample_rate,
-                                         health=s.access_log_health, path=s.access_log_file)
+                                         slow_ms=s.access_log_slow_ms, health=s.access_log_health,
+                                         path=s.access_log_file)
         self.request_log = RequestLogger(self.manager, worker_index(), s.request_log_max_bytes)
         self.shadow = ShadowRunner(self.manager, self.dataplane, self.request_log)
         self.manager.observers_for = self._observers_for
@@ -176,7 +180,8 @@ class Server:
                                InferenceService(self.manager, self.pipeline, timeout_s, self.statistics,
                                                 self.control)]
         self.grpc = new_server(services, auth=self.auth, admin_auth=self.admin_auth, access_log=self.access_log,
-                               reuse_port=self.siblings is not None, max_message_bytes=s.grpc_max_message_bytes)
+                               reuse_port=self.siblings is not None, max_message_bytes=s.grpc_max_message_bytes,
+                               compression_level=self.grpc_compression)
         self.health = health_aio.HealthServicer()
         await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         add_health(self.grpc, self.health)

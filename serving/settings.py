@@ -66,6 +66,10 @@ class Settings:
     host: str = setting("0.0.0.0", "address to listen on", group="network")
     grpc_max_message_bytes: int = setting(
         64 * 1024 * 1024, "largest gRPC message received or sent", group="network", unit="bytes")
+    grpc_compression: str = setting(
+        "none", "compression of the gRPC port's answers: `none`, `gzip` or `deflate`, for the clients whose "
+        "`grpc-accept-encoding` names it (one naming only the other gets that one, one naming neither none); "
+        "compressed requests are read whatever this says", group="network")
     workers: str = setting(
         "1", "server processes sharing the HTTP and gRPC ports (SO_REUSEPORT), each with its own copy of the "
         "models, under a supervisor that restarts them; `0` or `auto`: the cores this process may use (CPU "
@@ -83,8 +87,11 @@ class Settings:
     rest_api_timeout_in_ms: int = setting(
         30000, "deadline of a REST request (504 past it)", group="http", unit="ms")
     rest_api_max_body_bytes: int = setting(
-        64 * 1024 * 1024, "largest request body, also after gzip decompression (413 above)", group="http",
-        unit="bytes")
+        64 * 1024 * 1024, "largest request body, also after gzip or deflate decompression (413 above)",
+        group="http", unit="bytes")
+    http_compression_min_bytes: int = setting(
+        1024, "an answer of at least this size is compressed (gzip or deflate) when the request's "
+        "`Accept-Encoding` asks for it; 0: answers are never compressed", group="http", unit="bytes")
     rest_api_max_header_bytes: int = setting(
         65536, "largest request header block: request line and headers (431 above)", group="http", unit="bytes")
     rest_api_read_timeout_seconds: float = setting(
@@ -252,9 +259,15 @@ class Settings:
         "text", "the server's own log on standard error: `text`, or `json` (one object per line: time, level, "
         "logger, message, request_id)", group="logging")
     access_log: str = setting(
-        "json", "one line per HTTP request and gRPC call: `json`, `text` or `off`", group="logging")
+        "json", "a line for every failed HTTP request (status 400 or more) and gRPC call (code not OK), every "
+        "one slower than `--access_log_slow_ms` and a sample of the rest (`--access_log_sample_rate`), as "
+        "`json` or `text`; `all`: a json line for every request and call; `off`", group="logging")
+    access_log_slow_ms: float = setting(
+        1000.0, "a request that takes this long or longer is always in the access log; 0: every request",
+        group="logging", unit="ms")
     access_log_sample_rate: float = setting(
-        1.0, "the share of requests written to the access log, from 0 to 1", group="logging")
+        0.01, "the share of the other requests (succeeded, and faster than `--access_log_slow_ms`) written to "
+        "the access log, from 0 to 1", group="logging")
     access_log_health: bool = setting(
         False, "also log /healthz, /readyz, /metrics and /v2/health/*", group="logging")
     access_log_file: str = setting(

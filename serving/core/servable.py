@@ -33,9 +33,11 @@ Outputs = dict[str, np.ndarray]
 
 
 class Runtime:
-    """What every loaded version shares: the batching options and the worker threads that run batches."""
+    """What every loaded version shares: the batching options and the worker threads that run batches, and
+    whether those threads have a core to themselves (`spare_core`: more cores than server processes)."""
 
-    def __init__(self, batching: BatchingOptions | None = None) -> None:
+    def __init__(self, batching: BatchingOptions | None = None, spare_core: bool = False) -> None:
+        self.spare_core = spare_core
         self.batching = batching or BatchingOptions()
         self.batching.validate()
         workers = max(self.batching.max_in_flight, 1)
@@ -79,7 +81,8 @@ class Servable:
             for name in processor.signatures:
                 where = f"model {model} version {version} signature {name}"
                 self.queues[name] = BatchQueue(self._runner(name), options, runtime.executor, where,
-                                               on_batch=self.record.batch_observer(name))
+                                               on_batch=self.record.batch_observer(name),
+                                               spare_core=runtime.spare_core)
 
     def refusal(self) -> ServingError | None:
         """When every batch queue is full, the error that refuses a predict request before it is even

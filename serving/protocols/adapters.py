@@ -125,7 +125,8 @@ GrpcMethod = Callable[[Servicer, Any, grpc.aio.ServicerContext], Awaitable[Any]]
 def grpc_errors(method: Method[Servicer]) -> GrpcMethod[Servicer]:
     """The gRPC method of `method`: handed its call's GrpcExchange; its ServingError becomes the call's status
     code and message, answered with its request id (an error always; a success when the client sent one);
-    and the call is written to the servicer's `access_log` (an attribute the server sets; None: off)."""
+    and the call is written to the servicer's `access_log` (an attribute the server sets; None: off) when the
+    log selects it (a failure, a slow call, the sample)."""
 
     @functools.wraps(method)
     async def guarded(self: Servicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -146,7 +147,7 @@ def grpc_errors(method: Method[Servicer]) -> GrpcMethod[Servicer]:
             raise
         finally:
             GRPC_REQUEST_ID.reset(token)
-            if access_log is not None:
+            if access_log is not None and access_log.selects(code != "OK", time.perf_counter() - started):
                 access_log.grpc(_route(self, method.__name__), exchange.request_id, context.peer(), exchange.call,
                                 code, started, request.ByteSize(), response.ByteSize() if response is not None else 0)
 

@@ -1,4 +1,5 @@
 """Request ids, the access log and the server's log format against the real server over HTTP and gRPC:
+which requests the default log writes (failures, slow ones, a sample) and `--access_log=all` (every one),
 inference details, gRPC lines, --log_format=json, secrets never written. In process through HttpConnection on
 a fake transport: tests/unit/ops/test_access_log.py."""
 
@@ -8,6 +9,7 @@ import http.client
 import json
 import re
 from email.utils import formatdate
+from pathlib import Path
 
 import grpc
 import pytest
@@ -55,12 +57,60 @@ def predict_request(model: str, rows: list[float]) -> predict_pb2.PredictRequest
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
+    """A server logging every request (`--access_log=all`), so that each test finds the line it looks for."""
     root = tmp_path_factory.mktemp("accesslog")
     make_linear(root / "lin", 1)  # y = 0.5x + 2, input "inputs"
     with Server(f"--model_base_path={root / 'lin'}", "--model_name=lin", "--model_platform=linear",
-                "--log_format=json", f"--model_load_roots={root}") as s:
+                "--log_format=json", f"--model_load_roots={root}", "--access_log=all") as s:
         s.root = root
         yield s
+
+
+def test_access_log_all_writes_a_line_for_every_request(server):
+    for i in range(20):
+        assert server.post("/v1/models/lin:predict", {"instances": [[1.0]]},
+                           headers={"X-Request-Id": f"every-{i}"})[0] == 200
+    wait_until(lambda: access_lines(server, request_id="every-19"), what="the last line")
+    assert [line["request_id"] for line in access_lines(server, route="POST /v1/models/lin:predict")
+            if line["request_id"].startswith("every-")] == [f"every-{i}" for i in range(20)]
+
+
+def predict(server: Server, model: str, request_id: str, instances: object = ((1.0,),)) -> int:
+    """The status of a TF Serving REST predict for `model`, sent with `request_id`."""
+    return server.post(f"/v1/models/{model}:predict", {"instances": instances},
+                       headers={"X-Request-Id": request_id})[0]
+
+
+def two_models(root: Path, delay_ms: int) -> Path:
+    """A config serving `lin` (y = 0.5x + 2) and `slow`, the same model answering after `delay_ms`."""
+    make_linear(root / "lin", 1)
+    make_linear(root / "slow", 1, delay_ms=delay_ms)
+    config = root / "models.pbtxt"
+    config.write_text("model_config_list { " + " ".join(
+        f'config {{ name: "{name}" base_path: "{root / name}" model_platform: "linear" }}'
+        for name in ("lin", "slow")) + " }")
+    return config
+
+
+def test_by_default_failures_and_slow_requests_are_logged_and_fast_successes_mostly_not(tmp_path):
+    with Server(f"--model_config_file={two_models(tmp_path, delay_ms=300)}", "--access_log_slow_ms=200") as s:
+        assert [predict(s, "lin", f"fast-{i}") for i in range(100)] == [200] * 100
+        assert predict(s, "lin", "bad", "x") == 400
+        assert predict(s, "slow", "slow") == 200
+        slow = one_line(s, request_id="slow")  # lines are written in order: the fast ones' too, by now
+        assert (one_line(s, request_id="bad")["status"], slow["status"]) == (400, 200) and slow["total_ms"] >= 300
+        fast = [line for line in access_lines(s) if line["request_id"].startswith("fast-")]
+        assert len(fast) <= 10, fast  # the 1% sample: one expected
+
+
+def test_with_sample_rate_zero_no_fast_success_is_logged(tmp_path):
+    make_linear(tmp_path / "lin", 1)
+    with Server(f"--model_base_path={tmp_path / 'lin'}", "--model_name=lin", "--model_platform=linear",
+                "--access_log_sample_rate=0") as s:
+        assert [predict(s, "lin", f"fast-{i}") for i in range(50)] == [200] * 50
+        assert predict(s, "nope", "last") == 404
+        one_line(s, request_id="last")  # written after the fast ones'
+        assert [line["request_id"] for line in access_lines(s)] == ["last"]
 
 
 def test_http_inference_lines_carry_model_version_signature_rows_status_and_timings(server):
@@ -137,28 +187,32 @@ def test_log_format_json_writes_objects_and_the_request_id_of_a_log_line_about_a
         "level": "WARNING", "logger": "serving.protocols.tfserving.rpc", "request_id": "reload-1"}
 
 
-def test_the_token_and_signatures_are_never_logged(tmp_path):
+def test_no_token_bearer_value_or_signature_is_ever_logged_even_with_access_log_all(tmp_path):
     make_linear(tmp_path / "lin", 1)
     body = json.dumps([[1.0]]).encode()
     date = formatdate(usegmt=True)
     signed = sign(TOKEN, "POST", "/api/predict/lin", body, "application/json", date)
     forged = sign("not-the-token", "POST", "/api/predict/lin", body, "application/json", date)
+    bearer = "Bearer secret-token"  # not a form the server takes: refused, and its value not written either
     with Server(f"--model_base_path={tmp_path / 'lin'}", "--model_name=lin", "--model_platform=linear",
-                f"--token={TOKEN}", "--access_log=json", "--log_level=DEBUG") as s:
+                f"--token={TOKEN}", "--access_log=all", "--log_level=DEBUG") as s:
         statuses = [s.post("/api/predict/lin", body, headers=h)[0] for h in (
-            {"Authorization": TOKEN}, signed, {"Authorization": TOKEN + "x"}, forged, {})]
-        assert statuses == [200, 200, 401, 401, 401]
+            {"Authorization": TOKEN}, signed, {"Authorization": TOKEN + "x"}, forged, {}, {"Authorization": bearer})]
+        assert statuses == [200, 200, 401, 401, 401, 401]
         with grpc.insecure_channel(f"127.0.0.1:{s.grpc_port}") as channel:
             stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
             stub.Predict(predict_request("lin", [1.0]), metadata=[("authorization", TOKEN)])
-            with pytest.raises(grpc.RpcError):
-                stub.Predict(predict_request("lin", [1.0]), metadata=[("authorization", TOKEN + "x")])
-        wait_until(lambda: len(access_lines(s, route="POST /api/predict/lin")) == 5, what="five access lines")
+            for refused in (TOKEN + "x", bearer):
+                with pytest.raises(grpc.RpcError):
+                    stub.Predict(predict_request("lin", [1.0]), metadata=[("authorization", refused)])
+        wait_until(lambda: len(access_lines(s, route="POST /api/predict/lin")) == 6, what="six access lines")
         assert [line["status"] for line in access_lines(s, route="POST /api/predict/lin")] == statuses
         grpc_route = "/tensorflow.serving.PredictionService/Predict"
-        wait_until(lambda: len(access_lines(s, route=grpc_route)) == 2, what="two gRPC access lines")
-        assert [line["status"] for line in access_lines(s, route=grpc_route)] == ["OK", "UNAUTHENTICATED"]
+        wait_until(lambda: len(access_lines(s, route=grpc_route)) == 3, what="three gRPC access lines")
+        assert [line["status"] for line in access_lines(s, route=grpc_route)] == [
+            "OK", "UNAUTHENTICATED", "UNAUTHENTICATED"]
         assert s.stop() == 0
         output = s.output()
-    secrets = [TOKEN, signed["Authorization"], signed["Authorization"][4:], forged["Authorization"][4:]]
-    assert [secret for secret in secrets if secret in output] == []
+    secrets = [TOKEN, signed["Authorization"], signed["Authorization"][4:], forged["Authorization"][4:],
+               "secret-token"]
+    assert [secret for secret in secrets if secret in output] == []  # in no access log line, nor anywhere

@@ -129,7 +129,8 @@ class BatchQueue:
     """The queue of one (model, version, signature); lives on the event loop thread."""
 
     def __init__(self, run: RunBatch, options: BatchingOptions, executor: concurrent.futures.Executor,
-                 name: str = "", clock: Clock = SYSTEM_CLOCK, on_batch: BatchObserver | None = None) -> None:
+                 name: str = "", clock: Clock = SYSTEM_CLOCK, on_batch: BatchObserver | None = None,
+                 spare_core: bool = False) -> None:
         self.run, self.options, self.executor, self.name, self.clock = run, options, executor, name, clock
         self.on_batch = on_batch
         self.loop = asyncio.get_running_loop()
@@ -141,7 +142,7 @@ class BatchQueue:
         self.timeout_s = options.batch_timeout_micros / 1e6
         self.slice_s = options.inline_batch_micros / 1e6
         self.stats = QueueStats()
-        self.placement = Placement(self.slice_s, clock, name)
+        self.placement = Placement(self.slice_s, clock, name, spare_core)
         self._idle: asyncio.Event | None = None
         self._inline_pending = False
 

@@ -10,6 +10,7 @@ import pytest
 
 from serving.core import batching
 from serving.core.batching import BatchingOptions, BatchQueue, from_batching_parameters
+from serving.core.batching.placement import FIRST_BACKOFF
 from serving.errors import Code, ServingError
 
 
@@ -344,10 +345,11 @@ class ChargingModel(ThreadRecorder):
         return super().__call__(inputs)
 
 
-def charged_queue(executor, inline_s, worker_s):
+def charged_queue(executor, inline_s, worker_s, spare_core=False):
     charged = ChargedClock()
     model = ChargingModel(charged, inline_s, worker_s)
-    return model, BatchQueue(model, BatchingOptions(inline_batch_micros=50_000), executor, clock=charged.clock)
+    return model, BatchQueue(model, BatchingOptions(inline_batch_micros=50_000), executor, clock=charged.clock,
+                             spare_core=spare_core)
 
 
 def test_rows_that_cost_more_inline_on_a_busy_loop_go_back_to_the_workers(executor):
@@ -361,6 +363,23 @@ def test_rows_that_cost_more_inline_on_a_busy_loop_go_back_to_the_workers(execut
         on_loop = [t == model.loop_thread for t in model.threads[start:]]
         assert all(on_loop[:batching.WINDOW])  # one whole measuring window inline, ...
         assert not all(on_loop[batching.WINDOW:batching.WINDOW + 16])  # then back on the workers
+
+    run(go())
+
+
+def test_with_a_spare_core_a_busy_loop_hands_rows_that_cost_it_more_to_the_workers(executor):
+    async def go():
+        # Inline the process pays less a row (no hand-off) but the loop pays the whole model; with a core free
+        # for the workers the loop's own CPU is what bounds the requests served, so the batches go back.
+        model, q = charged_queue(executor, inline_s=0.002, worker_s=0.004, spare_core=True)
+        await warm_until(q, lambda: q.inline)
+        start, n = len(model.threads), 2 * batching.WINDOW + 4
+        await warm(q, n)
+        on_loop = [t == model.loop_thread for t in model.threads[start:]]
+        assert all(on_loop[:batching.WINDOW])  # one whole measuring window inline, ...
+        backoff = 2 * FIRST_BACKOFF  # ... then on the workers until the next try (the turn's may be either)
+        assert not any(on_loop[batching.WINDOW + 1:batching.WINDOW + backoff])
+        assert q.placement.backoff == backoff
 
     run(go())
 

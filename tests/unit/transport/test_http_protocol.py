@@ -9,6 +9,7 @@ import asyncio
 import gzip
 import json
 import time
+import zlib
 from typing import Any
 
 import pytest
@@ -29,6 +30,8 @@ from serving.transport.http import (
 from tests.helpers import in_loop
 
 TIMED_OUT = b'{"error": "Timed out waiting for the answer"}'
+BINARY_HEADER = b'{"outputs":[{"name":"y","datatype":"FP32","shape":[1000],"parameters":{"binary_data_size":4000}}]}'
+BINARY_ANSWER = BINARY_HEADER + bytes(4000)
 
 
 class FakeTransport(asyncio.Transport):
@@ -98,6 +101,11 @@ class App:
                             time.monotonic() + self.timeout_s, lambda: Response(504, TIMED_OUT))
         if request.path == "/bug":
             raise RuntimeError("a handler's bug")
+        if request.path == "/binary":  # a KServe binary answer: a JSON header, then raw tensor bytes
+            return Response(200, BINARY_ANSWER, b"application/octet-stream",
+                            b"Inference-Header-Content-Length: %d\r\n" % len(BINARY_HEADER))
+        if request.path == "/missing":
+            return Response(404, json.dumps({"error": "x" * 2000}).encode())
         return Response(200, echoed(request.path, request.query, request.body))
 
 
@@ -239,6 +247,162 @@ async def test_gzip_bomb_inflating_past_the_body_limit_is_413():
     c.send(post(b"/zipped", bomb, b"Content-Encoding: gzip"))
     assert c.answers() == [(413, b'{"error": "request body larger than the limit of 1000 bytes"}')]
     assert c.closed_after_answering()
+
+
+# ---- compressed request bodies ----
+
+def raw_deflate(data: bytes) -> bytes:
+    deflater = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    return deflater.compress(data) + deflater.flush()
+
+
+@pytest.mark.parametrize("deflate", [zlib.compress, raw_deflate], ids=["zlib-wrapped", "raw"])
+@in_loop
+async def test_deflate_request_body_is_inflated_zlib_wrapped_as_tritonclient_sends_it_or_raw(deflate):
+    c = Client()
+    c.send(post(b"/zipped", deflate(b"hello"), b"Content-Encoding: deflate"))
+    assert c.answers() == [(200, echoed("/zipped", body=b"hello"))]
+
+
+@in_loop
+async def test_deflate_bomb_inflating_past_the_body_limit_is_413():
+    bomb = zlib.compress(b"0" * 100_000)
+    assert len(bomb) < 1000
+    c = Client(HttpLimits(max_body_bytes=1000))
+    c.send(post(b"/zipped", bomb, b"Content-Encoding: deflate"))
+    assert c.answers() == [(413, b'{"error": "request body larger than the limit of 1000 bytes"}')]
+    assert c.closed_after_answering()
+    assert c.app.seen == []
+
+
+@in_loop
+async def test_a_truncated_deflate_body_is_400():
+    c = Client()
+    c.send(post(b"/zipped", zlib.compress(b"hello" * 100)[:-8], b"Content-Encoding: deflate"))
+    assert c.answers() == [(400, b'{"error": "cannot decompress the deflate request body: truncated deflate stream"}')]
+    assert c.app.seen == []
+
+
+@in_loop
+async def test_an_unknown_content_encoding_is_415_naming_the_codings_read_and_the_connection_goes_on():
+    c = Client()
+    c.send(post(b"/zipped", b"\x0b\x02\x80hello\x03", b"Content-Encoding: br") + get(b"/now"))
+    assert c.answers() == [(415, b'{"error": "unsupported Content-Encoding: br"}'), (200, echoed("/now"))]
+    assert parse(bytes(c.transport.written))[0][1][b"accept-encoding"] == b"gzip, deflate"
+    assert not c.transport.closed
+    assert [r.path for r in c.app.seen] == ["/now"]
+
+
+@pytest.mark.parametrize("coding", [b"identity", b"GZIP", b" Deflate "])
+@in_loop
+async def test_content_encoding_is_read_without_regard_to_case_and_space_and_identity_is_no_coding(coding):
+    body = {b"identity": b"hello", b"GZIP": gzip.compress(b"hello"), b" Deflate ": zlib.compress(b"hello")}[coding]
+    c = Client()
+    c.send(post(b"/zipped", body, b"Content-Encoding:" + coding))
+    assert c.answers() == [(200, echoed("/zipped", body=b"hello"))]
+
+
+# ---- compressed answers ----
+
+BIG = b"x" * 2000  # echoed back: an answer over the 1024-byte minimum
+DECODERS = {None: bytes, b"gzip": gzip.decompress, b"deflate": zlib.decompress}
+
+
+def compressed_answers(c: Client) -> list[tuple[int, bytes | None, bytes | None, bytes]]:
+    """(status, Content-Encoding, Vary, the body decompressed) of each answer."""
+    return [(status, headers.get(b"content-encoding"), headers.get(b"vary"),
+             DECODERS[headers.get(b"content-encoding")](body))
+            for status, headers, body in parse(bytes(c.transport.written))]
+
+
+@pytest.mark.parametrize(("accept", "coding"), [
+    (b"gzip", b"gzip"),
+    (b"deflate", b"deflate"),
+    (b"gzip, deflate, br", b"gzip"),
+    (b"deflate, gzip", b"gzip"),  # at equal q, gzip
+    (b"deflate;q=1.0, gzip;q=0.5", b"deflate"),
+    (b"gzip;q=0, deflate", b"deflate"),
+    (b"gzip; q=0", None),
+    (b"gzip;level=9;q=0, deflate", b"deflate"),
+    (b"*", b"gzip"),
+    (b"gzip;q=0, *", b"deflate"),
+    (b"*;q=0", None),
+    (b"br, identity", None),
+    (b"GZIP", b"gzip"),
+    (b"gzip;q=x", None),
+])
+@in_loop
+async def test_the_answer_is_compressed_in_the_coding_accept_encoding_prefers(accept, coding):
+    c = Client()
+    c.send(post(b"/big", BIG, b"Accept-Encoding: " + accept))
+    vary = b"Accept-Encoding" if coding is not None else None
+    assert compressed_answers(c) == [(200, coding, vary, echoed("/big", body=BIG))]
+
+
+@in_loop
+async def test_a_compressed_answer_is_smaller_and_its_content_length_counts_the_compressed_bytes():
+    c = Client()
+    c.send(post(b"/big", BIG, b"Accept-Encoding: gzip"))
+    (status, headers, body), = parse(bytes(c.transport.written))  # parse() reads Content-Length bytes
+    assert int(headers[b"content-length"]) == len(body) < len(echoed("/big", body=BIG)) // 10
+    assert gzip.decompress(body) == echoed("/big", body=BIG)
+
+
+@in_loop
+async def test_an_answer_under_the_minimum_goes_as_it_is_with_vary():
+    c = Client(HttpLimits(compression_min_bytes=1024))
+    c.send(post(b"/small", b"x" * 900, b"Accept-Encoding: gzip"))
+    assert compressed_answers(c) == [(200, None, b"Accept-Encoding", echoed("/small", body=b"x" * 900))]
+
+
+@in_loop
+async def test_a_minimum_of_0_never_compresses():
+    c = Client(HttpLimits(compression_min_bytes=0))
+    c.send(post(b"/big", BIG, b"Accept-Encoding: gzip"))
+    assert compressed_answers(c) == [(200, None, None, echoed("/big", body=BIG))]
+
+
+@in_loop
+async def test_a_request_without_accept_encoding_gets_no_coding_and_no_vary():
+    c = Client()
+    c.send(post(b"/big", BIG))
+    assert compressed_answers(c) == [(200, None, None, echoed("/big", body=BIG))]
+
+
+@in_loop
+async def test_error_answers_are_not_compressed_as_tritonclient_reads_them_undecompressed():
+    c = Client()
+    c.send(get(b"/missing", b"Accept-Encoding: gzip"))
+    assert compressed_answers(c) == [(404, None, b"Accept-Encoding", json.dumps({"error": "x" * 2000}).encode())]
+
+
+@in_loop
+async def test_a_binary_answer_keeps_the_length_of_its_uncompressed_json_header_as_triton_does():
+    c = Client()
+    c.send(post(b"/binary", b"", b"Accept-Encoding: deflate"))
+    (status, headers, body), = parse(bytes(c.transport.written))
+    assert (status, headers[b"content-encoding"]) == (200, b"deflate")
+    assert headers[b"inference-header-content-length"] == b"%d" % len(BINARY_HEADER)
+    assert zlib.decompress(body) == BINARY_ANSWER
+
+
+@in_loop
+async def test_each_pipelined_request_is_answered_in_the_coding_it_asked_for():
+    c = Client()
+    c.send(post(b"/a", BIG, b"Accept-Encoding: gzip") + post(b"/b", BIG)
+           + post(b"/c", BIG, b"Accept-Encoding: deflate"))
+    assert [answer[:3] for answer in compressed_answers(c)] == [
+        (200, b"gzip", b"Accept-Encoding"), (200, None, None), (200, b"deflate", b"Accept-Encoding")]
+
+
+@in_loop
+async def test_the_answer_to_a_head_request_is_not_compressed():
+    c = Client()
+    c.send(get(b"/big?q=" + BIG, b"Accept-Encoding: gzip").replace(b"GET", b"HEAD", 1) + get(b"/after"))
+    head, _, rest = bytes(c.transport.written).partition(b"\r\n\r\n")
+    assert b"Content-Length: %d" % len(echoed("/big", "q=" + BIG.decode())) in head
+    assert b"Content-Encoding" not in head
+    assert rest.startswith(b"HTTP/1.1 200 OK")
 
 
 # ---- time-outs (fake clock) ----
