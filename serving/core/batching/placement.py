@@ -9,13 +9,16 @@ back) costs more than the model. So each queue measures, and decides:
 A queue moves onto the loop once a worker window has been measured and the average batch is under the
 limit. It goes back to the workers when the inline average passes twice the limit (a model that waits on
 a device or the network uses little CPU on a worker but must not hold the loop), or when an inline window
-finds the loop thread busy (> BUSY_LOOP) and paying more per row than in the last worker window. What a
-row costs is counted where the time is short: with a core to spare for the worker threads (`spare_core`),
-the loop thread's CPU, since a busy loop is what bounds the requests served (measured: xgb batch-1 over
-HTTP at 64 connections on 2 cores served 1.5x the requests with its batches on a worker, though the
-process spent 12% more CPU a request); without one (as many worker processes as cores), the process's CPU
-(requests that trickle in one by one, as gRPC delivers them, make one-row batches, and a costly model then
-does better on a worker, where rows pile up while it runs). After going back it tries again only
+finds the loop thread busy (> BUSY_LOOP) and the process paying more CPU per row than in the last worker
+window (requests that trickle in one by one, as gRPC delivers them, make one-row batches, and a costly
+model then does better on a worker, where rows pile up while it runs). With a core to spare for the worker
+threads (`spare_core`: more cores than server processes) a busy loop whose batches hold more than a row
+on average (requests wait while it computes) also goes back when the loop thread itself pays more per row
+inline than in the last worker window: then the loop is what bounds the requests served, and the model
+can run beside it (measured: xgb batch-1 over HTTP at 64 connections on 2 cores served 1.5x the requests
+with its batches on a worker, though the process spent 12% more CPU a request). One-row batches on a
+busy loop (one client waiting for each answer) stay inline: nothing would run beside the model, and the
+hand-off would only add its latency. After going back it tries again only
 after twice as many worker batches as the time before (16, 32, ... up to 1024). The worker figure it compares
 with ages: measured at warm-up, one-row batches made it look dear, and under load a worker's batches grow.
 So every REPROBE_WINDOWS inline windows the queue runs one window on the workers again, to compare with
@@ -83,7 +86,8 @@ class Placement:
         self.backoff = FIRST_BACKOFF
         self.inline_after = FIRST_BACKOFF  # no move onto the loop before this many batches
         self.window: Window | None = None
-        self.worker_row_cpu: float | None = None  # process (spare_core: loop) CPU per row, last worker window
+        self.worker_row_cpu: float | None = None  # process CPU per row in the last worker window
+        self.worker_row_loop = 0.0  # the loop thread's CPU per row in the last worker window
         self.inline_windows = 0  # inline windows judged since the last worker window
 
     def observe(self, cost: float, inline: bool) -> None:
@@ -116,14 +120,17 @@ class Placement:
             return
         now, loop_cpu, cpu = clock.wall(), clock.thread_cpu(), clock.process_cpu()
         self.window = Window(inline, now, loop_cpu, cpu)
-        per_row = ((loop_cpu - window.loop_cpu) if self.spare_core else (cpu - window.process_cpu)) / window.rows
+        per_row = (cpu - window.process_cpu) / window.rows
+        loop_row = (loop_cpu - window.loop_cpu) / window.rows
         if not inline:
-            self.worker_row_cpu = per_row
+            self.worker_row_cpu, self.worker_row_loop = per_row, loop_row
             self.inline_windows = 0
             return
         elapsed = now - window.wall
         busy = (loop_cpu - window.loop_cpu) / elapsed if elapsed > 0 else 1.0
-        if self.inline and busy > BUSY_LOOP and self.worker_row_cpu is not None and per_row > self.worker_row_cpu:
+        if self.inline and busy > BUSY_LOOP and self.worker_row_cpu is not None and (
+                per_row > self.worker_row_cpu
+                or self.spare_core and window.rows > window.batches and loop_row > self.worker_row_loop):
             self.back_to_workers()
             return
         self.inline_windows += 1

@@ -367,19 +367,39 @@ def test_rows_that_cost_more_inline_on_a_busy_loop_go_back_to_the_workers(execut
     run(go())
 
 
+async def warm_in_pairs(q, n):
+    """`n` rounds of two requests at once: with the model busy on one, the next batches hold more rows."""
+    for i in range(n):
+        answers = await asyncio.gather(q.submit(rows(float(i)), far()), q.submit(rows(float(i)), far()))
+        assert [a["y"].tolist() for a in answers] == [[[2.0 * i]]] * 2
+
+
 def test_with_a_spare_core_a_busy_loop_hands_rows_that_cost_it_more_to_the_workers(executor):
     async def go():
         # Inline the process pays less a row (no hand-off) but the loop pays the whole model; with a core free
-        # for the workers the loop's own CPU is what bounds the requests served, so the batches go back.
+        # for the workers, and requests waiting while the model runs, the loop's own CPU is what bounds the
+        # requests served, so the batches go back.
         model, q = charged_queue(executor, inline_s=0.002, worker_s=0.004, spare_core=True)
         await warm_until(q, lambda: q.inline)
         start, n = len(model.threads), 2 * batching.WINDOW + 4
-        await warm(q, n)
+        await warm_in_pairs(q, n)
         on_loop = [t == model.loop_thread for t in model.threads[start:]]
         assert all(on_loop[:batching.WINDOW])  # one whole measuring window inline, ...
         backoff = 2 * FIRST_BACKOFF  # ... then on the workers until the next try (the turn's may be either)
         assert not any(on_loop[batching.WINDOW + 1:batching.WINDOW + backoff])
         assert q.placement.backoff == backoff
+
+    run(go())
+
+
+def test_with_a_spare_core_one_row_batches_on_a_busy_loop_stay_inline(executor):
+    async def go():
+        # One client waiting for each answer: nothing would run beside the model, so no hand-off.
+        model, q = charged_queue(executor, inline_s=0.002, worker_s=0.004, spare_core=True)
+        await warm_until(q, lambda: q.inline)
+        start, n = len(model.threads), 3 * batching.WINDOW
+        await warm(q, n)
+        assert q.inline and model.threads[start:] == [model.loop_thread] * n
 
     run(go())
 
