@@ -36,6 +36,7 @@ from .signature import Signature
 Inputs = dict[str, np.ndarray]
 #: The adapter's state of a call: what its decode reads and what the answer needs (see the adapters).
 S = TypeVar("S")
+C = TypeVar("C")
 #: (call, servable) -> (signature, inputs); may keep what the answer needs in the call's state.
 Decode = Callable[["Call[S]", Servable], tuple[Signature, Inputs]]
 
@@ -114,6 +115,20 @@ class Observer(Protocol):
     observers need only `finished`, and the step calls no empty hook for them."""
 
     def finished(self, call: Call, error: ServingError | None, timings: Timings) -> None: ...
+
+
+class ModelObserver(Generic[C]):
+    """The observer of one model whose config asks for a feature (its request log, its shadow): the
+    feature's `observe(call, error, config)` with the model's part of the config bound once, when the config
+    is applied (ModelManager.observers_for)."""
+
+    __slots__ = ("observe", "config")
+
+    def __init__(self, observe: Callable[[Call[Any], ServingError | None, C], None], config: C) -> None:
+        self.observe, self.config = observe, config
+
+    def finished(self, call: Call[Any], error: ServingError | None, timings: Timings) -> None:
+        self.observe(call, error, self.config)
 
 
 def rows_of(inputs: Inputs) -> int:

@@ -41,7 +41,7 @@ from ..codecs.examples import EXAMPLE_ANSWERS, fill_classification, fill_regress
 from ..codecs.tensors import array_to_tensor
 from ..codecs.tfrecord import tfrecord
 from ..core.model_config import ModelSpec, RequestLogSpec
-from ..core.pipeline import Call, Timings
+from ..core.pipeline import Call, ModelObserver
 from ..core.repository import ModelManager
 from ..errors import ServingError
 from ..settings import SUPERVISED_ENV
@@ -164,20 +164,8 @@ class Outage:
             self.unreported = 0
 
 
-class ModelLog:
-    """The pipeline observer of one model that logs: its config's request log, bound once."""
-
-    __slots__ = ("logger", "spec")
-
-    def __init__(self, logger: RequestLogger, spec: RequestLogSpec) -> None:
-        self.logger, self.spec = logger, spec
-
-    def finished(self, call: Call, error: ServingError | None, timings: Timings) -> None:
-        self.logger.log(call, error, self.spec)
-
-
 class RequestLogger:
-    """Samples the finished predict calls of the models that log (through their `ModelLog` observer), on the
+    """Samples the finished predict calls of the models that log (through their `ModelObserver`), on the
     loop; the writer thread builds and writes their records."""
 
     def __init__(self, manager: ModelManager, worker: int | None = None, max_bytes: int = 256 << 20) -> None:
@@ -195,10 +183,10 @@ class RequestLogger:
         self.thread = threading.Thread(target=self._write, name="request-log", daemon=True)
         self.thread.start()
 
-    def observer_for(self, spec: ModelSpec) -> ModelLog | None:
+    def observer_for(self, spec: ModelSpec) -> ModelObserver[RequestLogSpec] | None:
         """What logs the calls of a model whose config asks for it; chosen when its config is applied
         (ModelManager.observers_for), so a model that does not log costs its calls nothing here."""
-        return ModelLog(self, spec.request_log) if spec.request_log is not None else None
+        return ModelObserver(self.log, spec.request_log) if spec.request_log is not None else None
 
     def log(self, call: Call, error: ServingError | None, spec: RequestLogSpec) -> None:
         """Sample one finished call of a model that logs."""

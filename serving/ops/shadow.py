@@ -25,7 +25,7 @@ import numpy as np
 
 from ..core.dataplane import DataPlane, Outputs, error_of
 from ..core.model_config import ModelSpec, ShadowSpec
-from ..core.pipeline import Call, Timings
+from ..core.pipeline import Call, ModelObserver
 from ..core.repository import ModelManager
 from ..core.stats import Histogram
 from ..errors import ServingError
@@ -39,20 +39,8 @@ SHADOW_TIMEOUT_S = 30.0
 DIVERGENCE_BOUNDS = tuple(10.0 ** e for e in range(-7, 4))
 
 
-class ModelShadow:
-    """The pipeline observer of one model with a shadow: its config's shadow, bound once."""
-
-    __slots__ = ("runner", "shadow")
-
-    def __init__(self, runner: ShadowRunner, shadow: ShadowSpec) -> None:
-        self.runner, self.shadow = runner, shadow
-
-    def finished(self, call: Call, error: ServingError | None, timings: Timings) -> None:
-        self.runner.sample(call, error, self.shadow)
-
-
 class ShadowRunner:
-    """Runs the sampled calls of models with a shadow (through their `ModelShadow` observer) on it and keeps
+    """Runs the sampled calls of models with a shadow (through their `ModelObserver`) on it and keeps
     the comparison."""
 
     def __init__(self, manager: ModelManager, dataplane: DataPlane, request_log: Any = None) -> None:
@@ -65,10 +53,10 @@ class ShadowRunner:
         self.divergence: dict[tuple[str, int], Histogram] = {}
         self.histogram = Histogram
 
-    def observer_for(self, spec: ModelSpec) -> ModelShadow | None:
+    def observer_for(self, spec: ModelSpec) -> ModelObserver[ShadowSpec] | None:
         """What shadows the calls of a model whose config has a shadow; chosen when its config is applied
         (ModelManager.observers_for)."""
-        return ModelShadow(self, spec.shadow) if spec.shadow is not None else None
+        return ModelObserver(self.sample, spec.shadow) if spec.shadow is not None else None
 
     def sample(self, call: Call, error: ServingError | None, shadow: ShadowSpec) -> None:
         """Send one finished call of a model with a shadow to the shadow version, when sampled."""
