@@ -22,6 +22,12 @@ HALF = np.dtype(np.float16)
 JSON_TYPE = {bool: "Bool", int: "Number", float: "Number", str: "String", dict: "Object", list: "Array"}
 
 
+#: The numeric dtypes JSON numbers convert to, by their kind (float16 is not one: see convert).
+NUMERIC_KINDS = {np.dtype(t): np.dtype(t).kind for t in (np.float32, np.float64, np.int8, np.int16, np.int32,
+                                                         np.int64, np.uint8, np.uint16, np.uint32, np.uint64,
+                                                         np.bool_)}
+
+
 def is_b64(value: Any) -> bool:
     return isinstance(value, dict) and len(value) == 1 and isinstance(value.get("b64"), str)
 
@@ -33,11 +39,13 @@ def to_array(value: Any, spec: TensorSpec) -> np.ndarray:
 
 def convert(value: Any, dtype: np.dtype, name: str) -> np.ndarray:
     """A JSON value as an array of `dtype`, with TF Serving's type rules; `name` is for messages."""
-    if dtype == STRING:
-        return _string_array(value)
-    kind = dtype.kind
-    if kind not in ACCEPTS or dtype == HALF:  # TF Serving converts no half precision from JSON
-        raise unimplemented(f"Conversion of JSON Value: {short(value)} to type: {TF_TYPE_WORDS.get(dtype)}")
+    kind = NUMERIC_KINDS.get(dtype)  # one lookup for the common dtypes: dtype comparisons cost more
+    if kind is None:
+        if dtype == STRING:
+            return _string_array(value)
+        kind = dtype.kind
+        if kind not in ACCEPTS or dtype == HALF:  # TF Serving converts no half precision from JSON
+            raise unimplemented(f"Conversion of JSON Value: {short(value)} to type: {TF_TYPE_WORDS.get(dtype)}")
     try:
         array = np.asarray(value)
     except ValueError as e:

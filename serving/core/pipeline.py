@@ -21,6 +21,7 @@ step reads no clock and adds no callback.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
@@ -32,6 +33,8 @@ from .dataplane import DataPlane, Outputs, error_of
 from .repository import ModelManager
 from .servable import Servable
 from .signature import Signature
+
+log = logging.getLogger(__name__)
 
 Inputs = dict[str, np.ndarray]
 #: The adapter's state of a call: what its decode reads and what the answer needs (see the adapters).
@@ -192,16 +195,35 @@ class Pipeline:
 
 def notify(call: Call, error: ServingError | None, loop: asyncio.AbstractEventLoop | None = None) -> None:
     """Tell the call's observers it is finished, with its timings as of now, on the loop's next turn: what
-    answers the call (a future's callback, the adapter's raise) goes first."""
+    answers the call (a future's callback, the adapter's raise) goes first. The calls finished in one turn
+    (a batch's) are told in one callback, not one each."""
     end = time.perf_counter()
     if call.dispatched:  # it reached a batch (or a worker)
         timings = Timings(call.dispatched - call.received, (call.computed or end) - call.dispatched,
                           end - call.received)
     else:
         timings = Timings(0.0, 0.0, end - call.received)
-    (loop or asyncio.get_running_loop()).call_soon(_tell, call, error, timings)
+    _NOTICES.append((call, error, timings))
+    loop = loop or asyncio.get_running_loop()
+    if _TELLING[0] is not loop:  # the first of this turn: one callback tells them all
+        _TELLING[0] = loop
+        loop.call_soon(_tell)
 
 
-def _tell(call: Call, error: ServingError | None, timings: Timings) -> None:
-    for observer in call.observers:
-        observer.finished(call, error, timings)
+#: The finished calls whose observers are told on the loop's next turn (the loop's thread appends, `_tell`
+#: empties; one list for the process: one event loop serves its calls), and the loop that will tell them
+#: (None: none scheduled; another loop, e.g. a test's closed one: schedule again).
+_NOTICES: list[tuple[Call, ServingError | None, Timings]] = []
+_TELLING: list[asyncio.AbstractEventLoop | None] = [None]
+
+
+def _tell() -> None:
+    _TELLING[0] = None
+    notices = _NOTICES[:]
+    _NOTICES.clear()
+    for call, error, timings in notices:
+        try:
+            for observer in call.observers:
+                observer.finished(call, error, timings)
+        except Exception:  # an observer's bug costs its own record, not the other calls' (free when none raises)
+            log.exception("an observer of a %s call failed", call.protocol)

@@ -62,13 +62,17 @@ class Servable:
     """One loaded version; live on the event-loop thread (its queues are made there)."""
 
     __slots__ = ("model", "version", "path", "platform", "processor", "queues", "runtime", "inflight", "_idle",
-                 "version_header", "record", "observers")
+                 "version_header", "record", "observers", "signature", "validates")
 
     def __init__(self, model: str, version: int, path: Path, platform: str, processor: Processor,
                  runtime: Runtime) -> None:
         self.model, self.version, self.path = model, version, path  # path: the version directory it loaded
         self.version_header = b"x-model-version: %d\r\n" % version  # on every HTTP answer it makes, made once
         self.platform, self.processor = platform, processor
+        #: The signature called `name` ('' or None: the default one): the processor's, bound once.
+        self.signature: Callable[[str | None], Signature] = processor.signature
+        #: Whether its processor checks requests itself (a `validate` of its own): else nobody calls the default.
+        self.validates = type(processor).validate is not Processor.validate
         self.runtime = runtime
         self.inflight = 0
         self._idle: asyncio.Event | None = None
@@ -91,9 +95,6 @@ class Servable:
             if queue.waiting < queue.options.max_queue_size or not queue.full:
                 return None
         return next(iter(self.queues.values())).refusal() if self.queues else None
-
-    def signature(self, name: str | None) -> Signature:
-        return self.processor.signature(name)
 
     def run(self, method: str, inputs: dict[str, np.ndarray], signature_name: str) -> Outputs:
         """Blocking: call the processor (in an executor thread); framework errors become INTERNAL."""

@@ -27,7 +27,7 @@ from urllib.parse import unquote
 import httptools
 
 from ..errors import encodable
-from ..ops.accesslog import request_id_of
+from ..ops.accesslog import MAX_ID_LENGTH, new_request_id, request_id_of
 from ..settings import Settings, default
 
 if TYPE_CHECKING:
@@ -155,6 +155,20 @@ KEPT_HEADERS = {b"content-encoding", b"content-type", b"authorization", b"conten
                 b"inference-header-content-length", b"x-request-id", b"traceparent", b"tracestate", b"accept",
                 b"accept-encoding"}
 
+#: A header name as sent -> how on_header treats it: its lower-case name when it is kept, CONTENT_LENGTH, or
+#: DROPPED. Clients send the same few spellings: one lookup in place of lower() and a set test per header.
+CONTENT_LENGTH, DROPPED = False, b""
+_HEADER_NAMES: dict[bytes, bytes | bool] = {}
+
+
+def _header_name(name: bytes) -> bytes | bool:
+    lower = name.lower()
+    kept: bytes | bool = lower if lower in KEPT_HEADERS else CONTENT_LENGTH if lower == b"content-length" else DROPPED
+    if len(name) <= 64 and len(_HEADER_NAMES) < 512:  # bounded: a client inventing names fills it once
+        _HEADER_NAMES[name] = kept
+    return kept
+
+
 #: zlib's wbits for each coding: gzip; deflate is the zlib format (RFC 9110 8.4.1.2), what tritonclient sends
 #: and what it, curl and browsers expect (a raw deflate request body is read too, see `zlib_wrapped`).
 WBITS = {b"gzip": 16 + zlib.MAX_WBITS, b"x-gzip": 16 + zlib.MAX_WBITS, b"deflate": zlib.MAX_WBITS}
@@ -212,25 +226,56 @@ def zlib_wrapped(body: bytes) -> bool:
     return len(body) >= 2 and body[0] & 0x0F == 8 and body[0] >> 4 <= 7 and (body[0] << 8 | body[1]) % 31 == 0
 
 
+#: The methods clients send, as str: one lookup in place of a decode per request.
+METHOD_NAMES = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH")}
+
+
+#: URLs parsed, by their bytes: clients repeat a few. Bounded in entries and length (emptied when full).
+_TARGETS: dict[bytes, tuple[str, str] | None] = {}
+_TARGETS_MAX, _TARGET_MAX_BYTES = 1024, 256
+
+
+def _target(url: bytes) -> tuple[str, str] | None:
+    """(path, query) of a request URL, the path percent-decoded; None when it does not parse."""
+    target = _TARGETS.get(url, False)
+    if target is not False:
+        return target  # type: ignore[return-value]
+    target = _parse_target(url)
+    if len(url) <= _TARGET_MAX_BYTES:
+        if len(_TARGETS) >= _TARGETS_MAX:
+            _TARGETS.clear()
+        _TARGETS[url] = target
+    return target
+
+
+def _parse_target(url: bytes) -> tuple[str, str] | None:
+    if b"?" in url or b"%" in url or not url.startswith(b"/"):
+        try:
+            parsed = httptools.parse_url(url) if url else None
+        except httptools.HttpParserError:
+            return None
+        path = unquote(parsed.path.decode("latin-1")) if parsed and parsed.path else "/"
+        return path, parsed.query.decode("latin-1") if parsed and parsed.query else ""
+    return url.decode("latin-1"), ""
+
+
 class _Slot:
     """One request's place in the connection's answer order."""
 
     __slots__ = ("conn", "data", "close", "deferred", "wheel_key", "request_id", "request", "started", "bytes_in",
                  "head", "coding")
 
-    def __init__(self, conn: HttpConnection, request_id: str) -> None:
-        self.conn = conn
+    def __init__(self, conn: HttpConnection, request_id: str, close: bool = False, started: float = 0.0,
+                 bytes_in: int = 0) -> None:
+        self.conn, self.request_id, self.close = conn, request_id, close
         self.data: bytes | None = None
-        self.close = False
         self.head = False  # a HEAD request: its answer has no body (RFC 9110 9.3.2), or the next one's framing breaks
         self.coding: bytes | None = None  # what the answer may be compressed in (answer_coding); None: as is
         self.deferred: Deferred | None = None
         self.wheel_key = 0
-        self.request_id = request_id
         # Set only while the access log is on:
         self.request: Request | None = None
-        self.started = 0.0  # time.perf_counter() when the request had arrived whole
-        self.bytes_in = 0
+        self.started, self.bytes_in = started, bytes_in  # time.perf_counter() when it had arrived whole; its size
 
     def done(self, future: asyncio.Future[Any]) -> None:
         deferred = self.deferred
@@ -365,7 +410,7 @@ class HttpConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._reset()
-        self.request_started = self.clock()
+        self.request_started = self.last_activity  # the clock of the read it began in
 
     def on_url(self, url: bytes) -> None:
         self.url += url  # arrives in pieces as the chunks come, so this stops an endless URL early
@@ -375,10 +420,12 @@ class HttpConnection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.header_room -= len(name) + len(value)  # checked once, at the end of the header block
-        name = name.lower()
-        if name in KEPT_HEADERS:
-            self.headers[name] = value
-        elif name == b"content-length":
+        kept = _HEADER_NAMES.get(name)
+        if kept is None:
+            kept = _header_name(name)
+        if kept.__class__ is bytes and kept:
+            self.headers[kept] = value  # type: ignore[index]
+        elif kept is CONTENT_LENGTH:
             try:
                 size = int(value)
             except ValueError:
@@ -410,42 +457,43 @@ class HttpConnection(asyncio.Protocol):
         if self.closing:
             return
         self.request_started = None
-        slot = _Slot(self, request_id_of(self.headers.get(b"x-request-id")))
-        slot.close = not self.parser.should_keep_alive()
-        if self.access_log is not None:
-            slot.started, slot.bytes_in = time.perf_counter(), self.body_size
-        self.pending.append(slot)
-        if len(self.pending) >= MAX_PIPELINE:
+        headers = self.headers
+        sent_id = headers.get(b"x-request-id")
+        request_id = (new_request_id() if not sent_id or len(sent_id) > MAX_ID_LENGTH  # as request_id_of
+                      else sent_id.decode("latin-1"))
+        access_log = self.access_log
+        slot = _Slot(self, request_id, not self.parser.should_keep_alive(),
+                     time.perf_counter() if access_log is not None else 0.0, self.body_size)
+        pending = self.pending
+        pending.append(slot)
+        if len(pending) >= MAX_PIPELINE:
             self._pause_reading()
-        if b"?" in self.url or b"%" in self.url or not self.url.startswith(b"/"):
-            try:
-                url = httptools.parse_url(self.url) if self.url else None
-            except httptools.HttpParserError:  # the framing is sound, so only this request fails
-                self._complete(slot, self.render_error(400, "malformed request URL"))
-                return
-            path = unquote(url.path.decode("latin-1")) if url and url.path else "/"
-            query = url.query.decode("latin-1") if url and url.query else ""
-        else:
-            path, query = self.url.decode("latin-1"), ""
-        body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
-        content_coding = self.headers.get(b"content-encoding")
-        if content_coding is not None:
-            decoded = self._decode(body, content_coding)
-            if decoded is None:
-                return
-            body = decoded
-        method = self.parser.get_method().decode("latin-1")
-        slot.head = method == "HEAD"
-        accepted = self.headers.get(b"accept-encoding")  # without it, this lookup is all compression costs
-        if accepted is not None and self.limits.compression_min_bytes > 0 and not slot.head:
-            slot.coding = answer_coding(accepted)
-        request = Request(method, path, query, self.headers, body, slot.request_id)
-        if self.access_log is not None:
+        target = _target(self.url)
+        if target is None:  # the framing is sound, so only this request fails
+            self._complete(slot, self.render_error(400, "malformed request URL"))
+            return
+        body = self._body()
+        if body is None:
+            return
+        method = METHOD_NAMES.get(self.parser.get_method()) or self.parser.get_method().decode("latin-1")
+        accepted = headers.get(b"accept-encoding")  # without it, this lookup is all compression costs
+        if accepted is not None or method == "HEAD":
+            slot.head = method == "HEAD"
+            if accepted is not None and self.limits.compression_min_bytes > 0 and not slot.head:
+                slot.coding = answer_coding(accepted)
+        request = Request(method, target[0], target[1], headers, body, request_id)
+        if access_log is not None:
             slot.request = request
         if self.dispatched >= MAX_DISPATCHED or self.waiting:  # a pipelining client: in turn
             self.waiting.append((slot, request))
             return
         self._dispatch(slot, request)
+
+    def _body(self) -> bytes | None:
+        """The request's body, decompressed; None when it was answered instead (see _decode)."""
+        body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
+        content_coding = self.headers.get(b"content-encoding")
+        return body if content_coding is None else self._decode(body, content_coding)
 
     # ---- answers ----
 

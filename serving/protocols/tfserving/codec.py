@@ -37,7 +37,13 @@ def signature_name(doc: Any) -> str:
 
 def decode_predict(doc: dict[str, Any], sig: Signature) -> tuple[dict[str, np.ndarray], bool]:
     """Named input arrays from a predict request, and whether it used the row format."""
-    instances, inputs = doc.get("instances"), doc.get("inputs")
+    instances = doc.get("instances")
+    sole = sig.sole_input()
+    if (sole is not None and instances.__class__ is list and instances
+            and instances[0].__class__ is list and "inputs" not in doc and not sig.records):
+        # The common request in one step: rows of plain lists for a model of one input (decode_rows' first case).
+        return {sole.name: to_array(instances, sole)}, True
+    inputs = doc.get("inputs")
     if "instances" in doc:
         if "inputs" in doc:
             raise invalid_argument(
