@@ -98,7 +98,7 @@ class GrpcExchange:
 MODEL_ID_KEYS = frozenset({"mm-model-id", "mm-model-id-bin"})
 
 
-def _open_exchange(context: grpc.aio.ServicerContext) -> GrpcExchange:
+def open_exchange(context: grpc.aio.ServicerContext) -> GrpcExchange:
     """The exchange of the gRPC call `context` is of: the client's `x-request-id` (echoed in the trailing
     metadata) else a new one, and the model its `mm-model-id` metadata names (ModelMesh routes by id: the
     id names the model, whatever the body says)."""
@@ -130,7 +130,7 @@ def grpc_errors(method: Method[Servicer]) -> GrpcMethod[Servicer]:
 
     @functools.wraps(method)
     async def guarded(self: Servicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        exchange = _open_exchange(context)
+        exchange = open_exchange(context)
         token = GRPC_REQUEST_ID.set(exchange.request_id)  # for the log records written meanwhile only
         access_log: AccessLog | None = getattr(self, "access_log", None)
         started = time.perf_counter() if access_log is not None else 0.0

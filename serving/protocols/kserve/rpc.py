@@ -1,6 +1,7 @@
 """KServe V2 gRPC: inference.GRPCInferenceService (ServerLive, ServerReady, ModelReady, ServerMetadata,
 ModelMetadata, ModelConfig, ModelStatistics, ModelInfer with typed contents or raw_input_contents; outputs
-as raw_output_contents, as Triton answers). ModelInfer goes through the request pipeline as a `Call`."""
+as raw_output_contents, as Triton answers; Triton's ModelStreamInfer, each message a ModelInfer: stream.py).
+ModelInfer goes through the request pipeline as a `Call`."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from ... import __version__
 from ..._proto.inference import grpc_predict_v2_pb2 as pb
 from ..._proto.inference import grpc_predict_v2_pb2_grpc
 from ...core.control import ModelControl
-from ...core.dataplane import outputs_of
+from ...core.dataplane import Outputs, outputs_of
 from ...core.pipeline import Call, Inputs, Pipeline
 from ...core.repository import ModelManager
 from ...core.servable import Servable
@@ -22,6 +23,7 @@ from ...errors import Code, ServingError
 from ...ops.statistics import Statistics, extensions
 from ..adapters import GrpcExchange, grpc_call, grpc_errors
 from . import codec
+from .stream import InferStream
 
 
 def _decode(call: Call[pb.ModelInferRequest], servable: Servable) -> tuple[Signature, Inputs]:
@@ -82,16 +84,29 @@ class InferenceService(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):  
 
     @grpc_errors
     async def ModelInfer(self, request: Any, exchange: GrpcExchange) -> Any:  # noqa: N802
-        # Its state is the request: the body's id is echoed below (the request id is x-request-id's).
-        call = grpc_call(exchange, "kserve_grpc", request.model_name, codec.parse_version(request.model_version),
+        call = self.infer_call(request, exchange)
+        outputs = await outputs_of(self.pipeline.infer(call))
+        response = pb.ModelInferResponse()
+        self.fill_answer(response, call, request, outputs)
+        return response
+
+    async def ModelStreamInfer(self, requests: Any, context: grpc.aio.ServicerContext) -> None:  # noqa: N802
+        """Triton's streaming inference: each message a ModelInfer, answered on the stream (stream.py)."""
+        await InferStream(self, context).serve(requests)
+
+    def infer_call(self, request: Any, exchange: GrpcExchange) -> Call[Any]:
+        """The Call of a ModelInferRequest, unary or one message of a stream. Its state is the request: the
+        body's id is echoed in the answer (the request id is x-request-id's)."""
+        return grpc_call(exchange, "kserve_grpc", request.model_name, codec.parse_version(request.model_version),
                          None, _decode, exchange.deadline(self.default_timeout_s), request,
                          outputs=[o.name for o in request.outputs], unknown_output=codec.unknown_output)
-        outputs = await outputs_of(self.pipeline.infer(call))
+
+    def fill_answer(self, response: Any, call: Call[Any], request: Any, outputs: Outputs) -> None:
+        """`response` (a ModelInferResponse) made the answer of `call` with its `outputs`."""
         assert call.servable is not None
-        response = pb.ModelInferResponse(model_name=call.servable.model, model_version=str(call.servable.version),
-                                         id=request.id)
+        response.model_name, response.model_version = call.servable.model, str(call.servable.version)
+        response.id = request.id
         codec.encode_grpc(response, outputs, call.output_names())
-        return response
 
     @grpc_errors
     async def RepositoryIndex(self, request: Any, exchange: GrpcExchange) -> Any:  # noqa: N802

@@ -6,7 +6,9 @@ register the same methods ourselves, from the service descriptor, with a deseria
 message to the handler as an `Undecodable`, and a handler that answers it INVALID_ARGUMENT with one line
 (logged at DEBUG only). Why not an interceptor: it would run a coroutine for every call to pick a handler;
 this costs nothing until a message fails to decode. grpc.health.v1 is registered the same way (`add_health`):
-garbage sent to a health check is the prober's error too.
+garbage sent to a health check is the prober's error too. A method that reads a stream of messages
+(KServe's ModelStreamInfer) is handed them as they come, a message that does not decode as an
+`Undecodable`: the method answers it (INVALID_ARGUMENT too, once the messages before it are answered).
 """
 
 from __future__ import annotations
@@ -61,12 +63,22 @@ def _method_handler(behavior: Handler, method: Any) -> grpc.RpcMethodHandler:
     request = message_factory.GetMessageClass(method.input_type)
     response = message_factory.GetMessageClass(method.output_type)
     # A streaming method writes its answers with context.write(): the same coroutine shape.
-    kind = grpc.unary_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
+    kind = _KINDS[method.client_streaming, method.server_streaming]
     return kind(
-        _refusing_undecodable(behavior),
+        # A method reading a stream is handed the messages' iterator: it answers an Undecodable itself.
+        behavior if method.client_streaming else _refusing_undecodable(behavior),
         request_deserializer=_tolerant_decoder(request),
         response_serializer=response.SerializeToString,
     )
+
+
+#: (client streaming, server streaming) -> grpc's handler for that kind of method.
+_KINDS = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
 
 
 def _tolerant_decoder(cls: Any) -> Callable[[bytes], Any]:

@@ -50,12 +50,16 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         try:
             auth.check(token.encode() if isinstance(token, str) else token)
         except ServingError as e:
-            return _refuse(e.message, details, self.access_log)
+            handler = await continuation(details)  # only to learn whether the client sends a stream
+            return _refuse(e.message, details, self.access_log, handler is not None and handler.request_streaming)
         return await continuation(details)
 
 
-def _refuse(message: str, details: grpc.HandlerCallDetails, access_log: AccessLog | None) -> grpc.RpcMethodHandler:
-    """A handler answering UNAUTHENTICATED, with the call's request id, and its access log line."""
+def _refuse(message: str, details: grpc.HandlerCallDetails, access_log: AccessLog | None,
+            streaming: bool = False) -> grpc.RpcMethodHandler:
+    """A handler answering UNAUTHENTICATED, with the call's request id, and its access log line. For a method
+    the client streams to (ModelStreamInfer) it answers at once, without waiting for a message: a unary
+    handler would wait for one, and a client that sends none would hang until its deadline."""
     rid = request_id_of(next((v for k, v in details.invocation_metadata or () if k == "x-request-id"), None))
 
     async def abort(request: Any, context: grpc.aio.ServicerContext) -> None:
@@ -65,4 +69,4 @@ def _refuse(message: str, details: grpc.HandlerCallDetails, access_log: AccessLo
                             size, 0)
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message, (("x-request-id", rid),))
 
-    return grpc.unary_unary_rpc_method_handler(abort)
+    return (grpc.stream_stream_rpc_method_handler if streaming else grpc.unary_unary_rpc_method_handler)(abort)
