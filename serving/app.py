@@ -13,8 +13,10 @@ from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
 
 from .core.batching import options_from_settings
+from .core.budget import Budget
 from .core.control import ConfigPolls, ModelControl, load_roots
 from .core.dataplane import DataPlane
+from .core.lazy import LazyLoads, ResidentPipeline
 from .core.model_config import (
     ConfigError,
     ModelSpec,
@@ -30,7 +32,7 @@ from .ops.requestlog import RequestLogger, worker_index
 from .ops.shadow import ShadowRunner
 from .ops.statistics import Statistics
 from .ops.tracing import tracing_from_settings
-from .platform.modelmesh import ModelRuntime
+from .platform.modelmesh import ModelRuntime, model_capacity
 from .platform.siblings import InternalApi, Siblings
 from .platform.workers import available_cores
 from .protocols.kserve.rpc import InferenceService
@@ -51,6 +53,19 @@ log = logging.getLogger("serving")
 SIBLINGS_POLL_S = 0.2
 
 
+def model_budget(s: Settings, processes: int) -> Budget | None:
+    """The memory budget of this process's models: in lazy mode always, in explicit mode when
+    --model_memory_capacity_bytes is set, never under ModelMesh (which keeps its own); each worker has its
+    share of the capacity."""
+    lazy, explicit = s.model_control_mode == "lazy", s.model_control_mode == "explicit"
+    if s.modelmesh_port or not (lazy or explicit and s.model_memory_capacity_bytes > 0):
+        return None
+    share = model_capacity(s, processes) // processes
+    log.info("model memory budget: %d bytes (of %d, %d worker processes); models loaded less than %g s ago stay",
+             share, share * processes, processes, s.model_min_residency_seconds)
+    return Budget(share, s.model_min_residency_seconds)
+
+
 class Server:
     """Everything one serving process runs; `start()` then `stop()`."""
 
@@ -65,6 +80,7 @@ class Server:
         warmup = Warmup(self.dataplane, iterations=s.num_request_iterations_for_warmup,
                         service_model=s.model_name, warm_up_data_path=s.warm_up_data_path)
         self.manager = ModelManager.from_settings(s, self.runtime, warmup)
+        self.manager.budget = model_budget(s, processes)
         if self.manager.sticky_header:
             KEPT_HEADERS.add(self.manager.sticky_key)  # the HTTP parser keeps its value
         self.control = ModelControl.from_settings(s, self.manager)
@@ -87,7 +103,10 @@ class Server:
 
     def _observe(self, s: Settings) -> None:
         """The request pipeline and what watches it: the server's observers, and a model's own."""
-        self.pipeline = Pipeline(self.manager, self.dataplane)
+        self.lazy_loads = LazyLoads(self.manager, s.lazy_load_timeout_seconds) if self.manager.lazy else None
+        self.pipeline = (ResidentPipeline(self.manager, self.dataplane, self.lazy_loads)
+                         if self.lazy_loads is not None or self.manager.budget is not None
+                         else Pipeline(self.manager, self.dataplane))
         self.request_metrics = RequestMetrics()
         self.pipeline.observe(self.request_metrics)  # into each version's record (serving/core/stats.py)
         self.tracing = tracing_from_settings(s)
@@ -127,7 +146,7 @@ class Server:
         s, siblings = self.settings, self.siblings
         self.specs = specs_from_settings(s)  # a bad config stops the start here, before any port opens
         self.control.roots = load_roots(s, self.specs)
-        startup = self.control.startup(self.specs, s.load_model)
+        startup = self.control.startup(self.specs, s.load_model, s.pin_model)
         reloaded = siblings.saved_reload() if siblings is not None else None
         if reloaded is not None:  # a worker started after a reload (or a load) serves what its siblings serve
             self.specs = startup = with_runtime(reloaded, s)

@@ -61,7 +61,7 @@ def _metavar(f: Field[Any]) -> str:
 
 #: Flags that may be given more than once (Triton's `--load-model a --load-model b`): the values are joined
 #: with commas, the form the setting takes from the environment.
-REPEATABLE = frozenset({"load_model"})
+REPEATABLE = frozenset({"load_model", "pin_model"})
 
 
 class _Joined(argparse.Action):

@@ -149,10 +149,21 @@ class Settings:
         "poll", "as Triton's: `none` loads every configured model at start and never changes; `poll` also "
         "follows the file system and config polling; `explicit` loads only the `--load_model` models at start "
         "and others when asked (`POST /v2/repository/models/<m>/load`, gRPC `RepositoryModelLoad`); a server "
-        "in explicit mode may start with no model", group="models")
+        "in explicit mode may start with no model; `lazy` knows every configured model at start and loads each "
+        "on its first request, unloading the least recently used under `--model_memory_capacity_bytes`",
+        group="models")
     load_model: str = setting(
         "", "in explicit mode, the models to load at start: names of the config (comma-separated or the flag "
         "repeated), `*` for all; none: start with no model", group="models", shown_default="none")
+    pin_model: str = setting(
+        "", "models (comma-separated or the flag repeated) loaded at start in explicit and lazy mode and never "
+        "unloaded to make room; as `pinned: true` in model_config.pbtxt", group="models", shown_default="none")
+    lazy_load_timeout_seconds: float = setting(
+        60.0, "in lazy mode, the longest a request waits for its model's load (less when its own deadline is "
+        "sooner): 503 past it, and the load goes on", group="models", unit="s")
+    model_min_residency_seconds: float = setting(
+        30.0, "a model loaded less than this long ago is not unloaded to make room for another (against load / "
+        "unload thrash)", group="models", unit="s")
     model_load_roots: str = setting(
         "", "comma-separated folders (and URL prefixes) that a load request may name a model path in: the V2 "
         "repository API's `path`, ModelMesh's `modelPath`, a `ReloadConfigRequest`'s base paths; a path outside "
@@ -180,8 +191,10 @@ class Settings:
         "localhost", "address of the ModelMesh port: ModelMesh reaches its runtime over the pod's loopback, so "
         "nothing outside the pod can load or unload models", group="modelmesh")
     model_memory_capacity_bytes: int = setting(
-        0, "the memory ModelMesh may fill with models here; 0: the container's memory (next flag, else the "
-        "cgroup limit, else the machine's) less this process's size and `--memory_headroom_bytes`",
+        0, "the memory ModelMesh may fill with models here, and the budget of `--model_control_mode=lazy` (and "
+        "of explicit mode when set), shared out among the workers: a load that would pass it first unloads the "
+        "least recently used idle models; 0: the container's memory (next flag, else the cgroup limit, else the "
+        "machine's) less this process's size and `--memory_headroom_bytes` (explicit mode: no budget)",
         group="modelmesh", unit="bytes", shown_default="derived")
     container_memory_bytes: int = setting(
         0, "the container's memory, as the Downward API gives it (`requests.memory`); 0: the cgroup limit",

@@ -4,6 +4,11 @@
 - `none`: every configured model loads at start; nothing changes afterwards (no polling, no load/unload).
 - `poll`: as `none`, and the base paths and config file are polled (today's default behaviour).
 - `explicit`: only `--load_model` names load at start; the repository API loads and unloads the others.
+- `lazy`: every configured model is known at start and loads on its first request (serving/core/lazy.py);
+  the repository API may load one ahead of its requests, or unload one (its next request loads it again).
+
+In explicit and lazy mode the pinned models (--pin_model, `pinned: true`) load at start, and a memory budget
+(serving/core/budget.py) unloads the least recently used others to make room for a load.
 
 The repository is what the server was configured with (the config file's models, or the single model);
 a load may also name a model that is not in it by giving its base path (`"path"` parameter, or
@@ -30,6 +35,7 @@ from .model_config import (
     ModelSpec,
     VersionPolicy,
     checked_name,
+    names_of,
     read_model_config_file,
     with_runtime,
 )
@@ -41,7 +47,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MODES = ("none", "poll", "explicit")
+MODES = ("none", "poll", "explicit", "lazy")
 #: Where ModelMesh's puller puts the models it downloads (its ROOT_MODEL_DIR), a default load root with
 #: --modelmesh_port.
 MODELMESH_MODEL_DIR = "/models"
@@ -117,11 +123,16 @@ class ModelControl:
     def explicit(self) -> bool:
         return self.mode == "explicit"
 
-    def startup(self, specs: list[ModelSpec], load_model: str) -> list[ModelSpec]:
-        """Remember the configured models; the ones to load at start (all but in explicit mode)."""
+    def startup(self, specs: list[ModelSpec], load_model: str, pin_model: str = "") -> list[ModelSpec]:
+        """Remember the configured models; the ones to load at start (all but in explicit mode: the named and
+        the pinned ones; lazy mode knows them all and loads the pinned ones)."""
         self.repository = {s.name: s for s in specs}
         self.configured = set(self.repository)
-        names = [n.strip() for n in load_model.split(",") if n.strip()]
+        unknown = [n for n in names_of(pin_model) if n not in self.repository]
+        if unknown:
+            raise ConfigError(f"--pin_model: no model {', '.join(unknown)} in the configuration "
+                              f"(known: {', '.join(sorted(self.repository)) or 'none'})")
+        names = names_of(load_model)
         if not self.explicit:
             if names:
                 raise ConfigError("--load_model needs --model_control_mode=explicit")
@@ -134,7 +145,7 @@ class ModelControl:
         if unknown:
             raise ConfigError(f"--load_model: no model {', '.join(unknown)} in the configuration "
                              f"(known: {', '.join(sorted(self.repository)) or 'none'})")
-        return [self.repository[n] for n in names]
+        return [s for s in specs if s.name in names or s.pinned]
 
     def replace(self, specs: list[ModelSpec]) -> None:
         """A reload (config poll, ReloadConfigRequest) names the repository anew."""
@@ -157,12 +168,13 @@ class ModelControl:
                 rows.append(row)
             if not versions:
                 failure = self.manager.failures.get(name)
-                rows.append({"name": name, "state": "UNAVAILABLE",
-                             "reason": failure.message if failure is not None else "unloaded"})
+                known = self.manager.lazy and model is not None
+                rows.append({"name": name, "state": "UNAVAILABLE", "reason": failure.message if failure is not None
+                             else "not loaded" if known else "unloaded"})
         return [r for r in rows if r["state"] == "READY"] if ready_only else rows
 
     def _allowed(self, verb: str) -> None:
-        if not self.explicit:
+        if self.mode not in ("explicit", "lazy"):
             raise ServingError(Code.FAILED_PRECONDITION,
                                f"explicit model {verb} is not allowed with --model_control_mode={self.mode}; "
                                f"start the server with --model_control_mode=explicit")
@@ -211,7 +223,7 @@ class ModelControl:
             await self.manager.load_model(arg)
             self.repository.setdefault(arg.name, arg)
             return True
-        unloaded = await self.manager.unload_model(arg)
+        unloaded = await self.manager.unload_model(arg, keep=self.mode == "lazy" and arg in self.configured)
         if arg not in self.configured:
             self.repository.pop(arg, None)
         return unloaded

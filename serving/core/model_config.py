@@ -140,6 +140,8 @@ class ModelSpec:
     #: A base path without version folders that holds the model files (the cloud service form, KServe's
     #: /mnt/models), or one folder that does, serves them as version 1.
     flat: bool = False
+    #: Loaded at start and never unloaded to make room (--pin_model, `pinned: true` in model_config.pbtxt).
+    pinned: bool = False
 
 
 def policy_from_proto(p: msc.ModelConfig) -> VersionPolicy:
@@ -221,6 +223,7 @@ def specs_from_proto(config: msc.ModelServerConfig, source: str = "model config"
                 traffic=checked_traffic(dict(c.version_traffic), f"{source}: model {c.name}"),
                 request_log=log_spec_from_proto(c, f"{source}: model {c.name}"),
                 shadow=shadow_from_proto(c, f"{source}: model {c.name}"),
+                pinned=c.pinned,  # our extension (field 1003)
             )
         )
     return specs
@@ -366,4 +369,11 @@ def with_runtime(specs: list[ModelSpec], settings: Settings) -> list[ModelSpec]:
         options["fp16"] = True
     if settings.onnx_graph_optimization_level != "all":
         options["graph_optimization_level"] = settings.onnx_graph_optimization_level
-    return [dataclasses.replace(s, device=settings.device, options={**options, **s.options}) for s in specs]
+    pins = set(names_of(settings.pin_model))
+    return [dataclasses.replace(s, device=settings.device, options={**options, **s.options},
+                                pinned=s.pinned or s.name in pins) for s in specs]
+
+
+def names_of(text: str) -> list[str]:
+    """The model names of a comma-separated flag (--load_model, --pin_model; a repeated flag is joined so)."""
+    return [n.strip() for n in text.split(",") if n.strip()]

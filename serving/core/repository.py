@@ -22,7 +22,7 @@ import random
 import sys
 import time
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from ..errors import (
 )
 from ..redact import load_failed, redact
 from ..settings import Settings
+from .budget import Budget, LoadStats, Resident
 from .model_config import ConfigError, ModelSpec, list_versions, may_start_empty
 from .processor import Processor, canonical_name, detect_platform, processor_class
 from .remote import (
@@ -84,16 +85,25 @@ def memory_in_use(device: str) -> tuple[int, int]:
     return rss, gpu
 
 
-def measured_size(before: tuple[int, int], after: tuple[int, int], path: Path) -> int:
-    """What a load took: the growth of resident plus GPU memory, at least the files' size on disk. Loads
-    that run at once each see the other's growth too: an over-estimate, the safe side for ModelMesh."""
+def disk_bytes(path: Path) -> int:
+    """The size of the files under `path`."""
     on_disk = 0
     for root, _, files in os.walk(path):
         for name in files:
             with contextlib.suppress(OSError):
                 on_disk += os.path.getsize(os.path.join(root, name))
+    return on_disk
+
+
+def measured_size(before: tuple[int, int], after: tuple[int, int], path: Path) -> int:
+    """What a load took: the growth of resident plus GPU memory, at least the files' size on disk. Loads
+    that run at once each see the other's growth too: an over-estimate, the safe side for ModelMesh."""
     grown = max(after[0] - before[0], 0) + max(after[1] - before[1], 0)
-    return max(grown, on_disk)
+    return max(grown, disk_bytes(path))
+
+
+#: Why a known model has no version loaded in lazy mode (its status and the repository index say so).
+NOT_LOADED = ServingError(Code.UNAVAILABLE, "not loaded")
 
 
 class State(enum.Enum):
@@ -131,7 +141,8 @@ class ManagedModel:
     """A configured model: its spec, every version it has had, its labels, its newest AVAILABLE one, and
     the traffic split of the requests that name no version (`split`: None when the latest takes them)."""
 
-    __slots__ = ("spec", "versions", "labels", "latest", "traffic", "split", "local_base", "failing_fetch")
+    __slots__ = ("spec", "versions", "labels", "latest", "traffic", "split", "local_base", "failing_fetch",
+                 "last_used", "loaded_at", "waiting")
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
@@ -142,6 +153,9 @@ class ManagedModel:
         self.split: tuple[tuple[float, ...], tuple[Servable, ...]] | None = None
         self.local_base: str | None = None  # where a remote base path was fetched to (serving/core/remote.py)
         self.failing_fetch: FailingFetch | None = None  # its fetch's failures in a row, while it fails
+        self.last_used = 0.0  # time.monotonic() of its last request, or of its last load (the budget's LRU)
+        self.loaded_at = 0.0  # time.monotonic() its last load ended
+        self.waiting = 0  # requests waiting for its lazy load (serving/core/lazy.py): it is in use, not to unload
 
     def refresh_latest(self) -> None:
         ready = [s for s in self.versions.values() if s.available]
@@ -174,6 +188,13 @@ class ManagedModel:
 def _serves(model: ManagedModel, aspired: set[int]) -> bool:
     """Whether a version the policy aspires to is AVAILABLE."""
     return any(model.versions[v].available for v in aspired if v in model.versions)
+
+
+def _load_error(model: ManagedModel, aspired: set[int]) -> ServingError:
+    """Why a load left no aspired version AVAILABLE: the first version's error, else that there is none."""
+    errors = [model.versions[v].error for v in sorted(aspired) if v in model.versions]
+    return next((e for e in errors if e is not None), None) or ServingError(
+        Code.NOT_FOUND, f"model {model.spec.name}: no version to load under {redact(model.spec.base_path)}")
 
 
 class ModelManager:
@@ -216,6 +237,9 @@ class ModelManager:
         #: The per-call observers a model's config asks for (its request log, its shadow), chosen when the
         #: config is applied and given to each of its versions (`Servable.observers`); set by the server.
         self.observers_for: Callable[[ModelSpec], tuple[Any, ...]] | None = None
+        self.lazy = False  # --model_control_mode=lazy: models load on their first request (core/lazy.py)
+        self.budget: Budget | None = None  # the bytes the models may take (lazy, explicit control); None: none
+        self.loads = LoadStats()  # loads that made a version AVAILABLE, by reason, and how long they took
 
     @classmethod
     def from_settings(cls, s: Settings, runtime: Runtime,
@@ -224,6 +248,7 @@ class ModelManager:
                       warmup=warmup,
                       allow_version_labels_for_unavailable_models=s.allow_version_labels_for_unavailable_models)
         manager.may_be_empty = may_start_empty(s)
+        manager.lazy = s.model_control_mode == "lazy" and not s.modelmesh_port
         if s.traffic_sticky_header:
             manager.sticky_header = s.traffic_sticky_header.lower()
         return manager
@@ -256,6 +281,9 @@ class ModelManager:
                 return model.pick(zlib.crc32(key) % 10_000 / 100 if key is not None else random.random() * 100)
             if model is None:
                 raise not_found(f"Servable not found for request: Latest({name})")
+            if self.lazy and not model.versions:
+                raise unavailable(f"Servable not available for request: Latest({name}): not loaded (an inference "
+                                  f"request loads it)")
             raise unavailable(f"Servable not available for request: Latest({name}): no version is AVAILABLE")
         status = model.versions.get(version) if model is not None else None
         if status is None or status.state is State.END:
@@ -273,6 +301,8 @@ class ModelManager:
             if model is None or label not in model.labels:
                 raise invalid_argument(f"Unrecognized servable version label: {label}")
             version = model.labels[label]
+        if model is not None and not model.versions and self.lazy:
+            return self._not_loaded(model, version)
         if model is None or not model.versions:
             raise not_found(f"Could not find any versions of model {name}")
         if version is not None:
@@ -281,6 +311,24 @@ class ModelManager:
                 raise not_found(f"Could not find version {version} of model {name}")
             return [status]
         return sorted(model.versions.values(), key=lambda s: -s.version)
+
+    @staticmethod
+    def _not_loaded(model: ManagedModel, version: int | None) -> list[VersionStatus]:
+        """The status of a known model not loaded (lazy mode): the versions its policy would load, in END and
+        UNAVAILABLE "not loaded"; a base path that is a URL is not read for it (no version then)."""
+        spec = model.spec
+        on_disk = {} if is_remote(spec.base_path) else list_versions(spec.base_path, spec.flat)
+        versions = sorted(spec.policy.select(set(on_disk)), reverse=True)
+        if version is not None:
+            if version not in on_disk:
+                raise not_found(f"Could not find version {version} of model {spec.name}")
+            versions = [version]
+        if not versions:
+            raise not_found(f"Could not find any versions of model {spec.name}")
+        statuses = [VersionStatus(spec.name, v, on_disk[v]) for v in versions]
+        for status in statuses:
+            status.state, status.error = State.END, NOT_LOADED
+        return statuses
 
     def available_versions(self, name: str) -> list[int]:
         model = self.models.get(name)
@@ -291,13 +339,21 @@ class ModelManager:
         return [s.servable for _, m in sorted(self.models.items()) for _, s in sorted(m.versions.items())
                 if s.servable is not None]
 
+    def loaded_models(self) -> list[str]:
+        """The models with a version loaded (AVAILABLE, warming up or draining), by name."""
+        return [name for name, model in sorted(self.models.items())
+                if any(s.servable is not None for s in model.versions.values())]
+
     def ready(self) -> bool:
         """True when every configured model has an AVAILABLE version, and, under a supervisor, every
         sibling worker says the same of its own models."""
         return self.ready_here() and (self.siblings_ready is None or self.siblings_ready())
 
     def ready_here(self) -> bool:
-        """True when every configured model has an AVAILABLE version in this process."""
+        """True when every configured model has an AVAILABLE version in this process (lazy mode: once the
+        configuration is applied, whatever is loaded)."""
+        if self.lazy:
+            return self.applied
         return self.applied and (self.may_be_empty or bool(self.models)) and all(
             m.latest is not None for m in self.models.values())
 
@@ -305,13 +361,13 @@ class ModelManager:
 
     async def apply(self, specs: Iterable[ModelSpec]) -> None:
         """Serve exactly `specs`: add, change and remove models, load new versions, move labels, and only
-        then unload what is no longer wanted, so a label never names a version that is going away.
-
-        Raises ConfigError when a label cannot be applied; the model's other changes stand and its
-        old labels stay.
-        """
+        then unload what is no longer wanted, so a label never names a version that is going away. Raises
+        ConfigError when a label cannot be applied; the model's other changes stand and its old labels stay.
+        (Lazy mode: `_apply_lazily`.)"""
         specs = list(specs)
         async with self._lock:
+            if self.lazy:
+                return await self._apply_lazily(specs)
             wanted = {s.name: s for s in specs}
             for name in [n for n in self.models if n not in wanted]:
                 log.info("model %s removed from the config: unloading", name)
@@ -328,7 +384,7 @@ class ModelManager:
                     model = self.models[spec.name] = ManagedModel(spec)
                 self._configure(model, spec)
                 models.append(model)
-            aspired = await asyncio.gather(*(self._load_aspired(m) for m in models))
+            aspired = await asyncio.gather(*(self._load_aspired(m, reason="poll") for m in models))
             for model, versions in zip(models, aspired, strict=True):
                 old = moved.get(model.spec.name)
                 if old is not None and (old.latest is None or _serves(model, versions)):
@@ -356,6 +412,7 @@ class ModelManager:
         and a model that was not serving is removed again (its error stays in `failures`), so a bad load
         never leaves the server unready nor takes a model down. Loads of different models run at
         once (as many as the load threads); loads and unloads of one model take turns."""
+        await self._settled(spec.name)
         async with self._model_lock(spec.name):
             old = self.models.get(spec.name)
             moved = old is not None and (old.spec.base_path, old.spec.platform) != (spec.base_path, spec.platform)
@@ -366,11 +423,9 @@ class ModelManager:
                 self.models[spec.name] = model
             before = self._configure(model, spec)
             self.failures.pop(spec.name, None)
-            aspired = await self._load_aspired(model)
+            aspired = await self._load_aspired(model, reason="explicit")
             if not _serves(model, aspired):
-                errors = [model.versions[v].error for v in sorted(aspired) if v in model.versions]
-                error = next((e for e in errors if e is not None), None) or ServingError(
-                    Code.NOT_FOUND, f"model {spec.name}: no version to load under {redact(spec.base_path)}")
+                error = _load_error(model, aspired)
                 if old is not None and old.latest is not None:  # availability preserving: what served, serves
                     if model is old:
                         self._configure(old, before)
@@ -378,7 +433,8 @@ class ModelManager:
                     raise error
                 if old is not None and moved:
                     await self._unload_all(old)  # it served nothing
-                if not any(s.servable is not None for s in model.versions.values()):
+                known = self.lazy and old is not None  # lazy mode: a known model stays known, its error with it
+                if not known and not any(s.servable is not None for s in model.versions.values()):
                     self.models.pop(spec.name, None)
                     self.failures[spec.name] = error
                 raise error
@@ -390,11 +446,16 @@ class ModelManager:
             if label_error:
                 raise ServingError(Code.FAILED_PRECONDITION, label_error)
 
-    async def unload_model(self, name: str) -> bool:
+    async def unload_model(self, name: str, keep: bool = False) -> bool:
         """Stop serving a model: new requests find it gone at once, those in flight finish, then its
-        versions are unloaded and this returns. False when no such model was loaded."""
+        versions are unloaded and this returns. False when no such model was loaded. With `keep` (lazy mode,
+        a configured model) it stays known, and its next request loads it again."""
+        await self._settled(name)
         async with self._model_lock(name):
             self.failures.pop(name, None)
+            if keep and name in self.models:
+                await self._unload_all(self.models[name])
+                return True
             model = self.models.pop(name, None)
             if model is None:
                 return False
@@ -417,9 +478,11 @@ class ModelManager:
                 del self._model_locks[name]
 
     def _forget(self, name: str) -> None:
-        """A model no longer served: its failure counts go with it."""
+        """A model no longer served: its failure counts and its last size go with it."""
         self.load_failures.pop(name, None)
         self.fetch_failures.pop(name, None)
+        if self.budget is not None:
+            self.budget.sizes.pop(name, None)
 
     def _configure(self, model: ManagedModel, spec: ModelSpec) -> ModelSpec:
         """Give `model` its config, and its versions the per-call observers that config asks for; the config
@@ -445,6 +508,146 @@ class ModelManager:
                 await self._unload_all(model)
             self.models.clear()
         self._loader.shutdown(wait=False, cancel_futures=True)
+
+    # ---- lazy loading and the memory budget ----
+
+    async def load_lazily(self, name: str, reason: str = "lazy") -> None:
+        """Load a known model none of whose versions is loaded (a request asks for it, or it is pinned): the
+        versions its policy aspires to, then its labels and traffic split. Raises the load's error when no
+        version is AVAILABLE; the failed versions stay, with their errors, until the next try."""
+        await self._settled(name)
+        async with self._model_lock(name):
+            model = self.models.get(name)
+            if model is None:
+                raise not_found(f"Servable not found for request: Latest({name})")
+            if model.latest is not None:
+                return
+            for version in [v for v, s in model.versions.items() if s.state is State.END]:
+                del model.versions[version]  # a failed load is tried again
+            aspired = await self._load_aspired(model, reason=reason)
+            if not _serves(model, aspired):
+                raise _load_error(model, aspired)
+            error = self._apply_labels(model, model.spec.labels) or self._apply_traffic(model, aspired)
+            if error:
+                log.error("model %s: %s", name, error)
+            await self._unload_unaspired(model, aspired)
+
+    async def _apply_lazily(self, specs: list[ModelSpec]) -> None:
+        """Lazy mode's `apply`: know exactly `specs` and load only the pinned ones; a loaded model whose config
+        changed is unloaded, so that its next request loads it as configured now."""
+        wanted = {s.name for s in specs}
+        for name in [n for n in self.models if n not in wanted]:
+            log.info("model %s removed from the config: unloading", name)
+            await self.unload_model(name)
+        for spec in specs:
+            model = self.models.get(spec.name)
+            if model is None:
+                model = self.models[spec.name] = ManagedModel(spec)
+            elif model.spec != spec and model.versions:
+                log.info("model %s: its config changed; unloading it (its next request loads it)", spec.name)
+                await self.unload_model(spec.name, keep=True)
+            self._configure(model, spec)
+        pinned = [s.name for s in specs if s.pinned and self.models[s.name].latest is None]
+        outcomes = await asyncio.gather(*(self.load_lazily(n, "poll") for n in pinned), return_exceptions=True)
+        for name, outcome in zip(pinned, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                log.error("pinned model %s did not load: %s", name, getattr(outcome, "message", outcome))
+        self.applied = True
+
+    async def _load_within_budget(self, model: ManagedModel, new: list[VersionStatus], reason: str) -> None:
+        """Load `new` versions of `model`. Under a budget, first unload what must go for their estimated size
+        (the model's last measured size, else its files'), then check again with the sizes measured."""
+        if self.budget is None:
+            await asyncio.gather(*(self._load(model, status, reason) for status in new))
+            return
+        name, budget = model.spec.name, self.budget
+        estimate = budget.sizes.get(name, 0)
+        if not estimate:
+            estimate = await asyncio.get_running_loop().run_in_executor(
+                self._loader, lambda: sum(disk_bytes(status.path) for status in new))
+        budget.reserved[name] = self.size_of(name) + estimate
+        try:
+            await self._make_room(model, final=False)
+            await asyncio.gather(*(self._load(model, status, reason) for status in new))
+        finally:
+            budget.reserved.pop(name, None)
+        if self.size_of(name):
+            budget.sizes[name] = self.size_of(name)
+        await self._make_room(model, final=True)
+
+    async def _make_room(self, model: ManagedModel, final: bool) -> None:
+        """Unload the least recently used models that may go until what is loaded and being loaded fits the
+        budget, and wait for those unloads. When nothing more may go the load goes on over the budget: once
+        it is done (`final`) that is counted and logged."""
+        budget = self.budget
+        assert budget is not None
+        while (committed := self._committed()) > budget.capacity:
+            residents = list(self._residents(model))
+            victim = budget.victim(residents)
+            if victim is None:
+                if final:
+                    budget.over_budget += 1
+                    log.warning("model %s is loaded over the memory budget (%d of %d bytes): %s", model.spec.name,
+                                committed, budget.capacity, budget.why_none(residents))
+                break
+            self._evict(self.models[victim.name], victim)
+        while budget.evicting:
+            await asyncio.wait(list(budget.evicting.values()))
+
+    def _committed(self) -> int:
+        """The bytes of the models loaded (those being unloaded aside) and of the loads under way."""
+        assert self.budget is not None
+        reserved, evicting = self.budget.reserved, self.budget.evicting
+        return sum(max(self.size_of(name), reserved.get(name, 0)) for name in self.models if name not in evicting)
+
+    def _residents(self, loading: ManagedModel) -> Iterator[Resident]:
+        """The other loaded models the budget weighs: every version loaded is AVAILABLE, and no load or unload
+        of it is under way."""
+        assert self.budget is not None
+        busy = {*self._model_locks, *self.budget.evicting, *self.budget.reserved}
+        for name, model in self.models.items():
+            loaded = [s.servable for s in model.versions.values() if s.servable is not None]
+            if (model is loading or not loaded or name in busy or not all(s.available for s in model.versions.values()
+                                                          if s.servable is not None)):
+                continue
+            yield Resident(name, self.size_of(name), model.last_used, model.loaded_at, model.spec.pinned,
+                           model.waiting > 0 or any(servable.busy() for servable in loaded))
+
+    def _evict(self, model: ManagedModel, resident: Resident) -> None:
+        """Start unloading `model` to make room: from now on no request reaches it (in lazy mode the next one
+        loads it again, once this unload is done), and the requests it had finish first."""
+        assert self.budget is not None
+        for status in model.versions.values():
+            if status.available:
+                status.state = State.UNLOADING
+        model.refresh_latest()
+        log.info("unloading model %s to make room: %d bytes, last used %.1f s ago", resident.name, resident.size,
+                 time.monotonic() - resident.last_used)
+        self.budget.evictions += 1
+        self.budget.evicting[resident.name] = asyncio.ensure_future(self._unload_evicted(model))
+
+    async def _unload_evicted(self, model: ManagedModel) -> None:
+        name, budget = model.spec.name, self.budget
+        assert budget is not None
+        try:
+            async with self._model_lock(name):
+                for status in list(model.versions.values()):
+                    if status.servable is not None:
+                        await self._unload(model, status)
+                model.versions.clear()
+                model.refresh_latest()
+                if not self.lazy and self.models.get(name) is model:  # explicit mode: it is unloaded
+                    del self.models[name]
+                    self._forget(name)
+        except Exception:  # noqa: BLE001 - a processor's unload that failed is logged; the room is made anyway
+            log.exception("unloading model %s to make room failed", name)
+        finally:
+            del budget.evicting[name]
+
+    async def _settled(self, name: str) -> None:
+        """Wait until no unload of `name` to make room is under way."""
+        while self.budget is not None and (evicting := self.budget.evicting.get(name)) is not None:
+            await asyncio.wait([evicting])
 
     # ---- internals ----
 
@@ -479,7 +682,7 @@ class ModelManager:
         return None
 
     async def _reconcile(self, model: ManagedModel) -> None:
-        await self._unload_unaspired(model, await self._load_aspired(model, fetch=False))
+        await self._unload_unaspired(model, await self._load_aspired(model, fetch=False, reason="poll"))
 
     async def _local_base(self, model: ManagedModel, fetch: bool) -> str | None:
         """The folder to read a model's versions from: its base path, or where its URL or archive was fetched
@@ -525,8 +728,9 @@ class ModelManager:
             log.warning("model %s: the fetch failed again, %d times in a row (%d since the last line): %s (next "
                         "try after %.0f s)", name, failing.attempts, failing.unreported, e.message, failing.delay)
 
-    async def _load_aspired(self, model: ManagedModel, fetch: bool = True) -> set[int]:
-        """Load the versions the policy aspires to that are not loaded; the aspired versions."""
+    async def _load_aspired(self, model: ManagedModel, fetch: bool = True, reason: str = "explicit") -> set[int]:
+        """Load the versions the policy aspires to that are not loaded (for `reason`, budget.REASONS); the
+        aspired versions."""
         base = await self._local_base(model, fetch)
         if base is None:  # the fetch failed: keep what serves, or the failed version that says why
             return {v for v, s in model.versions.items() if s.available or s.error is not None}
@@ -534,7 +738,7 @@ class ModelManager:
         aspired = model.spec.policy.select(set(on_disk))
         if not on_disk:
             log.warning("model %s: no version directories under %s", model.spec.name, redact(model.spec.base_path))
-        loads = []
+        new = []
         for version in sorted(aspired):
             current = model.versions.get(version)
             # A version that failed is tried again only when its files moved (a flat base path that got a 1/).
@@ -542,8 +746,9 @@ class ModelManager:
                                    and (current.error is None or current.path != on_disk[version])):
                 status = VersionStatus(model.spec.name, version, on_disk[version])
                 model.versions[version] = status
-                loads.append(self._load(model, status))
-        await asyncio.gather(*loads)
+                new.append(status)
+        if new:
+            await self._load_within_budget(model, new, reason)
         return aspired
 
     async def _unload_unaspired(self, model: ManagedModel, aspired: set[int]) -> None:
@@ -558,7 +763,7 @@ class ModelManager:
                 elif status.error is not None and status.state is State.END:
                     del model.versions[status.version]  # a failed version that is gone from disk
 
-    async def _load(self, model: ManagedModel, status: VersionStatus) -> None:
+    async def _load(self, model: ManagedModel, status: VersionStatus, reason: str) -> None:
         spec = model.spec
         status.state = State.LOADING
         log.info("loading model %s version %d from %s", spec.name, status.version, status.path)
@@ -594,10 +799,16 @@ class ModelManager:
             if processor is not None:
                 await loop.run_in_executor(self._loader, processor.unload)
             return
+        self._available(model, status, reason)
+
+    def _available(self, model: ManagedModel, status: VersionStatus, reason: str) -> None:
+        """A version whose load and warm-up succeeded serves from now on; counted for `reason`."""
         status.state = State.AVAILABLE
         model.refresh_latest()
-        log.info("model %s version %d is AVAILABLE (%s; load %.2f s, warm-up %.2f s)", spec.name, status.version,
-                 status.platform, status.load_seconds, status.warmup_seconds)
+        model.loaded_at = model.last_used = time.monotonic()
+        self.loads.observe(reason, status.load_seconds + status.warmup_seconds)
+        log.info("model %s version %d is AVAILABLE (%s; load %.2f s, warm-up %.2f s)", model.spec.name,
+                 status.version, status.platform, status.load_seconds, status.warmup_seconds)
 
     @staticmethod
     def _load_blocking(spec: ModelSpec, status: VersionStatus) -> Processor:

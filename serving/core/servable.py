@@ -131,6 +131,16 @@ class Servable:
         if self.inflight == 0 and self._idle is not None:
             self._idle.set()
 
+    def busy(self) -> bool:
+        """Whether a request uses this version now: one held, queued or in a running batch."""
+        if self.inflight:
+            return True
+        for queue in self.queues.values():
+            queue.purge()  # requests settled while they waited are not waiting
+            if queue.waiting or queue.in_flight:
+                return True
+        return False
+
     async def drained(self) -> None:
         """Wait until no request uses this version: none held, every batch queue empty and idle."""
         while self.inflight:

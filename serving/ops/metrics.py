@@ -113,6 +113,7 @@ class EngineCollector(Collector):  # type: ignore[misc]
 
     def collect(self) -> Iterator[Metric]:
         yield from self._versions()
+        yield from self._residency()
         yield from self._queues()
         responses = CounterMetricFamily("serving_http_responses", "HTTP answers by status code", labels=["code"])
         for code, count in sorted(self.http_responses.items()):
@@ -149,6 +150,35 @@ class EngineCollector(Collector):  # type: ignore[misc]
         for name, n in sorted(self.manager.fetch_failures.items()):
             fetch_failures.add_metric([name], float(n))
         yield from (states, load, warmup, failures, fetch_failures)
+
+    def _residency(self) -> Iterator[Metric]:
+        """Loads by reason and how long they took, the models known and loaded, their memory and its budget
+        (lazy and explicit model control), the unloads made to make room and the loads over the budget."""
+        manager, budget = self.manager, self.manager.budget
+        loads = CounterMetricFamily("serving_model_loads", "model version loads that succeeded, by reason: lazy (a "
+                                    "request), explicit (the repository API, ModelMesh), poll (the configuration)",
+                                    labels=["reason"])
+        durations = HistogramMetricFamily("serving_model_load_duration_seconds", "how long each successful model "
+                                          "version load took, warm-up included", labels=["reason"])
+        for reason, histogram in manager.loads.durations.items():
+            loads.add_metric([reason], float(manager.loads.counts[reason]))
+            add_histogram(durations, [reason], histogram)
+        loaded = manager.loaded_models()
+        gauges = [("serving_models_known", "models this process serves or may load (lazy mode: not loaded too)",
+                   len(manager.models)),
+                  ("serving_models_loaded", "models with a version loaded", len(loaded)),
+                  ("serving_model_memory_bytes", "the memory the loaded models took, as measured at their loads",
+                   sum(manager.size_of(name) for name in loaded))]
+        if budget is not None:
+            gauges.append(("serving_model_memory_budget_bytes", "the memory the models of this process may take "
+                           "(--model_memory_capacity_bytes, its share of it under --workers)", budget.capacity))
+        yield from (loads, durations, *(GaugeMetricFamily(name, text, value=float(v)) for name, text, v in gauges))
+        if budget is not None:
+            yield CounterMetricFamily("serving_model_evictions", "models unloaded to make room under the memory "
+                                      "budget", value=float(budget.evictions))
+            yield CounterMetricFamily("serving_model_over_budget_loads", "loads that went over the memory budget "
+                                      "because no model could be unloaded (pinned, in use, loaded too recently)",
+                                      value=float(budget.over_budget))
 
     def _queues(self) -> Iterator[Metric]:
         """Each loaded version's batch queues: counters, depth, batches running, average compute."""

@@ -2,10 +2,11 @@
 in the package, nothing fetched from elsewhere) that polls `GET /ui/api/status`.
 
 The JSON says what the server serves (models, versions with state, labels, traffic, shadow, load error,
-signatures, a request body to try per protocol), how it is doing (per version, series over the last
-`WINDOW` seconds: requests/s, error rate, p50/p99 latency, queue depth, batch rows, inline share), the
-process (uptime, workers, CPU, memory, connections), the effective flags (never the token) and the recent
-errors and request-log samples.
+signatures, a request body to try per protocol; whether each model is loaded or pinned, its memory and its
+last use, and the models loaded of those known with their memory of the budget), how it is doing (per
+version, series over the last `WINDOW` seconds: requests/s, error rate, p50/p99 latency, queue depth, batch
+rows, inline share), the process (uptime, workers, CPU, memory, connections), the effective flags (never the
+token) and the recent errors and request-log samples.
 
 The series cost the request path nothing: a sampler reads the counters and histograms each version's record
 already keeps (serving/core/stats.py, the batch queues' stats) once per `INTERVAL` seconds and keeps the
@@ -348,7 +349,8 @@ def models_json(manager: ModelManager, series_of: Callable[[Key], dict[str, list
             versions.append(doc)
         models.append({
             "name": name, "platform": spec.platform or "", "base_path": redact(spec.base_path),
-            "error": "" if versions else model_error(manager, name, spec.base_path),
+            "error": "" if versions or manager.lazy else model_error(manager, name, spec.base_path),
+            **residency_json(manager, name, model),
             "labels": dict(sorted(model.labels.items())),
             "traffic": {str(v): w for v, w in sorted(model.traffic.items())},
             "shadow": {"version": spec.shadow.version, "sample_rate": spec.shadow.sample_rate}
@@ -359,9 +361,39 @@ def models_json(manager: ModelManager, series_of: Callable[[Key], dict[str, list
         })
     # A model whose explicit load failed is not in the manager (nothing of it loaded): its error still shows.
     models += [{"name": name, "platform": "", "base_path": "", "error": failure.message, "labels": {},
-                "traffic": {}, "shadow": None, "request_log": None, "versions": []}
+                "traffic": {}, "shadow": None, "request_log": None, "versions": [], "loaded": False,
+                "pinned": False, "size_bytes": 0, "last_used": None}
                for name, failure in sorted(manager.failures.items()) if name not in manager.models]
     return sorted(models, key=lambda m: m["name"])
+
+
+def residency_json(manager: ModelManager, name: str, model: ManagedModel) -> dict[str, Any]:
+    """Whether a model is loaded and pinned, the memory its versions took, its last use (epoch seconds; None
+    before any)."""
+    size = manager.size_of(name)
+    last_used = time.time() - (time.monotonic() - model.last_used) if model.last_used else None
+    loaded = any(s.servable is not None for s in model.versions.values())
+    return {"loaded": loaded, "pinned": model.spec.pinned, "size_bytes": size, "last_used": last_used}
+
+
+def residency_part(manager: ModelManager) -> dict[str, Any]:
+    """This process's models: known and loaded, their memory and the budget (None: no budget), the unloads
+    made to make room."""
+    loaded = manager.loaded_models()
+    budget = manager.budget
+    return {"lazy": manager.lazy, "known": len(manager.models), "loaded": len(loaded),
+            "memory_bytes": sum(manager.size_of(name) for name in loaded),
+            "budget_bytes": budget.capacity if budget is not None else None,
+            "evictions": budget.evictions if budget is not None else 0}
+
+
+def residency_sum(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The workers' residency parts added up (the models known are each worker's, the same)."""
+    first = parts[0]
+    budgets = [p["budget_bytes"] for p in parts if p.get("budget_bytes") is not None]
+    return {"lazy": first["lazy"], "known": first["known"], "loaded": sum(p["loaded"] for p in parts),
+            "memory_bytes": sum(p["memory_bytes"] for p in parts), "budget_bytes": sum(budgets) if budgets else None,
+            "evictions": sum(p["evictions"] for p in parts)}
 
 
 def version_json(model: ManagedModel, version: int, status: VersionStatus) -> dict[str, Any]:
@@ -513,6 +545,7 @@ class StatusApi:
             "rss_bytes": resident_bytes(), "open_connections": len(sources.connections),
             "errors": [list(e) for e in sources.request_metrics.recent_errors],
             "requests": [list(r) for r in sources.request_log.recent],
+            "residency": residency_part(sources.manager),
         }
 
     def _server(self, parts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -530,6 +563,8 @@ class StatusApi:
             "rss_bytes": sum(p["rss_bytes"] for p in parts),
             "open_connections": sum(p["open_connections"] for p in parts),
             "auth": sources.auth is not None,
+            "residency": residency_sum([p["residency"] for p in parts if "residency" in p] or
+                                       [residency_part(sources.manager)]),
         }
 
     async def document(self, since: int | None = None) -> dict[str, Any]:

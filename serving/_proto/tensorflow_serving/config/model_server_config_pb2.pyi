@@ -20,7 +20,7 @@ TENSORFLOW: ModelType
 OTHER: ModelType
 
 class ModelConfig(_message.Message):
-    __slots__ = ("name", "base_path", "model_type", "model_platform", "model_version_policy", "logging_config", "version_labels", "version_traffic", "shadow_version")
+    __slots__ = ("name", "base_path", "model_type", "model_platform", "model_version_policy", "logging_config", "version_labels", "version_traffic", "shadow_version", "pinned")
     class VersionLabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +44,7 @@ class ModelConfig(_message.Message):
     VERSION_LABELS_FIELD_NUMBER: _ClassVar[int]
     VERSION_TRAFFIC_FIELD_NUMBER: _ClassVar[int]
     SHADOW_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PINNED_FIELD_NUMBER: _ClassVar[int]
     name: str
     base_path: str
     model_type: ModelType
@@ -53,7 +54,8 @@ class ModelConfig(_message.Message):
     version_labels: _containers.ScalarMap[str, int]
     version_traffic: _containers.ScalarMap[int, int]
     shadow_version: ShadowVersion
-    def __init__(self, name: _Optional[str] = ..., base_path: _Optional[str] = ..., model_type: _Optional[_Union[ModelType, str]] = ..., model_platform: _Optional[str] = ..., model_version_policy: _Optional[_Union[_file_system_storage_path_source_pb2.FileSystemStoragePathSourceConfig.ServableVersionPolicy, _Mapping]] = ..., logging_config: _Optional[_Union[_logging_config_pb2.LoggingConfig, _Mapping]] = ..., version_labels: _Optional[_Mapping[str, int]] = ..., version_traffic: _Optional[_Mapping[int, int]] = ..., shadow_version: _Optional[_Union[ShadowVersion, _Mapping]] = ...) -> None: ...
+    pinned: bool
+    def __init__(self, name: _Optional[str] = ..., base_path: _Optional[str] = ..., model_type: _Optional[_Union[ModelType, str]] = ..., model_platform: _Optional[str] = ..., model_version_policy: _Optional[_Union[_file_system_storage_path_source_pb2.FileSystemStoragePathSourceConfig.ServableVersionPolicy, _Mapping]] = ..., logging_config: _Optional[_Union[_logging_config_pb2.LoggingConfig, _Mapping]] = ..., version_labels: _Optional[_Mapping[str, int]] = ..., version_traffic: _Optional[_Mapping[int, int]] = ..., shadow_version: _Optional[_Union[ShadowVersion, _Mapping]] = ..., pinned: bool = ...) -> None: ...
 
 class ShadowVersion(_message.Message):
     __slots__ = ("version", "sample_rate")
