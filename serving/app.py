@@ -42,9 +42,11 @@ from .settings import Settings
 from .tools.ui import StatusApi, StatusSources
 from .tools.warmup import Warmup
 from .transport.auth import tokens_from
+from .transport.h2.connection import H2Limits
 from .transport.http import HTTP_RESPONSES, KEPT_HEADERS, http_limits
 from .transport.listener import HttpListener
 from .transport.rpc.decode import add_health
+from .transport.rpc.native import NativeServer, new_native_server
 from .transport.rpc.server import answer_compression, listen, new_server
 
 log = logging.getLogger("serving")
@@ -72,6 +74,8 @@ class Server:
     def __init__(self, settings: Settings) -> None:
         s = self.settings = settings
         self.grpc_compression = answer_compression(s.grpc_compression)  # a bad name stops the start here
+        if s.grpc_transport not in ("native", "grpcio"):
+            raise ValueError(f"--grpc_transport: expected native or grpcio, got {s.grpc_transport!r}")
         self.siblings = Siblings.from_env()  # under a supervisor (--workers): the other workers
         processes = self.siblings.count if self.siblings is not None else 1
         self.runtime = Runtime(options_from_settings(s), spare_core=available_cores() > processes)
@@ -93,8 +97,8 @@ class Server:
         self._serve_http(s)
         self.specs: list[ModelSpec] = []
         self.internal: asyncio.Server | None = None  # the Unix socket the sibling workers ask
-        self.grpc: grpc.aio.Server | None = None
-        self.modelmesh: grpc.aio.Server | None = None  # the ModelMesh runtime API (--modelmesh_port)
+        self.grpc: grpc.aio.Server | NativeServer | None = None
+        self.modelmesh: grpc.aio.Server | NativeServer | None = None  # the ModelMesh runtime API (--modelmesh_port)
         self.health: health_aio.HealthServicer | None = None
         self.health_ready = False  # what gRPC health says now
         self.tasks: list[asyncio.Task[None]] = []
@@ -198,23 +202,40 @@ class Server:
                                ModelService(self.manager, self.reload, self.control.roots),
                                InferenceService(self.manager, self.pipeline, timeout_s, self.statistics,
                                                 self.control)]
-        self.grpc = new_server(services, auth=self.auth, admin_auth=self.admin_auth, access_log=self.access_log,
-                               reuse_port=self.siblings is not None, max_message_bytes=s.grpc_max_message_bytes,
-                               compression_level=self.grpc_compression)
         self.health = health_aio.HealthServicer()
         await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
-        add_health(self.grpc, self.health)
-        await listen(self.grpc, s.host, s.port, "gRPC port",
-                     "TF Serving PredictionService + ModelService, KServe V2, health")
+        self.grpc = await self._grpc_server(services, s.host, s.port, "gRPC port",
+                                            "TF Serving PredictionService + ModelService, KServe V2, health",
+                                            health=self.health, compression_level=self.grpc_compression)
 
     async def _start_modelmesh(self) -> None:
         s = self.settings
         runtime = ModelRuntime(self.control, self.manager, s, copies=self.siblings.count if self.siblings else 1,
                                started=lambda: self.started)
-        self.modelmesh = new_server([runtime], auth=self.auth, admin_auth=self.admin_auth,
-                                    access_log=self.access_log, reuse_port=self.siblings is not None)
-        await listen(self.modelmesh, s.modelmesh_host, s.modelmesh_port, "the ModelMesh port",
-                     "ModelMesh mmesh.ModelRuntime")
+        self.modelmesh = await self._grpc_server([runtime], s.modelmesh_host, s.modelmesh_port, "the ModelMesh port",
+                                                 "ModelMesh mmesh.ModelRuntime")
+
+    async def _grpc_server(self, services: list[Any], host: str, port: int, name: str, serves: str, *,
+                           health: Any = None, compression_level: int = 0) -> grpc.aio.Server | NativeServer:
+        """A gRPC server of `services` listening on `host:port`, on the transport --grpc_transport names."""
+        s = self.settings
+        if s.grpc_transport == "native":
+            native = new_native_server(services, health=health, auth=self.auth, admin_auth=self.admin_auth,
+                                       access_log=self.access_log, reuse_port=self.siblings is not None,
+                                       max_message_bytes=s.grpc_max_message_bytes,
+                                       compression_level=compression_level, max_connections=s.max_connections,
+                                       limits=H2Limits(idle_timeout_s=s.grpc_max_connection_idle_seconds,
+                                                       max_age_s=s.grpc_max_connection_age_seconds))
+            await native.start(host, port)
+            log.info("gRPC (%s, native HTTP/2) listening on %s:%d", serves, host, port)
+            return native
+        server = new_server(services, auth=self.auth, admin_auth=self.admin_auth, access_log=self.access_log,
+                            reuse_port=self.siblings is not None, max_message_bytes=s.grpc_max_message_bytes,
+                            compression_level=compression_level)
+        if health is not None:
+            add_health(server, health)
+        await listen(server, host, port, name, serves)
+        return server
 
     async def reload(self, specs: list[ModelSpec]) -> None:
         """Serve a new model config (ModelService.HandleReloadConfigRequest), as the file poller does; under a

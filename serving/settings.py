@@ -70,6 +70,15 @@ class Settings:
         "none", "compression of the gRPC port's answers: `none`, `gzip` or `deflate`, for the clients whose "
         "`grpc-accept-encoding` names it (one naming only the other gets that one, one naming neither none); "
         "compressed requests are read whatever this says", group="network")
+    grpc_transport: str = setting(
+        "native", "HTTP/2 of the gRPC ports: `native` (our own, serving/transport/h2, on the server's event loop) "
+        "or `grpcio` (grpc.aio's server)", group="network")
+    grpc_max_connection_idle_seconds: float = setting(
+        300.0, "a native gRPC connection with no call open this long is told GOAWAY and closed (0: never)",
+        group="network", unit="s")
+    grpc_max_connection_age_seconds: float = setting(
+        0.0, "a native gRPC connection older than this is drained: GOAWAY, its calls finish, then it closes "
+        "(0: never; spreads long-lived clients over new workers or replicas)", group="network", unit="s")
     workers: str = setting(
         "1", "server processes sharing the HTTP and gRPC ports (SO_REUSEPORT), each with its own copy of the "
         "models, under a supervisor that restarts them; `0` or `auto`: the cores this process may use (CPU "

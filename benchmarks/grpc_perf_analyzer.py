@@ -1,0 +1,133 @@
+"""Batch-1 XGBoost, KServe V2 ModelInfer, driven by Triton's own C++ client (perf_analyzer) over gRPC and
+HTTP: serving-engine on its native HTTP/2 transport and on grpc.aio, beside PyTriton, in one run.
+
+    python benchmarks/grpc_perf_analyzer.py [--duration 10] [--concurrency 1 64] [--streaming]
+
+perf_analyzer comes from `../shared/peers/setup.sh` (/tmp/anchors/pa/perf_analyzer.sh; $PERF_ANALYZER
+overrides it), PyTriton from the same setup (skipped when absent). Each row: perf_analyzer's own
+inferences/s and p50/p99 (its last stable window), and the server's CPU per call: the growth of the
+server's process-tree CPU time over the whole perf_analyzer run, divided by its calls (inferences/s times
+the run's wall time, warm-up windows included on both sides of the division). Writes a Markdown table to
+benchmarks/results/ with the command that made it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import signal
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # noqa: E402 - a script run from a checkout
+
+from benchmarks.report import write_report  # noqa: E402
+from benchmarks.xgb_http import PEERS, PYTRITON_PY, free_port, prepare_model, tree_cpu, wait_ready  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+PERF_ANALYZER = os.environ.get("PERF_ANALYZER", "/tmp/anchors/pa/perf_analyzer.sh")
+
+
+def perf_analyzer(url: str, protocol: str, conc: int, args: argparse.Namespace, work: Path,
+                  streaming: bool = False) -> dict[str, float]:
+    """One perf_analyzer run at `conc` against `url` (`grpc` or `http`): its figures and its wall time."""
+    out = work / f"pa-{protocol}-{conc}-{time.monotonic_ns()}.csv"
+    cmd = [PERF_ANALYZER, "-m", "xgb", "-u", url, "-i", protocol, "-b", "1", "--concurrency-range", str(conc),
+           "--measurement-interval", str(args.duration * 1000), "--max-trials", "4", "-f", str(out)]
+    if streaming:
+        cmd.append("--streaming")
+    started = time.monotonic()
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.duration * 8 + 120)
+    wall = time.monotonic() - started
+    if done.returncode != 0 or not out.exists():
+        raise RuntimeError(f"perf_analyzer failed: {done.stdout[-800:]} {done.stderr[-800:]}")
+    with out.open() as f:
+        row = next(csv.DictReader(f))
+    rps = float(row["Inferences/Second"])
+    return {"rps": rps, "requests": rps * wall, "p50": float(row["p50 latency"]) / 1000,
+            "p99": float(row["p99 latency"]) / 1000, "errors": 0.0}
+
+
+def measure(name: str, cmd: list[str], ready: str, loads: list[tuple[str, str, str, bool]], env: dict[str, str],
+            args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+    """Start a server, run each (row name, protocol, url, streaming) at every concurrency, stop it."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                            start_new_session=True)
+    rows = []
+    try:
+        wait_ready(ready, proc)
+        for row_name, protocol, url, streaming in loads:
+            for conc in args.concurrency:
+                before = tree_cpu(proc.pid)
+                r = perf_analyzer(url, protocol, conc, args, work, streaming)
+                cpu_us = 1e6 * (tree_cpu(proc.pid) - before) / max(r["requests"], 1)
+                rows.append({"server": f"{name} {row_name}", "conc": conc, **r, "cpu_us": cpu_us})
+                print(f"{name + ' ' + row_name:34s} c={conc:<3d} {r['rps']:>8.0f} inf/s  p50 {r['p50']:.3f} ms  "
+                      f"p99 {r['p99']:.3f} ms  cpu {cpu_us:.0f} us/call", flush=True)
+    except RuntimeError as e:
+        print(f"{name}: {e}", flush=True)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return rows
+
+
+def ours(transport: str, repo: Path, args: argparse.Namespace, env: dict[str, str], work: Path) -> list[dict[str, Any]]:
+    http, grpc_port = free_port(), free_port()
+    cmd = [sys.executable, "-m", "serving", f"--model_base_path={repo}", "--model_name=xgb", "--host=127.0.0.1",
+           f"--rest_api_port={http}", f"--port={grpc_port}", "--log_level=WARNING", f"--grpc_transport={transport}",
+           *args.server_args.split()]
+    loads = [("grpc", "grpc", f"127.0.0.1:{grpc_port}", False)]
+    if args.streaming:
+        loads.append(("grpc stream", "grpc", f"127.0.0.1:{grpc_port}", True))
+    if transport == "native":  # the HTTP baseline once, from the same server
+        loads.append(("http", "http", f"127.0.0.1:{http}", False))
+    return measure(f"serving-engine {transport}", cmd, f"http://127.0.0.1:{http}/readyz", loads, env, args, work)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--duration", type=int, default=10, help="seconds of each perf_analyzer window")
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
+    ap.add_argument("--streaming", action="store_true", help="also ModelStreamInfer (perf_analyzer --streaming)")
+    ap.add_argument("--server-args", default="--max_batch_size=64 --worker_threads=1")
+    ap.add_argument("--skip", nargs="*", default=[], choices=["grpcio", "pytriton"])
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = ap.parse_args()
+    if not Path(PERF_ANALYZER).exists():
+        raise SystemExit(f"perf_analyzer not found at {PERF_ANALYZER}: run ../shared/peers/setup.sh")
+    work = Path(tempfile.mkdtemp(prefix="bench-pa-"))
+    repo, _ = prepare_model(work)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ANCHOR_MODELS": str(work)}
+    rows = ours("native", repo, args, env, work)
+    if "grpcio" not in args.skip:
+        rows += ours("grpcio", repo, args, env, work)
+    if PYTRITON_PY.exists() and (PEERS / "serve_pytriton.py").exists() and "pytriton" not in args.skip:
+        loads = [("grpc", "grpc", "127.0.0.1:18091", False), ("http", "http", "127.0.0.1:18090", False)]
+        rows += measure("pytriton", [str(PYTRITON_PY), str(PEERS / "serve_pytriton.py"), "--model", "xgb",
+                                     "--batching", "on"], "http://127.0.0.1:18090/v2/models/xgb/ready", loads,
+                        {**env, "LD_LIBRARY_PATH": sysconfig.get_config_var("LIBDIR")}, args, work)
+    write_report(args.out, "grpc_perf_analyzer", "XGBoost (100 trees x 32 features), batch-1 KServe V2 ModelInfer, "
+                 "perf_analyzer", [
+                     f"Command: `python benchmarks/grpc_perf_analyzer.py --duration {args.duration} --concurrency "
+                     f"{' '.join(map(str, args.concurrency))}{' --streaming' if args.streaming else ''} "
+                     f"--server-args '{args.server_args}'`",
+                     f"(perf_analyzer 2.45 from ../shared/peers/setup.sh, one client process, loopback, "
+                     f"{os.cpu_count()} cores, every server in the same run; CPU per call over the whole "
+                     "perf_analyzer run, warm-up included).",
+                 ], rows, [("serving-engine native grpc", "pytriton grpc"),
+                           ("serving-engine native grpc", "serving-engine native http"),
+                           ("serving-engine native grpc", "serving-engine grpcio grpc")])
+
+
+if __name__ == "__main__":
+    main()
