@@ -38,6 +38,7 @@ from .platform.workers import available_cores
 from .protocols.kserve.rpc import InferenceService
 from .protocols.router import RestApi
 from .protocols.tfserving.rpc import ModelService, PredictionService
+from .queue.service import EmbeddedQueues
 from .settings import Settings
 from .tools.ui import StatusApi, StatusSources
 from .tools.warmup import Warmup
@@ -138,6 +139,14 @@ class Server:
             self.manager, self.request_metrics, self.request_log, s, self.http.connections,
             lambda: self.api.draining, self.auth, self.siblings, s.rest_api_timeout_in_ms / 1000))
         self.api.pages = self.status.route
+        self.queues: EmbeddedQueues | None = None  # an async service's queues and subscriber
+        if s.async_service:
+            if self.siblings is not None:
+                raise ValueError("an async service (--async_service, metadata.type Async) runs in one process: "
+                                 "leave --workers at 1")
+            self.queues = EmbeddedQueues(s)
+            self.api.queues = self.queues.api
+            self.metrics.registry.register(self.queues.collector)
 
     def _observers_for(self, spec: ModelSpec) -> tuple[Any, ...]:
         """The observers a model's config asks for, besides the server's."""
@@ -168,6 +177,8 @@ class Server:
         if siblings is None:  # one process: liveness and the status routes answer while the models load
             await self.manager.apply(startup)
         self.started = True
+        if self.queues is not None:
+            self.queues.subscribe(self.api.cloud, self.api.cloud.error)
         # What start-up made lives as long as the process: keep it out of the collector's full passes,
         # which otherwise stall the event loop for tens of ms under load (a p99 spike).
         gc.collect()
@@ -307,11 +318,15 @@ class Server:
             deadline = time.monotonic() + self.settings.grace_period_s()
         log.info("draining: no new connections; finishing requests in flight")
         await self._not_ready()
+        if self.queues is not None:  # the held items are answered and committed while the models are loaded
+            await self.queues.stop()
         await self.http.close()
         grpc_stopped = None
         if self.grpc is not None:  # refuses new calls, lets calls in flight finish
             grpc_stopped = asyncio.create_task(self.grpc.stop(max(deadline - time.monotonic(), 0.1)))
         await self.http.finish(deadline)
+        if self.queues is not None:
+            self.queues.close()  # every write answered is on disk
         for task in self.tasks:
             task.cancel()
         if grpc_stopped is not None:

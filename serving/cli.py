@@ -119,7 +119,8 @@ def setup_logging(settings: Settings) -> None:
 
 #: `serving <command> ...`: the module whose main(argv) runs it.
 COMMANDS = {"bench": ".tools.bench.cli",  # the load generator (serving/tools/bench/)
-            "warmup-from-log": ".tools.fromlog"}  # a warm-up file from request logs
+            "warmup-from-log": ".tools.fromlog",  # a warm-up file from request logs
+            "queue": ".queue.standalone"}  # the queue service alone (serving/queue/)
 
 
 def main(argv: list[str] | None = None) -> None:

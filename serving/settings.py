@@ -43,6 +43,7 @@ GROUPS = {
     "batching": "dynamic batching, per model queue",
     "modelmesh": "the ModelMesh model runtime (mmesh.ModelRuntime, --modelmesh_port)",
     "cloud": "the cloud service form (--service_config)",
+    "queue": "the asynchronous service: its queues and the subscriber (`metadata.type: Async`)",
     "auth": "access tokens",
     "logging": "what the server logs",
 }
@@ -256,6 +257,24 @@ class Settings:
         unit="requests/s")
     io_threads: int = setting(
         4, "read from the service config for compatibility; one event loop does all I/O", group="cloud")
+    # queue
+    async_service: bool = setting(
+        False, "host the service's input queue at `/api/predict/<model_name>` and its sink at "
+        "`/api/predict/<model_name>/sink` (the cloud queue service's API) and subscribe to the input: each item "
+        "is run as a cloud-route call of the model and answered to the sink; the service JSON's "
+        "`metadata.type: Async` sets it", group="queue")
+    queue_store: str = setting(
+        "", "where the queues are kept: `sqlite:PATH` (WAL; a put is on disk before its index is answered)",
+        group="queue", shown_default="sqlite: queues/<model_name>.db beside the model cache dir")
+    queue_window: int = setting(
+        0, "items the subscriber works on at once (the cloud's subscription window); 0: `--max_batch_size`",
+        group="queue", unit="items", shown_default="--max_batch_size")
+    queue_max_length: int = setting(
+        10000, "items the input queue holds; a put past it is refused 429", group="queue", unit="items")
+    queue_sink_max_length: int = setting(
+        10000, "items the sink holds; while it is full the subscriber takes no input", group="queue", unit="items")
+    queue_max_payload_bytes: int = setting(
+        8 * 1024 * 1024, "largest queue item; a bigger put is refused 413", group="queue", unit="bytes")
     # auth
     token: str = setting(
         "", "access token required on predict routes and gRPC calls; it shows in `ps`: prefer "
@@ -350,6 +369,7 @@ class Settings:
         for key in ("warm_up_data_path", "token"):
             if key in flat:
                 setattr(self, key, str(flat[key]))
+        self._apply_queue_keys(path, flat)
         rpc = {k[len("metadata.rpc."):]: v for k, v in flat.items() if k.startswith("metadata.rpc.")}
         by_name = {f.name: f for f in fields(self)}
         for key, attr, scale in RPC_KEYS:
@@ -362,6 +382,26 @@ class Settings:
         if unknown:
             log.warning("service config: ignoring unknown metadata.rpc keys %s", ", ".join(unknown))
 
+    def _apply_queue_keys(self, path: str, flat: Mapping[str, Any]) -> None:
+        """`metadata.type: Async` and the `queue.*` keys of an asynchronous service."""
+        if str(flat.get("metadata.type", "")).lower() == "async":
+            self.async_service = True
+        by_name = {f.name: f for f in fields(self)}
+        for key, attr in QUEUE_KEYS:
+            if key in flat:
+                try:
+                    setattr(self, attr, _scaled(by_name[attr], flat[key], 1))
+                except ValueError as e:
+                    raise ValueError(f"service config {path}: {key}: {e}") from e
+
+
+# The service JSON's queue keys -> settings attribute.
+QUEUE_KEYS = [
+    ("queue.source.max_length", "queue_max_length"),
+    ("queue.sink.max_length", "queue_sink_max_length"),
+    ("queue.max_payload_bytes", "queue_max_payload_bytes"),
+    ("queue.window", "queue_window"),
+]
 
 # metadata.rpc.<key> -> settings attribute, unit scale
 RPC_KEYS = [

@@ -8,7 +8,9 @@ http.py: a request it cannot parse or accept) are written by `RestApi.render_err
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
+from typing import Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -30,6 +32,14 @@ from .tfserving.rest import TfServingRest
 PROMETHEUS = CONTENT_TYPE_LATEST.encode()
 #: The paths that load and unload models (Triton's repository API): the admin token's, when one is set.
 CONTROL_PREFIX = "/v2/repository/models/"
+
+
+class QueueRoutes(Protocol):
+    """The queues' HTTP API as the router sees it (serving/queue/api.py)."""
+
+    def __call__(self, request: Request) -> Response | Deferred | None: ...
+
+    def upgrade(self, request: Request, transport: asyncio.Transport, rest: bytes) -> Response | None: ...
 
 
 def _wants_html(request: Request) -> bool:
@@ -68,6 +78,21 @@ class RestApi:
         self.pages = pages  # the status page (serving/tools/ui `StatusApi.route`)
         #: Set by the server on SIGTERM: readiness answers not ready while requests are still served.
         self.draining = False
+        #: An async service's queues (serving/queue/api.py `QueueApi`): they answer the `/api/predict/` paths
+        #: naming a queue (None: not one of theirs), and their WebSocket watchers (`upgrade`).
+        self.queues: QueueRoutes | None = None
+
+    def upgrade(self, request: Request, transport: asyncio.Transport, rest: bytes) -> Response | None:
+        """A request to switch protocols (the HTTP connection's hook): a queue watcher's WebSocket, with the
+        token of the predict routes; anything else is refused 400."""
+        if self.queues is None or not request.path.startswith("/api/predict/"):
+            return Response(400, encode_connection_error("protocol upgrades are not supported"))
+        try:
+            if self.auth is not None:
+                self.auth.check_http(request.method, request.path, request.headers, request.body)
+        except ServingError as e:
+            return self.cloud.error(e)
+        return self.queues.upgrade(request, transport, rest)
 
     @staticmethod
     def render_error(status: int, message: str) -> Response:
@@ -98,6 +123,10 @@ class RestApi:
                 auth = self.admin_auth
             if auth is not None and (request.method == "POST" or path.startswith("/api/predict")):
                 auth.check_http(request.method, path, request.headers, request.body)
+            if self.queues is not None and adapter is self.cloud:
+                answer = self.queues(request)
+                if answer is not None:
+                    return answer
             return adapter(request)
         except ServingError as e:
             return adapter.error(e)

@@ -118,6 +118,9 @@ class Request:
 
 
 Handler = Callable[[Request], "Response | Deferred"]
+#: (request, the connection's transport, the bytes that followed the request) -> None when the handler took the
+#: transport over (a WebSocket: it set its own protocol on it), else the answer refusing the switch.
+Upgrade = Callable[[Request, asyncio.Transport, bytes], "Response | None"]
 #: (status, message) -> the answer: how the connection's own errors are written.
 RenderError = Callable[[int, str], Response]
 
@@ -153,7 +156,7 @@ def http_limits(s: Settings) -> HttpLimits:
 
 KEPT_HEADERS = {b"content-encoding", b"content-type", b"authorization", b"content-md5", b"date", b"expect",
                 b"inference-header-content-length", b"x-request-id", b"traceparent", b"tracestate", b"accept",
-                b"accept-encoding"}
+                b"accept-encoding", b"upgrade", b"sec-websocket-key", b"sec-websocket-version"}
 
 #: A header name as sent -> how on_header treats it: its lower-case name when it is kept, CONTENT_LENGTH, or
 #: DROPPED. Clients send the same few spellings: one lookup in place of lower() and a set test per header.
@@ -315,8 +318,11 @@ class HttpConnection(asyncio.Protocol):
 
     def __init__(self, handler: Handler, limits: HttpLimits, registry: set[HttpConnection],
                  wheel: DeadlineWheel, *, clock: Callable[[], float] = time.monotonic,
-                 access_log: AccessLog | None = None, render_error: RenderError = plain_error) -> None:
+                 access_log: AccessLog | None = None, render_error: RenderError = plain_error,
+                 upgrade: Upgrade | None = None) -> None:
         self.handler, self.limits, self.registry, self.wheel = handler, limits, registry, wheel
+        self.upgrade = upgrade  # None: a protocol upgrade is refused 400
+        self.upgrade_request: Request | None = None  # the request asking for one, until the parser stops at it
         self.render_error = render_error
         self.access_log = access_log  # None: off, one check per request
         self.peer: Any = None
@@ -388,8 +394,8 @@ class HttpConnection(asyncio.Protocol):
             self.header_wire += len(data)
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._fail(400, "protocol upgrades are not supported")
+        except httptools.HttpParserUpgrade as e:
+            self._switch(data[e.args[0]:] if e.args and isinstance(e.args[0], int) else b"")
         except httptools.HttpParserError as e:
             self._fail(400, f"malformed HTTP request: {e}")
         # httptools holds a header line until it ends, so on_header alone cannot stop one endless line:
@@ -457,6 +463,9 @@ class HttpConnection(asyncio.Protocol):
         if self.closing:
             return
         self.request_started = None
+        if self.parser.should_upgrade():  # the parser stops after it: _switch() answers it
+            self._hold_upgrade()
+            return
         headers = self.headers
         sent_id = headers.get(b"x-request-id")
         request_id = (new_request_id() if not sent_id or len(sent_id) > MAX_ID_LENGTH  # as request_id_of
@@ -488,6 +497,31 @@ class HttpConnection(asyncio.Protocol):
             self.waiting.append((slot, request))
             return
         self._dispatch(slot, request)
+
+    def _hold_upgrade(self) -> None:
+        target = _target(self.url)
+        if target is not None:
+            self.upgrade_request = Request(self.parser.get_method().decode("latin-1"), target[0], target[1],
+                                           self.headers, b"", request_id_of(self.headers.get(b"x-request-id")))
+
+    def _switch(self, rest: bytes) -> None:
+        """A request asked to switch protocols (a WebSocket): handed to `upgrade` with the transport when no
+        earlier answer is owed; refused (400, or upgrade's answer) otherwise, and the connection closed."""
+        request, self.upgrade_request = self.upgrade_request, None
+        transport = self.transport
+        if self.upgrade is None or request is None or self.pending or transport is None:
+            self._fail(400, "protocol upgrades are not supported")
+            return
+        refused = self.upgrade(request, transport, rest)
+        if refused is None:  # the transport has its new protocol: this connection is done with it
+            self.closing = True
+            self.registry.discard(self)
+            self.transport = None
+            return
+        slot = _Slot(self, request.request_id, close=True)
+        self.pending.append(slot)
+        self._complete(slot, refused)
+        self.closing = True
 
     def _body(self) -> bytes | None:
         """The request's body, decompressed; None when it was answered instead (see _decode)."""

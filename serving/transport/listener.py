@@ -40,7 +40,7 @@ class HttpListener:
         """The protocol factory of the listener (and of the connections its drain accepts itself)."""
         assert self.wheel is not None
         return HttpConnection(self.routes, self.limits, self.connections, self.wheel, access_log=self.access_log,
-                              render_error=self.routes.render_error)
+                              render_error=self.routes.render_error, upgrade=getattr(self.routes, "upgrade", None))
 
     def sibling_connection(self, handler: Handler) -> Callable[[], HttpConnection]:
         """A factory for another socket served by `handler` (a worker's Unix socket): the same limits, deadlines
