@@ -38,6 +38,7 @@ from .platform.workers import available_cores
 from .protocols.kserve.rpc import InferenceService
 from .protocols.router import RestApi
 from .protocols.tfserving.rpc import ModelService, PredictionService
+from .queue.remote import RemoteQueues
 from .queue.service import EmbeddedQueues
 from .settings import Settings
 from .tools.ui import StatusApi, StatusSources
@@ -139,8 +140,11 @@ class Server:
             self.manager, self.request_metrics, self.request_log, s, self.http.connections,
             lambda: self.api.draining, self.auth, self.siblings, s.rest_api_timeout_in_ms / 1000))
         self.api.pages = self.status.route
-        self.queues: EmbeddedQueues | None = None  # an async service's queues and subscriber
-        if s.async_service:
+        self.queues: EmbeddedQueues | RemoteQueues | None = None  # an async service's queues and subscriber
+        if s.queue_endpoint:  # a remote queue service hosts them: each process subscribes there
+            self.queues = RemoteQueues(s, self.auth.token.decode() if self.auth is not None else "")
+            self.metrics.registry.register(self.queues.collector)
+        elif s.async_service:
             if self.siblings is not None:
                 raise ValueError("an async service (--async_service, metadata.type Async) runs in one process: "
                                  "leave --workers at 1")

@@ -275,6 +275,12 @@ class Settings:
         10000, "items the sink holds; while it is full the subscriber takes no input", group="queue", unit="items")
     queue_max_payload_bytes: int = setting(
         8 * 1024 * 1024, "largest queue item; a bigger put is refused 413", group="queue", unit="bytes")
+    queue_endpoint: str = setting(
+        "", "`http://host:port` of a queue service (`serving queue`): subscribe to `<model_name>` there (its "
+        "WebSocket API, `--queue_window` items at once) and answer to its `<model_name>/sink` instead of hosting "
+        "the queues", group="queue", shown_default="none: host them")
+    queue_token: str = setting(
+        "", "the token sent to `--queue_endpoint` (`Authorization`)", group="queue", shown_default="--token")
     # auth
     token: str = setting(
         "", "access token required on predict routes and gRPC calls; it shows in `ps`: prefer "
