@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))  # noqa: E402 - a script run from a checkout
 from benchmarks.hot_path import FakeTransport, closed_loop  # noqa: E402
 from benchmarks.xgb_http import prepare_model  # noqa: E402
 from serving._proto.inference import grpc_predict_v2_pb2 as pb  # noqa: E402
+from serving._proto.tensorflow_serving.apis import predict_pb2  # noqa: E402
 from serving.core.batching import BatchingOptions  # noqa: E402
 from serving.core.dataplane import DataPlane  # noqa: E402
 from serving.core.model_config import ModelSpec  # noqa: E402
@@ -50,6 +51,7 @@ from serving.ops.accesslog import AccessLog  # noqa: E402
 from serving.ops.metrics import RequestMetrics  # noqa: E402
 from serving.protocols.kserve.rpc import InferenceService  # noqa: E402
 from serving.protocols.router import RestApi  # noqa: E402
+from serving.protocols.tfserving.rpc import PredictionService  # noqa: E402
 from serving.transport.http import DeadlineWheel, HttpConnection, HttpLimits  # noqa: E402
 from serving.transport.rpc.native import NativeServer, new_native_server  # noqa: E402
 
@@ -65,9 +67,9 @@ class GrpcClient:
     """One connection's requests as a grpcio client writes them: HEADERS (a header block that repeats after the
     first, or one with a new x-request-id each call) and DATA with END_STREAM, on odd stream ids in turn."""
 
-    def __init__(self, message: bytes, unique_ids: bool) -> None:
+    def __init__(self, message: bytes, unique_ids: bool, method: str = METHOD) -> None:
         encoder = hpack.Encoder()
-        headers = [(":method", "POST"), (":scheme", "http"), (":path", METHOD), (":authority", "127.0.0.1"),
+        headers = [(":method", "POST"), (":scheme", "http"), (":path", method), (":authority", "127.0.0.1"),
                    ("content-type", "application/grpc"), ("te", "trailers"),
                    ("grpc-accept-encoding", "identity, deflate, gzip"), ("user-agent", "grpc-python/bench")]
         # Encoded here, not per call (the client's CPU is this process's too): the first block indexes the
@@ -118,13 +120,14 @@ class H2Transport(FakeTransport):
         return 0
 
 
-async def h2_loop(server: NativeServer, message: bytes, total: int, conc: int, unique: bool) -> float:
-    """Process CPU µs per call of `total` calls, `conc` connections each with one call in flight."""
+async def h2_loop(server: NativeServer, message: bytes, total: int, conc: int, unique: bool,
+                  method: str = METHOD) -> float:
+    """Process CPU µs per call of `total` calls of `method`, `conc` connections each with one call in flight."""
     loop = asyncio.get_running_loop()
     state = {"left": total - conc, "done": 0, "total": total, "future": loop.create_future()}
     conns = []
     for _ in range(conc):
-        client = GrpcClient(message, unique)
+        client = GrpcClient(message, unique, method)
         conn = server.connection()
         transport = H2Transport(loop, state, client)
         transport.protocol = conn
@@ -140,6 +143,18 @@ async def h2_loop(server: NativeServer, message: bytes, total: int, conc: int, u
         conn.data_received(client.next_request())
     await state["future"]
     return (time.process_time() - t0) / total * 1e6
+
+
+def predict_request(row: list[float]) -> bytes:
+    """A batch-1 TF Serving PredictRequest, its tensor in tensor_content (as tensorflow's make_tensor_proto)."""
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "xgb"
+    tensor = request.inputs["inputs"]
+    tensor.dtype = 1  # DT_FLOAT
+    tensor.tensor_shape.dim.add().size = 1
+    tensor.tensor_shape.dim.add().size = len(row)
+    tensor.tensor_content = np.asarray(row, np.float32).tobytes()
+    return request.SerializeToString()
 
 
 def infer_request(row: list[float]) -> bytes:
@@ -186,7 +201,8 @@ async def loops(args: argparse.Namespace, manager: ModelManager, pipeline: Pipel
                 log: AccessLog | None) -> list[tuple[str, list[float]]]:
     """Each closed loop `args.repeats` times, interleaved: (name, µs per call of each repeat)."""
     loop = asyncio.get_running_loop()
-    native = new_native_server([InferenceService(manager, pipeline, 30.0, None, None)], access_log=log)
+    native = new_native_server([InferenceService(manager, pipeline, 30.0, None, None),
+                                PredictionService(manager, pipeline, 30.0)], access_log=log)
     native.loop, native.wheel = loop, DeadlineWheel(loop)
     bare = new_native_server([_Constant()])
     bare.loop, bare.wheel = loop, DeadlineWheel(loop)
@@ -197,9 +213,11 @@ async def loops(args: argparse.Namespace, manager: ModelManager, pipeline: Pipel
     http_request = (b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s")
     tf = http_request % (b"/v1/models/xgb:predict", len(tf_body), tf_body)
     v2 = http_request % (b"/v2/models/xgb/infer", len(v2_body), v2_body)
-    message = infer_request(row)
+    message, predict = infer_request(row), predict_request(row)
     runs: list[tuple[str, Callable[[int], Any]]] = [
         ("gRPC ModelInfer, native (header cache hits)", lambda c: h2_loop(native, message, args.calls, c, False)),
+        ("gRPC TF Serving Predict, native (header cache hits)",
+         lambda c: h2_loop(native, predict, args.calls, c, False, "/tensorflow.serving.PredictionService/Predict")),
         ("gRPC ModelInfer, native, a new x-request-id each call (cache misses)",
          lambda c: h2_loop(native, message, args.calls, c, True)),
         ("HTTP TF Serving REST predict", lambda c: closed_loop(http, tf, args.calls, c)),
@@ -249,8 +267,9 @@ async def main(args: argparse.Namespace) -> None:
         grpc_us = by[f"gRPC ModelInfer, native (header cache hits), {conc} in flight"]
         tf_us = by[f"HTTP TF Serving REST predict, {conc} in flight"]
         v2_us = by[f"HTTP KServe V2 JSON infer, {conc} in flight"]
-        lines.append(f"\n{conc} in flight, medians: gRPC / HTTP TF REST {grpc_us / tf_us:.2f}, "
-                     f"gRPC / HTTP V2 JSON {grpc_us / v2_us:.2f}")
+        predict_us = by[f"gRPC TF Serving Predict, native (header cache hits), {conc} in flight"]
+        lines.append(f"\n{conc} in flight, medians: gRPC ModelInfer / HTTP V2 JSON {grpc_us / v2_us:.2f}, "
+                     f"gRPC Predict / HTTP TF REST {predict_us / tf_us:.2f}")
     lines += ["", "| gRPC stage alone | µs/call (min of 5) |", "|---|---|"]
     lines += [f"| {name} | {us:.2f} |" for name, us in stages(args, row)]
     text = "\n".join(lines)
