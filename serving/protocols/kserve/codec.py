@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import struct
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -23,6 +24,7 @@ CONTENTS = {"BOOL": "bool_contents", "UINT8": "uint_contents", "UINT16": "uint_c
             "INT16": "int_contents", "INT32": "int_contents", "INT64": "int64_contents",
             "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents"}
 HEADER_LENGTH = b"inference-header-content-length"
+_LITTLE = sys.byteorder == "little"  # raw tensor contents are little-endian
 
 
 def unknown_output(call: Any, name: object) -> ServingError:
@@ -99,14 +101,17 @@ def _from_raw(name: str, raw: bytes, dtype: np.dtype, shape: tuple[int, ...]) ->
     else:
         if len(raw) % dtype.itemsize:
             raise invalid_argument(f"input '{name}': {len(raw)} bytes is not a whole number of {dtype.name}")
-        array = np.frombuffer(raw, dtype=dtype.newbyteorder("<"))
+        array = np.frombuffer(raw, dtype=dtype if _LITTLE and dtype.isnative else dtype.newbyteorder("<"))
     if array.size != math.prod(shape):
         raise _count_error(name, array.size, shape)
     return array.reshape(shape)
 
 
 def raw_bytes(array: np.ndarray) -> bytes:
-    if array.dtype.kind in "OSU":
+    dtype = array.dtype
+    if _LITTLE and dtype.isnative and dtype.kind not in "OSU":
+        return array.tobytes()  # C order, whatever the array's strides
+    if dtype.kind in "OSU":
         out = bytearray()
         for v in array.ravel():
             b = v if isinstance(v, bytes) else str(v).encode()
@@ -234,14 +239,16 @@ def encode_rest(model: str, version: int, doc: Mapping[str, Any], outputs: Mappi
 
 def decode_grpc(request: Any, sig: Signature) -> dict[str, np.ndarray]:
     raw = request.raw_input_contents
-    if raw and len(raw) != len(request.inputs):
-        raise invalid_argument(f"expected {len(request.inputs)} raw input contents, got {len(raw)}")
+    items = request.inputs
+    if raw and len(raw) != len(items):
+        raise invalid_argument(f"expected {len(items)} raw input contents, got {len(raw)}")
     inputs = {}
-    for index, item in enumerate(request.inputs):
+    specs = sig.inputs
+    for index, item in enumerate(items):
         name = item.name
-        dtype = _dtype(name, item.datatype, sig.inputs.get(name))
-        shape = tuple(int(d) for d in item.shape)
-        if any(d < 0 for d in shape):
+        dtype = _dtype(name, item.datatype, specs.get(name))
+        shape = tuple(item.shape)  # int64s: Python ints
+        if shape and min(shape) < 0:
             raise invalid_argument(f"input '{name}': the shape {list(shape)} has a negative dimension")
         if raw:
             inputs[name] = _from_raw(name, raw[index], dtype, shape)

@@ -6,8 +6,17 @@ codings, metadata). A block's meaning depends on the HPACK dynamic table it was 
 stored only when decoding it left the table as it was (same entry count, same object first, same size limit),
 and every decode that changes the table empties the cache: a hit is then always a block decoded against the
 table as it is now, and one call never gets another's path or token. grpcio (C-core) and grpc-js send the same
-bytes for the same call, so a client's repeated calls cost one dict lookup; a block with a value that changes
-per call (a request id) misses and is decoded (~20 us of pure Python).
+bytes for the same call, so a client's repeated calls cost one dict lookup.
+
+A block with a value that changes per call (a request id) misses. Such a value is a literal without indexing
+(RFC 7541 6.2.2/6.2.3: it leaves the table as it is) after fields that repeat, so the repeating first part
+(a *prefix*) is remembered too: the second time a missed block's bytes up to its trailing literals are seen,
+those bytes are decoded alone by hpack on a copy of the table, and if that leaves the copy as it was they
+are a prefix. A later block that is a prefix's bytes and more is decoded by hpack from where the prefix ends
+(its first part means what it meant: the table has not changed since, or the prefixes were forgotten with
+the cache); HPACK decodes a block field by field, so the two parts mean what the whole block means, with two
+block-wide rules kept by hand: a table size update may only start a block (such a tail is decoded whole),
+and the header list size limit counts both parts. A request id then costs ~4 us instead of ~35.
 
 Answers never index: `:status 200` is static entry 8, everything else a literal without indexing, so the
 pre-encoded constant blocks stay valid whatever the client's table does, and a value of one call (its request
@@ -17,11 +26,15 @@ id, its error message) is never remembered by the connection.
 from __future__ import annotations
 
 import binascii
+import collections
+import copy
 import logging
 import re
 from urllib.parse import quote_from_bytes
 
 import hpack
+from hpack.hpack import decode_integer
+from hpack.huffman_table import decode_huffman
 from hpack.table import HeaderTable
 
 # hpack logs every header it decodes at DEBUG, values included: `authorization` tokens would reach the log
@@ -80,18 +93,35 @@ def parse_timeout(value: bytes) -> float | None:
     return int(match[1]) * _UNITS[match[2]]
 
 
+class Prefix:
+    """The first part of request blocks (see the module docstring): its fields, its call headers, its size as
+    the header list limit counts it."""
+
+    __slots__ = ("fields", "headers", "size")
+
+    def __init__(self, fields: list[tuple[bytes, bytes]], headers: CallHeaders) -> None:
+        self.fields, self.headers, self.size = fields, headers, list_size(fields)
+
+
 class HeaderDecoder:
     """One connection's HPACK decoder and its cache of request blocks (at most `cache_entries` blocks of at
-    most `cache_block_bytes` each, oldest out first)."""
+    most `cache_block_bytes` each, oldest out first) and of their prefixes (`prefix_entries`, tried at up to
+    PREFIX_LENGTHS lengths)."""
+
+    PREFIX_LENGTHS = 4
 
     def __init__(self, max_list_size: int, max_table_size: int = HeaderTable.DEFAULT_SIZE,
-                 cache_entries: int = 512, cache_block_bytes: int = 1024) -> None:
+                 cache_entries: int = 512, cache_block_bytes: int = 1024, prefix_entries: int = 64) -> None:
         self.decoder = hpack.Decoder(max_header_list_size=max_list_size)
         self.decoder.max_allowed_table_size = max_table_size
         self.table = self.decoder.header_table
         self.cache: dict[bytes, CallHeaders] = {}
         self.cache_entries, self.cache_block_bytes = cache_entries, cache_block_bytes
-        self.hits = self.misses = self.clears = 0
+        self.prefixes: dict[bytes, Prefix] = {}
+        self.prefix_lengths: list[int] = []  # of the prefixes, latest first
+        self.seen: dict[bytes, bool] = {}  # first parts seen once (False), or that cannot be prefixes (True)
+        self.prefix_entries = prefix_entries
+        self.hits = self.misses = self.clears = self.prefix_hits = 0
 
     def request(self, block: bytes) -> CallHeaders:
         """The call headers of a request block; hpack.HPACKError (and IndexError, ValueError) when it does not
@@ -101,8 +131,14 @@ class HeaderDecoder:
             self.hits += 1
             return cached
         self.misses += 1
-        fields, unchanged = self._decode(block)
-        headers = call_headers(fields)
+        found = self._by_prefix(block) if self.prefix_lengths else None
+        if found is None:
+            fields, unchanged = self._decode(block)
+            headers = call_headers(fields)
+            if unchanged:
+                self._learn(block, fields)
+        else:
+            headers, unchanged = found
         if unchanged and len(block) <= self.cache_block_bytes:
             cache = self.cache
             if len(cache) >= self.cache_entries:
@@ -122,10 +158,152 @@ class HeaderDecoder:
         finally:  # a block that failed half-way may have changed the table too
             unchanged = (len(entries) == count and (entries[0] if entries else None) is first
                          and self.table.maxsize == size)
-            if not unchanged and self.cache:
+            if not unchanged and (self.cache or self.prefixes or self.seen):
                 self.cache.clear()
+                self.prefixes.clear()
+                self.prefix_lengths.clear()
+                self.seen.clear()
                 self.clears += 1
         return fields, unchanged  # type: ignore[return-value]
+
+    # ---- prefixes ----
+
+    def _by_prefix(self, block: bytes) -> tuple[CallHeaders, bool] | None:
+        """(call headers, table unchanged) of a block that is a prefix's bytes and more, only the rest decoded;
+        None when it is not one (or the rest starts with a table size update: the whole block is decoded)."""
+        size = len(block)
+        for length in self.prefix_lengths:
+            if length < size and (prefix := self.prefixes.get(block[:length])) is not None:
+                break
+        else:
+            return None
+        if block[length] & 0xE0 == 0x20:  # a table size update, which may only start a block (RFC 7541 4.2)
+            return None
+        rest = block[length:]  # the table holds now what the prefix was read with
+        tail = plain_literals(rest)
+        if tail is None:
+            tail, unchanged = self._decode(rest)
+        else:
+            unchanged = True
+        if prefix.size + list_size(tail) > self.decoder.max_header_list_size:
+            raise hpack.OversizedHeaderListError(f"A header list larger than {self.decoder.max_header_list_size}")
+        self.prefix_hits += 1
+        return extended(prefix.headers, tail) or call_headers(prefix.fields + tail), unchanged
+
+    def _learn(self, block: bytes, fields: list[tuple[bytes, bytes]]) -> None:
+        """A block that left the table as it was: its bytes before its trailing literals are noted, and the
+        second time they are seen they become a prefix if decoding them alone (on a copy of the table) reads
+        the same fields and leaves the table as it is."""
+        split = literal_tail(block)
+        if split is None or split > self.cache_block_bytes:
+            return
+        first = block[:split]
+        state = self.seen.get(first)
+        if state is None:
+            if len(self.seen) >= self.prefix_entries:
+                del self.seen[next(iter(self.seen))]
+            self.seen[first] = False
+        elif not state:
+            self.seen[first] = True  # tried once, whatever comes of it
+            prefix = self._checked(first, fields)
+            if prefix is not None:
+                self._remember(first, prefix)
+
+    def _checked(self, first: bytes, fields: list[tuple[bytes, bytes]]) -> Prefix | None:
+        """`first` as a prefix: decoded by hpack alone against a copy of the table, which it must leave as it
+        is; its fields must be the block's first ones and make call headers on their own."""
+        scratch = copy.copy(self.decoder)
+        scratch.header_table = table = copy.copy(self.table)
+        table.dynamic_entries = collections.deque(self.table.dynamic_entries)
+        try:
+            head: list[tuple[bytes, bytes]] = scratch.decode(first, raw=True)  # type: ignore[assignment]
+            headers = call_headers(head)
+        except (hpack.HPACKError, IndexError, ValueError, Malformed):
+            return None
+        if (table.dynamic_entries != self.table.dynamic_entries or table.maxsize != self.table.maxsize
+                or not head or head != fields[:len(head)]):
+            return None
+        return Prefix(head, headers)
+
+    def _remember(self, first: bytes, prefix: Prefix) -> None:
+        prefixes = self.prefixes
+        if len(prefixes) >= self.prefix_entries:
+            del prefixes[next(iter(prefixes))]
+        prefixes[first] = prefix
+        lengths = self.prefix_lengths
+        if len(first) in lengths:
+            lengths.remove(len(first))
+        lengths.insert(0, len(first))
+        del lengths[self.PREFIX_LENGTHS:]
+
+
+def list_size(fields: list[tuple[bytes, bytes]]) -> int:
+    """A header list's size as SETTINGS_MAX_HEADER_LIST_SIZE counts it (RFC 9113 6.5.2), as hpack does."""
+    return sum(32 + len(name) + len(value) for name, value in fields)
+
+
+def literal_tail(block: bytes) -> int | None:
+    """Where a header block's trailing run of literals without indexing (first byte 0000xxxx or 0001xxxx, RFC
+    7541 6.2.2 and 6.2.3) starts, when fields come before it; None otherwise, or when the block does not parse.
+    Only where to cut: what is cut off is then decoded by hpack, and checked, before it is used."""
+    pos, end, start = 0, len(block), None
+    try:
+        while pos < end:
+            first = block[pos]
+            bits = 7 if first & 0x80 else 6 if first & 0x40 else 5 if first & 0x20 else 4
+            index, after = _read_integer(block, pos, bits)
+            if bits == 6 or bits == 4:  # a literal: its name when not indexed, then its value
+                after = _skip_string(block, _skip_string(block, after) if not index else after)
+            if bits != 4:
+                start = None
+            elif start is None:
+                start = pos
+            pos = after
+    except (IndexError, ValueError):
+        return None
+    return start if start and pos == end else None
+
+
+def plain_literals(tail: bytes) -> list[tuple[bytes, bytes]] | None:
+    """The fields of a run of literals without indexing whose names are literals too (first byte 0x00 or 0x10:
+    RFC 7541 6.2.2, 6.2.3), read as hpack reads them (its Huffman decoder, its integer limits); they leave the
+    table as it is. None when `tail` holds anything else or does not read: hpack decodes it (and says why)."""
+    fields = []
+    pos, end = 0, len(tail)
+    try:
+        while pos < end:
+            if tail[pos] & 0xEF:
+                return None
+            name, pos = _read_string(tail, pos + 1)
+            value, pos = _read_string(tail, pos)
+            fields.append((name, value))
+    except (IndexError, ValueError, hpack.HPACKError):
+        return None
+    return fields
+
+
+def _read_string(block: bytes, pos: int) -> tuple[bytes, int]:
+    """An HPACK string literal (RFC 7541 5.2) at `pos`: (its bytes, where it ends)."""
+    huffman = block[pos] & 0x80
+    length, pos = _read_integer(block, pos, 7)
+    end = pos + length
+    if end > len(block):
+        raise ValueError("truncated HPACK string")
+    data = block[pos:end]
+    return (decode_huffman(data) if huffman else data), end
+
+
+def _read_integer(block: bytes, pos: int, bits: int) -> tuple[int, int]:
+    """An HPACK integer (RFC 7541 5.1) at `pos` with a `bits`-bit prefix, read by hpack: (value, where it ends)."""
+    value, used = decode_integer(memoryview(block)[pos:], bits)
+    return value, pos + used
+
+
+def _skip_string(block: bytes, pos: int) -> int:
+    length, pos = _read_integer(block, pos, 7)
+    if pos + length > len(block):
+        raise ValueError("truncated HPACK string")
+    return pos + length
 
 
 def call_headers(fields: list[tuple[bytes, bytes]]) -> CallHeaders:
@@ -151,6 +329,25 @@ def call_headers(fields: list[tuple[bytes, bytes]]) -> CallHeaders:
             metadata.append(_metadata(headers, name, value))
     if not content_type.startswith(b"application/grpc"):
         headers.http_status = headers.http_status if headers.http_status != 200 else 415
+    headers.metadata = tuple(metadata)
+    return headers
+
+
+def extended(base: CallHeaders, fields: list[tuple[bytes, bytes]]) -> CallHeaders | None:
+    """What call_headers makes of a prefix's fields (whose call headers are `base`) followed by `fields`, when
+    those are plain metadata (no pseudo-header, no name gRPC reads or HTTP/2 forbids); None otherwise (the
+    caller reads the whole list with call_headers)."""
+    headers = CallHeaders()
+    headers.path, headers.timeout, headers.encoding = base.path, base.timeout, base.encoding
+    headers.accept_encoding, headers.authorization, headers.request_id = (base.accept_encoding, base.authorization,
+                                                                          base.request_id)
+    headers.http_status, headers.problem = base.http_status, base.problem
+    metadata = list(base.metadata)
+    for name, value in fields:
+        if (_BAD_NAME.search(name) or _BAD_VALUE.search(value) or name in _RESERVED or name in _CONNECTION_FIELDS
+                or name.startswith(b"grpc-")):
+            return None
+        metadata.append(_metadata(headers, name, value))
     headers.metadata = tuple(metadata)
     return headers
 
