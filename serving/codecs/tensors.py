@@ -58,13 +58,13 @@ def _dtype(enum_value: int, name: str) -> np.dtype:
 
 def _shape(dims: Any, dtype: np.dtype, name: str) -> tuple[int, ...]:
     """The dims of a tensor, checked so that numpy can hold them (Python ints: no silent overflow)."""
-    shape = tuple(int(d) for d in dims)
-    if any(d < 0 for d in shape):
+    shape = tuple(map(int, dims))
+    if shape and min(shape) < 0:
         raise invalid_argument(f"input '{name}': negative dimension in shape {list(shape)}")
     if len(shape) > MAX_RANK:
         raise invalid_argument(f"input '{name}': {len(shape)} dimensions, more than {MAX_RANK}")
     # numpy refuses even an empty array whose non-zero dims multiply past the address space.
-    if math.prod(d for d in shape if d) * dtype.itemsize > sys.maxsize:
+    if math.prod([d for d in shape if d] if 0 in shape else shape) * dtype.itemsize > sys.maxsize:
         raise invalid_argument(f"input '{name}': the shape {list(shape)} is too large")
     return shape
 
@@ -101,12 +101,20 @@ def _values(values: Any, dtype: np.dtype) -> np.ndarray:
     return np.asarray(values, dtype=dtype)
 
 
+def _little_endian(dtype: np.dtype) -> np.dtype:
+    """`dtype` as tensor_content holds it (little-endian): itself on a little-endian host, no new dtype a call."""
+    return dtype if LITTLE_HOST and dtype.byteorder in "=|<" else dtype.newbyteorder("<")
+
+
+LITTLE_HOST = sys.byteorder == "little"
+
+
 def tensor_to_array(proto: Any, name: str) -> np.ndarray:
     """A tensorflow.TensorProto as a numpy array."""
     dtype = _dtype(proto.dtype, name)
     if proto.tensor_shape.unknown_rank:
         raise invalid_argument(f"input '{name}': a tensor of unknown rank cannot be served")
-    shape = _shape((d.size for d in proto.tensor_shape.dim), dtype, name)
+    shape = _shape([d.size for d in proto.tensor_shape.dim], dtype, name)
     if proto.tensor_content:
         if dtype == STRING:
             raise invalid_argument(f"input '{name}': string tensors cannot use tensor_content")
@@ -116,7 +124,7 @@ def tensor_to_array(proto: Any, name: str) -> np.ndarray:
                 f"input '{name}': tensor_content has {len(proto.tensor_content)} bytes, the shape "
                 f"{list(shape)} of {TF_TYPE_WORDS.get(dtype, dtype.name)} needs {size * dtype.itemsize}"
             )
-        return np.frombuffer(proto.tensor_content, dtype=dtype.newbyteorder("<")).reshape(shape)
+        return np.frombuffer(proto.tensor_content, dtype=_little_endian(dtype)).reshape(shape)
     field = "string_val" if dtype == STRING else "half_val" if dtype == BFLOAT16 else TENSOR_FIELDS[dtype.str[1:]]
     return _fill(getattr(proto, field), dtype, shape, name)
 
