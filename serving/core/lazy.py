@@ -170,3 +170,23 @@ class _Waiting:
             self._release()
             if self.inner is not None:
                 self.inner.cancel()
+
+
+async def wait_loaded(pipeline: Pipeline, name: str) -> None:
+    """A request that needs `name` loaded but is no inference (its metadata, Triton's model config): in lazy
+    mode, a known model not loaded yet is loaded first, as its first inference would load it, waiting at most
+    --lazy_load_timeout_seconds (503 past it; the load goes on). Returns at once otherwise."""
+    loads = getattr(pipeline, "loads", None)
+    if loads is None or not needs_load(pipeline, name):
+        return
+    try:
+        await asyncio.wait_for(asyncio.shield(loads.load(name)), loads.timeout_s)
+    except TimeoutError:
+        raise unavailable(f"model {name} is still loading after {loads.timeout_s:g} s "
+                          "(--lazy_load_timeout_seconds); the load goes on") from None
+
+
+def needs_load(pipeline: Pipeline, name: str) -> bool:
+    """Whether `name` is a known model that a request would load first (lazy mode, nothing loaded yet)."""
+    model = pipeline.manager.models.get(name)
+    return getattr(pipeline, "loads", None) is not None and model is not None and model.latest is None

@@ -152,3 +152,33 @@ def test_under_workers_each_worker_has_its_share_of_the_budget_and_loads_on_its_
         shares = re.findall(r'^serving_model_memory_budget_bytes\{worker="\d"\} ([0-9.e+]+)$', text.decode(), re.M)
         assert [float(v) for v in shares] == [CAPACITY, CAPACITY]
         assert f"budget: {CAPACITY} bytes (of {2 * CAPACITY}, 2 worker processes)" in s.output()
+
+
+def test_a_first_request_for_metadata_loads_the_model_as_a_predict_would(tmp_path):
+    import grpc
+
+    from serving._proto.inference import grpc_predict_v2_pb2 as v2
+    from serving._proto.inference import grpc_predict_v2_pb2_grpc as v2_grpc
+    from serving._proto.tensorflow_serving.apis import get_model_metadata_pb2, prediction_service_pb2_grpc
+
+    for name in ("tf", "v2", "tfgrpc", "v2grpc", "config"):
+        padded(tmp_path, name, 1.0, pad=0)
+    config = tmp_path / "models.pbtxt"
+    config.write_text(pbtxt(*({"name": n, "base_path": str(tmp_path / n), "platform": "linear"}
+                              for n in ("tf", "v2", "tfgrpc", "v2grpc", "config"))))
+    with Server(f"--model_config_file={config}", "--model_control_mode=lazy") as s:
+        assert loaded(s) == set()
+        code, doc = s.get("/v1/models/tf/metadata")
+        assert code == 200 and doc["model_spec"]["name"] == "tf" and doc["metadata"]["signature_def"]
+        code, doc = s.get("/v2/models/v2")
+        assert code == 200 and doc["name"] == "v2" and doc["inputs"]
+        with grpc.insecure_channel(f"127.0.0.1:{s.grpc_port}") as channel:
+            request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+            request.model_spec.name = "tfgrpc"
+            answer = prediction_service_pb2_grpc.PredictionServiceStub(channel).GetModelMetadata(request, timeout=30)
+            assert answer.model_spec.name == "tfgrpc" and answer.model_spec.version.value == 1
+            stub = v2_grpc.GRPCInferenceServiceStub(channel)
+            assert stub.ModelMetadata(v2.ModelMetadataRequest(name="v2grpc"), timeout=30).name == "v2grpc"
+            assert stub.ModelConfig(v2.ModelConfigRequest(name="config"), timeout=30).config.name == "config"
+        assert loaded(s) == {"tf", "v2", "tfgrpc", "v2grpc", "config"}
+        assert s.get("/v1/models/nope/metadata")[0] == 404  # an unknown model is still NOT_FOUND

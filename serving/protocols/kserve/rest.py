@@ -18,6 +18,7 @@ from ... import __version__
 from ...codecs.jsonutil import dumps
 from ...core.control import ModelControl
 from ...core.dataplane import Outputs
+from ...core.lazy import needs_load, wait_loaded
 from ...core.pipeline import Call, Inputs, Pipeline
 from ...core.repository import ModelManager
 from ...core.servable import Servable
@@ -137,12 +138,23 @@ class KServeRest:
             return Response(200, b"{}")
         if method == "GET" and verb == "stats" and self.statistics is not None:
             return self._statistics(name, version)
-        servable = self.manager.get(name, version)
-        if method == "GET" and verb is None:
+        if method != "GET" or verb not in (None, "config"):
+            self.manager.get(name, version)  # an unknown model is NOT_FOUND before the route is
+            raise not_found(f"Not found: {method} {request.path}")
+        if needs_load(self.pipeline, name):  # lazy mode: loaded first, as its first inference would load it
+            return answer_when(wait_loaded(self.pipeline, name), lambda _: self._model_doc(name, version, verb),
+                               error_response, self.timeout_s)
+        return self._model_doc(name, version, verb)
+
+    def _model_doc(self, name: str, version: int | None, verb: str | None) -> Response:
+        """A model's metadata (`verb` None) or Triton's model config (`config`)."""
+        try:
+            servable = self.manager.get(name, version)
+        except ServingError as e:
+            return error_response(e)
+        if verb is None:
             return Response(200, dumps(codec.model_metadata(servable, self.manager.available_versions(name))))
-        if method == "GET" and verb == "config":
-            return Response(200, dumps(codec.triton_config(servable, self.pipeline.dataplane.batching)))
-        raise not_found(f"Not found: {method} {request.path}")
+        return Response(200, dumps(codec.triton_config(servable, self.pipeline.dataplane.batching)))
 
     def _repository(self, control: ModelControl, path: str, body: bytes) -> Response | Deferred:
         """Triton's model repository extension: index, load, unload (errors `{"error": ...}`)."""

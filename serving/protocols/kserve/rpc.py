@@ -15,6 +15,7 @@ from ..._proto.inference import grpc_predict_v2_pb2 as pb
 from ..._proto.inference import grpc_predict_v2_pb2_grpc
 from ...core.control import ModelControl
 from ...core.dataplane import Outputs, outputs_of
+from ...core.lazy import wait_loaded
 from ...core.pipeline import Call, Inputs, Pipeline
 from ...core.repository import ModelManager
 from ...core.servable import Servable
@@ -63,12 +64,14 @@ class InferenceService(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):  
 
     @grpc_errors
     async def ModelMetadata(self, request: Any, exchange: GrpcExchange) -> Any:  # noqa: N802
+        await wait_loaded(self.pipeline, exchange.model(request.name))  # lazy mode: a first request loads it
         servable = self.manager.get(exchange.model(request.name), codec.parse_version(request.version))
         metadata = codec.model_metadata(servable, self.manager.available_versions(servable.model))
         return json_format.ParseDict(metadata, pb.ModelMetadataResponse())
 
     @grpc_errors
     async def ModelConfig(self, request: Any, exchange: GrpcExchange) -> Any:  # noqa: N802
+        await wait_loaded(self.pipeline, exchange.model(request.name))  # lazy mode: a first request loads it
         servable = self.manager.get(exchange.model(request.name), codec.parse_version(request.version))
         config = codec.triton_config(servable, self.pipeline.dataplane.batching)
         response = pb.ModelConfigResponse()

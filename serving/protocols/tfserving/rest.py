@@ -13,6 +13,7 @@ from typing import Any
 from ...codecs import examples
 from ...codecs.jsonutil import dumps, loads
 from ...core.dataplane import Outputs
+from ...core.lazy import needs_load, wait_loaded
 from ...core.model_config import version_number
 from ...core.pipeline import Call, Inputs, Pipeline
 from ...core.repository import ModelManager
@@ -21,7 +22,7 @@ from ...core.signature import Signature
 from ...errors import HTTP_STATUS, Code, ServingError, invalid_argument
 from ...redact import redact
 from ...transport.http import Deferred, Request, Response
-from ..adapters import answer_later
+from ..adapters import answer_later, answer_when
 from . import codec
 
 ROUTE_CACHE = 4096
@@ -124,7 +125,7 @@ class TfServingRest:
             raise invalid_argument(f"Malformed request: {request.method} {path}")
         if verb is None:
             if metadata:
-                return Response(200, codec.encode_metadata(self.manager.get(name, version, label)))
+                return self._metadata(name, version, label)
             return Response(200, codec.encode_status(self.manager.status(name, version, label)))
         deadline = time.monotonic() + self.timeout_s
         if verb == "predict":
@@ -136,6 +137,19 @@ class TfServingRest:
                                    request_id=request.request_id, carrier=request.headers,
                                    context=TfRestState(request.body))
         return answer_later(call, self.pipeline.infer(call), EXAMPLES)
+
+    def _metadata(self, name: str, version: int | None, label: str | None) -> Response | Deferred:
+        """A model's metadata; in lazy mode a model not loaded yet is loaded first, as its first predict would."""
+
+        def answer(_: object = None) -> Response:
+            try:
+                return Response(200, codec.encode_metadata(self.manager.get(name, version, label)))
+            except ServingError as e:
+                return error_response(e)
+
+        if not needs_load(self.pipeline, name):
+            return answer()
+        return answer_when(wait_loaded(self.pipeline, name), answer, error_response, self.timeout_s)
 
     def _list_models(self) -> bytes:
         models: list[dict[str, Any]] = []

@@ -35,6 +35,7 @@ from ...codecs.examples import (
 from ...codecs.tensors import DTYPE_ENUMS, array_to_tensor, conform_all, tensor_to_array
 from ...core.control import LoadRoots
 from ...core.dataplane import outputs_of
+from ...core.lazy import wait_loaded
 from ...core.model_config import ConfigError, ModelSpec, missing_base_paths, specs_from_proto
 from ...core.pipeline import Call, Decode, Inputs, Pipeline, S, TaskGroup
 from ...core.repository import ModelManager
@@ -108,6 +109,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer): 
             if field != "signature_def":
                 raise invalid_argument(f"Metadata field {field} is not supported")
         version, label = spec_version(request.model_spec)
+        await wait_loaded(self.pipeline, exchange.model(request.model_spec.name))  # lazy mode: a first request
         servable = self.manager.get(exchange.model(request.model_spec.name), version, label)
         sig_map = get_model_metadata_pb2.SignatureDefMap()
         for name, sig in servable.processor.signatures.items():
