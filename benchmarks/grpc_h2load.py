@@ -9,6 +9,7 @@ first on 2 cores. Give a checkout to time another tree (a `git worktree` of the 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shutil
 import struct
@@ -27,6 +28,7 @@ import grpc  # noqa: E402
 from benchmarks.xgb_http import free_port, prepare_model, tree_cpu  # noqa: E402
 from serving._proto.inference import grpc_predict_v2_pb2 as v2  # noqa: E402
 from serving._proto.inference import grpc_predict_v2_pb2_grpc as v2_grpc  # noqa: E402
+from serving._proto.tensorflow_serving.apis import predict_pb2  # noqa: E402
 
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
 
@@ -42,7 +44,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkout", type=Path, default=ROOT, help="the tree whose server runs")
     ap.add_argument("--calls", type=int, default=40_000)
-    ap.add_argument("--streams", type=int, default=64, help="calls in flight on the one connection")
+    ap.add_argument("--streams", type=int, default=64, help="calls in flight on each connection")
+    ap.add_argument("--connections", type=int, default=1)
+    ap.add_argument("--api", choices=["v2", "tf"], default="v2", help="KServe V2 ModelInfer or TF Serving Predict")
+    ap.add_argument("--http", action="store_true",
+                    help="the same API's HTTP/1.1 JSON route instead (h2load --h1), the baseline of the same client")
     args = ap.parse_args()
     if shutil.which("h2load") is None:
         raise SystemExit("h2load is needed: apt-get install nghttp2-client")
@@ -51,8 +57,8 @@ def main() -> None:
     request = v2.ModelInferRequest(model_name="xgb")
     tensor = request.inputs.add(name="inputs", datatype="FP32", shape=[1, len(row)])
     tensor.contents.fp32_contents.extend(row)
-    message = request.SerializeToString()
-    (work / "body").write_bytes(struct.pack(">BI", 0, len(message)) + message)  # gRPC's length-prefixed frame
+    target, body, headers = target_of(args, row, request)
+    (work / "body").write_bytes(body)
     http, port = free_port(), free_port()
     server = subprocess.Popen([sys.executable, "-m", "serving", "--host", "127.0.0.1", f"--rest_api_port={http}",
                                f"--port={port}", f"--model_base_path={repo}", "--model_name=xgb", "--access_log=off",
@@ -70,8 +76,8 @@ def main() -> None:
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(0.2)
-        h2load = ["h2load", "-c", "1", "-m", str(args.streams), "-d", str(work / "body"),
-                  "-H", "content-type: application/grpc", "-H", "te: trailers", f"http://127.0.0.1:{port}{METHOD}"]
+        h2load = ["h2load", "-c", str(args.connections), "-m", str(args.streams), "-d", str(work / "body"),
+                  *headers, f"http://127.0.0.1:{http if args.http else port}{target}"]
         subprocess.run([*h2load, "-n", "2000"], capture_output=True, check=True)  # warm
         ok0, cpu0 = answered_ok(http), tree_cpu(server.pid)
         out = subprocess.run([*h2load, "-n", str(args.calls)], capture_output=True, text=True, check=True).stdout
@@ -80,8 +86,32 @@ def main() -> None:
         server.terminate()
         server.wait(30)
     rate = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
-    print(f"{args.checkout}: {float(rate[1]) if rate else 0:,.0f} calls/s, {cpu / args.calls * 1e6:.1f} µs server "
-          f"CPU per call, {ok:.0f} of {args.calls} answered OK, {args.streams} in flight")
+    what = f"{args.api} {'HTTP/1.1' if args.http else 'gRPC'}, {args.connections} connection(s) x {args.streams}"
+    print(f"{args.checkout} ({what}): {float(rate[1]) if rate else 0:,.0f} calls/s, {cpu / args.calls * 1e6:.1f} "
+          f"µs server CPU per call, {ok:.0f} of {args.calls} answered OK")
+
+
+def target_of(args: argparse.Namespace, row: list[float],
+              request: v2.ModelInferRequest) -> tuple[str, bytes, list[str]]:
+    """(path, body, h2load header options) of one call of args.api, over gRPC or (args.http) its JSON route."""
+    if args.http:
+        doc = ({"instances": [row]} if args.api == "tf" else
+               {"inputs": [{"name": "inputs", "datatype": "FP32", "shape": [1, len(row)], "data": row}]})
+        path = "/v1/models/xgb:predict" if args.api == "tf" else "/v2/models/xgb/infer"
+        return path, json.dumps(doc).encode(), ["--h1", "-H", "content-type: application/json"]
+    if args.api == "tf":
+        predict = predict_pb2.PredictRequest()
+        predict.model_spec.name = "xgb"
+        tensor = predict.inputs["inputs"]
+        tensor.dtype = 1  # DT_FLOAT
+        tensor.tensor_shape.dim.add().size = 1
+        tensor.tensor_shape.dim.add().size = len(row)
+        tensor.tensor_content = struct.pack(f"<{len(row)}f", *row)  # as tensorflow's make_tensor_proto writes it
+        message, path = predict.SerializeToString(), "/tensorflow.serving.PredictionService/Predict"
+    else:
+        message, path = request.SerializeToString(), METHOD
+    framed = struct.pack(">BI", 0, len(message)) + message  # gRPC's length-prefixed frame
+    return path, framed, ["-H", "content-type: application/grpc", "-H", "te: trailers"]
 
 
 if __name__ == "__main__":
