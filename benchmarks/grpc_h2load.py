@@ -25,10 +25,10 @@ sys.path.insert(0, str(ROOT))  # noqa: E402 - a script run from a checkout
 
 import grpc  # noqa: E402
 
+from benchmarks.grpc_budget import predict_request  # noqa: E402
 from benchmarks.xgb_http import free_port, prepare_model, tree_cpu  # noqa: E402
 from serving._proto.inference import grpc_predict_v2_pb2 as v2  # noqa: E402
 from serving._proto.inference import grpc_predict_v2_pb2_grpc as v2_grpc  # noqa: E402
-from serving._proto.tensorflow_serving.apis import predict_pb2  # noqa: E402
 
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
 
@@ -100,14 +100,7 @@ def target_of(args: argparse.Namespace, row: list[float],
         path = "/v1/models/xgb:predict" if args.api == "tf" else "/v2/models/xgb/infer"
         return path, json.dumps(doc).encode(), ["--h1", "-H", "content-type: application/json"]
     if args.api == "tf":
-        predict = predict_pb2.PredictRequest()
-        predict.model_spec.name = "xgb"
-        tensor = predict.inputs["inputs"]
-        tensor.dtype = 1  # DT_FLOAT
-        tensor.tensor_shape.dim.add().size = 1
-        tensor.tensor_shape.dim.add().size = len(row)
-        tensor.tensor_content = struct.pack(f"<{len(row)}f", *row)  # as tensorflow's make_tensor_proto writes it
-        message, path = predict.SerializeToString(), "/tensorflow.serving.PredictionService/Predict"
+        message, path = predict_request(row), "/tensorflow.serving.PredictionService/Predict"
     else:
         message, path = request.SerializeToString(), METHOD
     framed = struct.pack(">BI", 0, len(message)) + message  # gRPC's length-prefixed frame

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import signal
 import subprocess
 import sys
 import sysconfig
@@ -28,7 +27,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # noqa: E402 - a script run from a checkout
 
 from benchmarks.report import write_report  # noqa: E402
-from benchmarks.xgb_http import PEERS, PYTRITON_PY, free_port, prepare_model, tree_cpu, wait_ready  # noqa: E402
+from benchmarks.xgb_http import PEERS, PYTRITON_PY, Load, free_port, prepare_model, serve  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PERF_ANALYZER = os.environ.get("PERF_ANALYZER", "/tmp/anchors/pa/perf_analyzer.sh")
@@ -59,33 +58,14 @@ def perf_analyzer(url: str, protocol: str, conc: int, args: argparse.Namespace, 
 
 def measure(name: str, cmd: list[str], ready: str, loads: list[tuple[str, str, str, bool]], env: dict[str, str],
             args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
-    """Start a server, run each (row name, protocol, url, streaming) at every concurrency, stop it."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-                            start_new_session=True)
-    rows = []
-    try:
-        wait_ready(ready, proc)
-        for row_name, protocol, url, streaming in loads:
-            for conc in args.concurrency:
-                before = tree_cpu(proc.pid)
-                try:
-                    r = perf_analyzer(url, protocol, conc, args, work, streaming)
-                except RuntimeError as e:  # no stable measurement: this row is missing, the others run
-                    print(f"{name} {row_name} c={conc}: {e}", flush=True)
-                    continue
-                cpu_us = 1e6 * (tree_cpu(proc.pid) - before) / max(r["requests"], 1)
-                rows.append({"server": f"{name} {row_name}", "conc": conc, **r, "cpu_us": cpu_us})
-                print(f"{name + ' ' + row_name:34s} c={conc:<3d} {r['rps']:>8.0f} inf/s  p50 {r['p50']:.3f} ms  "
-                      f"p99 {r['p99']:.3f} ms  cpu {cpu_us:.0f} us/call", flush=True)
-    except RuntimeError as e:
-        print(f"{name}: {e}", flush=True)
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-    return rows
+    """Start a server, run each (row name, protocol, url, streaming) at every concurrency, stop it (xgb_http's
+    `serve`; perf_analyzer warms up by itself)."""
+
+    def load(protocol: str, url: str, streaming: bool) -> Load:
+        return lambda conc, _: perf_analyzer(url, protocol, conc, args, work, streaming)
+
+    return serve(cmd, ready, env, [(f"{name} {row}", load(protocol, url, streaming))
+                                   for row, protocol, url, streaming in loads], args, warm=False)
 
 
 def ours(transport: str, repo: Path, args: argparse.Namespace, env: dict[str, str], work: Path) -> list[dict[str, Any]]:

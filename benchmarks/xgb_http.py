@@ -169,19 +169,26 @@ Load = Callable[[int, int], dict[str, Any]]
 
 
 def serve(cmd: list[str], ready: str, env: dict[str, str], loads: list[tuple[str, Load]],
-          args: argparse.Namespace) -> list[dict[str, Any]]:
+          args: argparse.Namespace, warm: bool = True) -> list[dict[str, Any]]:
     """Start a server, run each (name, load) at each of args.concurrency for args.duration, stop it; the rows
-    carry the server's CPU per request (its whole process tree)."""
+    carry the server's CPU per request (its whole process tree). A load that raises RuntimeError at one
+    concurrency (perf_analyzer finding no stable window) leaves that row out; the others run. `warm`: each
+    load first runs 2 s at 8 in flight (a load that warms up by itself, as perf_analyzer does, needs not)."""
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
                             start_new_session=True)
     rows = []
     try:
         wait_ready(ready, proc)
         for name, load in loads:
-            load(8, 2)  # warm
+            if warm:
+                load(8, 2)
             for conc in args.concurrency:
                 before = tree_cpu(proc.pid)
-                r = load(conc, args.duration)
+                try:
+                    r = load(conc, args.duration)
+                except RuntimeError as e:
+                    print(f"{name} c={conc}: {e}", flush=True)
+                    continue
                 cpu_us = 1e6 * (tree_cpu(proc.pid) - before) / max(r["requests"], 1)
                 rows.append({"server": name, "conc": conc, **r, "cpu_us": cpu_us})
                 print(f"{name:28s} c={conc:<3d} {r['rps']:>9.0f} req/s  p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms"
