@@ -101,7 +101,7 @@ def _values(values: Any, dtype: np.dtype) -> np.ndarray:
     return np.asarray(values, dtype=dtype)
 
 
-def _little_endian(dtype: np.dtype) -> np.dtype:
+def little_endian(dtype: np.dtype) -> np.dtype:
     """`dtype` as tensor_content holds it (little-endian): itself on a little-endian host, no new dtype a call."""
     return dtype if LITTLE_HOST and dtype.byteorder in "=|<" else dtype.newbyteorder("<")
 
@@ -124,7 +124,7 @@ def tensor_to_array(proto: Any, name: str) -> np.ndarray:
                 f"input '{name}': tensor_content has {len(proto.tensor_content)} bytes, the shape "
                 f"{list(shape)} of {TF_TYPE_WORDS.get(dtype, dtype.name)} needs {size * dtype.itemsize}"
             )
-        return np.frombuffer(proto.tensor_content, dtype=_little_endian(dtype)).reshape(shape)
+        return np.frombuffer(proto.tensor_content, dtype=little_endian(dtype)).reshape(shape)
     field = "string_val" if dtype == STRING else "half_val" if dtype == BFLOAT16 else TENSOR_FIELDS[dtype.str[1:]]
     return _fill(getattr(proto, field), dtype, shape, name)
 

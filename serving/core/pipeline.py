@@ -193,6 +193,32 @@ class Pipeline:
         return self.dataplane.infer(servable, sig, inputs, call.deadline, call.method, timing=timing)
 
 
+    def submit_decoded(self, call: Call, servable: Servable, sig: Signature, inputs: Inputs, rows: int,
+                       received: float) -> asyncio.Future[Outputs]:
+        """`infer` for a predict call its adapter resolved, decoded and checked itself against `servable.lane`
+        (a lane: the common request of a protocol, e.g. serving/protocols/tfserving/rest.py): the same observers,
+        told the same things, and the same batch queue; the adapter takes it only while `lanes` holds.
+        `received` is the perf_counter() when the adapter began on it."""
+        call.servable, call.signature, call.inputs = servable, sig, inputs
+        queue = servable.lane[2]  # type: ignore[index]
+        if not self.observers:
+            return queue.submit(inputs, call.deadline)
+        call.received, call.rows = received, rows
+        call.observers = (*self.observers, *servable.observers) if servable.observers else self.observers
+        for hook in self.receivers:
+            hook(call)
+        try:
+            return queue.submit(inputs, call.deadline, call)
+        except ServingError as e:  # the queue is full
+            notify(call, e)
+            raise
+
+    @property
+    def lanes(self) -> bool:
+        """Whether adapters may take their lanes: no rate limit to apply (the data plane's)."""
+        return self.dataplane.limiter is None
+
+
 def notify(call: Call, error: ServingError | None, loop: asyncio.AbstractEventLoop | None = None) -> None:
     """Tell the call's observers it is finished, with its timings as of now, on the loop's next turn: what
     answers the call (a future's callback, the adapter's raise) goes first. The calls finished in one turn

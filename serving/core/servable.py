@@ -24,7 +24,7 @@ from ..errors import Code, ServingError
 from ..redact import without_native_trace
 from .batching import BatchingOptions, BatchQueue, QueueStats
 from .processor import Processor
-from .signature import Signature
+from .signature import Signature, TensorSpec
 from .stats import VersionStats
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class Servable:
     """One loaded version; live on the event-loop thread (its queues are made there)."""
 
     __slots__ = ("model", "version", "path", "platform", "processor", "queues", "runtime", "inflight", "_idle",
-                 "version_header", "record", "observers", "signature", "validates")
+                 "version_header", "record", "observers", "signature", "validates", "lane")
 
     def __init__(self, model: str, version: int, path: Path, platform: str, processor: Processor,
                  runtime: Runtime) -> None:
@@ -87,6 +87,16 @@ class Servable:
                 self.queues[name] = BatchQueue(self._runner(name), options, runtime.executor, where,
                                                on_batch=self.record.batch_observer(name),
                                                spare_core=runtime.spare_core)
+        #: (signature, its sole input, its batch queue) when the common predict request can skip the general
+        #: steps: a default signature of one plain input, batched, and a processor without a `validate` of its own
+        #: (the protocols' lanes: serving/protocols/tfserving/rest.py); None otherwise.
+        self.lane: tuple[Signature, TensorSpec, BatchQueue] | None = None
+        if not self.validates and len(processor.signatures) == 1:
+            sig = next(iter(processor.signatures.values()))
+            sole = sig.sole_input()
+            queue = self.queues.get(sig.name)
+            if sole is not None and queue is not None and not sig.records and sole.shape is not None:
+                self.lane = (sig, sole, queue)
 
     def refusal(self) -> ServingError | None:
         """When every batch queue is full, the error that refuses a predict request before it is even

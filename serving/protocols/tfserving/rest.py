@@ -10,7 +10,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from ...codecs import examples
+from ...codecs.arrays import convert
 from ...codecs.jsonutil import dumps, loads
 from ...core.dataplane import Outputs
 from ...core.lazy import needs_load, wait_loaded
@@ -129,6 +132,10 @@ class TfServingRest:
             return Response(200, codec.encode_status(self.manager.status(name, version, label)))
         deadline = time.monotonic() + self.timeout_s
         if verb == "predict":
+            if version is None and label is None and self.pipeline.lanes:
+                answer = self._lane(request, name, deadline)
+                if answer is not None:
+                    return answer
             request.call = call = Call("tfserving_rest", name, version, label, _decode_predict, deadline,
                                        request_id=request.request_id, carrier=request.headers,
                                        context=TfRestState(request.body))
@@ -137,6 +144,45 @@ class TfServingRest:
                                    request_id=request.request_id, carrier=request.headers,
                                    context=TfRestState(request.body))
         return answer_later(call, self.pipeline.infer(call), EXAMPLES)
+
+    def _lane(self, request: Request, name: str, deadline: float) -> Deferred | None:
+        """The common predict in one step: `{"instances": [[...], ...]}` for a model whose servable has a lane
+        (one plain input, batched; serving/core/servable.py). Anything else, and every error, is None: the
+        general path answers it (and counts it), as it would have without the lane."""
+        received = time.perf_counter()
+        try:
+            servable = self.manager.get(name, None, None, request.headers)
+        except ServingError:
+            return None
+        lane = servable.lane
+        if lane is None:
+            return None
+        try:
+            doc = orjson.loads(request.body)
+        except orjson.JSONDecodeError:
+            return None
+        if doc.__class__ is not dict or len(doc) != 1:
+            return None
+        instances = doc.get("instances")
+        if instances.__class__ is not list or not instances or instances[0].__class__ is not list:
+            return None
+        sig, spec, _ = lane
+        try:
+            array = convert(instances, spec.dtype, spec.name)
+        except ServingError:
+            return None
+        shape, want = array.shape, spec.shape
+        if len(shape) != len(want) or not shape[0]:  # type: ignore[arg-type]
+            return None
+        for got, dim in zip(shape, want):  # type: ignore[arg-type]  # noqa: B905 - same length
+            if got != dim and dim != -1:
+                return None
+        request.call = call = Call("tfserving_rest", name, None, None, _decode_predict, deadline,
+                                   request_id=request.request_id, carrier=request.headers,
+                                   context=TfRestState(request.body, True))
+        # A full queue raises here, as the general path would: the router answers it.
+        future = self.pipeline.submit_decoded(call, servable, sig, {spec.name: array}, shape[0], received)
+        return answer_later(call, future, PREDICT)
 
     def _metadata(self, name: str, version: int | None, label: str | None) -> Response | Deferred:
         """A model's metadata; in lazy mode a model not loaded yet is loaded first, as its first predict would."""

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
+
+import numpy as np
 
 from ..._proto.tensorflow.core.protobuf import error_codes_pb2
 from ..._proto.tensorflow_serving.apis import (
@@ -32,9 +35,9 @@ from ...codecs.examples import (
     multi_inference_plan,
     multi_inference_spec,
 )
-from ...codecs.tensors import DTYPE_ENUMS, array_to_tensor, conform_all, tensor_to_array
+from ...codecs.tensors import DTYPE_ENUMS, array_to_tensor, conform_all, little_endian, tensor_to_array
 from ...core.control import LoadRoots
-from ...core.dataplane import outputs_of
+from ...core.dataplane import Outputs, outputs_of
 from ...core.lazy import wait_loaded
 from ...core.model_config import ConfigError, ModelSpec, missing_base_paths, specs_from_proto
 from ...core.pipeline import Call, Decode, Inputs, Pipeline, S, TaskGroup
@@ -92,13 +95,53 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer): 
     @grpc_errors
     async def Predict(self, request: Any, exchange: GrpcExchange) -> Any:  # noqa: N802 - gRPC's name
         call = self._call(request, exchange, _decode_predict, outputs=request.output_filter)
-        outputs = await outputs_of(self.pipeline.infer(call))
+        future = self._lane(call, request) if self.pipeline.lanes else None
+        outputs = await outputs_of(future if future is not None else self.pipeline.infer(call))
         assert call.servable is not None and call.signature is not None
         response = predict_pb2.PredictResponse()
         fill_model_spec(response.model_spec, call.servable, call.signature.name)
         for name in call.output_names():
             array_to_tensor(outputs[name], response.outputs[name])
         return response
+
+    def _lane(self, call: Call[Any], request: Any) -> asyncio.Future[Outputs] | None:
+        """The common Predict in one step: the latest version of a model whose servable has a lane (one plain
+        input, batched; serving/core/servable.py), its one input in `tensor_content` of the signature's dtype and
+        shape, no signature named, no output filter. Anything else, and every error, is None: the general path
+        answers it (and counts it), as it would have without the lane."""
+        received = time.perf_counter()
+        if call.version is not None or call.label is not None or call.outputs or len(request.inputs) != 1:
+            return None
+        spec = request.model_spec
+        if spec.signature_name:
+            return None
+        try:
+            servable = self.manager.get(call.model, None, None, call.carrier)
+        except ServingError:
+            return None
+        lane = servable.lane
+        if lane is None:
+            return None
+        sig, want, _ = lane
+        name, tensor = next(iter(request.inputs.items()))
+        content = tensor.tensor_content
+        dtype = want.dtype
+        if name != want.name or not content or tensor.dtype != DTYPE_ENUMS.get(dtype) or dtype == STRING:
+            return None
+        shape = tuple([d.size for d in tensor.tensor_shape.dim])
+        dims = want.shape
+        if len(shape) != len(dims) or not shape[0] or tensor.tensor_shape.unknown_rank:  # type: ignore[arg-type]
+            return None
+        size = 1
+        for got, dim in zip(shape, dims):  # type: ignore[arg-type]  # noqa: B905 - same length
+            if (got != dim and dim != -1) or got < 0:
+                return None
+            size *= got
+        if len(content) != size * dtype.itemsize:
+            return None
+        array = np.frombuffer(content, dtype=little_endian(dtype)).reshape(shape)
+        # A full queue raises here, as the general path would: grpc_errors answers it.
+        return self.pipeline.submit_decoded(call, servable, sig, {name: array}, shape[0], received)
 
     @grpc_errors
     async def GetModelMetadata(self, request: Any, exchange: GrpcExchange) -> Any:  # noqa: N802
