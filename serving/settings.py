@@ -190,7 +190,9 @@ class Settings:
         0, "threads running independent TensorFlow / ONNX ops; 0 = the framework's default", group="runtime")
     gpu_memory_limit_mb: int = setting(
         0, "GPU memory a TensorFlow model may take; 0: memory growth, as needed", group="runtime", unit="MiB")
-    fp16: bool = setting(False, "run TorchScript models in half precision on CUDA", group="runtime")
+    fp16: bool = setting(
+        False, "run TorchScript models and ExportedPrograms (`torch_export`) in half precision on CUDA",
+        group="runtime")
     onnx_graph_optimization_level: str = setting(
         "all", "ONNX Runtime graph optimisation: `disabled`, `basic`, `extended`, `all`", group="runtime")
     # modelmesh

@@ -99,13 +99,17 @@ REGISTRY: dict[str, ProcessorEntry] = {
     "torchscript": ProcessorEntry(
         "processors.torchscript_processor:TorchScriptProcessor", "torch", "torch", ("model.pt", "*.pt", "*.pth"),
     ),
+    # fnmatch matches whole names, so torchscript's "*.pt" does not take a ".pt2"
+    "torch_export": ProcessorEntry(
+        "processors.torch_export_processor:TorchExportProcessor", "torch", "torch", ("model.pt2", "*.pt2"),
+    ),
     "tensorflow": ProcessorEntry(
         "processors.tensorflow_processor:TensorFlowProcessor", "tensorflow", "tensorflow", ("saved_model.pb",),
     ),
     "onnx": ProcessorEntry("processors.onnx_processor:ONNXProcessor", "onnx", "onnxruntime", ("model.onnx", "*.onnx")),
     "pmml": ProcessorEntry("processors.pmml_processor:PMMLProcessor", "pmml", "pypmml", ("*.pmml", "*.xml")),
 }
-ALIASES: dict[str, str] = {"pytorch": "torchscript"}
+ALIASES: dict[str, str] = {"pytorch": "torchscript", "pt2": "torch_export"}
 ENTRY_POINT_GROUP = "serving.processors"
 
 

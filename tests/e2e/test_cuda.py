@@ -134,6 +134,54 @@ def test_served_on_cuda_batched_with_gpu_memory_metrics(torch, tmp_path):
         assert gpu[("torch", "cuda:0", "reserved")] >= gpu[("torch", "cuda:0", "allocated")]
 
 
+def test_torch_export_program_on_cuda_equals_the_cpu_and_fp16_answers_float32(torch, tmp_path):
+    from tests.unit.processors.test_torch_export import X, Z, save_program
+
+    _, d = save_program(tmp_path / "ep")
+    cpu = processor_class("torch_export")()
+    cpu.load(d, "cpu", {})
+    want = cpu.predict({"features": X, "offset": Z}, "")
+    proc = processor_class("torch_export")()
+    proc.load(d, "cuda", {})
+    assert proc.device == "cuda"
+    out = proc.predict({"features": X, "offset": Z}, "")
+    assert out["output_0"].dtype == np.float32
+    np.testing.assert_allclose(out["output_0"], want["output_0"], rtol=1e-5, atol=1e-6)
+    half = processor_class("torch_export")()
+    half.load(d, "cuda", {"fp16": True})
+    out = half.predict({"features": X, "offset": Z}, "")
+    assert out["output_0"].dtype == np.float32  # the signature's type, not half
+    np.testing.assert_allclose(out["output_0"], want["output_0"], rtol=2e-2, atol=2e-2)
+    assert not np.array_equal(out["output_0"], want["output_0"])  # it did run in half precision
+
+
+@pytest.mark.timeout(900)
+def test_torch_export_aoti_package_compiled_for_cuda_serves_as_aoti_load_package(torch, tmp_path):
+    import warnings
+
+    from tests.unit.processors.test_torch_export import MAX_BATCH, TwoInOut, X, Z, compiler_or_skip
+
+    compiler_or_skip()
+    torch.manual_seed(0)
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    example = (torch.from_numpy(X).cuda(), torch.from_numpy(Z).cuda())
+    ep = torch.export.export(TwoInOut().eval().cuda(), example, dynamic_shapes=[{0: batch}] * 2)
+    d = tmp_path / "aoti" / "1"
+    d.mkdir(parents=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch._inductor.aoti_compile_and_package(ep, package_path=str(d / "model.pt2"))
+    with torch.inference_mode():
+        want = [t.cpu().numpy() for t in torch._inductor.aoti_load_package(str(d / "model.pt2"))(*example)]
+    with pytest.raises(ServingError, match="was compiled for cuda, not cpu"):
+        processor_class("torch_export")().load(d, "cpu", {})
+    with Server(f"--model_base_path={d.parent}", "--model_name=aoti", "--device=auto") as s:
+        status, body = s.post("/v1/models/aoti:predict", {"inputs": {"input_0": X.tolist(), "input_1": Z.tolist()}})
+        assert status == 200, body
+        np.testing.assert_allclose(body["outputs"]["output_0"], want[0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(body["outputs"]["output_1"], want[1], rtol=1e-5, atol=1e-6)
+
+
 def test_xgboost_on_cuda_equals_the_cpu(tmp_path):
     xgb = pytest.importorskip("xgboost", reason="xgboost (extra xgboost) is not installed")
     if not xgb.build_info().get("USE_CUDA"):
