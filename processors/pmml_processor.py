@@ -115,16 +115,24 @@ class PMMLProcessor(Processor):
 
     def validate(self, inputs: dict[str, np.ndarray], signature: Signature) -> None:
         for f in self.fields:
-            for row, value in enumerate(inputs[f.name]):
-                if value is not None:
-                    _check(f, value, row)
+            column = inputs[f.name]
+            for row, value in enumerate(column):
+                if value is None:
+                    continue
+                if isinstance(value, bytes):  # a BYTES tensor (KServe V2, TF's b64, tritonclient): UTF-8 text
+                    try:
+                        value = column[row] = value.decode()
+                    except UnicodeDecodeError:
+                        raise invalid_argument(f"field '{f.name}' (row {row}): {value!r} is not UTF-8 text") from None
+                _check(f, value, row)
 
     def predict(self, inputs: dict[str, np.ndarray], signature_name: str) -> dict[str, np.ndarray]:
         assert self.model is not None, "predict before load"
         columns = [f.name for f in self.fields]
         filled = [[_default(f) if v is None else v for v in inputs[f.name]] for f in self.fields]
         rows = [list(r) for r in zip(*filled, strict=True)]
-        result = loads(self.model.call("predict", orjson.dumps({"columns": columns, "data": rows}).decode()))
+        result = loads(self.model.call("predict", orjson.dumps({"columns": columns, "data": rows},
+                                                               option=orjson.OPT_SERIALIZE_NUMPY).decode()))
         names = result["columns"]
         data = result["data"]
         out = {}

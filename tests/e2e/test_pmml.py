@@ -110,6 +110,19 @@ def test_regression_by_hand(tmp_path):
     assert list(sig.outputs) == ["predicted_y"]
 
 
+def test_values_as_binary_protocols_send_them_bytes_and_numpy_scalars(tmp_path):
+    """KServe V2 BYTES and TF's b64 strings arrive as bytes, V2 FP64 numbers as numpy scalars in the object column."""
+    proc = load(write(tmp_path, REGRESSION))
+    sig = proc.signature("")
+    inputs = {"x1": np.array([np.float64(1.0)], dtype=object), "x2": np.array([np.float64(2.0)], dtype=object),
+              "color": np.array([b"red"], dtype=object)}
+    proc.validate(inputs, sig)
+    assert proc.predict(inputs, sig.name)["predicted_y"].tolist() == [9.5]
+    inputs["color"] = np.array([b"\xff"], dtype=object)
+    with pytest.raises(ServingError, match="is not UTF-8 text"):
+        proc.validate(inputs, sig)
+
+
 def test_tree_with_probabilities_and_missing_value_treatment(tmp_path):
     proc = load(write(tmp_path, TREE, name="heart.xml"))
     out = run(proc, [{"age": 70, "cp": 1, "fbs": True}, {"age": 40, "cp": 3, "fbs": False}, {"cp": 0}])
