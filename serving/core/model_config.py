@@ -120,6 +120,47 @@ def shadow_from_json(doc: Any, where: str) -> ShadowSpec | None:
     return ShadowSpec(doc["version"], checked_rate(doc.get("sample_rate", 1.0), where))
 
 
+#: A model's ONNX Runtime options (`onnx { ... }` in model_config.pbtxt, `"onnx": {...}` in the service JSON)
+#: and the JSON type of each; the onnx processor checks the values (levels, providers) when it loads.
+ONNX_KEYS: dict[str, type] = {
+    "providers": list, "graph_optimization_level": str, "intra_op_threads": int, "inter_op_threads": int,
+    "optimized_model_cache": bool, "trt_fp16_enable": bool, "trt_engine_cache_enable": bool,
+    "trt_engine_cache_path": str,
+}
+TYPE_WORDS = {list: "a list of provider names", str: "a string", int: "a whole number >= 0", bool: "true or false"}
+
+
+def onnx_from_proto(config: Any, where: str) -> dict[str, object]:
+    """A ModelConfig's `onnx` (our field 1004) as the processor options `{"onnx": {...}}`; {} when unset."""
+    if not config.HasField("onnx"):
+        return {}
+    doc = {f.name: list(v) if f.name == "providers" else v for f, v in config.onnx.ListFields()}
+    return checked_onnx(doc, where)
+
+
+def checked_onnx(doc: Any, where: str) -> dict[str, object]:
+    """The service JSON's `"onnx": {...}` (or the pbtxt's, as a dict) as processor options; a ConfigError
+    that names the key for an unknown key or a value of the wrong type."""
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{where}: \"onnx\" must be an object of ONNX Runtime options ({', '.join(ONNX_KEYS)})")
+    unknown = sorted(set(doc) - set(ONNX_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown onnx option(s) {', '.join(map(str, unknown))} "
+                          f"(known: {', '.join(ONNX_KEYS)})")
+    for key, value in doc.items():
+        kind = ONNX_KEYS[key]
+        ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+        if kind is int:
+            ok = ok and value >= 0
+        if kind is list:
+            ok = ok and all(isinstance(p, str) and p for p in value)
+        if not ok:
+            raise ConfigError(f"{where}: onnx {key}: {value!r} is not {TYPE_WORDS[kind]}")
+    return {"onnx": dict(doc)} if doc else {}
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """One model to serve: name, base path with integer version dirs, processor, policy, labels."""
@@ -224,6 +265,7 @@ def specs_from_proto(config: msc.ModelServerConfig, source: str = "model config"
                 request_log=log_spec_from_proto(c, f"{source}: model {c.name}"),
                 shadow=shadow_from_proto(c, f"{source}: model {c.name}"),
                 pinned=c.pinned,  # our extension (field 1003)
+                options=onnx_from_proto(c, f"{source}: model {c.name}"),  # our extension (field 1004)
             )
         )
     return specs
@@ -308,8 +350,8 @@ def specs_from_settings(settings: Settings) -> list[ModelSpec]:
     elif settings.model_base_path:
         if (error := name_error(settings.model_name)) is not None:
             raise ConfigError(f"--model_name: {error}")
-        traffic, request_log, shadow = (service_extras(settings.service_config) if settings.service_config
-                                        else ({}, None, None))
+        traffic, request_log, shadow, options = (service_extras(settings.service_config)
+                                                 if settings.service_config else ({}, None, None, {}))
         if shadow is not None and not traffic:
             raise ConfigError(f"service config {settings.service_config}: \"shadow\" needs \"traffic\" naming the "
                               f"version(s) that answer (e.g. {{\"1\": 100}})")
@@ -326,6 +368,7 @@ def specs_from_settings(settings: Settings) -> list[ModelSpec]:
                 traffic=traffic,
                 request_log=request_log,
                 shadow=shadow,
+                options=options,
             )
         ]
     elif may_start_empty(settings):
@@ -335,9 +378,11 @@ def specs_from_settings(settings: Settings) -> list[ModelSpec]:
     return with_runtime(specs, settings)
 
 
-def service_extras(path: str) -> tuple[dict[int, int], RequestLogSpec | None, ShadowSpec | None]:
-    """The service JSON's `"traffic": {"1": 90, "2": 10}`, `"request_log": {"path", "sample_rate"}` and
-    `"shadow": {"version", "sample_rate"}` (settings.py read the rest of it)."""
+def service_extras(path: str) -> tuple[dict[int, int], RequestLogSpec | None, ShadowSpec | None,
+                                       dict[str, object]]:
+    """The service JSON's `"traffic": {"1": 90, "2": 10}`, `"request_log": {"path", "sample_rate"}`,
+    `"shadow": {"version", "sample_rate"}` and `"onnx": {...}` as processor options (settings.py read the
+    rest of it)."""
     try:
         doc = orjson.loads(Path(path).read_bytes())
     except (OSError, orjson.JSONDecodeError) as e:
@@ -348,7 +393,7 @@ def service_extras(path: str) -> tuple[dict[int, int], RequestLogSpec | None, Sh
         raise ConfigError(f"service config {path}: \"traffic\" must map versions to percents")
     where = f"service config {path}"
     return (checked_traffic(traffic or {}, where), log_spec_from_json(doc.get("request_log"), where),
-            shadow_from_json(doc.get("shadow"), where))
+            shadow_from_json(doc.get("shadow"), where), checked_onnx(doc.get("onnx"), where))
 
 
 def may_start_empty(settings: Settings) -> bool:
@@ -369,6 +414,8 @@ def with_runtime(specs: list[ModelSpec], settings: Settings) -> list[ModelSpec]:
         options["fp16"] = True
     if settings.onnx_graph_optimization_level != "all":
         options["graph_optimization_level"] = settings.onnx_graph_optimization_level
+    if settings.model_cache_dir:  # where the onnx processor keeps optimized graphs and TensorRT engines
+        options["model_cache_dir"] = settings.model_cache_dir
     pins = set(names_of(settings.pin_model))
     return [dataclasses.replace(s, device=settings.device, options={**options, **s.options},
                                 pinned=s.pinned or s.name in pins) for s in specs]

@@ -28,7 +28,7 @@ from serving._proto.tensorflow_serving.config import logging_config_pb2 as tenso
 from serving._proto.tensorflow_serving.sources.storage_path import file_system_storage_path_source_pb2 as tensorflow__serving_dot_sources_dot_storage__path_dot_file__system__storage__path__source__pb2
 
 
-DESCRIPTOR = _pool.POOL.AddSerializedFile(b'\n3tensorflow_serving/config/model_server_config.proto\x12\x12tensorflow.serving\x1a\x19google/protobuf/any.proto\x1a.tensorflow_serving/config/logging_config.proto\x1aMtensorflow_serving/sources/storage_path/file_system_storage_path_source.proto\"\xfe\x04\n\x0bModelConfig\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tbase_path\x18\x02 \x01(\t\x12\x35\n\nmodel_type\x18\x03 \x01(\x0e\x32\x1d.tensorflow.serving.ModelTypeB\x02\x18\x01\x12\x16\n\x0emodel_platform\x18\x04 \x01(\t\x12i\n\x14model_version_policy\x18\x07 \x01(\x0b\x32K.tensorflow.serving.FileSystemStoragePathSourceConfig.ServableVersionPolicy\x12\x39\n\x0elogging_config\x18\x06 \x01(\x0b\x32!.tensorflow.serving.LoggingConfig\x12J\n\x0eversion_labels\x18\x08 \x03(\x0b\x32\x32.tensorflow.serving.ModelConfig.VersionLabelsEntry\x12M\n\x0fversion_traffic\x18\xe9\x07 \x03(\x0b\x32\x33.tensorflow.serving.ModelConfig.VersionTrafficEntry\x12:\n\x0eshadow_version\x18\xea\x07 \x01(\x0b\x32!.tensorflow.serving.ShadowVersion\x12\x0f\n\x06pinned\x18\xeb\x07 \x01(\x08\x1a\x34\n\x12VersionLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a\x35\n\x13VersionTrafficEntry\x12\x0b\n\x03key\x18\x01 \x01(\x03\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01J\x04\x08\x05\x10\x06\"5\n\rShadowVersion\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x13\n\x0bsample_rate\x18\x02 \x01(\x01\"B\n\x0fModelConfigList\x12/\n\x06\x63onfig\x18\x01 \x03(\x0b\x32\x1f.tensorflow.serving.ModelConfig\"\x94\x01\n\x11ModelServerConfig\x12@\n\x11model_config_list\x18\x01 \x01(\x0b\x32#.tensorflow.serving.ModelConfigListH\x00\x12\x33\n\x13\x63ustom_model_config\x18\x02 \x01(\x0b\x32\x14.google.protobuf.AnyH\x00\x42\x08\n\x06\x63onfig*N\n\tModelType\x12\x1e\n\x16MODEL_TYPE_UNSPECIFIED\x10\x00\x1a\x02\x08\x01\x12\x12\n\nTENSORFLOW\x10\x01\x1a\x02\x08\x01\x12\r\n\x05OTHER\x10\x02\x1a\x02\x08\x01\x62\x06proto3')
+DESCRIPTOR = _pool.POOL.AddSerializedFile(b'\n3tensorflow_serving/config/model_server_config.proto\x12\x12tensorflow.serving\x1a\x19google/protobuf/any.proto\x1a.tensorflow_serving/config/logging_config.proto\x1aMtensorflow_serving/sources/storage_path/file_system_storage_path_source.proto\"\xb5\x05\n\x0bModelConfig\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tbase_path\x18\x02 \x01(\t\x12\x35\n\nmodel_type\x18\x03 \x01(\x0e\x32\x1d.tensorflow.serving.ModelTypeB\x02\x18\x01\x12\x16\n\x0emodel_platform\x18\x04 \x01(\t\x12i\n\x14model_version_policy\x18\x07 \x01(\x0b\x32K.tensorflow.serving.FileSystemStoragePathSourceConfig.ServableVersionPolicy\x12\x39\n\x0elogging_config\x18\x06 \x01(\x0b\x32!.tensorflow.serving.LoggingConfig\x12J\n\x0eversion_labels\x18\x08 \x03(\x0b\x32\x32.tensorflow.serving.ModelConfig.VersionLabelsEntry\x12M\n\x0fversion_traffic\x18\xe9\x07 \x03(\x0b\x32\x33.tensorflow.serving.ModelConfig.VersionTrafficEntry\x12:\n\x0eshadow_version\x18\xea\x07 \x01(\x0b\x32!.tensorflow.serving.ShadowVersion\x12\x0f\n\x06pinned\x18\xeb\x07 \x01(\x08\x12\x35\n\x04onnx\x18\xec\x07 \x01(\x0b\x32&.tensorflow.serving.OnnxRuntimeOptions\x1a\x34\n\x12VersionLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a\x35\n\x13VersionTrafficEntry\x12\x0b\n\x03key\x18\x01 \x01(\x03\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01J\x04\x08\x05\x10\x06\"\xa9\x02\n\x12OnnxRuntimeOptions\x12\x11\n\tproviders\x18\x01 \x03(\t\x12 \n\x18graph_optimization_level\x18\x02 \x01(\t\x12\x1d\n\x10intra_op_threads\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x1d\n\x10inter_op_threads\x18\x04 \x01(\x05H\x01\x88\x01\x01\x12\x1d\n\x15optimized_model_cache\x18\x05 \x01(\x08\x12\x17\n\x0ftrt_fp16_enable\x18\x06 \x01(\x08\x12\x1f\n\x17trt_engine_cache_enable\x18\x07 \x01(\x08\x12\x1d\n\x15trt_engine_cache_path\x18\x08 \x01(\tB\x13\n\x11_intra_op_threadsB\x13\n\x11_inter_op_threads\"5\n\rShadowVersion\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x13\n\x0bsample_rate\x18\x02 \x01(\x01\"B\n\x0fModelConfigList\x12/\n\x06\x63onfig\x18\x01 \x03(\x0b\x32\x1f.tensorflow.serving.ModelConfig\"\x94\x01\n\x11ModelServerConfig\x12@\n\x11model_config_list\x18\x01 \x01(\x0b\x32#.tensorflow.serving.ModelConfigListH\x00\x12\x33\n\x13\x63ustom_model_config\x18\x02 \x01(\x0b\x32\x14.google.protobuf.AnyH\x00\x42\x08\n\x06\x63onfig*N\n\tModelType\x12\x1e\n\x16MODEL_TYPE_UNSPECIFIED\x10\x00\x1a\x02\x08\x01\x12\x12\n\nTENSORFLOW\x10\x01\x1a\x02\x08\x01\x12\r\n\x05OTHER\x10\x02\x1a\x02\x08\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,18 +47,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELCONFIG_VERSIONTRAFFICENTRY']._serialized_options = b'8\001'
   _globals['_MODELCONFIG'].fields_by_name['model_type']._loaded_options = None
   _globals['_MODELCONFIG'].fields_by_name['model_type']._serialized_options = b'\030\001'
-  _globals['_MODELTYPE']._serialized_start=1144
-  _globals['_MODELTYPE']._serialized_end=1222
+  _globals['_MODELTYPE']._serialized_start=1499
+  _globals['_MODELTYPE']._serialized_end=1577
   _globals['_MODELCONFIG']._serialized_start=230
-  _globals['_MODELCONFIG']._serialized_end=868
-  _globals['_MODELCONFIG_VERSIONLABELSENTRY']._serialized_start=755
-  _globals['_MODELCONFIG_VERSIONLABELSENTRY']._serialized_end=807
-  _globals['_MODELCONFIG_VERSIONTRAFFICENTRY']._serialized_start=809
-  _globals['_MODELCONFIG_VERSIONTRAFFICENTRY']._serialized_end=862
-  _globals['_SHADOWVERSION']._serialized_start=870
-  _globals['_SHADOWVERSION']._serialized_end=923
-  _globals['_MODELCONFIGLIST']._serialized_start=925
-  _globals['_MODELCONFIGLIST']._serialized_end=991
-  _globals['_MODELSERVERCONFIG']._serialized_start=994
-  _globals['_MODELSERVERCONFIG']._serialized_end=1142
+  _globals['_MODELCONFIG']._serialized_end=923
+  _globals['_MODELCONFIG_VERSIONLABELSENTRY']._serialized_start=810
+  _globals['_MODELCONFIG_VERSIONLABELSENTRY']._serialized_end=862
+  _globals['_MODELCONFIG_VERSIONTRAFFICENTRY']._serialized_start=864
+  _globals['_MODELCONFIG_VERSIONTRAFFICENTRY']._serialized_end=917
+  _globals['_ONNXRUNTIMEOPTIONS']._serialized_start=926
+  _globals['_ONNXRUNTIMEOPTIONS']._serialized_end=1223
+  _globals['_SHADOWVERSION']._serialized_start=1225
+  _globals['_SHADOWVERSION']._serialized_end=1278
+  _globals['_MODELCONFIGLIST']._serialized_start=1280
+  _globals['_MODELCONFIGLIST']._serialized_end=1346
+  _globals['_MODELSERVERCONFIG']._serialized_start=1349
+  _globals['_MODELSERVERCONFIG']._serialized_end=1497
 # @@protoc_insertion_point(module_scope)

@@ -20,7 +20,7 @@ TENSORFLOW: ModelType
 OTHER: ModelType
 
 class ModelConfig(_message.Message):
-    __slots__ = ("name", "base_path", "model_type", "model_platform", "model_version_policy", "logging_config", "version_labels", "version_traffic", "shadow_version", "pinned")
+    __slots__ = ("name", "base_path", "model_type", "model_platform", "model_version_policy", "logging_config", "version_labels", "version_traffic", "shadow_version", "pinned", "onnx")
     class VersionLabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -45,6 +45,7 @@ class ModelConfig(_message.Message):
     VERSION_TRAFFIC_FIELD_NUMBER: _ClassVar[int]
     SHADOW_VERSION_FIELD_NUMBER: _ClassVar[int]
     PINNED_FIELD_NUMBER: _ClassVar[int]
+    ONNX_FIELD_NUMBER: _ClassVar[int]
     name: str
     base_path: str
     model_type: ModelType
@@ -55,7 +56,28 @@ class ModelConfig(_message.Message):
     version_traffic: _containers.ScalarMap[int, int]
     shadow_version: ShadowVersion
     pinned: bool
-    def __init__(self, name: _Optional[str] = ..., base_path: _Optional[str] = ..., model_type: _Optional[_Union[ModelType, str]] = ..., model_platform: _Optional[str] = ..., model_version_policy: _Optional[_Union[_file_system_storage_path_source_pb2.FileSystemStoragePathSourceConfig.ServableVersionPolicy, _Mapping]] = ..., logging_config: _Optional[_Union[_logging_config_pb2.LoggingConfig, _Mapping]] = ..., version_labels: _Optional[_Mapping[str, int]] = ..., version_traffic: _Optional[_Mapping[int, int]] = ..., shadow_version: _Optional[_Union[ShadowVersion, _Mapping]] = ..., pinned: bool = ...) -> None: ...
+    onnx: OnnxRuntimeOptions
+    def __init__(self, name: _Optional[str] = ..., base_path: _Optional[str] = ..., model_type: _Optional[_Union[ModelType, str]] = ..., model_platform: _Optional[str] = ..., model_version_policy: _Optional[_Union[_file_system_storage_path_source_pb2.FileSystemStoragePathSourceConfig.ServableVersionPolicy, _Mapping]] = ..., logging_config: _Optional[_Union[_logging_config_pb2.LoggingConfig, _Mapping]] = ..., version_labels: _Optional[_Mapping[str, int]] = ..., version_traffic: _Optional[_Mapping[int, int]] = ..., shadow_version: _Optional[_Union[ShadowVersion, _Mapping]] = ..., pinned: bool = ..., onnx: _Optional[_Union[OnnxRuntimeOptions, _Mapping]] = ...) -> None: ...
+
+class OnnxRuntimeOptions(_message.Message):
+    __slots__ = ("providers", "graph_optimization_level", "intra_op_threads", "inter_op_threads", "optimized_model_cache", "trt_fp16_enable", "trt_engine_cache_enable", "trt_engine_cache_path")
+    PROVIDERS_FIELD_NUMBER: _ClassVar[int]
+    GRAPH_OPTIMIZATION_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    INTRA_OP_THREADS_FIELD_NUMBER: _ClassVar[int]
+    INTER_OP_THREADS_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZED_MODEL_CACHE_FIELD_NUMBER: _ClassVar[int]
+    TRT_FP16_ENABLE_FIELD_NUMBER: _ClassVar[int]
+    TRT_ENGINE_CACHE_ENABLE_FIELD_NUMBER: _ClassVar[int]
+    TRT_ENGINE_CACHE_PATH_FIELD_NUMBER: _ClassVar[int]
+    providers: _containers.RepeatedScalarFieldContainer[str]
+    graph_optimization_level: str
+    intra_op_threads: int
+    inter_op_threads: int
+    optimized_model_cache: bool
+    trt_fp16_enable: bool
+    trt_engine_cache_enable: bool
+    trt_engine_cache_path: str
+    def __init__(self, providers: _Optional[_Iterable[str]] = ..., graph_optimization_level: _Optional[str] = ..., intra_op_threads: _Optional[int] = ..., inter_op_threads: _Optional[int] = ..., optimized_model_cache: bool = ..., trt_fp16_enable: bool = ..., trt_engine_cache_enable: bool = ..., trt_engine_cache_path: _Optional[str] = ...) -> None: ...
 
 class ShadowVersion(_message.Message):
     __slots__ = ("version", "sample_rate")
