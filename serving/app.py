@@ -70,6 +70,12 @@ def model_budget(s: Settings, processes: int) -> Budget | None:
     return Budget(share, s.model_min_residency_seconds)
 
 
+def _first(items: list[str], sep: str = ", ", shown: int = 10) -> str:
+    """`items` joined, the first `shown` of them: a log line stays a line with thousands of models."""
+    more = f"{sep}... {len(items) - shown} more" if len(items) > shown else ""
+    return sep.join(items[:shown]) + more
+
+
 class Server:
     """Everything one serving process runs; `start()` then `stop()`."""
 
@@ -181,6 +187,7 @@ class Server:
         if siblings is None:  # one process: liveness and the status routes answer while the models load
             await self.manager.apply(startup)
         self.started = True
+        log.info("%s", self.summary())
         if self.queues is not None:
             self.queues.subscribe(self.api.cloud, self.api.cloud.error)
         # What start-up made lives as long as the process: keep it out of the collector's full passes,
@@ -194,6 +201,29 @@ class Server:
                 self._task(polls.files(s.file_system_poll_wait_seconds))
             if s.model_config_file and s.model_config_file_poll_wait_seconds > 0:
                 self._task(polls.config(s.model_config_file, s.model_config_file_poll_wait_seconds))
+
+    def summary(self) -> str:
+        """The start-up line: what is served (models, versions AVAILABLE, those without one) and where (ports,
+        the status page and metrics URLs), e.g. `ready: 2 models, 3 versions (a: 1, 2; b: 3); HTTP ...`."""
+        s, manager = self.settings, self.manager
+        models = sorted(manager.models.items())
+        served = [(name, sorted(v for v, st in m.versions.items() if st.available)) for name, m in models]
+        waiting = [name for name, versions in served if not versions]
+        listed = _first([f"{name}: {', '.join(map(str, versions))}" for name, versions in served if versions], "; ")
+        text = (f"{'ready' if manager.ready_here() else 'not ready'}: {len(models)} model(s), "
+                f"{sum(len(versions) for _, versions in served)} version(s) AVAILABLE"
+                + (f" ({listed})" if listed else ""))
+        if waiting:
+            text += (f"; not loaded (lazy mode: on their first request): {_first(waiting)}" if manager.lazy
+                     else f"; without an AVAILABLE version: {_first(waiting)}")
+        sockets = self.http.server.sockets if self.http.server is not None else ()
+        port = sockets[0].getsockname()[1] if sockets else s.rest_api_port
+        host = "localhost" if s.host in ("", "0.0.0.0", "::") else f"[{s.host}]" if ":" in s.host else s.host
+        text += (f"; HTTP {s.host}:{port} (status page http://{host}:{port}/ui, metrics "
+                 f"http://{host}:{port}/metrics), gRPC " + (f"{s.host}:{s.port}" if s.port else "off"))
+        if s.modelmesh_port:
+            text += f", ModelMesh {s.modelmesh_host}:{s.modelmesh_port}"
+        return text
 
     def _task(self, work: Any) -> None:
         self.tasks.append(asyncio.create_task(work))

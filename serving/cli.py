@@ -1,5 +1,6 @@
 """The `serving` command: TF Serving's flags (a drop-in for tensorflow_model_server) and a few of ours,
-all derived from the declaration in serving/settings.py."""
+all derived from the declaration in serving/settings.py; `--help` is one screen (commands, examples, the most
+used flags), `--help-all` every flag and `--help-<group>` one group's; `serving <command>` runs a tool."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import logging
 import os
 import signal
 import sys
+import textwrap
 from collections.abc import Callable
 from dataclasses import Field, fields
 from typing import Any
@@ -71,9 +73,123 @@ class _Joined(argparse.Action):
         setattr(namespace, self.dest, values if before is None else f"{before},{values}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="serving", description=DESCRIPTION, epilog=EPILOG)
+#: `serving <command> ...`: the module whose main(argv) runs it, and what it does in a line of `serving --help`.
+COMMANDS = {"bench": (".tools.bench.cli", "load a model server: latency and throughput, closed or open loop"),
+            "warmup-from-log": (".tools.fromlog", "a TF Serving warm-up file made from request logs"),
+            "queue": (".queue.standalone", "the asynchronous service's queue service alone")}
+
+#: The flags `serving --help` shows; `--help-all` shows every one.
+COMMON_FLAGS = ("model_name", "model_base_path", "model_config_file", "model_platform", "rest_api_port", "port",
+                "host", "workers", "device", "max_batch_size", "batch_timeout_micros", "model_control_mode",
+                "token_file", "log_level", "log_format")
+
+EXAMPLES = """\
+  serving --model_name=m --model_base_path=/models/m     # one model; 1/, 2/, ... are its versions
+  serving --model_config_file=/models/model_config.pbtxt  # several (a ModelServerConfig text file)
+  MODEL_NAME=m MODEL_BASE_PATH=/models serving             # as the TF Serving image: /models/m
+  serving --service_config=service.json                   # the cloud service form
+  serving bench --url http://127.0.0.1:8080/v1/models/m:predict --body request.json  # load it"""
+
+
+def version_text() -> str:
+    """`serving --version`: the installed package's version (the source's where it is not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"serving-engine {version('serving-engine')}"
+    except PackageNotFoundError:  # pragma: no cover - run from a source tree that was never installed
+        from . import __version__
+
+        return f"serving-engine {__version__}"
+
+
+#: The short `--help`'s line of a flag whose help does not begin with one.
+SUMMARIES = {"model_control_mode": "none, poll, explicit or lazy: when models load",
+             "batch_timeout_micros": "the longest a request waits for a fuller batch",
+             "token_file": "the access token, from the first line of this file"}
+#: The widest line of the short `--help`.
+WIDTH = 100
+
+
+def _summary(f: Field[Any], room: int) -> str:
+    """A flag's help cut to its first clause and to `room` characters, with its default, for the short `--help`."""
+    text = SUMMARIES.get(f.name) or f.metadata["help"].replace("`", "").replace("*", "")
+    for stop in ("; ", ": ", " (") if f.name not in SUMMARIES else ():
+        text = text.split(stop, 1)[0]
+    default = f" (default: {shown_default(f)})" if shown_default(f) else ""
+    return textwrap.shorten(text, room - len(default), placeholder=" ...") + default
+
+
+def short_help() -> str:
+    """`serving --help`: one screen (tests/unit/test_cli_help.py holds it to 60 lines)."""
+    by_name = {f.name: f for f in fields(Settings)}
+    flags = [f"--{name} {_metavar(by_name[name])}" for name in COMMON_FLAGS]
+    width = max(map(len, flags)) + 2
+    commands = "\n".join(f"  {name:<17}{text}" for name, (_, text) in COMMANDS.items())
+    return "\n".join([
+        "usage: serving [FLAGS]             serve models",
+        f"       serving COMMAND [ARGS]     {' | '.join(COMMANDS)} (each has its own --help)",
+        "",
+        textwrap.fill(DESCRIPTION, WIDTH),
+        "",
+        "commands:",
+        commands,
+        "",
+        "examples:",
+        EXAMPLES,
+        "",
+        "most used flags:",
+        *(f"  {flag:<{width}}{_summary(by_name[name], WIDTH - 2 - width)}"
+          for flag, name in zip(flags, COMMON_FLAGS, strict=True)),
+        "",
+        "more:",
+        f"  --help-all         every flag ({len(by_name)}), by group, with its default and environment variable",
+        textwrap.fill(f"one group's flags, GROUP: {', '.join(GROUPS)}", WIDTH,
+                      initial_indent=f"  {'--help-GROUP':<19}", subsequent_indent=" " * 21),
+        "  --version          the version",
+        "  docs               README.md, or GET /ui/docs on a running server; its status page is GET /ui",
+        "",
+        "Every flag can also be set as SERVING_<FLAG IN CAPITALS>; flags win over the environment.",
+    ]) + "\n"
+
+
+class _PrintAndExit(argparse.Action):
+    """A flag that prints a text (`text(parser)`) on standard output and exits 0, as argparse's --help does."""
+
+    def __init__(self, option_strings: list[str], dest: str, text: Callable[[argparse.ArgumentParser], str],
+                 **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+        self.text = text
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        sys.stdout.write(self.text(parser))
+        parser.exit()
+
+
+def _add_help_flags(ap: argparse.ArgumentParser) -> None:
+    section = ap.add_argument_group("help")
+    section.add_argument("-h", "--help", action=_PrintAndExit, text=lambda _: short_help(),
+                         help="one screen: commands, examples, the most used flags")
+    section.add_argument("--help-all", action=_PrintAndExit, text=lambda parser: parser.format_help(),
+                         help="every flag, by group")
+    for group in GROUPS:
+        section.add_argument(f"--help-{group}", action=_PrintAndExit,
+                             text=lambda _, group=group: build_parser(group).format_help(),
+                             help=GROUPS[group].replace("%", "%%"))
+    section.add_argument("--version", action=_PrintAndExit, text=lambda _: version_text() + "\n",
+                         help="the version")
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every flag (its format_help is `--help-all`), or of group `only`'s flags (`--help-<group>`)."""
+    ap = argparse.ArgumentParser(prog="serving", usage="%(prog)s [FLAGS] | %(prog)s COMMAND [ARGS]",
+                                 description=DESCRIPTION, epilog=EPILOG, add_help=False)
+    if only is None:
+        _add_help_flags(ap)
     for group, group_fields in grouped():
+        if only is not None and group != only:
+            continue
         section = ap.add_argument_group(group, GROUPS[group])
         for f in group_fields:
             # default=None: parse_settings applies only the flags given, over the environment.
@@ -117,18 +233,15 @@ def setup_logging(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
 
 
-#: `serving <command> ...`: the module whose main(argv) runs it.
-COMMANDS = {"bench": ".tools.bench.cli",  # the load generator (serving/tools/bench/)
-            "warmup-from-log": ".tools.fromlog",  # a warm-up file from request logs
-            "queue": ".queue.standalone"}  # the queue service alone (serving/queue/)
-
-
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if args[:1] and args[0] in COMMANDS:
         import importlib
 
-        sys.exit(importlib.import_module(COMMANDS[args[0]], __package__).main(args[1:]))
+        sys.exit(importlib.import_module(COMMANDS[args[0]][0], __package__).main(args[1:]))
+    if args[:1] and not args[0].startswith("-"):  # the server takes flags only: a mistyped command
+        sys.exit(f"serving: unknown command {args[0]!r}; the commands are {', '.join(COMMANDS)}, and the server "
+                 "takes flags only (serving --help)")
     settings = parse_settings(args)
     setup_logging(settings)
     from .platform.workers import supervise, worker_count

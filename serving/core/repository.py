@@ -16,6 +16,7 @@ import collections
 import concurrent.futures
 import contextlib
 import enum
+import heapq
 import logging
 import os
 import random
@@ -48,6 +49,8 @@ from .remote import (
 from .servable import Runtime, Servable
 
 log = logging.getLogger(__name__)
+#: The most model names a NOT_FOUND message lists (`known_models`).
+KNOWN_SHOWN = 20
 
 
 def sticky_value(carrier: Any, name: str, key_bytes: bytes) -> bytes | None:
@@ -280,19 +283,35 @@ class ModelManager:
                 key = sticky_value(carrier, self.sticky_header, self.sticky_key) if self.sticky_header else None
                 return model.pick(zlib.crc32(key) % 10_000 / 100 if key is not None else random.random() * 100)
             if model is None:
-                raise not_found(f"Servable not found for request: Latest({name})")
+                raise not_found(f"Servable not found for request: Latest({name}){self.known_models()}")
             if self.lazy and not model.versions:
                 raise unavailable(f"Servable not available for request: Latest({name}): not loaded (an inference "
                                   f"request loads it)")
             raise unavailable(f"Servable not available for request: Latest({name}): no version is AVAILABLE")
         status = model.versions.get(version) if model is not None else None
         if status is None or status.state is State.END:
-            raise not_found(f"Servable not found for request: Specific({name}, {version})")
+            raise not_found(f"Servable not found for request: Specific({name}, {version}){self._known(model)}")
         if status.servable is None or not status.available:
             raise unavailable(
                 f"Servable not available for request: Specific({name}, {version}): it is {status.state.value}"
             )
         return status.servable
+
+    def known_models(self) -> str:
+        """What a NOT_FOUND message adds after TF Serving's text (clients read only the text, so its start stays
+        TF Serving's): the names a client that misspelt one could have meant, the first KNOWN_SHOWN in order."""
+        if not self.models:
+            return " (no model is served)"
+        names = heapq.nsmallest(KNOWN_SHOWN + 1, self.models)
+        more = f", ... {len(self.models) - KNOWN_SHOWN} more" if len(names) > KNOWN_SHOWN else ""
+        return f" (known models: {', '.join(names[:KNOWN_SHOWN])}{more})"
+
+    def _known(self, model: ManagedModel | None) -> str:
+        """The known models when `model` is not one; else its known versions."""
+        if model is None:
+            return self.known_models()
+        versions = sorted(v for v, s in model.versions.items() if s.state is not State.END)
+        return f" (versions of {model.spec.name}: {', '.join(map(str, versions))})" if versions else ""
 
     def status(self, name: str, version: int | None = None, label: str | None = None) -> list[VersionStatus]:
         """Every known version of a model (or the one asked for), newest first, as TF Serving reports."""
@@ -304,11 +323,11 @@ class ModelManager:
         if model is not None and not model.versions and self.lazy:
             return self._not_loaded(model, version)
         if model is None or not model.versions:
-            raise not_found(f"Could not find any versions of model {name}")
+            raise not_found(f"Could not find any versions of model {name}{self._known(model)}")
         if version is not None:
             status = model.versions.get(version)
             if status is None:
-                raise not_found(f"Could not find version {version} of model {name}")
+                raise not_found(f"Could not find version {version} of model {name}{self._known(model)}")
             return [status]
         return sorted(model.versions.values(), key=lambda s: -s.version)
 
@@ -519,7 +538,7 @@ class ModelManager:
         async with self._model_lock(name):
             model = self.models.get(name)
             if model is None:
-                raise not_found(f"Servable not found for request: Latest({name})")
+                raise not_found(f"Servable not found for request: Latest({name}){self.known_models()}")
             if model.latest is not None:
                 return
             for version in [v for v, s in model.versions.items() if s.state is State.END]:

@@ -14,6 +14,7 @@ from typing import Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from .. import __version__
 from ..codecs.jsonutil import dumps
 from ..core.control import ModelControl
 from ..core.pipeline import Pipeline
@@ -30,6 +31,18 @@ from .tfserving.codec import encode_connection_error, encode_error
 from .tfserving.rest import TfServingRest
 
 PROMETHEUS = CONTENT_TYPE_LATEST.encode()
+TEXT = b"text/plain; charset=utf-8"
+#: The routes `GET /` lists for an API client (README.md's "HTTP API" has them all).
+INDEX_ROUTES = """\
+  POST /v1/models/<m>:predict              TF Serving REST: {"instances": [...]} or {"inputs": ...}
+  GET  /v1/models/<m>[/metadata]           a model's versions; its signatures
+  GET  /v1/models                          every model
+  POST /v2/models/<m>/infer                KServe V2 (Open Inference Protocol)
+  GET  /v2/models/<m>                      KServe V2 model metadata
+  POST /api/predict/<m>                    the cloud processor protocol
+  GET  /healthz, /readyz, /metrics         liveness, readiness, Prometheus"""
+#: The most model names `GET /` lists.
+INDEX_MODELS = 20
 #: The paths that load and unload models (Triton's repository API): the admin token's, when one is set.
 CONTROL_PREFIX = "/v2/repository/models/"
 
@@ -43,7 +56,7 @@ class QueueRoutes(Protocol):
 
 
 def _wants_html(request: Request) -> bool:
-    """A browser asking for `/` (API clients, which send no `Accept: text/html`, keep today's answer)."""
+    """A browser asking for `/` (API clients send no `Accept: text/html`: they get the routes)."""
     return b"text/html" in request.headers.get(b"accept", b"")
 
 
@@ -107,10 +120,8 @@ class RestApi:
             if self.draining and path == "/v2/health/ready":
                 return Response(400, b'{"error": "not ready: draining"}')
             adapter = self.kserve
-        elif path.startswith("/ui") or path == "/" and request.method == "GET" and _wants_html(request):
-            if self.pages is None:
-                return Response(404, encode_error(f"Not found: {request.method} {path}"))
-            return self.pages(request)
+        elif path.startswith("/ui") or path == "/" and request.method == "GET":
+            return self._page(request)
         elif path.startswith("/api/predict/") or path == "/":
             adapter = self.cloud
         elif request.method == "GET" and path in ("/healthz", "/readyz", "/metrics", "/monitoring/prometheus/metrics"):
@@ -130,6 +141,28 @@ class RestApi:
             return adapter(request)
         except ServingError as e:
             return adapter.error(e)
+
+    def _page(self, request: Request) -> Response | Deferred:
+        """The status page (/ui...); `GET /`: the page for a browser, the routes for an API client (curl)."""
+        if request.path == "/" and (self.pages is None or not _wants_html(request)):
+            return Response(200, self._index(), TEXT)
+        if self.pages is None:
+            return Response(404, encode_error(f"Not found: {request.method} {request.path}"))
+        return self.pages(request)
+
+    def _index(self) -> bytes:
+        """`GET /` from an API client: the models, where the status page is and the main routes."""
+        names = sorted(self.manager.models)
+        more = f" and {len(names) - INDEX_MODELS} more" if len(names) > INDEX_MODELS else ""
+        lines = [f"serving-engine {__version__}: {len(names)} model(s)"
+                 + (f": {', '.join(names[:INDEX_MODELS])}{more}" if names else "")]
+        if self.pages is not None:
+            lines.append("status page: /ui (open it in a browser); documentation: /ui/docs")
+        lines += ["", "routes:", INDEX_ROUTES]
+        default = self.cloud.default_model()
+        if default is not None:
+            lines.append(f"  {'POST /':<41}the cloud processor protocol, model {default}")
+        return "\n".join(lines).encode() + b"\n"
 
     def _server_route(self, path: str) -> Response | Deferred:
         if path == "/healthz":

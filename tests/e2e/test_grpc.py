@@ -185,7 +185,8 @@ def test_get_model_status(channel):
                       1: (get_model_status_pb2.ModelVersionStatus.AVAILABLE, 0)}
     request.model_spec.name = "nope"
     got_code, details = code_of(lambda: stub.GetModelStatus(request))
-    assert got_code == grpc.StatusCode.NOT_FOUND and details == "Could not find any versions of model nope"
+    assert got_code == grpc.StatusCode.NOT_FOUND
+    assert details == "Could not find any versions of model nope (known models: lin, picky, slow, two)"
 
 
 def test_health(channel):

@@ -191,7 +191,7 @@ def test_reload_with_a_base_path_that_does_not_exist_is_refused_at_once_and_the_
     status = get_model_status_pb2.GetModelStatusRequest()
     status.model_spec.name = "ghost"
     assert rpc_error(lambda: stub.GetModelStatus(status)) == (
-        grpc.StatusCode.NOT_FOUND, "Could not find any versions of model ghost")
+        grpc.StatusCode.NOT_FOUND, "Could not find any versions of model ghost (known models: lin)")
     del config.model_config_list.config[0]  # a config without "lin" is refused whole: "lin" stays
     response = stub.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(config=config), timeout=30)
     assert response.status.error_code == grpc.StatusCode.INVALID_ARGUMENT.value[0]

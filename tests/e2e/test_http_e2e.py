@@ -73,8 +73,11 @@ def test_model_status(server):
     ]}
     assert [v["version"] for v in server.get("/v1/models/xgb/versions/1")[1]["model_version_status"]] == ["1"]
     assert [v["version"] for v in server.get("/v1/models/xgb/labels/canary")[1]["model_version_status"]] == ["2"]
-    assert server.get("/v1/models/nope") == (404, {"error": "Could not find any versions of model nope"})
-    assert server.get("/v1/models/xgb/versions/9") == (404, {"error": "Could not find version 9 of model xgb"})
+    # TF Serving's texts, then the models or versions there are (its clients read only the text)
+    assert server.get("/v1/models/nope") == (
+        404, {"error": "Could not find any versions of model nope (known models: lgbm, lin, slow, xgb)"})
+    assert server.get("/v1/models/xgb/versions/9") == (
+        404, {"error": "Could not find version 9 of model xgb (versions of xgb: 1, 2)"})
     assert server.get("/v1/models/xgb/labels/x") == (400, {"error": "Unrecognized servable version label: x"})
 
 
@@ -171,7 +174,7 @@ def test_listing_and_health(server):
         ("/v1/models/lin:classify", {"examples": [{"x": 1.0}]}, 501, "does not implement classify"),
         ("/v1/models/lin:regress", {"examples": [{"x": 1.0}]}, 501, "does not implement regress"),
         ("/v1/models/lin:explode", {"instances": [[1.0]]}, 400, "Malformed request: POST /v1/models/lin:explode"),
-        ("/v1/models/lin", {"instances": [[1.0]]}, 400, "Malformed request"),
+        ("/v1/models/lin", {"instances": [[1.0]]}, 405, "to predict, POST /v1/models/lin:predict"),
         ("/elsewhere", {}, 404, "Not found"),
     ],
 )
@@ -182,8 +185,10 @@ def test_bad_requests_get_tf_serving_errors(server, path, body, status, message)
     still_serves(server)
 
 
-def test_get_on_a_predict_route_is_malformed(server):
-    assert server.get("/v1/models/lin:predict") == (400, {"error": "Malformed request: GET /v1/models/lin:predict"})
+def test_get_on_a_predict_route_is_405_use_post(server):
+    # TF Serving answers 400 "Malformed request"; the route exists, so HTTP's answer is 405 with Allow
+    assert server.get("/v1/models/lin:predict") == (
+        405, {"error": "Method not allowed: GET /v1/models/lin:predict: use POST with a JSON body"})
 
 
 def test_processor_exception_fails_only_that_request(server):

@@ -18,7 +18,7 @@ def versions(server, name):
 
 
 def test_help_documents_every_flag():
-    out = run_cli("--help").stdout
+    out = run_cli("--help-all").stdout  # `--help` is one screen: tests/unit/test_cli_help.py
     for flag in ("--rest_api_port", "--port", "--host", "--model_name", "--model_base_path", "--model_config_file",
                  "--model_config_file_poll_wait_seconds", "--file_system_poll_wait_seconds",
                  "--allow_version_labels_for_unavailable_models", "--rest_api_timeout_in_ms", "--model_platform",

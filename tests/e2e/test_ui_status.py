@@ -48,8 +48,10 @@ def test_the_page_is_served_to_browsers_and_api_clients_keep_their_answers(tmp_p
             assert resp.status == 200 and resp.getheader("Content-Type") == "text/html; charset=utf-8", path
             assert b"<html" in body.lower() and b"/ui/api/status" in body
             assert "default-src 'none'" in resp.getheader("Content-Security-Policy")  # nothing from elsewhere
-        # An API client's GET / and POST / (the cloud route's default model) answer as before.
-        assert s.get("/") == (404, {"error": "Not found: GET / (predict with POST)"})
+        # An API client's GET / lists the routes and names the status page (tests/e2e/test_newcomer.py); POST /
+        # is the cloud route's default model as before.
+        code, index = s.get("/")
+        assert code == 200 and b"status page: /ui" in index
         assert s.post("/", [[4.0]]) == (200, [4.0])
         code, readme = s.request("GET", "/ui/docs")
         assert code == 200 and b"## HTTP API" in readme

@@ -27,7 +27,7 @@ from ...errors import ServingError, invalid_argument, not_found
 from ...ops.statistics import Statistics, extensions
 from ...transport.http import Deferred, Request, Response
 from ..adapters import answer_later, answer_when
-from ..tfserving.rest import ROUTE_CACHE, Answer, error_response
+from ..tfserving.rest import ROUTE_CACHE, Answer, error_response, method_not_allowed
 from . import codec
 
 OCTET_STREAM = b"application/octet-stream"
@@ -80,6 +80,14 @@ def _decode(call: Call[KServeRestState], servable: Servable) -> tuple[Signature,
     sig, inputs, state.doc = codec.decode_rest(state.request.body, length, servable.signature)
     call.outputs = codec.requested_outputs(state.doc)  # the body's "id" is echoed, not the request id
     return sig, inputs
+
+
+def _wrong_method(method: str, asked: str, path: str, verb: str | None) -> Response:
+    """405 with `Allow`: an inference is a POST; a model's metadata, readiness, config and statistics a GET."""
+    if verb == "infer":
+        return method_not_allowed(method, asked, b"POST", "use POST with a JSON body (or JSON and binary tensors)")
+    infer = f"{path[:-len(verb)]}infer" if verb is not None else f"{path}/infer"
+    return method_not_allowed(method, asked, b"GET", f"to infer, POST {infer}")
 
 
 def repository_request(body: bytes) -> dict[str, Any]:
@@ -139,6 +147,8 @@ class KServeRest:
         if method == "GET" and verb == "stats" and self.statistics is not None:
             return self._statistics(name, version)
         if method != "GET" or verb not in (None, "config"):
+            if verb == "infer" or method != "GET" and (verb != "stats" or self.statistics is not None):
+                return _wrong_method(method, request.path, path, verb)
             self.manager.get(name, version)  # an unknown model is NOT_FOUND before the route is
             raise not_found(f"Not found: {method} {request.path}")
         if needs_load(self.pipeline, name):  # lazy mode: loaded first, as its first inference would load it

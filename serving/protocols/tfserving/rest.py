@@ -55,6 +55,23 @@ def error_response(error: ServingError) -> Response:
     return Response(HTTP_STATUS.get(error.code, 500), codec.encode_error(error.message))
 
 
+def method_not_allowed(method: str, path: str, allowed: bytes, hint: str) -> Response:
+    """405 with `Allow`, as `{"error": ...}` (the TF Serving and KServe V2 REST error format; TF Serving itself
+    answers 400 `Malformed request`): a route that exists, asked with a method it does not take."""
+    return Response(405, codec.encode_error(f"Method not allowed: {method} {path}: {hint}"),
+                    headers=b"Allow: " + allowed + b"\r\n")
+
+
+def _wrong_method(method: str, path: str, name: str, version: int | None, label: str | None,
+                  verb: str | None) -> Response:
+    """A predict, classify or regress is a POST; a model's status and metadata a GET."""
+    if verb is not None:
+        return method_not_allowed(method, path, b"POST", "use POST with a JSON body")
+    at = f"/versions/{version}" if version is not None else f"/labels/{label}" if label is not None else ""
+    return method_not_allowed(method, path, b"GET", f"use GET for the model's status or metadata; to predict, "
+                                                    f"POST /v1/models/{name}{at}:predict")
+
+
 class Answer:
     """The answers of TF Serving's REST API (errors, time-outs)."""
 
@@ -125,6 +142,8 @@ class TfServingRest:
             return Response(200, self._list_models())
         name, version, label, verb, metadata = parse_model_path(path)
         if name is None or (verb is None) != (request.method == "GET") or request.method not in ("GET", "POST"):
+            if name is not None:  # a route that exists, asked with another method
+                return _wrong_method(request.method, path, name, version, label, verb)
             raise invalid_argument(f"Malformed request: {request.method} {path}")
         if verb is None:
             if metadata:

@@ -201,7 +201,8 @@ async def test_a_failure_before_queueing_is_finished_with_its_error_and_no_queue
     recorder = Recorder()
     async with pipeline(repo, recorder) as step:
         cases = [
-            (a_call("nope"), Code.NOT_FOUND, "Servable not found for request: Latest(nope)"),
+            (a_call("nope"), Code.NOT_FOUND,
+             "Servable not found for request: Latest(nope) (known models: lin, picky, slow)"),
             (a_call("lin", decode=decode_fails), Code.INVALID_ARGUMENT, "the body is not rows"),
             (a_call("lin", [[1.0, 2.0]]), Code.INVALID_ARGUMENT,
              "model lin version 1 signature serving_default: input 'inputs' expects shape [-1,1], got [1,2] "

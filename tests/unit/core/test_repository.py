@@ -65,9 +65,11 @@ def test_all_and_specific_policies_and_labels(tmp_path):
         assert e.value.message == "Unrecognized servable version label: nope"
         with pytest.raises(ServingError) as e:
             m.status("missing")
-        assert e.value.code is Code.NOT_FOUND and e.value.message == "Could not find any versions of model missing"
-        with pytest.raises(ServingError, match="Could not find version 2 of model some"):
+        assert e.value.code is Code.NOT_FOUND
+        assert e.value.message == "Could not find any versions of model missing (known models: all, some)"
+        with pytest.raises(ServingError) as e:
             m.status("some", 2)
+        assert e.value.message == "Could not find version 2 of model some (versions of some: 1, 3)"
         await m.shutdown()
 
     run(go())

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from serving import __version__ as serving_version
 from serving._proto.eas import tf_predict_pb2
 from serving.core.batching import BatchingOptions
 from serving.core.dataplane import DataPlane
@@ -155,7 +156,8 @@ async def test_tf_serving_status_metadata_and_model_list(repo: Path) -> None:
     async with serving(specs(repo)) as s:
         assert await s.get("/v1/models/lin") == (200, {"model_version_status": [v2, v1]})
         assert await s.get("/v1/models/lin/labels/stable") == (200, {"model_version_status": [v1]})
-        assert await s.get("/v1/models/lin/versions/9") == (404, {"error": "Could not find version 9 of model lin"})
+        assert await s.get("/v1/models/lin/versions/9") == (
+            404, {"error": "Could not find version 9 of model lin (versions of lin: 1, 2)"})
         status, body = await s.get("/v1/models/lin/versions/1/metadata")
         assert status == 200 and body["model_spec"] == {"name": "lin", "signature_name": "", "version": "1"}
         sig = body["metadata"]["signature_def"]["signature_def"]["serving_default"]
@@ -179,21 +181,50 @@ async def test_tf_serving_classify_on_a_processor_without_it_is_unimplemented(re
 
 @in_loop
 async def test_tf_serving_routes_refuse_what_tf_serving_refuses(repo: Path) -> None:
+    # TF Serving's texts, then (after a space) the models or versions there are: clients read only the text.
+    known = " (known models: lin, slow, two)"
     cases = [
         ("POST", "/v1/models/lin:PREDICT", 400, "Malformed request: POST /v1/models/lin:PREDICT"),
-        ("GET", "/v1/models/lin:predict", 400, "Malformed request: GET /v1/models/lin:predict"),
-        ("POST", "/v1/models/lin", 400, "Malformed request: POST /v1/models/lin"),
-        ("PUT", "/v1/models/lin:predict", 400, "Malformed request: PUT /v1/models/lin:predict"),
-        ("POST", "/v1/models/nope:predict", 404, "Servable not found for request: Latest(nope)"),
-        ("POST", "/v1/models/lin/versions/7:predict", 404, "Servable not found for request: Specific(lin, 7)"),
+        ("POST", "/v1/models/nope:predict", 404, "Servable not found for request: Latest(nope)" + known),
+        ("POST", "/v1/models/lin/versions/7:predict", 404,
+         "Servable not found for request: Specific(lin, 7) (versions of lin: 1, 2)"),
+        ("POST", "/v1/models/nope/versions/7:predict", 404,
+         "Servable not found for request: Specific(nope, 7)" + known),
         ("POST", "/v1/models/lin/labels/x:predict", 400, "Unrecognized servable version label: x"),
-        ("GET", "/v1/models/nope", 404, "Could not find any versions of model nope"),
-        ("GET", "/v1/models/nope/metadata", 404, "Servable not found for request: Latest(nope)"),
+        ("GET", "/v1/models/nope", 404, "Could not find any versions of model nope" + known),
+        ("GET", "/v1/models/nope/metadata", 404, "Servable not found for request: Latest(nope)" + known),
         ("GET", "/elsewhere", 404, "Not found: GET /elsewhere"),
     ]
     async with serving(specs(repo)) as s:
         for method, path, status, message in cases:
             assert await s.ask(method, path, {"instances": [[1.0]]}) == (status, {"error": message}), path
+    async with serving([]) as s:
+        assert await s.post("/v1/models/nope:predict", {"instances": [[1.0]]}) == (
+            404, {"error": "Servable not found for request: Latest(nope) (no model is served)"})
+
+
+@in_loop
+async def test_tf_serving_routes_asked_with_another_method_are_405_with_allow(repo: Path) -> None:
+    """TF Serving answers these 400 `Malformed request`; the route exists, so HTTP's answer is 405 and Allow."""
+    post = "use POST with a JSON body"
+    cases = [
+        ("GET", "/v1/models/lin:predict", b"POST", post),
+        ("GET", "/v1/models/lin:classify", b"POST", post),
+        ("GET", "/v1/models/lin/versions/1:regress", b"POST", post),
+        ("PUT", "/v1/models/lin:predict", b"POST", post),
+        ("GET", "/v1/models/nope:predict", b"POST", post),  # the method first: then the 404 names the models
+        ("POST", "/v1/models/lin", b"GET",
+         "use GET for the model's status or metadata; to predict, POST /v1/models/lin:predict"),
+        ("POST", "/v1/models/lin/labels/canary/metadata", b"GET",
+         "use GET for the model's status or metadata; to predict, POST /v1/models/lin/labels/canary:predict"),
+        ("DELETE", "/v1/models/lin/versions/2", b"GET",
+         "use GET for the model's status or metadata; to predict, POST /v1/models/lin/versions/2:predict"),
+    ]
+    async with serving(specs(repo)) as s:
+        for method, path, allow, hint in cases:
+            answer = await settle(s.send(method, path, {"instances": [[1.0]]}))
+            assert decoded(answer) == (405, {"error": f"Method not allowed: {method} {path}: {hint}"}), path
+            assert answer.headers == b"Allow: " + allow + b"\r\n"
 
 
 @in_loop
@@ -295,13 +326,47 @@ async def test_kserve_unknown_output_is_refused_before_the_model_runs(repo: Path
 async def test_kserve_unknown_routes_and_models_are_404(repo: Path) -> None:
     async with serving(specs(repo)) as s:
         assert await s.get("/v2/models/lin/explode") == (404, {"error": "Not found: GET /v2/models/lin/explode"})
-        assert await s.get("/v2/models/lin/infer") == (404, {"error": "Not found: GET /v2/models/lin/infer"})
-        assert await s.post("/v2/models/lin", V2) == (404, {"error": "Not found: POST /v2/models/lin"})
         assert await s.post("/v2/models/nope/infer", V2) == (
-            404, {"error": "Servable not found for request: Latest(nope)"})
-        assert await s.get("/v2/models/nope") == (404, {"error": "Servable not found for request: Latest(nope)"})
+            404, {"error": "Servable not found for request: Latest(nope) (known models: lin, slow, two)"})
+        assert await s.get("/v2/models/nope") == (
+            404, {"error": "Servable not found for request: Latest(nope) (known models: lin, slow, two)"})
         assert await s.post("/v2/models/lin/versions/x/infer", V2) == (
             400, {"error": "model version must be an integer, got 'x'"})
+
+
+@in_loop
+async def test_kserve_routes_asked_with_another_method_are_405_with_allow(repo: Path) -> None:
+    infer = "use POST with a JSON body (or JSON and binary tensors)"
+    cases = [
+        ("GET", "/v2/models/lin/infer", b"POST", infer),
+        ("GET", "/v2/models/lin/versions/2/infer", b"POST", infer),
+        ("PUT", "/v2/models/nope/infer", b"POST", infer),
+        ("POST", "/v2/models/lin", b"GET", "to infer, POST /v2/models/lin/infer"),
+        ("POST", "/v2/models/lin/versions/1/ready", b"GET", "to infer, POST /v2/models/lin/versions/1/infer"),
+        ("POST", "/v2/models/lin/config", b"GET", "to infer, POST /v2/models/lin/infer"),
+    ]
+    async with serving(specs(repo)) as s:
+        for method, path, allow, hint in cases:
+            answer = await settle(s.send(method, path, V2))
+            assert decoded(answer) == (405, {"error": f"Method not allowed: {method} {path}: {hint}"}), path
+            assert answer.headers == b"Allow: " + allow + b"\r\n"
+
+
+@in_loop
+async def test_get_slash_from_an_api_client_lists_the_models_and_routes(repo: Path) -> None:
+    async with serving(specs(repo)) as s:
+        answer = await settle(s.send("GET", "/"))
+        assert (answer.status, answer.content_type) == (200, b"text/plain; charset=utf-8")
+        lines = answer.body.decode().splitlines()
+        assert lines[0] == f"serving-engine {serving_version}: 3 model(s): lin, slow, two"
+        assert "  POST /v1/models/<m>:predict" in answer.body.decode()
+        assert lines[-1].split() == ["POST", "/", "the", "cloud", "processor", "protocol,", "model", "lin"]
+        assert not any("status page" in line for line in lines)  # this RestApi serves no status page
+        assert await s.post("/", [[2.0]]) == (200, [3.0])  # POST / is still the default model's
+    async with serving([]) as s:
+        answer = await settle(s.send("GET", "/"))
+        assert answer.body.decode().splitlines()[0] == f"serving-engine {serving_version}: 0 model(s)"
+        assert "POST /  " not in answer.body.decode()
 
 
 # ---- the cloud protocol ----
@@ -334,8 +399,7 @@ async def test_cloud_tf_predict_body_gets_a_protobuf_answer(repo: Path) -> None:
 async def test_cloud_errors_use_the_protocols_codes(repo: Path) -> None:
     async with serving(specs(repo)) as s:
         assert await s.post("/api/predict/nope", [[1.0]]) == (
-            404, {"error": "Servable not found for request: Latest(nope)"})
-        assert await s.get("/") == (404, {"error": "Not found: GET / (predict with POST)"})
+            404, {"error": "Servable not found for request: Latest(nope) (known models: lin, slow, two)"})
         assert await s.ask("PUT", "/api/predict/lin", [[1.0]]) == (
             404, {"error": "Not found: PUT /api/predict/lin (predict with POST)"})
         assert await s.post("/api/predict/lin/more", [[1.0]]) == (404, {"error": "Not found: /api/predict/lin/more"})
