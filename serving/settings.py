@@ -266,7 +266,8 @@ class Settings:
         "is run as a cloud-route call of the model and answered to the sink; the service JSON's "
         "`metadata.type: Async` sets it", group="queue")
     queue_store: str = setting(
-        "", "where the queues are kept: `sqlite:PATH` (WAL; a put is on disk before its index is answered)",
+        "", "where the queues are kept: `sqlite:PATH` (WAL; a put is on disk before its index is answered) or "
+        "`redis://host:port/db` (the queues in Redis, shared with every queue service and engine on it)",
         group="queue", shown_default="sqlite: queues/<model_name>.db beside the model cache dir")
     queue_window: int = setting(
         0, "items the subscriber works on at once (the cloud's subscription window); 0: `--max_batch_size`",

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -28,7 +28,7 @@ from ..protocols.adapters import answer_when
 from ..protocols.tfserving.codec import encode_error
 from ..transport.http import Deferred, Request, Response
 from ..transport.websocket import WebSocket, wants_websocket
-from .queue import PayloadTooLarge, Queue, Watcher
+from .queue import AnyQueue, PayloadTooLarge, Watcher
 from .store import Item
 
 PLAIN = b"text/plain; charset=utf-8"
@@ -98,11 +98,11 @@ def error_response(e: ServingError) -> Response:
 class QueueApi:
     """The HTTP and WebSocket API over the queues `lookup` finds by name (`<service>` or `<service>/sink`)."""
 
-    def __init__(self, lookup: Callable[[str], Queue | None], timeout_s: float = 30.0) -> None:
+    def __init__(self, lookup: Callable[[str], AnyQueue | None], timeout_s: float = 30.0) -> None:
         self.lookup, self.timeout_s = lookup, timeout_s
         self.sockets: set[WebSocket] = set()
 
-    def queue_of(self, path: str) -> Queue | None:
+    def queue_of(self, path: str) -> AnyQueue | None:
         m = QUEUE_PATH.match(path)
         return self.lookup(m["name"] + (m["sink"] or "")) if m is not None else None
 
@@ -116,7 +116,7 @@ class QueueApi:
         except ServingError as e:
             return error_response(e)
 
-    def _route(self, queue: Queue, request: Request) -> Response | Deferred:
+    def _route(self, queue: AnyQueue, request: Request) -> Response | Deferred:
         params, tags = split_query(request.query)
         method = request.method
         if method == "POST":
@@ -131,28 +131,20 @@ class QueueApi:
             return self._later(queue.remove(indexes(params)), _ok)
         raise invalid_argument(f"method {method} is not one of the queue service's (POST, GET, PUT, DELETE)")
 
-    def _get(self, queue: Queue, params: dict[str, str], tags: dict[str, str]) -> Response | Deferred:
+    def _get(self, queue: AnyQueue, params: dict[str, str], tags: dict[str, str]) -> Response | Deferred:
         if flag(params, "_attrs_", False):
-            return Response(200, dumps(queue.attributes()))
+            return self._later(queue.attrs(), _json_answer)
         if flag(params, "_watch_", False):
             raise invalid_argument("_watch_ needs a WebSocket (Upgrade: websocket)")
         if flag(params, "_search_", False):
-            return Response(200, dumps(self._search(queue, number(params, "_index_", 0))))
+            return self._later(queue.search(number(params, "_index_", 0)), _json_answer)
         timeout_s = duration_s(params.get("_timeout_", "0"))
         found = queue.get(number(params, "_index_", 0), max(1, number(params, "_length_", 1)), tags, timeout_s,
                           flag(params, "_auto_delete_", True))
         raw = flag(params, "_raw_", False)
         return self._later(found, _raw_answer if raw else _list_answer, timeout_s + self.timeout_s)
 
-    @staticmethod
-    def _search(queue: Queue, index: int) -> dict[str, Any]:
-        item = queue.items.get(index)
-        if item is None:
-            return {}
-        return {"index": index, "tags": item.tags, "consumer": "held" if index in queue.holder else "",
-                "priority": item.priority, "created": item.created}
-
-    def _later(self, work: Any, ok: Callable[[Any], Response], timeout_s: float | None = None) -> Deferred:
+    def _later(self, work: Awaitable[Any], ok: Callable[[Any], Response], timeout_s: float | None = None) -> Deferred:
         return answer_when(work, ok, error_response, timeout_s or self.timeout_s,
                            "the queue store did not answer in time")
 
@@ -182,7 +174,7 @@ class QueueApi:
         queue.watch(watcher)
         return None
 
-    def _closed(self, queue: Queue, watcher: Watcher, socket: WebSocket) -> None:
+    def _closed(self, queue: AnyQueue, watcher: Watcher, socket: WebSocket) -> None:
         self.sockets.discard(socket)
         queue.unwatch(watcher)
 
@@ -199,6 +191,10 @@ def _put_answer(item: Item) -> Response:
 
 def _ok(_: Any) -> Response:
     return Response(200, b"OK", PLAIN)
+
+
+def _json_answer(value: dict[str, Any]) -> Response:
+    return Response(200, dumps(value))
 
 
 def _list_answer(items: list[Item]) -> Response:

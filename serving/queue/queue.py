@@ -16,7 +16,9 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
+from ..core.stats import LATENCY_BUCKETS, Histogram
 from ..errors import Code, ServingError
 from .store import Item, Store, Stored
 
@@ -76,6 +78,7 @@ class Queue:
             self._add(item)
         self.counts = {"put": 0, "get": 0, "commit": 0}
         self.put_seconds = 0.0  # the time puts took to be durable, summed
+        self.latency = latency_histograms()
 
     # ---- reading ----
 
@@ -89,15 +92,22 @@ class Queue:
         first = next(iter(self.items.values()), None)
         return max(0.0, time.time() - first.created) if first is not None else 0.0
 
+    def inflight(self) -> int:
+        """Items sent to a watcher and not yet committed."""
+        return len(self.holder)
+
     def attributes(self) -> dict[str, str]:
         """`GET ?_attrs_=true`: the cloud queue service's attribute names, values as strings."""
-        first = next(iter(self.items), 0)
-        return {"meta.name": self.name, "meta.maxPayloadBytes": str(self.limits.max_payload_bytes),
-                "meta.header.group": "X-EAS-QueueService-Gid", "meta.header.user": "X-EAS-QueueService-Uid",
-                "stream.length": str(len(self.items)), "stream.approxMaxLength": str(self.limits.max_length),
-                "stream.maxLength": str(self.limits.max_length), "stream.firstEntry": str(first),
-                "stream.lastEntry": str(self.last_index), "consumers.status.total": str(len(self.watchers)),
-                "stream.inflight": str(len(self.holder))}
+        return attributes_of(self.name, self.limits, len(self.items), next(iter(self.items), 0), self.last_index,
+                             len(self.watchers), len(self.holder))
+
+    async def attrs(self) -> dict[str, str]:
+        return self.attributes()
+
+    async def search(self, index: int) -> dict[str, Any]:
+        """`GET ?_search_=true&_index_=N`: the item's tags, whether a watcher holds it ({} when none)."""
+        item = self.items.get(index)
+        return described(item, index in self.holder) if item is not None else {}
 
     def find(self, start: int, length: int, tags: dict[str, str]) -> list[Item]:
         """Up to `length` items from index `start` on with these tags, in index order."""
@@ -119,6 +129,7 @@ class Queue:
         """`find`, waiting up to `timeout_s` for a put when nothing is there yet; `auto_delete` removes what it
         answers."""
         self.counts["get"] += 1
+        started = time.perf_counter()
         found = self.find(start, length, tags)
         if not found and timeout_s > 0:
             poll = _Poll(start, tags, asyncio.get_running_loop().create_future())
@@ -133,6 +144,7 @@ class Queue:
             found = self.find(start, length, tags)
         if auto_delete and found:
             await self.remove([item.index for item in found])
+        self.latency["get"].observe(time.perf_counter() - started)
         return found
 
     # ---- writing ----
@@ -156,6 +168,7 @@ class Queue:
             self.writing -= 1
         self.counts["put"] += 1
         self.put_seconds += time.perf_counter() - started
+        self.latency["put"].observe(time.perf_counter() - started)
         self._add(item)
         self.dispatch()
         return item
@@ -176,7 +189,9 @@ class Queue:
         here = [i for i in indexes if self._drop(i)]
         if here:
             self.counts["commit"] += len(here)
+            started = time.perf_counter()
             await self.store.delete(self.name, here)
+            self.latency["commit"].observe(time.perf_counter() - started)
             self._shrunk()
         return len(here)
 
@@ -259,6 +274,68 @@ class Queue:
         watcher.held.add(item.index)
         self.holder[item.index] = watcher
         watcher.send(item)
+
+
+class AnyQueue(Protocol):
+    """What the API, the subscriber and the metrics ask of a queue: a `Queue` (this process's, over SQLite) or
+    a `RedisQueue` (serving/queue/store_redis.py: in Redis, one queue for every replica)."""
+
+    name: str
+    limits: QueueLimits
+    watchers: list[Watcher]
+    room_listeners: list[Callable[[], None]]
+    counts: dict[str, int]
+    put_seconds: float
+    latency: dict[str, Histogram]
+
+    def __len__(self) -> int: ...
+
+    def full(self) -> bool: ...
+
+    def inflight(self) -> int: ...
+
+    def oldest_seconds(self) -> float: ...
+
+    async def attrs(self) -> dict[str, str]: ...
+
+    async def search(self, index: int) -> dict[str, Any]: ...
+
+    async def get(self, start: int, length: int, tags: dict[str, str], timeout_s: float,
+                  auto_delete: bool) -> list[Item]: ...
+
+    async def put(self, data: bytes, tags: dict[str, str], priority: int = 0) -> Item: ...
+
+    async def remove(self, indexes: list[int]) -> int: ...
+
+    async def truncate(self, below: int) -> int: ...
+
+    def watch(self, watcher: Watcher) -> None: ...
+
+    def unwatch(self, watcher: Watcher) -> None: ...
+
+    def dispatch(self) -> None: ...
+
+
+def latency_histograms() -> dict[str, Histogram]:
+    """A queue's latencies by operation: put until durable, get until answered (a long poll's wait included),
+    commit (or delete) until durable."""
+    return {op: Histogram(LATENCY_BUCKETS) for op in ("put", "get", "commit")}
+
+
+def attributes_of(name: str, limits: QueueLimits, length: int, first: int, last: int, watchers: int,
+                  inflight: int) -> dict[str, str]:
+    """The cloud queue service's attributes of a queue, values as strings."""
+    return {"meta.name": name, "meta.maxPayloadBytes": str(limits.max_payload_bytes),
+            "meta.header.group": "X-EAS-QueueService-Gid", "meta.header.user": "X-EAS-QueueService-Uid",
+            "stream.length": str(length), "stream.approxMaxLength": str(limits.max_length),
+            "stream.maxLength": str(limits.max_length), "stream.firstEntry": str(first),
+            "stream.lastEntry": str(last), "consumers.status.total": str(watchers), "stream.inflight": str(inflight)}
+
+
+def described(item: Item, held: bool) -> dict[str, Any]:
+    """An item as `_search_` answers it."""
+    return {"index": item.index, "tags": item.tags, "consumer": "held" if held else "", "priority": item.priority,
+            "created": item.created}
 
 
 class PayloadTooLarge(ServingError):

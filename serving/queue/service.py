@@ -11,8 +11,9 @@ from ..core.remote import default_cache_dir
 from ..settings import Settings
 from .api import QueueApi
 from .metrics import QueueCollector
-from .queue import Queue, QueueLimits
-from .store import Store, open_store
+from .queue import AnyQueue, Queue, QueueLimits
+from .store import SqliteStore, Store
+from .store_redis import RedisStore
 from .subscriber import RenderError, Route, Subscriber
 
 SINK = "/sink"
@@ -21,21 +22,26 @@ SINK = "/sink"
 class QueueService:
     """Queues by name, made on first use (only `names` when given), each with the limits of its kind."""
 
-    def __init__(self, store: Store, limits: QueueLimits, sink_limits: QueueLimits | None = None,
+    def __init__(self, store: Store | RedisStore, limits: QueueLimits, sink_limits: QueueLimits | None = None,
                  names: Collection[str] | None = None) -> None:
         self.store, self.limits, self.sink_limits = store, limits, sink_limits or limits
         self.names = set(names) if names is not None else None
         self.stored = store.load()
-        self.queues: dict[str, Queue] = {}
+        self.queues: dict[str, AnyQueue] = {}
         for name in list(self.stored) if self.names is None else self.names:
             self.lookup(name)
 
-    def lookup(self, name: str) -> Queue | None:
+    def lookup(self, name: str) -> AnyQueue | None:
         queue = self.queues.get(name)
         if queue is None and (self.names is None or name in self.names):
             limits = self.sink_limits if name.endswith(SINK) else self.limits
-            queue = self.queues[name] = Queue(name, self.store, limits, self.stored.pop(name, None))
+            queue = self.queues[name] = self._open(name, limits)
         return queue
+
+    def _open(self, name: str, limits: QueueLimits) -> AnyQueue:
+        if isinstance(self.store, RedisStore):  # the queue is in Redis, shared with the other replicas
+            return self.store.queue(name, limits)
+        return Queue(name, self.store, limits, self.stored.pop(name, None))
 
     def close(self) -> None:
         self.store.close()
@@ -80,3 +86,13 @@ class EmbeddedQueues:
 
     def close(self) -> None:
         self.service.close()
+
+
+def open_store(url: str, default_path: Path) -> Store | RedisStore:
+    """The store an URL names: `sqlite:PATH` (or a bare path), `redis://host:port/db` (serving/queue/store_redis.py);
+    empty: SQLite at `default_path`."""
+    if not url:
+        return SqliteStore(default_path)
+    if url.startswith(("redis://", "rediss://")):
+        return RedisStore(url)
+    return SqliteStore(url[len("sqlite:"):] if url.startswith("sqlite:") else url)

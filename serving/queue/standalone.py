@@ -22,8 +22,7 @@ from ..transport.listener import HttpListener
 from .api import QueueApi, error_response
 from .metrics import QueueCollector
 from .queue import QueueLimits
-from .service import QueueService
-from .store import open_store
+from .service import QueueService, open_store
 
 log = logging.getLogger("serving.queue")
 
@@ -69,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--host", default="0.0.0.0", help="address to listen on (default: 0.0.0.0)")
     ap.add_argument("--port", type=int, default=8080, help="HTTP port (default: 8080)")
     ap.add_argument("--store", default="sqlite:queues.db",
-                    help="sqlite:PATH (default: sqlite:queues.db); a put is durable before its index is answered")
+                    help="sqlite:PATH (default: sqlite:queues.db) or redis://host:port/db (Redis: every replica in "
+                    "front of one Redis serves the same queues); a put is durable before its index is answered")
     ap.add_argument("--token", default="", help="Authorization token of every queue request (default: none)")
     ap.add_argument("--token_file", default="", help="read the token from the first line of this file")
     ap.add_argument("--max_length", type=int, default=10000, help="items an input queue holds (default: 10000)")

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import orjson
 
@@ -171,13 +171,3 @@ def _resolve(future: asyncio.Future[None], error: BaseException | None) -> None:
         future.set_result(None)
     else:
         future.set_exception(error)
-
-
-def open_store(url: str, default_path: Path) -> Any:
-    """The store an URL names: `sqlite:PATH` (or a bare path), `redis://host:port/db`; empty: SQLite at
-    `default_path`."""
-    if not url:
-        return SqliteStore(default_path)
-    if url.startswith(("redis://", "rediss://")):
-        raise ValueError(f"--queue_store {url}: the Redis store is not available yet (use sqlite:PATH)")
-    return SqliteStore(url[len("sqlite:"):] if url.startswith("sqlite:") else url)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from ..errors import Code, ServingError
 from ..transport.http import Deferred, Request, Response
-from .queue import Queue, Watcher
+from .queue import AnyQueue, Watcher
 from .store import Item
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,8 @@ async def respond(route: Route, error: RenderError, request: Request) -> Respons
 class Subscriber:
     """Serves the items of `source` into `sink` through the model `model`'s cloud route."""
 
-    def __init__(self, source: Queue, sink: Queue, model: str, window: int, route: Route, error: RenderError) -> None:
+    def __init__(self, source: AnyQueue, sink: AnyQueue, model: str, window: int, route: Route,
+                 error: RenderError) -> None:
         self.source, self.sink, self.model = source, sink, model
         self.route, self.error = route, error
         self.watcher = Watcher(window, self._take, room=self._room)
