@@ -4,14 +4,20 @@ x 32 features, one row a request), all in one run, each for --duration seconds a
 - sync: `POST /api/predict/xgb` (the cloud route) of an engine, each client waiting for its answer;
 - embedded: the same engine with `--async_service`: the clients put to `/api/predict/xgb` (its own input queue,
   SQLite, durable before the index is answered) while its subscriber answers into `/api/predict/xgb/sink`;
-- standalone: `serving queue` (SQLite) and an engine subscribed to it with `--queue_endpoint`; the clients put
-  to the queue service.
+- standalone: `serving queue` and an engine subscribed to it with `--queue_endpoint`; the clients put to the
+  queue service.
+
+The two queued modes run on each `--store` (repeatable): `sqlite` (the default, a file in a tmp dir), `redis`
+(Debian's redis-server started here on a free port by tests/redis_server.py, appendonly with fsync on every
+write: as durable as SQLite's synchronous=FULL; its CPU counted with the servers') or
+a `redis://host:port/db` URL of a Redis of yours.
 
 For the queues: puts/s (indexes answered, over the put phase), results/s during the put phase (answers in the
 sink over the same seconds) and end to end (every put answered in the sink, from the first put to the last
 answer), and the put latency. Writes a Markdown table to benchmarks/results/ with the command that made it.
 
-    python benchmarks/queue_bench.py [--duration 10] [--concurrency 16] [--server-args '...']
+    python benchmarks/queue_bench.py [--duration 10] [--concurrency 16] [--store sqlite --store redis]
+        [--server-args '...']
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ if str(ROOT) not in sys.path:  # a script run from a checkout
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.xgb_http import free_port, prepare_model, tree_cpu, wait_ready  # noqa: E402
+from serving.redact import redact  # noqa: E402
+from tests.redis_server import REDIS_SERVER, RedisServer  # noqa: E402 - the tests' redis-server, fsync on every write
 
 BIG = 10_000_000  # queue lengths: the run never fills a queue
 
@@ -129,6 +137,23 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
+def store_urls(store: str, work: Path, started: list[RedisServer]) -> tuple[str, str, str, list[int]]:
+    """(its label, the embedded mode's store URL, the standalone mode's, the pids whose CPU counts with the
+    servers'): `sqlite`, `redis` (a redis-server started here, a database per mode) or a redis:// URL."""
+    if store == "sqlite":
+        return "SQLite", f"sqlite:{work / 'embedded.db'}", f"sqlite:{work / 'standalone.db'}", []
+    if store == "redis":
+        if REDIS_SERVER is None:
+            raise SystemExit("--store redis needs redis-server (apt-get install redis-server), or give a redis:// URL")
+        redis = RedisServer(work / f"redis-{len(started)}")
+        started.append(redis)
+        assert redis.proc is not None
+        return "Redis", redis.url(0), redis.url(1), [redis.proc.pid]
+    if store.startswith(("redis://", "rediss://")):
+        return "Redis", store, store, []  # one database: each mode counts only the answers it made
+    raise SystemExit(f"--store {store}: expected sqlite, redis or a redis:// URL")
+
+
 def engine_cmd(repo: Path, port: int, args: argparse.Namespace, *extra: str) -> list[str]:
     return [sys.executable, "-m", "serving", f"--model_base_path={repo}", "--model_name=xgb", "--host=127.0.0.1",
             f"--rest_api_port={port}", f"--port={free_port()}", "--log_level=WARNING", *args.server_args.split(),
@@ -141,7 +166,12 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=16, help="clients (default: 16)")
     ap.add_argument("--server-args", default="--max_batch_size=32 --worker_threads=1",
                     help="the engine's flags, every mode (default: --max_batch_size=32 --worker_threads=1)")
+    ap.add_argument("--store", action="append", default=[],
+                    help="the queues' store, repeatable: sqlite (default), redis (a redis-server started here) "
+                    "or a redis://host:port/db URL")
     args = ap.parse_args()
+    args.store = args.store or ["sqlite"]
+    args.load = os.getloadavg()[0]  # what else ran: a shared machine's figures are lower
     work = Path(tempfile.mkdtemp(prefix="queue-bench-"))
     repo, row = prepare_model(work)
     body = json.dumps([row]).encode()  # the cloud protocol: a list of rows
@@ -161,12 +191,27 @@ def main() -> None:
         stop(proc)
     print(rows[-1], flush=True)
 
+    redises: list[RedisServer] = []
+    try:
+        for store in args.store:
+            rows += queued_modes(store, repo, work, body, args, env, redises)
+    finally:
+        for redis in redises:
+            redis.stop()
+    write(rows, args)
+
+
+def queued_modes(store: str, repo: Path, work: Path, body: bytes, args: argparse.Namespace, env: dict[str, str],
+                 redises: list[RedisServer]) -> list[dict[str, Any]]:
+    """The embedded and the standalone modes on one store."""
+    label, embedded_url, standalone_url, extra_pids = store_urls(store, work, redises)
+    rows = []
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = start(engine_cmd(repo, port, args, "--async_service", f"--queue_store=sqlite:{work / 'embedded.db'}",
+    proc = start(engine_cmd(repo, port, args, "--async_service", f"--queue_store={embedded_url}",
                             f"--queue_max_length={BIG}", f"--queue_sink_max_length={BIG}"), f"{base}/readyz", env)
     try:
-        rows.append(queued("embedded async service", base, body, args, [proc.pid]))
+        rows.append(queued(f"embedded async service, {label}", base, body, args, [proc.pid, *extra_pids]))
     finally:
         stop(proc)
     print(rows[-1], flush=True)
@@ -174,31 +219,43 @@ def main() -> None:
     qport = free_port()
     qbase = f"http://127.0.0.1:{qport}"
     queue = start([sys.executable, "-m", "serving", "queue", "--host=127.0.0.1", f"--port={qport}",
-                   f"--store=sqlite:{work / 'standalone.db'}", f"--max_length={BIG}", f"--sink_max_length={BIG}"],
+                   f"--store={standalone_url}", f"--max_length={BIG}", f"--sink_max_length={BIG}"],
                   f"{qbase}/readyz", env)
     port = free_port()
     try:
         proc = start(engine_cmd(repo, port, args, f"--queue_endpoint={qbase}"), f"http://127.0.0.1:{port}/readyz",
                      env)
         try:
-            rows.append(queued("serving queue + --queue_endpoint", qbase, body, args, [queue.pid, proc.pid]))
+            rows.append(queued(f"serving queue + --queue_endpoint, {label}", qbase, body, args,
+                               [queue.pid, proc.pid, *extra_pids]))
         finally:
             stop(proc)
     finally:
         stop(queue)
     print(rows[-1], flush=True)
-    write(rows, args)
+    return rows
+
+
+def stores_text(stores: list[str]) -> str:
+    said = {"sqlite": "on SQLite in WAL with synchronous=FULL",
+            "redis": "on a redis-server started here with appendonly and appendfsync always"}
+    return ", ".join(said.get(store, f"on Redis at {redact(store)}") for store in stores)
 
 
 def write(rows: list[dict[str, Any]], args: argparse.Namespace) -> Path:
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d-%H%M")
     command = f"python benchmarks/queue_bench.py --duration {args.duration:g} --concurrency {args.concurrency}"
+    if args.store != ["sqlite"]:
+        command += "".join(f" --store {redact(store)}" for store in args.store)
     if args.server_args != "--max_batch_size=32 --worker_threads=1":
         command += f" --server-args '{args.server_args}'"
+    redis_cpu = " (the redis-server's included)" if "redis" in args.store else ""
     lines = [f"# Asynchronous services vs synchronous calls, XGBoost (100 trees x 32 features), {stamp} UTC", "",
              f"Command: `{command}`",
-             f"(aiohttp clients in one process, loopback, {os.cpu_count()} cores, every mode in the same run; "
-             "queues on SQLite; CPU = the servers' process trees, per put or call).", "",
+             f"(aiohttp clients in one process, loopback, {os.cpu_count()} cores (load average {args.load:.1f} at "
+             "the start), every mode in the same run; "
+             f"queues {stores_text(args.store)}; CPU = the servers' process trees{redis_cpu}, per put or call).",
+             "",
              "| mode | calls or puts/s | p50 ms | p99 ms | results/s during puts | results/s end to end | "
              "drain after puts s | CPU µs/req | errors |",
              "|---|---|---|---|---|---|---|---|---|"]

@@ -144,7 +144,8 @@ class Server:
         self.http = HttpListener(self.api, http_limits(s), self.access_log)
         self.status = StatusApi(StatusSources(
             self.manager, self.request_metrics, self.request_log, s, self.http.connections,
-            lambda: self.api.draining, self.auth, self.siblings, s.rest_api_timeout_in_ms / 1000))
+            lambda: self.api.draining, self.auth, self.siblings, s.rest_api_timeout_in_ms / 1000,
+            lambda: self.queues))
         self.api.pages = self.status.route
         self.queues: EmbeddedQueues | RemoteQueues | None = None  # an async service's queues and subscriber
         if s.queue_endpoint:  # a remote queue service hosts them: each process subscribes there

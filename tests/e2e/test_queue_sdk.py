@@ -1,7 +1,8 @@
 """The cloud SDK's own queue tests (`eas_prediction/test_queue_client.py`, unchanged) against our queues: an
 embedded async service of a two-output PMML model (the SDK's inference tests read two fields from the answer to
-`[{}]`) and `serving queue`. The SDK pins protobuf 3.20.3, so it lives in a virtualenv of its own, made once
-(under the user's cache) and driven as a subprocess."""
+`[{}]`) and `serving queue`, each on SQLite and on Redis (Debian's redis-server, tests/redis_server.py). The SDK
+pins protobuf 3.20.3, so it lives in a virtualenv of its own, made once (under the user's cache) and driven as a
+subprocess."""
 
 import os
 import signal
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import ROOT, Server, free_port, wait_until
+from tests.redis_server import RedisServer, needs_redis
 
 pytest.importorskip("pypmml", reason="pypmml (extra pmml) is not installed")
 
@@ -75,6 +77,16 @@ def sdk_python():
     return python
 
 
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=needs_redis)])
+def store(request, tmp_path):
+    """The queues' store: a SQLite file, or a Redis started for the test."""
+    if request.param == "sqlite":
+        yield f"sqlite:{tmp_path / 'q.db'}"
+        return
+    with RedisServer(tmp_path / "redis") as server:
+        yield server.url()
+
+
 def ready(port):
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as answer:
@@ -90,21 +102,21 @@ def run_sdk_tests(python, port, name, *tests):
     return done.stderr
 
 
-def test_the_sdks_queue_tests_pass_against_an_embedded_async_service(sdk_python, tmp_path):
+def test_the_sdks_queue_tests_pass_against_an_embedded_async_service(sdk_python, store, tmp_path):
     (tmp_path / "svc" / "1").mkdir(parents=True)
     (tmp_path / "svc" / "1" / "model.pmml").write_text(TWO_OUTPUTS)
     (tmp_path / "service.json").write_text(f'{{"name": "svc", "processor": "pmml", "model_path": '
                                            f'"{tmp_path / "svc"}", "token": "{TOKEN}", "metadata": '
                                            f'{{"type": "Async", "rpc": {{"max_batch_size": 8}}}}}}')
-    with Server(f"--service_config={tmp_path / 'service.json'}", f"--queue_store=sqlite:{tmp_path / 'q.db'}") as s:
+    with Server(f"--service_config={tmp_path / 'service.json'}", f"--queue_store={store}") as s:
         report = run_sdk_tests(sdk_python, s.port, "svc")
     assert "Ran 9 tests" in report
 
 
-def test_the_sdks_queue_tests_pass_against_serving_queue(sdk_python, tmp_path):
+def test_the_sdks_queue_tests_pass_against_serving_queue(sdk_python, store):
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "serving", "queue", "--host", "127.0.0.1", f"--port={port}",
-                             f"--store=sqlite:{tmp_path / 'q.db'}", f"--token={TOKEN}"], cwd=ROOT,
+                             f"--store={store}", f"--token={TOKEN}"], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_until(lambda: ready(port), 20, "serving queue")

@@ -102,6 +102,7 @@ def test_the_page_loads_without_console_errors_and_lists_the_models_of_the_serve
                  for e in browser.find_elements(By.CSS_SELECTOR, "#links a")}
         assert links["metrics"] == f"http://127.0.0.1:{s.port}/metrics"
         assert not browser.find_element(By.ID, "banner").is_displayed()
+        assert not browser.find_element(By.ID, "queues").is_displayed()  # no async service: nothing of queues
         # The configuration (collapsed) holds the flags, grouped; a few polls later still no console error.
         config = browser.find_element(By.ID, "config")
         assert config.get_attribute("open") is None
@@ -207,6 +208,22 @@ def test_a_failed_model_shows_its_error(tmp_path, browser):
         # A model with no version at all says why: its base path is not there.
         gone = find(browser, '.card[data-model="gone"] .no-versions')
         assert f"the base path {tmp_path / 'gone'} does not exist" in gone.text, gone.text
+        assert console_errors(browser) == []
+
+
+def test_an_async_services_queues_have_a_row_each(tmp_path, browser):
+    make_linear(tmp_path / "lin", 1, delay_ms=1000)  # two windows of two held for a second each
+    with Server(f"--model_base_path={tmp_path / 'lin'}", "--model_name=lin", "--async_service",
+                f"--queue_store=sqlite:{tmp_path / 'q.db'}", "--queue_window=2") as s:
+        for _ in range(5):
+            assert s.post("/api/predict/lin", [[2.0]])[0] == 200
+        open_page(browser, s)
+        row = find(browser, '#queue-list tr[data-queue="lin"][data-inflight="2"]')
+        cells = [td.text for td in row.find_elements(By.TAG_NAME, "td")]
+        assert cells[:2] == ["lin", "input"] and cells[3] == "2" and cells[6] == "2", cells  # held, window
+        assert cells[-1] == f"sqlite:{tmp_path / 'q.db'}"
+        sink = find(browser, '#queue-list tr[data-queue="lin/sink"]')
+        assert "sink" in sink.text and "of 10,000" in sink.text
         assert console_errors(browser) == []
 
 

@@ -19,9 +19,13 @@ from serving.tools.ui import (
     merge_points,
     quantile,
     quantiles,
+    queues_sum,
     series,
 )
+from tests.e2e.test_queue_remote import TOKEN as QUEUE_TOKEN
+from tests.e2e.test_queue_remote import QueueService
 from tests.helpers import Server, make_linear, pbtxt, wait_until
+from tests.redis_server import RedisServer, needs_redis
 
 
 def status(s, headers=None):
@@ -95,6 +99,7 @@ def test_the_status_lists_models_versions_and_signatures_and_its_request_bodies_
         assert sig["inputs"][0]["dtype"] == "float32" and sig["inputs"][0]["shape"] == [-1, 2]
         assert doc["server"]["workers"] == 1 and doc["server"]["rss_bytes"] > 0 and not doc["server"]["auth"]
         assert doc["config"]["models"]["model_config_file"] == str(config)
+        assert doc["queues"] == []  # no async service: no queue
         # Every request body the page offers is one the server answers: version 1 answers 0*1 + 0*2 + 0.5.
         _, v2 = version_doc(doc, "m", 2)
         assert (v1["warmup_requests"], v2["warmup_requests"]) == (0, 2) and v2["warmup_seconds"] > 0
@@ -199,6 +204,78 @@ def test_under_workers_the_status_adds_up_every_worker(tmp_path):
             return sum(v["series"]["rps"]) >= 40 and v
 
         wait_until(counted, what="every worker's requests in the series")
+
+
+def queues_of(s):
+    return {q["name"]: q for q in status(s)["queues"]}
+
+
+def test_an_async_services_queues_show_their_length_what_is_held_their_age_limits_and_store(tmp_path):
+    make_linear(tmp_path / "lin", 1, delay_ms=1500)  # the window stays held while the test looks
+    store = tmp_path / "q.db"
+    with Server(f"--model_base_path={tmp_path / 'lin'}", "--model_name=lin", "--async_service",
+                f"--queue_store=sqlite:{store}", "--queue_window=2", "--queue_max_length=50") as s:
+        for i in range(5):
+            assert s.post(f"/api/predict/lin?requestId=q{i}", [[2.0]])[0] == 200
+        # The window taken and no answer in the sink yet: all five still in the input, two of them held.
+        queues = wait_until(lambda: (q := queues_of(s))["lin"]["inflight"] == 2 and q["lin/sink"]["length"] == 0
+                            and q, 10, "the window held")
+        assert list(queues) == ["lin", "lin/sink"]
+        lin, sink = queues["lin"], queues["lin/sink"]
+        assert (lin["kind"], lin["length"], lin["max_length"], lin["watchers"], lin["window"]) == ("input", 5, 50, 1, 2)
+        assert lin["oldest_seconds"] > 0 and lin["counts"] == {"put": 5, "get": 0, "commit": 0}
+        assert lin["store"] == sink["store"] == f"sqlite:{store}" and lin["remote"] is False
+        assert (sink["kind"], sink["max_length"], sink["watchers"], sink["window"]) == ("sink", 10000, 0, None)
+        # Every item answered: the input empty, five answers in the sink; a get of the sink is counted.
+        queues = wait_until(lambda: (q := queues_of(s))["lin/sink"]["length"] == 5 and q["lin"]["length"] == 0
+                            and q, 20, "every answer")
+        assert queues["lin"]["counts"]["commit"] == 5 and queues["lin"]["inflight"] == 0
+        assert queues["lin"]["oldest_seconds"] == 0
+        assert s.request("GET", "/api/predict/lin/sink?requestId=q0&_raw_=true")[0] == 200
+        assert queues_of(s)["lin/sink"]["counts"] == {"put": 5, "get": 1, "commit": 1}  # auto_delete
+
+
+@needs_redis
+def test_a_queue_on_redis_shows_its_url_with_the_password_masked(tmp_path):
+    import redis
+
+    with RedisServer(tmp_path / "redis") as server:
+        redis.Redis(port=server.port).config_set("requirepass", "redis-pw-s3cret")
+        make_linear(tmp_path / "lin", 1)
+        with Server(f"--model_base_path={tmp_path / 'lin'}", "--model_name=lin", "--async_service",
+                    f"--queue_store=redis://:redis-pw-s3cret@127.0.0.1:{server.port}/3") as s:
+            assert s.post("/api/predict/lin", [[2.0]])[0] == 200
+            queues = wait_until(lambda: (q := queues_of(s))["lin/sink"]["length"] == 1 and q, 20, "the answer")
+            assert queues["lin"]["store"] == f"redis://***@127.0.0.1:{server.port}/3"
+            assert queues["lin"]["counts"]["put"] == 1 and queues["lin/sink"]["counts"]["put"] == 1
+            assert "redis-pw-s3cret" not in json.dumps(status(s))
+
+
+def test_an_engine_subscribed_to_serving_queue_shows_its_subscription(tmp_path):
+    make_linear(tmp_path / "lin", 1)
+    service = QueueService(f"sqlite:{tmp_path / 'q.db'}")
+    try:
+        with Server(f"--model_base_path={tmp_path / 'lin'}", "--model_name=lin",
+                    f"--queue_endpoint=http://127.0.0.1:{service.port}", "--queue_window=3",
+                    f"--queue_token={QUEUE_TOKEN}") as s:
+            service.put("lin", b"[[2.0]]")
+            (queue,) = wait_until(lambda: (q := status(s)["queues"]) and q[0]["counts"]["commit"] == 1 and q, 20,
+                                  "the item answered")
+            assert queue["name"] == "lin" and queue["remote"] is True and queue["window"] == 3
+            assert queue["store"] == f"http://127.0.0.1:{service.port}" and queue["length"] is None
+            assert queue["counts"] == {"get": 1, "put": 1, "commit": 1} and queue["inflight"] == 0
+    finally:
+        service.stop()
+
+
+def test_workers_subscriptions_to_one_queue_are_added():
+    def part(inflight, window, put):
+        return [{"name": "m", "kind": "input", "inflight": inflight, "window": window, "length": None,
+                 "counts": {"put": put, "get": put, "commit": put}}]
+
+    (merged,) = queues_sum([part(1, 4, 10), part(2, 4, 5)])
+    assert (merged["inflight"], merged["window"], merged["counts"]) == (3, 8, {"put": 15, "get": 15, "commit": 15})
+    assert queues_sum([[], []]) == []
 
 
 def test_quantiles_interpolate_within_the_bucket_as_prometheus_does():

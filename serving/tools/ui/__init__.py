@@ -5,8 +5,10 @@ The JSON says what the server serves (models, versions with state, labels, traff
 signatures, a request body to try per protocol; whether each model is loaded or pinned, its memory and its
 last use, and the models loaded of those known with their memory of the budget), how it is doing (per
 version, series over the last `WINDOW` seconds: requests/s, error rate, p50/p99 latency, queue depth, batch
-rows, inline share), the process (uptime, workers, CPU, memory, connections), the effective flags (never the
-token) and the recent errors and request-log samples.
+rows, inline share), the process (uptime, workers, CPU, memory, connections), an async service's queues (each
+queue's length, items held uncommitted, oldest item's age, limits, watchers, the subscriber's window, the store
+with its password masked, operations), the effective flags (never the token) and the recent errors and
+request-log samples.
 
 The series cost the request path nothing: a sampler reads the counters and histograms each version's record
 already keeps (serving/core/stats.py, the batch queues' stats) once per `INTERVAL` seconds and keeps the
@@ -45,6 +47,11 @@ from ...ops.requestlog import RequestLogger
 from ...platform.siblings import Siblings
 from ...protocols.adapters import answer_when
 from ...protocols.tfserving.codec import encode_error
+from ...queue.queue import AnyQueue
+from ...queue.remote import RemoteQueues
+from ...queue.service import SINK, EmbeddedQueues
+from ...queue.store import SqliteStore, Store
+from ...queue.store_redis import RedisStore
 from ...redact import redact
 from ...settings import Settings
 from ...transport.auth import TokenAuth
@@ -449,6 +456,64 @@ def config_json(settings: Any) -> dict[str, dict[str, Any]]:
     return groups
 
 
+Hosted = EmbeddedQueues | RemoteQueues | None  # an async service's queues (None: the engine serves none)
+
+
+def queues_json(hosted: Hosted) -> list[dict[str, Any]]:
+    """The async service's queues as this process sees them, input then sink: [] when it serves none. An
+    embedded service's two (its store, the subscriber's window on the input); a remote service's input as this
+    process's subscription to it (what it holds, its window and operations; the rest is the queue service's)."""
+    if isinstance(hosted, EmbeddedQueues):
+        store = store_text(hosted.service.store)
+        subscriber = hosted.subscriber
+        window = subscriber.watcher.window if subscriber is not None else hosted.window
+        return [queue_json(queue, store, window if not name.endswith(SINK) else None)
+                for name, queue in sorted(hosted.service.queues.items())]
+    if isinstance(hosted, RemoteQueues):
+        s, remote = hosted.settings, hosted.subscriber
+        return [{"name": s.model_name, "kind": "input", "store": redact(s.queue_endpoint), "remote": True,
+                 "length": None, "inflight": len(remote.held) if remote is not None else 0, "oldest_seconds": None,
+                 "max_length": None, "max_payload_bytes": None, "watchers": None,
+                 "window": s.queue_window or s.max_batch_size,
+                 "counts": dict(remote.counts) if remote is not None else {"put": 0, "get": 0, "commit": 0}}]
+    return []
+
+
+def queue_json(queue: AnyQueue, store: str, window: int | None) -> dict[str, Any]:
+    """One hosted queue now: its length, the items watchers hold uncommitted, its oldest item's age, its limits,
+    its watchers, the subscriber's window (the input's), its store and its operations (this process's)."""
+    return {"name": queue.name, "kind": "sink" if queue.name.endswith(SINK) else "input", "store": store,
+            "remote": False, "length": len(queue), "inflight": queue.inflight(),
+            "oldest_seconds": round(queue.oldest_seconds(), 3), "max_length": queue.limits.max_length,
+            "max_payload_bytes": queue.limits.max_payload_bytes, "watchers": len(queue.watchers),
+            "window": window, "counts": dict(queue.counts)}
+
+
+def store_text(store: Store | RedisStore) -> str:
+    """Where a queue service keeps its items: `sqlite:PATH` or the Redis URL, its password masked."""
+    if isinstance(store, RedisStore):
+        return redact(store.url)
+    return f"sqlite:{store.path}" if isinstance(store, SqliteStore) else type(store).__name__
+
+
+def queues_sum(parts: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The workers' queues added up by name (under --workers each subscribes to a remote queue with its own
+    window): what they hold, their windows and operations summed; the queue's own figures are the first's."""
+    merged: dict[str, dict[str, Any]] = {}
+    for queues in parts:
+        for queue in queues:
+            kept = merged.get(queue["name"])
+            if kept is None:
+                merged[queue["name"]] = {**queue, "counts": dict(queue["counts"])}
+                continue
+            kept["inflight"] += queue["inflight"]
+            if kept["window"] is not None and queue["window"] is not None:
+                kept["window"] += queue["window"]
+            for op, count in queue["counts"].items():
+                kept["counts"][op] = kept["counts"].get(op, 0) + count
+    return [merged[name] for name in sorted(merged)]
+
+
 def page() -> bytes:
     """The page, read from the package once."""
     global _PAGE
@@ -504,6 +569,7 @@ class StatusSources:
     auth: TokenAuth | None  # the status JSON is behind the token when there is one
     siblings: Siblings | None  # under --workers: the other workers' parts are added in
     timeout_s: float = 5.0
+    queues: Callable[[], Hosted] = lambda: None  # an async service's queues (made after the page)
 
 
 class StatusApi:
@@ -546,6 +612,7 @@ class StatusApi:
             "errors": [list(e) for e in sources.request_metrics.recent_errors],
             "requests": [list(r) for r in sources.request_log.recent],
             "residency": residency_part(sources.manager),
+            "queues": queues_json(sources.queues()),
         }
 
     def _server(self, parts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -592,6 +659,7 @@ class StatusApi:
                       "docs": DOCS},
             "interval_s": INTERVAL, "window_s": WINDOW, "since": since,
             "models": models_json(sources.manager, series_of, since),
+            "queues": queues_sum([p["queues"] for p in parts if "queues" in p]),
             "recent": {
                 "errors": [dict(zip(ERROR_FIELDS, e, strict=True)) for e in errors],
                 "requests": [dict(zip(REQUEST_FIELDS, r, strict=True)) for r in requests],
