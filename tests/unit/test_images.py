@@ -1,7 +1,7 @@
 """The container images (Dockerfile.cpu, Dockerfile.gpu) read as text: they install through pyproject.toml's
-extras as `make` does, run as a non-root user, serve the TF Serving image's ports and model path. No Docker
-engine is needed; hadolint lints the files themselves from `make test`. Their HEALTHCHECK command against a
-live and a dead server: tests/e2e/test_images.py."""
+extras, run as a non-root user, serve the TF Serving image's ports and model path. No Docker engine is needed;
+hadolint lints the files themselves from `make test`. Their HEALTHCHECK command against a live and a dead
+server: tests/e2e/test_images.py; the CPU image built and run with podman: `make image-test`."""
 
 import re
 import shlex
@@ -9,6 +9,7 @@ import tomllib
 
 import pytest
 
+from serving.core.processor import REGISTRY
 from tests.helpers import ROOT
 
 IMAGES = ("Dockerfile.cpu", "Dockerfile.gpu")
@@ -70,10 +71,9 @@ def pyproject_extras() -> dict[str, list[str]]:
     return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
 
 
-def makefile_extras() -> set[str]:
-    match = re.search(r"^EXTRAS \?= (\S+)$", (ROOT / "Makefile").read_text(), re.MULTILINE)
-    assert match, "the Makefile sets no EXTRAS"
-    return set(match.group(1).split(","))
+def served_extras() -> set[str]:
+    """The extras an image carries: every registered processor's framework, and OpenTelemetry's exporter."""
+    return {entry.extra for entry in REGISTRY.values() if entry.extra} | {"otel"}
 
 
 @pytest.mark.parametrize("image", IMAGES)
@@ -81,8 +81,8 @@ def test_every_extra_an_image_installs_exists_in_pyproject(image):
     assert image_extras(image) - set(pyproject_extras()) == set()
 
 
-def test_the_cpu_image_carries_the_makefiles_extras_with_torchs_cpu_build():
-    assert image_extras("Dockerfile.cpu") == makefile_extras()
+def test_the_cpu_image_carries_every_processor_with_torchs_cpu_build():
+    assert image_extras("Dockerfile.cpu") == served_extras()
     assert cuda_packages("Dockerfile.cpu") == {}
     words = pip_install("Dockerfile.cpu")
     assert words[words.index("--extra-index-url") + 1] == "${TORCH_CPU_INDEX}"
@@ -90,9 +90,15 @@ def test_the_cpu_image_carries_the_makefiles_extras_with_torchs_cpu_build():
     assert "--extra-index-url" not in pip_install("Dockerfile.gpu")  # the GPU image wants PyPI's CUDA build
 
 
-def test_the_gpu_image_carries_every_framework_of_the_makefile_as_its_cuda_build():
+def test_the_cpu_image_takes_its_base_as_a_build_argument_python_slim_by_default():
+    (first, *_), froms = instructions("Dockerfile.cpu"), args_of("Dockerfile.cpu", "FROM")
+    assert first == ("ARG", "BASE_IMAGE=python:3.11-slim")  # an ARG before FROM is what FROM may use
+    assert froms == ["${BASE_IMAGE}"]
+
+
+def test_the_gpu_image_carries_every_processor_as_its_cuda_build():
     extras = image_extras("Dockerfile.gpu")
-    assert extras == {CUDA_BUILD_OF.get(extra, extra) for extra in makefile_extras()}
+    assert extras == {CUDA_BUILD_OF.get(extra, extra) for extra in served_extras()}
     assert extras & set(CUDA_BUILD_OF) == set(), "a CPU-only wheel would shadow its CUDA build"
     assert cuda_packages("Dockerfile.gpu") == {}  # no second list of packages beside the extras
 

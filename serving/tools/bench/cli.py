@@ -1,6 +1,7 @@
 """`serving bench ...`: the command line, the live view and the exit status.
 
-Exit status: 0 when every `--threshold` held (or none was given), 1 when one failed, 2 for a usage error.
+Exit status: 0 when every `--threshold` held (or none was given), 1 when one failed, 2 for a usage error or
+a missing bench extra.
 """
 
 from __future__ import annotations
@@ -130,11 +131,24 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+#: The modules of the bench extra `serving bench` cannot run without (rich and matplotlib are optional: plain
+#: lines and no plots without them), and the package that holds each.
+REQUIRED = {"hdrh": "hdrhistogram"}
+
+
 def main(argv: list[str]) -> int:
     from ...platform.workers import available_cores
     from . import report as report_files
-    from .run import execute
 
+    try:
+        from .run import execute
+    except ModuleNotFoundError as e:
+        module = (e.name or "").split(".")[0]
+        if module not in REQUIRED:
+            raise
+        print(f"serving bench needs the package {REQUIRED[module]} (module {module}) of the bench extra: "
+              "pip install 'serving-engine[bench]'", file=sys.stderr)
+        return 2
     ap = build_parser()
     args = ap.parse_args(argv)
     args.argv = argv
