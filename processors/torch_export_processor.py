@@ -44,7 +44,7 @@ from torch.export.passes import move_to_device_pass
 from torch.utils import _pytree as pytree
 from torch.utils._sympy.value_ranges import bound_sympy
 
-from processors.torchscript_processor import PIN_BYTES, _specs, flatten, last_line, out_of_memory
+from processors.torchscript_processor import _specs, flatten, last_line, out_of_memory, to_device
 from serving.core.processor import Processor, find_model_file, resolve_device
 from serving.core.signature import BFLOAT16, DEFAULT_SIGNATURE, Signature, TensorSpec
 from serving.errors import Code, ServingError, invalid_argument
@@ -372,14 +372,7 @@ class TorchExportProcessor(Processor):
                             f"{other[2]}: the model was exported with them equal (one torch.export.Dim)")
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
-        tensor = torch.from_numpy(np.ascontiguousarray(array))
-        if self.device == "cpu":
-            return tensor
-        if tensor.nbytes >= PIN_BYTES:
-            tensor = tensor.pin_memory().to(self.device, non_blocking=True)
-        else:
-            tensor = tensor.to(self.device)
-        return tensor.half() if self.fp16 and tensor.is_floating_point() else tensor
+        return to_device(array, self.device, self.fp16)
 
     def predict(self, inputs: dict[str, np.ndarray], signature_name: str) -> dict[str, np.ndarray]:
         assert self.run_flat is not None, "predict before load"

@@ -121,6 +121,18 @@ def last_line(error: BaseException) -> str:
     return re.sub(r"^[\w.]+(Error|Exception): ", "", lines[-1].strip()) if lines else type(error).__name__
 
 
+def to_device(array: np.ndarray, device: str, fp16: bool) -> torch.Tensor:
+    """An input array as a tensor on `device` (half precision with `fp16`, floating point only)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if device == "cpu":
+        return tensor
+    if tensor.nbytes >= PIN_BYTES:
+        tensor = tensor.pin_memory().to(device, non_blocking=True)
+    else:  # pinning a small batch costs more than the copy it speeds up (benchmarks/gpu_mlp.py)
+        tensor = tensor.to(device)
+    return tensor.half() if fp16 and tensor.is_floating_point() else tensor
+
+
 class TorchScriptProcessor(Processor):
     name = "torchscript"
     devices = ("cpu", "cuda")
@@ -168,14 +180,7 @@ class TorchScriptProcessor(Processor):
                                                         output_order=tuple(outputs))}
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
-        tensor = torch.from_numpy(np.ascontiguousarray(array))
-        if self.device == "cpu":
-            return tensor
-        if tensor.nbytes >= PIN_BYTES:
-            tensor = tensor.pin_memory().to(self.device, non_blocking=True)
-        else:  # pinning a small batch costs more than the copy it speeds up (benchmarks/gpu_mlp.py)
-            tensor = tensor.to(self.device)
-        return tensor.half() if self.fp16 and tensor.is_floating_point() else tensor
+        return to_device(array, self.device, self.fp16)
 
     def validate(self, inputs: dict[str, np.ndarray], signature: Signature) -> None:
         """Refuse, before queueing, row shapes the model has already refused."""
