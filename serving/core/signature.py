@@ -68,20 +68,22 @@ class TensorSpec:
     def shape_text(self) -> str:
         return "[?]" if self.shape is None else "[" + ",".join(str(d) for d in self.shape) + "]"
 
+    def fits(self, shape: tuple[int, ...]) -> bool:
+        """Whether `shape` has this spec's rank and fixed dims (any shape when the spec declares none)."""
+        want = self.shape
+        if want is None:
+            return True
+        if len(shape) != len(want):
+            return False
+        for dim, got in zip(want, shape):  # noqa: B905 - same length checked above
+            if dim != got and dim != -1:
+                return False
+        return True
+
     def check(self, array: np.ndarray, where: str) -> None:
         """Raise INVALID_ARGUMENT unless `array` fits this spec's rank and fixed dims."""
         shape = array.shape
-        if self.shape is None:
-            return
-        if len(shape) != len(self.shape):
-            ok = False
-        else:
-            ok = True
-            for want, got in zip(self.shape, shape):  # noqa: B905 - same length checked above
-                if want != got and want != -1:
-                    ok = False
-                    break
-        if not ok:
+        if not self.fits(shape):
             raise invalid_argument(
                 f"{where}: input '{self.name}' expects shape {self.shape_text()}, got "
                 f"[{','.join(str(d) for d in shape)}]"

@@ -190,12 +190,9 @@ class TfServingRest:
             array = convert(instances, spec.dtype, spec.name)
         except ServingError:
             return None
-        shape, want = array.shape, spec.shape
-        if len(shape) != len(want) or not shape[0]:  # type: ignore[arg-type]
+        shape = array.shape
+        if not shape or not shape[0] or not spec.fits(shape):
             return None
-        for got, dim in zip(shape, want):  # type: ignore[arg-type]  # noqa: B905 - same length
-            if got != dim and dim != -1:
-                return None
         request.call = call = Call("tfserving_rest", name, None, None, _decode_predict, deadline,
                                    request_id=request.request_id, carrier=request.headers,
                                    context=TfRestState(request.body, True))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -129,15 +130,10 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer): 
         if name != want.name or not content or tensor.dtype != DTYPE_ENUMS.get(dtype) or dtype == STRING:
             return None
         shape = tuple([d.size for d in tensor.tensor_shape.dim])
-        dims = want.shape
-        if len(shape) != len(dims) or not shape[0] or tensor.tensor_shape.unknown_rank:  # type: ignore[arg-type]
+        if (not shape or shape[0] <= 0 or tensor.tensor_shape.unknown_rank or not want.fits(shape)
+                or min(shape) < 0):
             return None
-        size = 1
-        for got, dim in zip(shape, dims):  # type: ignore[arg-type]  # noqa: B905 - same length
-            if (got != dim and dim != -1) or got < 0:
-                return None
-            size *= got
-        if len(content) != size * dtype.itemsize:
+        if len(content) != math.prod(shape) * dtype.itemsize:
             return None
         array = np.frombuffer(content, dtype=little_endian(dtype)).reshape(shape)
         # A full queue raises here, as the general path would: grpc_errors answers it.
