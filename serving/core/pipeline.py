@@ -149,12 +149,16 @@ class Pipeline:
         self.manager, self.dataplane = manager, dataplane
         self.observers: list[Observer] = []
         self.receivers: list[Callable[[Call], None]] = []  # the observers' `received`, where they have one
+        #: Whether every observer is content with what an express lane tells it (serving/protocols/express.py:
+        #: `finished` with the connection's slot as the call): the request metrics are; tracing is not.
+        self.express_observers = True
 
     def observe(self, observer: Observer) -> None:
         self.observers.append(observer)
         received = getattr(observer, "received", None)
         if received is not None:
             self.receivers.append(received)
+        self.express_observers = self.express_observers and getattr(observer, "express", False) and received is None
 
     def infer(self, call: Call) -> asyncio.Future[Outputs]:
         """Resolve, decode, check and queue `call`; a ServingError for what fails before it is queued.
@@ -212,6 +216,11 @@ class Pipeline:
         except ServingError as e:  # the queue is full
             notify(call, e)
             raise
+
+    @property
+    def express(self) -> bool:
+        """Whether express lanes may take calls: lanes may, and every observer is content with them."""
+        return self.express_observers and self.dataplane.limiter is None
 
     @property
     def lanes(self) -> bool:

@@ -227,9 +227,14 @@ class AccessLog:
              bytes_out: int) -> None:
         """An HTTP answer was written. `request` is the Request (None when it never parsed whole). Decides
         itself whether the request gets a line (its arguments cost the caller nothing to make)."""
-        total = _clock() - started
-        if not self.selects(status >= 400, total):
+        if not self.selects(status >= 400, _clock() - started):
             return
+        self.http_line(request, request_id, remote, status, started, bytes_in, bytes_out)
+
+    def http_line(self, request: Any, request_id: str, remote: Any, status: int, started: float, bytes_in: int,
+                  bytes_out: int) -> None:
+        """`http` for a request the caller asked `selects` about already."""
+        total = _clock() - started
         if request is None:
             route, protocol, call = "", "http", None
         else:

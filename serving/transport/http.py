@@ -26,7 +26,7 @@ from urllib.parse import unquote
 
 import httptools
 
-from ..errors import encodable
+from ..errors import Code, ServingError, encodable
 from ..ops.accesslog import MAX_ID_LENGTH, new_request_id, request_id_of
 from ..settings import Settings, default
 
@@ -48,6 +48,9 @@ MAX_PIPELINE = 64
 #: the connection until one of them is answered: one write of 200 requests must not fill the model's queue
 #: (--max_queue_size) and have the others refused 503. A full default batch (16 rows) still comes from one.
 MAX_DISPATCHED = 16
+#: What an express lane's request that did not finish is counted as.
+CLIENT_GONE = ServingError(Code.CANCELLED, "request cancelled")  # as error_of words a cancelled future
+DEADLINE = ServingError(Code.DEADLINE_EXCEEDED, "request deadline exceeded")
 #: After refusing a request the client may still be sending: read and drop its bytes this long before closing.
 LINGER_S = 2.0
 
@@ -262,11 +265,45 @@ def _parse_target(url: bytes) -> tuple[str, str] | None:
     return url.decode("latin-1"), ""
 
 
+class Express(Protocol):
+    """A protocol's express lane (serving/protocols/express.py): the common inference request of a route taken
+    from the connection straight to a batch queue, the slot itself standing for the future, the timing and the
+    call (`_Slot`'s second half). Anything it does not take goes the general way, which answers every error."""
+
+    protocol: str
+
+    def take(self, conn: HttpConnection, slot: _Slot, body: bytes) -> bool:
+        """Queue the request of `slot` (its URL is `conn.url`, its headers `conn.headers`) and return True, or
+        return False and leave everything as it was."""
+
+    def encode(self, slot: _Slot, outputs: Any) -> Response: ...
+
+    def error(self, slot: _Slot, error: Any) -> Response: ...
+
+    def on_timeout(self) -> Response: ...
+
+    def finished(self, slot: _Slot, error: Any) -> None:
+        """The batch queue is done with the slot's request (answered, expired or dropped): count it."""
+
+
 class _Slot:
-    """One request's place in the connection's answer order."""
+    """One request's place in the connection's answer order. On an express lane it is also the request's
+    future in the batch queue (`done`, `set_result`, `set_exception`), its timing (`dispatched`, `computed`,
+    `finished`) and the call the metrics and the access log read (`servable`, `signature`, `rows`, ...)."""
 
     __slots__ = ("conn", "data", "close", "deferred", "wheel_key", "request_id", "request", "started", "bytes_in",
-                 "head", "coding")
+                 "head", "coding", "express", "open", "url", "servable", "signature", "rows", "received",
+                 "dispatched", "computed", "error")
+    # Set by an express lane when it takes the request (the rest of the time they are not read):
+    open: bool  # waiting for its outputs; False once answered, expired or dropped (`done()`)
+    url: bytes
+    servable: Any
+    signature: Any
+    rows: int
+    received: float  # time.perf_counter() when the lane took it
+    dispatched: float  # when its batch was assembled (the batch queue sets it), 0.0 before
+    computed: float  # when its batch's outputs came back
+    error: ServingError | None  # what it ended in, None: answered
 
     def __init__(self, conn: HttpConnection, request_id: str, close: bool = False, started: float = 0.0,
                  bytes_in: int = 0) -> None:
@@ -275,12 +312,13 @@ class _Slot:
         self.head = False  # a HEAD request: its answer has no body (RFC 9110 9.3.2), or the next one's framing breaks
         self.coding: bytes | None = None  # what the answer may be compressed in (answer_coding); None: as is
         self.deferred: Deferred | None = None
+        self.express: Express | None = None  # set by the express lane that took it
         self.wheel_key = 0
         # Set only while the access log is on:
         self.request: Request | None = None
         self.started, self.bytes_in = started, bytes_in  # time.perf_counter() when it had arrived whole; its size
 
-    def done(self, future: asyncio.Future[Any]) -> None:
+    def answer_deferred(self, future: asyncio.Future[Any]) -> None:
         deferred = self.deferred
         if deferred is None or self.data is not None:
             return
@@ -296,6 +334,9 @@ class _Slot:
         conn._released()
 
     def expire(self) -> None:
+        if self.express is not None:
+            self._express_expire()
+            return
         deferred = self.deferred
         if deferred is None or self.data is not None:
             return
@@ -307,10 +348,83 @@ class _Slot:
 
     def drop(self) -> None:
         """The client went away: drop the work, nobody will read the answer."""
+        if self.express is not None:
+            if self.open:  # the queue lets go of it when it looks (done() is True) and tells `finished`
+                self.open = False
+                self.error = CLIENT_GONE
+                self.conn.wheel.discard(self, self.wheel_key)
+            return
         deferred, self.deferred = self.deferred, None
         if deferred is not None:
             self.conn.wheel.discard(self, self.wheel_key)
             deferred.future.cancel()
+
+    # ---- an express lane's request: its future and timing in the batch queue ----
+
+    def done(self) -> bool:
+        return not self.open
+
+    def set_result(self, outputs: Any) -> None:
+        if not self.open:
+            return
+        self.open = False
+        conn = self.conn
+        conn.wheel.discard(self, self.wheel_key)
+        express: Express = self.express  # type: ignore[assignment]
+        try:
+            response = express.encode(self, outputs)
+        except Exception as e:  # noqa: BLE001 - an encoder's refusal (or bug) answers an error, the server goes on
+            response = self._express_failure(e)
+        conn._complete(self, response)
+        conn._released()
+
+    def set_exception(self, error: BaseException) -> None:
+        if not self.open:
+            return
+        self.open = False
+        conn = self.conn
+        conn.wheel.discard(self, self.wheel_key)
+        conn._complete(self, self._express_failure(error))
+        conn._released()
+
+    def _express_failure(self, error: BaseException) -> Response:
+        express: Express = self.express  # type: ignore[assignment]
+        if not isinstance(error, ServingError):
+            log.error("%s request failed: %s", express.protocol, error, exc_info=error,
+                      extra={"request_id": self.request_id})
+            error = ServingError(Code.INTERNAL, f"{type(error).__name__}: {error}")
+        self.error = error
+        return express.error(self, error)
+
+    def _express_expire(self) -> None:
+        if not self.open:
+            return
+        self.open = False
+        self.error = DEADLINE
+        conn = self.conn
+        conn._complete(self, self.express.on_timeout())  # type: ignore[union-attr]
+        conn._released()  # the queue drops it uncomputed when it looks (done() is True)
+
+    def finished(self, _: Any) -> None:
+        self.express.finished(self, self.error)  # type: ignore[union-attr]
+
+    # What the metrics and the access log read of an express slot as a call (serving/core/pipeline.py `Call`):
+
+    @property
+    def protocol(self) -> str:
+        return self.express.protocol if self.express is not None else "http"
+
+    @property
+    def method(self) -> str:
+        return "predict"
+
+    @property
+    def model(self) -> str:
+        return self.servable.model if self.servable is not None else ""
+
+    @property
+    def version(self) -> int | None:
+        return self.servable.version if self.servable is not None else None
 
 
 class HttpConnection(asyncio.Protocol):
@@ -324,6 +438,9 @@ class HttpConnection(asyncio.Protocol):
         self.upgrade = upgrade  # None: a protocol upgrade is refused 400
         self.upgrade_request: Request | None = None  # the request asking for one, until the parser stops at it
         self.render_error = render_error
+        #: The handler's express lane for its common inference requests (the router's); None: every request the
+        #: general way.
+        self.express: Express | None = getattr(handler, "express", None)
         self.access_log = access_log  # None: off, one check per request
         self.peer: Any = None
         self.clock = clock  # what check_timeouts' `now` is measured with
@@ -477,6 +594,8 @@ class HttpConnection(asyncio.Protocol):
         pending.append(slot)
         if len(pending) >= MAX_PIPELINE:
             self._pause_reading()
+        if self.express is not None and self._took_express(slot, headers):
+            return
         target = _target(self.url)
         if target is None:  # the framing is sound, so only this request fails
             self._complete(slot, self.render_error(400, "malformed request URL"))
@@ -497,6 +616,15 @@ class HttpConnection(asyncio.Protocol):
             self.waiting.append((slot, request))
             return
         self._dispatch(slot, request)
+
+    def _took_express(self, slot: _Slot, headers: dict[bytes, bytes]) -> bool:
+        """Whether the express lane took the request: a POST, its body and answer not compressed, no pipelined
+        request waiting before it."""
+        if (self.waiting or self.dispatched >= MAX_DISPATCHED or b"content-encoding" in headers
+                or b"accept-encoding" in headers or self.parser.get_method() != b"POST"):
+            return False
+        chunks = self.body
+        return self.express.take(self, slot, chunks[0] if len(chunks) == 1 else b"".join(chunks))  # type: ignore[union-attr]
 
     def _hold_upgrade(self) -> None:
         target = _target(self.url)
@@ -547,7 +675,12 @@ class HttpConnection(asyncio.Protocol):
         slot.deferred = deferred
         slot.wheel_key = self.wheel.add(slot, deferred.deadline)
         self.dispatched += 1
-        deferred.future.add_done_callback(slot.done)
+        deferred.future.add_done_callback(slot.answer_deferred)
+
+    def defer_express(self, slot: _Slot, deadline: float) -> None:
+        """An express lane took `slot`'s request (queued, `slot` its future): its answer is owed by `deadline`."""
+        slot.wheel_key = self.wheel.add(slot, deadline)
+        self.dispatched += 1
 
     def _released(self) -> None:
         """A deferred answer is done: hand the handler the requests that waited for room."""
@@ -570,9 +703,15 @@ class HttpConnection(asyncio.Protocol):
             extra,
             response.body if not slot.head else b"",
         )
-        if self.access_log is not None:
-            self.access_log.http(slot.request, slot.request_id, self.peer, response.status, slot.started or
-                                 time.perf_counter(), slot.bytes_in, len(data))
+        access_log = self.access_log
+        if access_log is not None:
+            if slot.express is None:
+                access_log.http(slot.request, slot.request_id, self.peer, response.status, slot.started or
+                                time.perf_counter(), slot.bytes_in, len(data))
+            elif access_log.selects(response.status >= 400, time.perf_counter() - slot.received):
+                request = Request("POST", slot.url.decode("latin-1"), "", {}, b"", slot.request_id, slot)
+                access_log.http_line(request, slot.request_id, self.peer, response.status, slot.received,
+                                     slot.bytes_in, len(data))
         self._flush()
 
     def _flush(self) -> None:

@@ -65,6 +65,17 @@ class Timing(Protocol):
         """The queue is done with the request: its future is settled (or was, by its front end)."""
 
 
+class Waiter(Timing, Protocol):
+    """What an express lane queues in place of a future (`BatchQueue.enqueue`): the queue reads `done()` and
+    answers it with `set_result` or `set_exception`, then tells it `finished` as it tells a Timing."""
+
+    def done(self) -> bool: ...
+
+    def set_result(self, outputs: Outputs) -> None: ...
+
+    def set_exception(self, error: BaseException) -> None: ...
+
+
 class _Request:
     """One queued request; `taken` rows of it are in batches already."""
 
@@ -168,6 +179,21 @@ class BatchQueue:
         self.stats.requests += 1
         self._schedule()
         return future
+
+    def enqueue(self, inputs: Inputs, rows: int, deadline: float, waiter: Waiter) -> bool:
+        """`submit` for an express lane (serving/transport/http.py): `waiter` is the request's future and its
+        timing in one, answered from the batch's completion on this thread with no loop turn between. False,
+        with nothing counted, when the queue is full: the caller's general path then refuses it as `submit` does."""
+        opts = self.options
+        if self.waiting >= opts.max_queue_size and self.full:
+            return False
+        self.queue.append(_Request(inputs, rows, shape_key(inputs, opts.pad_variable_length_inputs), deadline,
+                                   self.clock.monotonic(), waiter, waiter))  # type: ignore[arg-type]
+        self.waiting += 1
+        self.rows_queued += rows
+        self.stats.requests += 1
+        self._schedule()
+        return True
 
     @property
     def full(self) -> bool:

@@ -1,0 +1,146 @@
+"""The express lanes: the common inference request of a protocol, from the HTTP connection straight to the
+batch queue and back, with no `Request`, `Call`, future, `Deferred` or loop turn between.
+
+A lane takes a request only when everything the general path would do for it is what the lane does: a model
+whose servable has a lane (one plain batched input, no `validate` of its own: serving/core/servable.py), no
+observer but the request metrics (no tracing, no request log, no shadow), no rate limit, no token to check, no
+compressed body or answer, a body the lane decodes whole. Everything else, every error included, goes the
+general way (serving/protocols/router.py), which answers it in the protocol's format and counts it; a request
+the lane declines costs the lane's checks and nothing else. What the lane answers is byte for byte what the
+general path answers (tests/unit/protocols/test_express.py sends both).
+
+The connection's slot (serving/transport/http.py `_Slot`) stands for the request's future, its timing and its
+call: the batch's completion answers it at once (`set_result` -> `encode` -> the write), then `finished` counts it
+into the version's record as the request metrics would.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Protocol
+
+import orjson
+
+from ..codecs.arrays import convert
+from ..core.pipeline import Pipeline, Timings
+from ..core.repository import ModelManager
+from ..core.signature import TensorSpec
+from ..errors import ServingError
+from ..transport.http import JSON, HttpConnection, Response, _Slot
+from .tfserving import codec
+from .tfserving.rest import Answer, error_response, parse_model_path
+
+log = logging.getLogger(__name__)
+
+#: URLs looked at, by their bytes: clients repeat a few. Bounded (emptied when full).
+ROUTES_MAX, ROUTE_MAX_BYTES = 1024, 256
+
+
+class Router(Protocol):
+    """What a lane reads of the router (serving/protocols/router.py `RestApi`): whether a token is checked."""
+
+    auth: Any
+
+
+def instances(body: bytes, spec: TensorSpec) -> Any:
+    """The array of `{"instances": [[...], ...]}` as `spec` takes it; None for any other body (the general path
+    answers it, errors included)."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if doc.__class__ is not dict or len(doc) != 1:
+        return None
+    rows = doc.get("instances")
+    if rows.__class__ is not list or not rows or rows[0].__class__ is not list:
+        return None
+    try:
+        array = convert(rows, spec.dtype, spec.name)
+    except ServingError:
+        return None
+    shape = array.shape
+    return array if shape and shape[0] and spec.fits(shape) else None
+
+
+class TfRestExpress:
+    """TF Serving's REST predict `POST /v1/models/<name>:predict` with `{"instances": [[...], ...]}` (the latest
+    version, or the traffic split's pick) answered `{"predictions": ...}`."""
+
+    protocol = "tfserving_rest"
+
+    def __init__(self, router: Router, manager: ModelManager, pipeline: Pipeline, timeout_s: float) -> None:
+        self.router, self.manager, self.pipeline, self.timeout_s = router, manager, pipeline, timeout_s
+        self.routes: dict[bytes, str] = {}  # URL -> the model it predicts with, "" for a URL the lane leaves
+
+    def _route(self, url: bytes) -> str:
+        name = ""
+        if b"?" not in url and b"%" not in url and url.startswith(b"/v1/models/"):
+            model, version, label, verb, _ = parse_model_path(url.decode("latin-1"))
+            if model is not None and version is None and label is None and verb == "predict":
+                name = model
+        if len(url) <= ROUTE_MAX_BYTES:
+            if len(self.routes) >= ROUTES_MAX:
+                self.routes.clear()
+            self.routes[url] = name
+        return name
+
+    def take(self, conn: HttpConnection, slot: _Slot, body: bytes) -> bool:
+        url = conn.url
+        name = self.routes.get(url)
+        if name is None:
+            name = self._route(url)
+        pipeline = self.pipeline
+        if not name or not pipeline.express or self.router.auth is not None:
+            return False
+        received = time.perf_counter()
+        try:
+            servable = self.manager.get(name, None, None, conn.headers)
+        except ServingError:
+            return False
+        lane = servable.lane
+        if lane is None or servable.observers:
+            return False
+        sig, spec, queue = lane
+        array = instances(body, spec)
+        if array is None:
+            return False
+        rows = array.shape[0]
+        slot.express, slot.open, slot.url, slot.servable, slot.signature = self, True, url, servable, sig
+        slot.rows, slot.received, slot.dispatched, slot.computed, slot.error = rows, received, 0.0, 0.0, None
+        deadline = time.monotonic() + self.timeout_s
+        if not queue.enqueue({spec.name: array}, rows, deadline, slot):  # full: the general path refuses it
+            slot.express = None
+            return False
+        conn.defer_express(slot, deadline)
+        return True
+
+    @staticmethod
+    def encode(slot: _Slot, outputs: Any) -> Response:
+        return Response(200, codec.encode_predict(outputs, True), JSON, slot.servable.version_header)
+
+    @staticmethod
+    def error(slot: _Slot, error: ServingError) -> Response:
+        response = error_response(error)
+        response.headers += slot.servable.version_header  # as the general path's answer names its version
+        return response
+
+    @staticmethod
+    def on_timeout() -> Response:
+        return error_response(Answer.TIMEOUT)
+
+    def finished(self, slot: _Slot, error: ServingError | None) -> None:
+        """Told once the batch queue is done with the request: the request metrics' record of it, with the
+        timings the pipeline's `notify` would give."""
+        end = time.perf_counter()
+        received, dispatched = slot.received, slot.dispatched
+        if dispatched:
+            timings = Timings(dispatched - received, (slot.computed or end) - dispatched, end - received)
+        else:
+            timings = Timings(0.0, 0.0, end - received)
+        call: Any = slot
+        try:
+            for observer in self.pipeline.observers:
+                observer.finished(call, error, timings)
+        except Exception:  # noqa: BLE001 - as the pipeline's `_tell`: an observer's bug costs its own record
+            log.exception("an observer of a %s call failed", self.protocol)

@@ -1,0 +1,275 @@
+"""The express lane of TF Serving's REST predict (serving/protocols/express.py) through a real HttpConnection on a
+fake transport, beside the same connection with the lane off: the same bytes on the wire, the same statistics,
+the same errors; what the lane does not take goes the general way; deadlines, clients that leave, a full queue,
+pipelined requests and the access log."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from serving.core.batching import BatchingOptions
+from serving.ops.accesslog import AccessLog
+from serving.transport.auth import TokenAuth
+from serving.transport.http import DeadlineWheel, HttpConnection, HttpLimits
+from tests.helpers import in_loop, make_linear
+from tests.unit.ops.test_access_log import Sink
+from tests.unit.protocols.test_lanes import general_only
+from tests.unit.protocols.test_routes import Served, serving, specs
+from tests.unit.transport.test_http_protocol import FakeTransport, parse
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("express")
+    make_linear(root / "lin", 1, bias=1.0)
+    make_linear(root / "lin", 2)
+    make_linear(root / "two", 1, weights=[[1.0, 0.0], [0.0, 2.0]], bias=[0.5, -0.5])
+    make_linear(root / "slow", 1, delay_ms=300)
+    return root
+
+
+class Conn:
+    """One HttpConnection of the served router on a fake transport; `express=False` turns its lane off."""
+
+    def __init__(self, s: Served, *, express: bool = True, access_log: AccessLog | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        self.protocol = HttpConnection(s.api, HttpLimits(), set(), DeadlineWheel(loop, 0.001), access_log=access_log)
+        if not express:
+            self.protocol.express = None
+        self.transport = FakeTransport(self.protocol)
+        self.protocol.connection_made(self.transport)
+
+    def send(self, data: bytes) -> None:
+        self.protocol.data_received(data)
+
+    async def answers(self, n: int = 1, timeout: float = 5.0) -> list[tuple[int, dict[bytes, bytes], bytes]]:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while len(parse(bytes(self.transport.written))) < n:
+            assert asyncio.get_running_loop().time() < deadline, "no answer in time"
+            await asyncio.sleep(0.001)
+        return parse(bytes(self.transport.written))
+
+
+def post(target: bytes, body: bytes, *headers: bytes) -> bytes:
+    return b"POST %s HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n%s\r\n%s" % (
+        target, len(body), b"".join(h + b"\r\n" for h in headers), body)
+
+
+def predict(model: str, doc: Any, *headers: bytes, rid: bytes = b"rid-1") -> bytes:
+    body = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+    return post(b"/v1/models/%s:predict" % model.encode(), body, b"X-Request-Id: " + rid, *headers)
+
+
+def express_only(s: Served, taken: list[str]) -> None:
+    """Count the requests the express lane takes (by URL)."""
+    take = s.api.express.take
+
+    def counted(conn: HttpConnection, slot: Any, body: bytes) -> bool:
+        took = take(conn, slot, body)
+        if took:
+            taken.append(conn.url.decode())
+        return took
+
+    s.api.express.take = counted  # type: ignore[method-assign]
+
+
+async def both(s: Served, request: bytes) -> tuple[bytes, bytes]:
+    """The bytes answered to `request` with the lane on and with it off."""
+    out = []
+    for express in (True, False):
+        c = Conn(s, express=express)
+        c.send(request)
+        await c.answers()
+        out.append(bytes(c.transport.written))
+    return out[0], out[1]
+
+
+async def counted(s: Served, model: str, calls: int, timeout: float = 10.0) -> Any:
+    """The model's one series once it has counted `calls` calls."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        series = list(s.manager.get(model).record.series.values())
+        if series and sum(series[0].latency.counts) >= calls:
+            return series[0]
+        assert asyncio.get_running_loop().time() < deadline, "not counted in time"
+        await asyncio.sleep(0.01)
+
+
+REQUESTS = [
+    ("lin", {"instances": [[2.0]]}),
+    ("lin", {"instances": [[2.0], [4.0], [5.0]]}),
+    ("two", {"instances": [[1.0, 1.0], [2.0, 3.0]]}),
+]
+
+
+@in_loop
+async def test_the_express_answer_is_byte_for_byte_the_general_paths_and_skips_the_general_step(repo: Path) -> None:
+    async with serving(specs(repo)) as s:
+        general: list[str] = []
+        general_only(s.pipeline, general)
+        taken: list[str] = []
+        express_only(s, taken)
+        for model, doc in REQUESTS:
+            fast, slow = await both(s, predict(model, doc))
+            assert fast == slow, (model, doc)
+            [(status, headers, body)] = parse(fast)
+            assert status == 200 and headers[b"x-request-id"] == b"rid-1" and headers[b"x-model-version"]
+            assert "predictions" in json.loads(body)
+        assert taken == ["/v1/models/lin:predict", "/v1/models/lin:predict", "/v1/models/two:predict"]
+        assert general == []  # neither took the general step: the lane off, the TF REST adapter's lane answers
+
+
+@in_loop
+async def test_an_express_call_is_counted_in_the_versions_record_as_a_general_one(repo: Path) -> None:
+    async with serving(specs(repo)) as s:
+        c = Conn(s)
+        for rows in ([[2.0]], [[2.0], [4.0], [5.0]]):
+            c.send(predict("lin", {"instances": rows}))
+        await c.answers(2)
+        record = s.manager.get("lin").record
+        [(key, series)] = record.series.items()
+        assert key == ("serving_default", "tfserving_rest", "predict")
+        assert series.ok == 2 and series.rows.sum == 4 and sum(series.latency.counts) == 2
+        assert sum(series.queue.counts) == 2  # both reached a batch: their queue wait is measured
+        assert record.success == 2 and record.rows == 4 and record.last > 0
+
+
+@in_loop
+async def test_what_the_lane_does_not_take_goes_the_general_way_with_the_same_answer(repo: Path) -> None:
+    async with serving(specs(repo)) as s:
+        taken: list[str] = []
+        express_only(s, taken)
+        declined = [
+            predict("lin", {"instances": [[2.0]], "signature_name": "serving_default"}),  # a signature named
+            predict("lin", {"inputs": [[2.0]]}),  # the columnar format
+            predict("lin", {"instances": [[1.0, 2.0]]}),  # a wrong width: 400
+            predict("lin", {"instances": [["a"]]}),  # a wrong type: 400
+            predict("lin", {"instances": []}),  # no rows: 400
+            predict("lin", b"{not json"),  # 400
+            post(b"/v1/models/lin/versions/1:predict", b'{"instances": [[2.0]]}', b"X-Request-Id: rid-1"),
+            post(b"/v1/models/lin:predict?x=1", b'{"instances": [[2.0]]}', b"X-Request-Id: rid-1"),
+            predict("lin", {"instances": [[2.0]]}, b"Accept-Encoding: gzip"),  # the answer may be compressed
+        ]
+        for request in declined:
+            fast, slow = await both(s, request)
+            assert fast == slow, request
+        assert taken == []
+        fast, slow = await both(s, predict("nope", {"instances": [[2.0]]}))  # an unknown model: 404 either way
+        assert fast == slow and parse(fast)[0][0] == 404
+
+
+@in_loop
+async def test_no_express_lane_with_an_observer_it_cannot_tell_or_a_token_to_check(repo: Path) -> None:
+    async with serving(specs(repo), auth=TokenAuth("secret")) as s:
+        taken: list[str] = []
+        express_only(s, taken)
+        c = Conn(s)
+        c.send(predict("lin", {"instances": [[2.0]]}, b"Authorization: secret"))
+        assert (await c.answers())[0][0] == 200 and taken == []
+    async with serving(specs(repo)) as s:
+        taken = []
+        express_only(s, taken)
+
+        class Tracer:  # an observer the lane does not tell (tracing is one)
+            def finished(self, *_: Any) -> None: ...
+
+        s.pipeline.observe(Tracer())  # type: ignore[arg-type]
+        c = Conn(s)
+        c.send(predict("lin", {"instances": [[2.0]]}))
+        assert (await c.answers())[0][0] == 200 and taken == []
+
+
+@in_loop
+async def test_an_express_request_past_its_deadline_is_answered_504_and_counted(repo: Path) -> None:
+    async with serving(specs(repo), timeout_s=0.05) as s:
+        fast, slow = await both(s, predict("slow", {"instances": [[2.0]]}))
+        assert fast == slow
+        [(status, _, body)] = parse(fast)
+        assert status == 504 and json.loads(body) == {"error": "Deadline Exceeded"}
+        series = await counted(s, "slow", 2)  # the batches finish; the queue tells the calls it is done with them
+        assert series.codes["DEADLINE_EXCEEDED"] == 2 and series.ok == 0
+
+
+@in_loop
+async def test_a_request_expired_in_the_queue_is_never_computed_and_answered_its_error(repo: Path) -> None:
+    async with serving(specs(repo), timeout_s=0.1) as s:
+        queue = s.manager.get("lin").lane[2]  # type: ignore[index]
+        queue.in_flight = queue.options.max_in_flight  # nothing dispatches
+        queue.placement.inline = False
+        c = Conn(s)
+        c.send(predict("lin", {"instances": [[2.0]]}))
+        [(status, _, _)] = await c.answers()
+        assert status == 504
+        batches = queue.stats.batches
+        queue.in_flight = 0
+        queue._schedule()
+        await asyncio.sleep(0.05)
+        assert queue.stats.batches == batches and queue.waiting == 0  # let go of uncomputed
+        series = next(iter(s.manager.get("lin").record.series.values()))
+        assert series.codes["DEADLINE_EXCEEDED"] == 1 and series.ok == 0
+
+
+@in_loop
+async def test_a_client_that_leaves_drops_its_request_and_it_is_counted_cancelled(repo: Path) -> None:
+    async with serving(specs(repo), batching=BatchingOptions(max_in_flight=1)) as s:
+        c = Conn(s)
+        c.send(predict("slow", {"instances": [[2.0]]}) + predict("slow", {"instances": [[3.0]]}))
+        await asyncio.sleep(0.05)  # the first is computing, the second queued behind it
+        c.protocol.connection_lost(None)
+        series = await counted(s, "slow", 2)
+        assert bytes(c.transport.written) == b""
+        assert series.codes["CANCELLED"] == 2 and series.ok == 0
+        queue = s.manager.get("slow").lane[2]  # type: ignore[index]
+        assert queue.waiting == 0 and queue.stats.batches == 1  # the queued one was never computed
+
+
+@in_loop
+async def test_a_full_queue_refuses_through_the_general_path(repo: Path) -> None:
+    options = BatchingOptions(max_queue_size=1)
+    async with serving(specs(repo), batching=options) as s:
+        queue = s.manager.get("lin").lane[2]  # type: ignore[index]
+        queue.in_flight = queue.options.max_in_flight
+        queue.placement.inline = False
+        first, second = Conn(s), Conn(s)
+        first.send(predict("lin", {"instances": [[2.0]]}))
+        second.send(predict("lin", {"instances": [[2.0]]}))
+        [(status, _, body)] = await second.answers()
+        assert status == 503 and "queue is full" in json.loads(body)["error"]
+        assert queue.stats.rejected == 1
+        queue.in_flight = 0
+        queue._schedule()
+        assert (await first.answers())[0][0] == 200
+
+
+@in_loop
+async def test_pipelined_express_requests_are_answered_in_order(repo: Path) -> None:
+    async with serving(specs(repo)) as s:
+        c = Conn(s)
+        c.send(predict("slow", {"instances": [[2.0]]}, rid=b"a") + predict("lin", {"instances": [[2.0]]}, rid=b"b")
+               + predict("lin", {"instances": [[4.0]]}, rid=b"c"))
+        answers = await c.answers(3)
+        assert [a[1][b"x-request-id"] for a in answers] == [b"a", b"b", b"c"]
+        assert [json.loads(a[2]) for a in answers] == [{"predictions": [3.0]}, {"predictions": [3.0]},
+                                                      {"predictions": [4.0]}]
+
+
+@in_loop
+async def test_the_access_log_writes_an_express_request_with_its_route_model_and_rows(repo: Path) -> None:
+    async with serving(specs(repo)) as s:
+        sink = Sink()
+        log = AccessLog("all", sink=sink)  # type: ignore[arg-type]
+        c = Conn(s, access_log=log)
+        c.send(predict("lin", {"instances": [[2.0], [3.0]]}))
+        await c.answers()
+        log.close()
+        [line] = [json.loads(x) for x in sink.data.decode().splitlines()]
+        assert {k: line[k] for k in ("request_id", "protocol", "route", "model", "version", "signature", "status",
+                                     "rows")} == {
+            "request_id": "rid-1", "protocol": "tfserving_rest", "route": "POST /v1/models/lin:predict",
+            "model": "lin", "version": 2, "signature": "serving_default", "status": 200, "rows": 2}
+        assert line["queue_ms"] is not None and line["compute_ms"] is not None
