@@ -130,17 +130,42 @@ class TfRestExpress:
         return error_response(Answer.TIMEOUT)
 
     def finished(self, slot: _Slot, error: ServingError | None) -> None:
-        """Told once the batch queue is done with the request: the request metrics' record of it, with the
-        timings the pipeline's `notify` would give."""
-        end = time.perf_counter()
-        received, dispatched = slot.received, slot.dispatched
-        if dispatched:
-            timings = Timings(dispatched - received, (slot.computed or end) - dispatched, end - received)
-        else:
-            timings = Timings(0.0, 0.0, end - received)
-        call: Any = slot
-        try:
-            for observer in self.pipeline.observers:
-                observer.finished(call, error, timings)
-        except Exception:  # noqa: BLE001 - as the pipeline's `_tell`: an observer's bug costs its own record
-            log.exception("an observer of a %s call failed", self.protocol)
+        """Told once the batch queue is done with the request: the request metrics' record of it."""
+        tell(self.pipeline, slot, error, self.protocol)
+
+
+def tell(pipeline: Pipeline, call: Any, error: ServingError | None, protocol: str) -> None:
+    """The observers' (the request metrics') record of an express call the batch queue is done with, with the
+    timings the pipeline's `notify` would give."""
+    end = time.perf_counter()
+    received, dispatched = call.received, call.dispatched
+    if dispatched:
+        timings = Timings(dispatched - received, (call.computed or end) - dispatched, end - received)
+    else:
+        timings = Timings(0.0, 0.0, end - received)
+    try:
+        for observer in pipeline.observers:
+            observer.finished(call, error, timings)
+    except Exception:  # noqa: BLE001 - as the pipeline's `_tell`: an observer's bug costs its own record
+        log.exception("an observer of a %s call failed", protocol)
+
+
+class GrpcCall:
+    """What the metrics and the access log read of an express gRPC call as a call (the native transport's
+    Context, serving/transport/rpc/native.py, names its own `method`)."""
+
+    __slots__ = ("servable", "signature", "rows", "received", "dispatched", "computed", "request_id", "protocol")
+    method = "predict"
+
+    def __init__(self, context: Any, protocol: str) -> None:
+        self.servable, self.signature, self.rows = context.servable, context.signature, context.rows
+        self.received, self.dispatched, self.computed = context.received, context.dispatched, context.computed
+        self.request_id, self.protocol = context.request_id, protocol
+
+    @property
+    def model(self) -> str:
+        return self.servable.model  # type: ignore[no-any-return]
+
+    @property
+    def version(self) -> int:
+        return self.servable.version  # type: ignore[no-any-return]

@@ -46,7 +46,8 @@ from ...core.repository import ModelManager
 from ...core.servable import Servable
 from ...core.signature import STRING, Signature
 from ...errors import Code, ServingError, invalid_argument
-from ..adapters import GrpcExchange, grpc_call, grpc_errors, spec_version
+from ..adapters import MODEL_ID_KEYS, GrpcExchange, grpc_call, grpc_errors, spec_version
+from ..express import GrpcCall, tell
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +81,47 @@ def _decode_examples(call: Call[classification_pb2.ClassificationRequest | regre
     return sig, {name: serialized}
 
 
+class TfGrpcExpress:
+    """TF Serving's gRPC Predict on the native transport (`PredictionService.express_Predict`): the latest
+    version of a model with a lane, its one input in `tensor_content`, no signature, version or output filter
+    named, no ModelMesh id; the context (serving/transport/rpc/native.py `Context`) is the request's future."""
+
+    protocol = "tfserving_grpc"
+
+    def __init__(self, pipeline: Pipeline, servicer: Any) -> None:
+        self.pipeline, self.servicer = pipeline, servicer
+
+    @staticmethod
+    def encode(context: Any, outputs: Any) -> Any:
+        return predict_response(context.servable, context.signature, outputs)
+
+    def finished(self, context: Any, error: ServingError | None) -> None:
+        """The request metrics' record, and the access log's line when it selects the call (as `grpc_errors`)."""
+        call = GrpcCall(context, self.protocol)
+        tell(self.pipeline, call, error, self.protocol)
+        access_log = getattr(self.servicer, "access_log", None)
+        if access_log is not None and access_log.selects(error is not None, time.perf_counter() - call.received):
+            response = context.response
+            access_log.grpc(context.headers.path, call.request_id, context.conn.peer_name, call,
+                            error.code.name if error is not None else "OK", call.received, context.message_size,
+                            response.ByteSize() if response is not None else 0)
+
+
+def predict_response(servable: Servable, sig: Signature, outputs: Outputs, names: Sequence[str] = ()) -> Any:
+    """A PredictResponse: the version that answered and `names`' outputs (the signature's, when none)."""
+    response = predict_pb2.PredictResponse()
+    fill_model_spec(response.model_spec, servable, sig.name)
+    for name in names or sig.outputs:
+        array_to_tensor(outputs[name], response.outputs[name])
+    return response
+
+
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):  # type: ignore[misc]
     SERVICE = prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"]
 
     def __init__(self, manager: ModelManager, pipeline: Pipeline, default_timeout_s: float) -> None:
         self.manager, self.pipeline, self.default_timeout_s = manager, pipeline, default_timeout_s
+        self.express = TfGrpcExpress(pipeline, self)
 
     def _call(self, request: Any, exchange: GrpcExchange, decode: Decode[S], method: str = "predict",
               outputs: Sequence[str] = ()) -> Call[S]:
@@ -99,11 +136,25 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer): 
         future = self._lane(call, request) if self.pipeline.lanes else None
         outputs = await outputs_of(future if future is not None else self.pipeline.infer(call))
         assert call.servable is not None and call.signature is not None
-        response = predict_pb2.PredictResponse()
-        fill_model_spec(response.model_spec, call.servable, call.signature.name)
-        for name in call.output_names():
-            array_to_tensor(outputs[name], response.outputs[name])
-        return response
+        return predict_response(call.servable, call.signature, outputs, call.output_names())
+
+    def express_Predict(self, request: Any, context: Any) -> bool:  # noqa: N802 - the native transport's name
+        """The native transport's express lane for the common Predict (serving/protocols/express.py): True when
+        it queued the call with `context` as its future; False leaves the call to the handler above."""
+        if not self.pipeline.express:
+            return False
+        for key, _ in context.headers.metadata:
+            if key in MODEL_ID_KEYS:  # ModelMesh names the model: the general path reads it
+                return False
+        received = time.perf_counter()
+        found = self._lane_inputs(request, request.model_spec.name, context)
+        if found is None:
+            return False
+        servable, sig, name, array = found
+        if servable.observers:
+            return False
+        return context.take_express(self.express, servable.lane[2], {name: array}, array.shape[0],  # type: ignore[no-any-return,index]
+                                    servable, sig, received, self.default_timeout_s)
 
     def _lane(self, call: Call[Any], request: Any) -> asyncio.Future[Outputs] | None:
         """The common Predict in one step: the latest version of a model whose servable has a lane (one plain
@@ -111,13 +162,26 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer): 
         shape, no signature named, no output filter. Anything else, and every error, is None: the general path
         answers it (and counts it), as it would have without the lane."""
         received = time.perf_counter()
-        if call.version is not None or call.label is not None or call.outputs or len(request.inputs) != 1:
+        if call.version is not None or call.label is not None or call.outputs:
             return None
+        found = self._lane_inputs(request, call.model, call.carrier)
+        if found is None:
+            return None
+        servable, sig, name, array = found
+        # A full queue raises here, as the general path would: grpc_errors answers it.
+        return self.pipeline.submit_decoded(call, servable, sig, {name: array}, array.shape[0], received)
+
+    def _lane_inputs(self, request: Any, model: str, carrier: Any) -> tuple[Servable, Signature, str, Any] | None:
+        """(servable, signature, input name, array) of a Predict a lane takes: the latest version (or the traffic
+        split's pick) of `model` with a lane, one input in `tensor_content` of its dtype and a shape it fits, no
+        signature named; None otherwise."""
         spec = request.model_spec
-        if spec.signature_name:
+        if spec.signature_name or len(request.inputs) != 1 or spec.WhichOneof("version_choice") is not None:
+            return None
+        if request.output_filter:
             return None
         try:
-            servable = self.manager.get(call.model, None, None, call.carrier)
+            servable = self.manager.get(model, None, None, carrier)
         except ServingError:
             return None
         lane = servable.lane
@@ -135,9 +199,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer): 
             return None
         if len(content) != math.prod(shape) * dtype.itemsize:
             return None
-        array = np.frombuffer(content, dtype=little_endian(dtype)).reshape(shape)
-        # A full queue raises here, as the general path would: grpc_errors answers it.
-        return self.pipeline.submit_decoded(call, servable, sig, {name: array}, shape[0], received)
+        return servable, sig, name, np.frombuffer(content, dtype=little_endian(dtype)).reshape(shape)
 
     @grpc_errors
     async def GetModelMetadata(self, request: Any, exchange: GrpcExchange) -> Any:  # noqa: N802

@@ -36,7 +36,7 @@ import grpc
 from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 
-from ...errors import ServingError
+from ...errors import Code, ServingError
 from ...ops.accesslog import AccessLog, request_id_of
 from ..auth import TokenAuth
 from ..h2.connection import H2Connection, H2Limits, Stream
@@ -80,6 +80,9 @@ class Method:
     client_streaming: bool
     server_streaming: bool
     auth: TokenAuth | None  # the token the call needs (None: open)
+    #: The servicer's express lane of a unary method (`express_<Method>(request, context) -> bool`: it took the
+    #: call, queued with the context as its future; serving/protocols/express.py); None: none.
+    express: Callable[[Any, Any], bool] | None = None
 
 
 @dataclass
@@ -134,7 +137,8 @@ def _methods(servicer: Any, service: ServiceDescriptor, auth: TokenAuth | None,
         request = message_factory.GetMessageClass(m.input_type)
         response = message_factory.GetMessageClass(m.output_type)
         methods[path] = Method(path, behavior, _tolerant_decoder(request), response.SerializeToString,
-                               m.client_streaming, m.server_streaming, token)
+                               m.client_streaming, m.server_streaming, token,
+                               getattr(servicer, f"express_{m.name}", None))
     return methods
 
 
@@ -145,7 +149,10 @@ class Context:
     __slots__ = ("server", "conn", "stream", "method", "headers", "chunks", "size", "deadline", "wheel_key",
                  "trailing", "task", "answered", "stopped", "headers_sent", "coding", "inbox", "read_waiter",
                  "write_waiter", "ended",
-                 "code", "details", "coro", "context", "waiting")
+                 "code", "details", "coro", "context", "waiting",
+                 # an express lane's call (take_express):
+                 "express", "servable", "signature", "rows", "received", "dispatched", "computed", "error",
+                 "message_size", "response", "rid")
 
     def __init__(self, server: NativeServer, conn: H2Connection, stream: Stream, method: Method | None,
                  headers: CallHeaders) -> None:
@@ -167,6 +174,9 @@ class Context:
         self.coro: Any = None  # a unary handler driven step by step (_step), in `context`
         self.context: contextvars.Context | None = None
         self.waiting: Any = None  # the future (or the loop handle of a bare yield) it waits on
+        self.express: Any = None  # the express lane that took the call (take_express), else None
+        self.error: ServingError | None = None  # what an express call ended in (None: answered)
+        self.rid: str | None = None  # its request id, once something read it
 
     # ---- grpc.aio's ServicerContext, the part our servicers use ----
 
@@ -253,6 +263,11 @@ class Context:
         self.answered = True
         self._release_buffer()
         self._wake()
+        if self.express is not None:  # the batch queue lets go of it when it looks (done() is True)
+            if not self.stopped:
+                self.error = ServingError(Code.CANCELLED, "request cancelled")
+                self._stop()
+            return
         self._cancel_handler()
 
     def _cancel_handler(self) -> None:
@@ -275,6 +290,10 @@ class Context:
         if self.answered:
             return
         self._error(DEADLINE_EXCEEDED, "Deadline Exceeded")
+        if self.express is not None:
+            self.error = ServingError(Code.DEADLINE_EXCEEDED, "Deadline Exceeded")
+            self._stop()
+            return
         self._cancel_handler()
 
     # ---- a unary request ----
@@ -299,6 +318,11 @@ class Context:
             log.debug("%s: %s", self.conn.peer_name, request.reason)
             self._error(INVALID_ARGUMENT, request.reason)
             return
+        express = self.method.express  # type: ignore[union-attr]
+        if express is not None:
+            self.message_size = length
+            if express(request, self):
+                return
         if self.method.server_streaming:  # type: ignore[union-attr]
             self._start_task(request)
         elif self.server.eager:
@@ -426,6 +450,60 @@ class Context:
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
         self.read_waiter = self.write_waiter = None
+
+    # ---- an express lane's call: its future and timing in the batch queue, the call the metrics read ----
+
+    def take_express(self, express: Any, queue: Any, inputs: Any, rows: int, servable: Any, signature: Any,
+                     received: float, default_timeout_s: float) -> bool:
+        """Queue the call's decoded inputs in `queue` with this context as their future (BatchQueue.enqueue);
+        False, with nothing changed, when the queue is full (the general path then refuses it)."""
+        deadline = self.deadline if self.deadline is not None else time.monotonic() + default_timeout_s
+        self.express, self.servable, self.signature, self.rows = express, servable, signature, rows
+        self.received, self.dispatched, self.computed, self.error = received, 0.0, 0.0, None
+        self.response = self.rid = None
+        if not queue.enqueue(inputs, rows, deadline, self):
+            self.express = None
+            return False
+        self.stream.busy = True
+        return True
+
+    @property
+    def request_id(self) -> str:
+        """The client's x-request-id, else one made for the call (only when something reads it)."""
+        rid = self.rid
+        if rid is None:
+            rid = self.rid = request_id_of(self.headers.request_id)
+        return rid
+
+    def done(self) -> bool:
+        return self.answered
+
+    def set_result(self, outputs: Any) -> None:
+        if self.answered:
+            return
+        try:
+            response = self.express.encode(self, outputs)
+        except Exception as e:  # noqa: BLE001 - an encoder's refusal (or bug) answers an error, the server goes on
+            self.set_exception(e)
+            return
+        if self.headers.request_id is not None:  # a success echoes only an id the client sent (as grpc_errors)
+            self.trailing = (("x-request-id", self.request_id),)
+        self.response = response
+        self._answer(response)
+        self._stop()
+
+    def set_exception(self, error: BaseException) -> None:
+        if self.answered:
+            return
+        if not isinstance(error, ServingError):
+            log.error("gRPC method %s failed", self.headers.path, exc_info=error)
+            error = ServingError(Code.INTERNAL, f"{type(error).__name__}: {error}")
+        self.error = error
+        self._error(int(error.code), error.message, literal(b"x-request-id", self.request_id.encode("latin-1")))
+        self._stop()
+
+    def finished(self, _: Any) -> None:
+        self.express.finished(self, self.error)
 
     # ---- answers ----
 

@@ -1,0 +1,146 @@
+"""The express lane of TF Serving's gRPC Predict on the native transport (`PredictionService.express_Predict`),
+served in the test's loop to grpcio's sync client in a thread, beside the same servicer with the lane off: the
+same response message and trailing metadata, the same statistics, the same errors; what the lane does not take
+goes the general way; deadlines and the access log."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from serving._proto.tensorflow_serving.apis import prediction_service_pb2_grpc
+from serving.protocols.tfserving.rpc import PredictionService
+from serving.transport.rpc.native import new_native_server
+from tests.helpers import in_loop, make_linear
+from tests.unit.protocols.test_express import counted
+from tests.unit.protocols.test_lanes import predict_request
+from tests.unit.protocols.test_routes import Served, serving, specs
+from tests.unit.transport.test_native_grpc import Log, code_of, in_thread
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("express_grpc")
+    make_linear(root / "lin", 1, bias=1.0)
+    make_linear(root / "lin", 2)
+    return root
+
+
+@contextlib.asynccontextmanager
+async def native(s: Served, *, express: bool = True, log: Any = None, timeout_s: float = 30.0,
+                 ) -> AsyncIterator[tuple[int, list[str]]]:
+    """A native server of the TF Serving PredictionService on `s`: its port, and the models its lane took."""
+    service = PredictionService(s.manager, s.pipeline, timeout_s)
+    taken: list[str] = []
+    if express:
+        take = service.express_Predict
+
+        def counted_take(request: Any, context: Any) -> bool:
+            took = take(request, context)
+            if took:
+                taken.append(request.model_spec.name)
+            return took
+
+        service.express_Predict = counted_take  # type: ignore[method-assign]
+    else:
+        service.express_Predict = None  # type: ignore[assignment,method-assign]
+    server = new_native_server([service], access_log=log)
+    await server.start("127.0.0.1", 0)
+    try:
+        yield server.port, taken
+    finally:
+        await server.stop(0.5)
+
+
+def call(port: int, request: Any, **kw: Any) -> Any:
+    """(response, trailing metadata) of one Predict."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        response, rpc = stub.Predict.with_call(request, **kw)
+        return response, dict(rpc.trailing_metadata() or ())
+
+
+async def both(s: Served, request: Any, **kw: Any) -> tuple[Any, Any, list[str]]:
+    """The answers to `request` with the lane on and off, and what the lane took."""
+    async with native(s) as (port, taken):
+        fast = await in_thread(lambda: call(port, request, **kw))
+    async with native(s, express=False) as (port, _):
+        slow = await in_thread(lambda: call(port, request, **kw))
+    return fast, slow, taken
+
+
+@in_loop
+async def test_the_express_answer_is_the_general_ones_and_is_counted_as_one(repo: Path) -> None:
+    async with serving(specs(repo)) as s:
+        for rows in ([[2.0]], [[2.0], [4.0], [5.0]]):
+            fast, slow, taken = await both(s, predict_request(rows), metadata=(("x-request-id", "rid-7"),))
+            assert taken == ["lin"]
+            assert fast[0].SerializeToString(deterministic=True) == slow[0].SerializeToString(deterministic=True)
+            assert fast[1]["x-request-id"] == slow[1]["x-request-id"] == "rid-7"
+            assert fast[0].model_spec.version.value == 2
+        record = s.manager.get("lin").record
+        series = record.series[("serving_default", "tfserving_grpc", "predict")]
+        assert series.ok == 4 and series.rows.sum == 8 and sum(series.queue.counts) == 4
+        assert record.success == 4
+
+
+@in_loop
+async def test_what_the_lane_does_not_take_goes_the_general_way_with_the_same_answer(repo: Path) -> None:
+    async with serving(specs(repo)) as s:
+        declined = [
+            (predict_request([[2.0]], content=False), {}),  # float_val, not tensor_content
+            (predict_request([[2.0]], signature_name="serving_default"), {}),
+            (predict_request([[2.0]]), {"metadata": (("mm-model-id", "lin"),)}),  # ModelMesh names the model
+        ]
+        versioned = predict_request([[2.0]])
+        versioned.model_spec.version.value = 1
+        filtered = predict_request([[2.0]])
+        filtered.output_filter.append("predictions")
+        declined += [(versioned, {}), (filtered, {})]
+        for request, kw in declined:
+            fast, slow, taken = await both(s, request, **kw)
+            assert taken == [] and fast[0] == slow[0], request
+        wrong = predict_request([[1.0, 2.0]])  # a wrong width: the general path's INVALID_ARGUMENT either way
+        async with native(s) as (port, taken):
+            code, details, trailing = await in_thread(lambda: code_of(lambda: call(port, wrong)))
+        assert taken == [] and code == grpc.StatusCode.INVALID_ARGUMENT and trailing["x-request-id"]
+
+
+@in_loop
+async def test_an_express_call_past_its_deadline_is_deadline_exceeded_and_counted(repo: Path) -> None:
+    async with serving(specs(repo)) as s:
+        request = predict_request([[2.0]])
+        queue = s.manager.get("lin").lane[2]  # type: ignore[index]
+        queue.in_flight = queue.options.max_in_flight  # nothing dispatches: the call waits in the queue
+        queue.placement.inline = False
+        # The server's deadline (a client's grpc-timeout would race with the client's own reset: CANCELLED).
+        async with native(s, timeout_s=0.05) as (port, taken):
+            answer = asyncio.ensure_future(in_thread(lambda: code_of(lambda: call(port, request))))
+            await asyncio.sleep(0.2)
+            queue.in_flight = 0
+            queue._schedule()  # the queue looks: past its deadline, it is failed uncomputed
+            code, details, trailing = await answer
+        assert taken == ["lin"] and code == grpc.StatusCode.DEADLINE_EXCEEDED and trailing["x-request-id"]
+        assert "before it was computed" in details and queue.stats.expired == 1
+        series = await counted(s, "lin", 1)
+        assert series.codes == {"DEADLINE_EXCEEDED": 1} and series.ok == 0
+
+
+@in_loop
+async def test_the_access_log_has_the_express_calls_line(repo: Path) -> None:
+    async with serving(specs(repo)) as s:
+        log = Log()
+        request = predict_request([[2.0], [3.0]])
+        async with native(s, log=log) as (port, taken):
+            await in_thread(lambda: call(port, request, metadata=(("x-request-id", "rid-9"),)))
+        assert taken == ["lin"]
+        [(route, rid, _, logged, code, _, bytes_in, bytes_out)] = log.lines
+        assert (route, rid, code) == ("/tensorflow.serving.PredictionService/Predict", "rid-9", "OK")
+        assert (logged.model, logged.version, logged.signature.name, logged.rows) == ("lin", 2, "serving_default", 2)
+        assert bytes_in == request.ByteSize() and bytes_out > 0
