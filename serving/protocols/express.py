@@ -154,13 +154,18 @@ class GrpcCall:
     """What the metrics and the access log read of an express gRPC call as a call (the native transport's
     Context, serving/transport/rpc/native.py, names its own `method`)."""
 
-    __slots__ = ("servable", "signature", "rows", "received", "dispatched", "computed", "request_id", "protocol")
+    __slots__ = ("context", "servable", "signature", "rows", "received", "dispatched", "computed", "protocol")
     method = "predict"
 
     def __init__(self, context: Any, protocol: str) -> None:
-        self.servable, self.signature, self.rows = context.servable, context.signature, context.rows
+        self.context, self.servable, self.signature, self.rows = context, context.servable, context.signature, \
+            context.rows
         self.received, self.dispatched, self.computed = context.received, context.dispatched, context.computed
-        self.request_id, self.protocol = context.request_id, protocol
+        self.protocol = protocol
+
+    @property
+    def request_id(self) -> str:  # made only when read (an error, an access log line)
+        return self.context.request_id  # type: ignore[no-any-return]
 
     @property
     def model(self) -> str:
