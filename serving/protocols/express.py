@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import orjson
@@ -174,3 +175,24 @@ class GrpcCall:
     @property
     def version(self) -> int:
         return self.servable.version  # type: ignore[no-any-return]
+
+
+class GrpcExpress:
+    """A gRPC method's express lane on the native transport (`express_<Method>` of a servicer: TF Serving's
+    Predict, KServe V2's ModelInfer): the servicer checks and decodes the call and queues it with the transport's
+    Context (serving/transport/rpc/native.py) as its future; `encode(context, outputs)` makes the answer."""
+
+    def __init__(self, protocol: str, pipeline: Pipeline, servicer: Any,
+                 encode: Callable[[Any, Any], Any]) -> None:
+        self.protocol, self.pipeline, self.servicer, self.encode = protocol, pipeline, servicer, encode
+
+    def finished(self, context: Any, error: ServingError | None) -> None:
+        """The request metrics' record, and the access log's line when it selects the call (as `grpc_errors`)."""
+        call = GrpcCall(context, self.protocol)
+        tell(self.pipeline, call, error, self.protocol)
+        access_log = getattr(self.servicer, "access_log", None)
+        if access_log is not None and access_log.selects(error is not None, time.perf_counter() - call.received):
+            response = context.response
+            access_log.grpc(context.headers.path, call.request_id, context.conn.peer_name, call,
+                            error.code.name if error is not None else "OK", call.received, context.message_size,
+                            response.ByteSize() if response is not None else 0)

@@ -5,24 +5,29 @@ ModelInfer goes through the request pipeline as a `Call`."""
 
 from __future__ import annotations
 
+import math
+import time
 from typing import Any
 
 import grpc
+import numpy as np
 from google.protobuf import json_format
 
 from ... import __version__
 from ..._proto.inference import grpc_predict_v2_pb2 as pb
 from ..._proto.inference import grpc_predict_v2_pb2_grpc
+from ...codecs.tensors import little_endian
 from ...core.control import ModelControl
 from ...core.dataplane import Outputs, outputs_of
 from ...core.lazy import wait_loaded
 from ...core.pipeline import Call, Inputs, Pipeline
 from ...core.repository import ModelManager
 from ...core.servable import Servable
-from ...core.signature import Signature
+from ...core.signature import STRING, Signature
 from ...errors import Code, ServingError
 from ...ops.statistics import Statistics, extensions
-from ..adapters import GrpcExchange, grpc_call, grpc_errors
+from ..adapters import MODEL_ID_KEYS, GrpcExchange, grpc_call, grpc_errors
+from ..express import GrpcExpress
 from . import codec
 from .stream import InferStream
 
@@ -43,6 +48,7 @@ class InferenceService(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):  
         self.statistics = statistics  # None: the statistics extension is not served
         self.control = control  # None: the model repository extension is not served
         self.extensions = extensions(statistics)
+        self.express = GrpcExpress("kserve_grpc", pipeline, self, self._express_answer)
 
     async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         return pb.ServerLiveResponse(live=True)
@@ -96,6 +102,49 @@ class InferenceService(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):  
     async def ModelStreamInfer(self, requests: Any, context: grpc.aio.ServicerContext) -> None:  # noqa: N802
         """Triton's streaming inference: each message a ModelInfer, answered on the stream (stream.py)."""
         await InferStream(self, context).serve(requests)
+
+    def express_ModelInfer(self, request: Any, context: Any) -> bool:  # noqa: N802 - the native transport's name
+        """The native transport's express lane for the common ModelInfer (serving/protocols/express.py): the
+        latest version of a model with a lane, its one input in `raw_input_contents` of the lane's datatype and a
+        shape it fits, no outputs, parameters or ModelMesh id named. True when it queued the call with `context`
+        as its future; False leaves the call to ModelInfer above, which answers every error."""
+        if not self.pipeline.express or request.model_version or request.outputs or request.parameters:
+            return False
+        for key, _ in context.headers.metadata:
+            if key in MODEL_ID_KEYS:
+                return False
+        raw = request.raw_input_contents
+        if len(raw) != 1 or len(request.inputs) != 1:
+            return False
+        received = time.perf_counter()
+        try:
+            servable = self.manager.get(request.model_name, None, None, context)
+        except ServingError:
+            return False
+        lane = servable.lane
+        if lane is None or servable.observers:
+            return False
+        sig, want, queue = lane
+        item = request.inputs[0]
+        dtype = want.dtype
+        if item.name != want.name or item.parameters or item.datatype != codec.datatype_of(dtype) or dtype == STRING:
+            return False
+        shape = tuple(item.shape)
+        data = raw[0]
+        if (not shape or shape[0] <= 0 or min(shape) < 0 or not want.fits(shape)
+                or len(data) != math.prod(shape) * dtype.itemsize):
+            return False
+        array = np.frombuffer(data, dtype=little_endian(dtype)).reshape(shape)
+        return context.take_express(self.express, queue, {want.name: array}, shape[0],  # type: ignore[no-any-return]
+                                    servable, sig, received, self.default_timeout_s)
+
+    def _express_answer(self, context: Any, outputs: Outputs) -> Any:
+        """A ModelInferResponse as `fill_answer` makes it, for an express call (`context.request`: its request)."""
+        servable = context.servable
+        response = pb.ModelInferResponse(model_name=servable.model, model_version=str(servable.version),
+                                         id=context.message.id)
+        codec.encode_grpc(response, outputs, list(context.signature.outputs))
+        return response
 
     def infer_call(self, request: Any, exchange: GrpcExchange) -> Call[Any]:
         """The Call of a ModelInferRequest, unary or one message of a stream. Its state is the request: the

@@ -47,7 +47,7 @@ from ...core.servable import Servable
 from ...core.signature import STRING, Signature
 from ...errors import Code, ServingError, invalid_argument
 from ..adapters import MODEL_ID_KEYS, GrpcExchange, grpc_call, grpc_errors, spec_version
-from ..express import GrpcCall, tell
+from ..express import GrpcExpress
 
 log = logging.getLogger(__name__)
 
@@ -81,32 +81,6 @@ def _decode_examples(call: Call[classification_pb2.ClassificationRequest | regre
     return sig, {name: serialized}
 
 
-class TfGrpcExpress:
-    """TF Serving's gRPC Predict on the native transport (`PredictionService.express_Predict`): the latest
-    version of a model with a lane, its one input in `tensor_content`, no signature, version or output filter
-    named, no ModelMesh id; the context (serving/transport/rpc/native.py `Context`) is the request's future."""
-
-    protocol = "tfserving_grpc"
-
-    def __init__(self, pipeline: Pipeline, servicer: Any) -> None:
-        self.pipeline, self.servicer = pipeline, servicer
-
-    @staticmethod
-    def encode(context: Any, outputs: Any) -> Any:
-        return predict_response(context.servable, context.signature, outputs)
-
-    def finished(self, context: Any, error: ServingError | None) -> None:
-        """The request metrics' record, and the access log's line when it selects the call (as `grpc_errors`)."""
-        call = GrpcCall(context, self.protocol)
-        tell(self.pipeline, call, error, self.protocol)
-        access_log = getattr(self.servicer, "access_log", None)
-        if access_log is not None and access_log.selects(error is not None, time.perf_counter() - call.received):
-            response = context.response
-            access_log.grpc(context.headers.path, call.request_id, context.conn.peer_name, call,
-                            error.code.name if error is not None else "OK", call.received, context.message_size,
-                            response.ByteSize() if response is not None else 0)
-
-
 def predict_response(servable: Servable, sig: Signature, outputs: Outputs, names: Sequence[str] = ()) -> Any:
     """A PredictResponse: the version that answered and `names`' outputs (the signature's, when none)."""
     response = predict_pb2.PredictResponse()
@@ -116,12 +90,17 @@ def predict_response(servable: Servable, sig: Signature, outputs: Outputs, names
     return response
 
 
+def _express_answer(context: Any, outputs: Outputs) -> Any:
+    """The PredictResponse of an express Predict (serving/protocols/express.py)."""
+    return predict_response(context.servable, context.signature, outputs)
+
+
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):  # type: ignore[misc]
     SERVICE = prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"]
 
     def __init__(self, manager: ModelManager, pipeline: Pipeline, default_timeout_s: float) -> None:
         self.manager, self.pipeline, self.default_timeout_s = manager, pipeline, default_timeout_s
-        self.express = TfGrpcExpress(pipeline, self)
+        self.express = GrpcExpress("tfserving_grpc", pipeline, self, _express_answer)
 
     def _call(self, request: Any, exchange: GrpcExchange, decode: Decode[S], method: str = "predict",
               outputs: Sequence[str] = ()) -> Call[S]:

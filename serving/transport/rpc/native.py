@@ -152,7 +152,7 @@ class Context:
                  "code", "details", "coro", "context", "waiting",
                  # an express lane's call (take_express):
                  "express", "servable", "signature", "rows", "received", "dispatched", "computed", "error",
-                 "message_size", "response", "rid")
+                 "message", "message_size", "response", "rid")
 
     def __init__(self, server: NativeServer, conn: H2Connection, stream: Stream, method: Method | None,
                  headers: CallHeaders) -> None:
@@ -320,7 +320,7 @@ class Context:
             return
         express = self.method.express  # type: ignore[union-attr]
         if express is not None:
-            self.message_size = length
+            self.message, self.message_size = request, length
             if express(request, self):
                 return
         if self.method.server_streaming:  # type: ignore[union-attr]

@@ -12,9 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
 
+from serving._proto.inference import grpc_predict_v2_pb2 as v2
+from serving._proto.inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from serving._proto.tensorflow_serving.apis import prediction_service_pb2_grpc
+from serving.protocols.kserve.rpc import InferenceService
 from serving.protocols.tfserving.rpc import PredictionService
 from serving.transport.rpc.native import new_native_server
 from tests.helpers import in_loop, make_linear
@@ -34,22 +38,25 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @contextlib.asynccontextmanager
 async def native(s: Served, *, express: bool = True, log: Any = None, timeout_s: float = 30.0,
-                 ) -> AsyncIterator[tuple[int, list[str]]]:
-    """A native server of the TF Serving PredictionService on `s`: its port, and the models its lane took."""
-    service = PredictionService(s.manager, s.pipeline, timeout_s)
+                 kserve: bool = False) -> AsyncIterator[tuple[int, list[str]]]:
+    """A native server of TF Serving's PredictionService (or KServe V2's InferenceService) on `s`: its port, and
+    the calls its lane took (by model)."""
+    service: Any = (InferenceService(s.manager, s.pipeline, timeout_s) if kserve
+                    else PredictionService(s.manager, s.pipeline, timeout_s))
+    name = "express_ModelInfer" if kserve else "express_Predict"
     taken: list[str] = []
     if express:
-        take = service.express_Predict
+        take = getattr(service, name)
 
         def counted_take(request: Any, context: Any) -> bool:
             took = take(request, context)
             if took:
-                taken.append(request.model_spec.name)
-            return took
+                taken.append(request.model_name if kserve else request.model_spec.name)
+            return bool(took)
 
-        service.express_Predict = counted_take  # type: ignore[method-assign]
+        setattr(service, name, counted_take)
     else:
-        service.express_Predict = None  # type: ignore[assignment,method-assign]
+        setattr(service, name, None)
     server = new_native_server([service], access_log=log)
     await server.start("127.0.0.1", 0)
     try:
@@ -59,18 +66,22 @@ async def native(s: Served, *, express: bool = True, log: Any = None, timeout_s:
 
 
 def call(port: int, request: Any, **kw: Any) -> Any:
-    """(response, trailing metadata) of one Predict."""
+    """(response, trailing metadata) of one Predict, or ModelInfer for a ModelInferRequest."""
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-        response, rpc = stub.Predict.with_call(request, **kw)
+        if isinstance(request, v2.ModelInferRequest):
+            method = v2_grpc.GRPCInferenceServiceStub(channel).ModelInfer
+        else:
+            method = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict
+        response, rpc = method.with_call(request, **kw)
         return response, dict(rpc.trailing_metadata() or ())
 
 
 async def both(s: Served, request: Any, **kw: Any) -> tuple[Any, Any, list[str]]:
     """The answers to `request` with the lane on and off, and what the lane took."""
-    async with native(s) as (port, taken):
+    kserve = isinstance(request, v2.ModelInferRequest)
+    async with native(s, kserve=kserve) as (port, taken):
         fast = await in_thread(lambda: call(port, request, **kw))
-    async with native(s, express=False) as (port, _):
+    async with native(s, express=False, kserve=kserve) as (port, _):
         slow = await in_thread(lambda: call(port, request, **kw))
     return fast, slow, taken
 
@@ -144,3 +155,34 @@ async def test_the_access_log_has_the_express_calls_line(repo: Path) -> None:
         assert (route, rid, code) == ("/tensorflow.serving.PredictionService/Predict", "rid-9", "OK")
         assert (logged.model, logged.version, logged.signature.name, logged.rows) == ("lin", 2, "serving_default", 2)
         assert bytes_in == request.ByteSize() and bytes_out > 0
+
+
+def infer_request(rows: list[list[float]], **fields: Any) -> Any:
+    array = np.asarray(rows, np.float32)
+    request = v2.ModelInferRequest(model_name="lin", id="req-1", **fields)
+    request.inputs.add(name="inputs", datatype="FP32", shape=list(array.shape))
+    request.raw_input_contents.append(array.tobytes())
+    return request
+
+
+@in_loop
+async def test_kserve_model_infer_takes_its_lane_and_answers_as_the_general_path(repo: Path) -> None:
+    async with serving(specs(repo)) as s:
+        fast, slow, taken = await both(s, infer_request([[2.0], [4.0]]), metadata=(("x-request-id", "rid-3"),))
+        assert taken == ["lin"] and fast[0] == slow[0] and fast[1]["x-request-id"] == "rid-3"
+        assert (fast[0].model_name, fast[0].model_version, fast[0].id) == ("lin", "2", "req-1")
+        assert np.frombuffer(fast[0].raw_output_contents[0], np.float32).tolist() == [3.0, 4.0]
+        assert s.manager.get("lin").record.series[("serving_default", "kserve_grpc", "predict")].ok == 2
+        declined = [infer_request([[2.0]], model_version="1"),
+                    infer_request([[2.0]], outputs=[{"name": "predictions"}])]
+        contents = v2.ModelInferRequest(model_name="lin")
+        contents.inputs.add(name="inputs", datatype="FP32", shape=[1, 1]).contents.fp32_contents.append(2.0)
+        declined.append(contents)
+        for request in declined:
+            fast, slow, taken = await both(s, request)
+            assert taken == [] and fast[0] == slow[0], request
+        wrong = infer_request([[2.0]])
+        wrong.inputs[0].datatype = "FP64"  # the general path's INVALID_ARGUMENT
+        async with native(s, kserve=True) as (port, taken):
+            code, details, _ = await in_thread(lambda: code_of(lambda: call(port, wrong)))
+        assert taken == [] and code == grpc.StatusCode.INVALID_ARGUMENT and "FP64" in details
