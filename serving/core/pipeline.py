@@ -152,6 +152,7 @@ class Pipeline:
         #: Whether every observer is content with what an express lane tells it (serving/protocols/express.py:
         #: `finished` with the connection's slot as the call): the request metrics are; tracing is not.
         self.express_observers = True
+        self.metrics_only = False
 
     def observe(self, observer: Observer) -> None:
         self.observers.append(observer)
@@ -159,6 +160,8 @@ class Pipeline:
         if received is not None:
             self.receivers.append(received)
         self.express_observers = self.express_observers and getattr(observer, "express", False) and received is None
+        #: Whether the request metrics are the one observer (an express lane then writes their record itself).
+        self.metrics_only = len(self.observers) == 1 and getattr(observer, "express", False) == "record"
 
     def infer(self, call: Call) -> asyncio.Future[Outputs]:
         """Resolve, decode, check and queue `call`; a ServingError for what fails before it is queued.

@@ -151,6 +151,34 @@ class VersionStats:
         if call.received > self.last:
             self.last = call.received
 
+    def answered(self, key: SeriesKey, rows: int, received: float, dispatched: float, computed: float,
+                 end: float) -> None:
+        """`finished` of a predict call answered with its outputs, its steps written out (the express lanes call
+        this once per request: serving/protocols/express.py). `dispatched`: 0.0 when it reached no batch."""
+        series = self.series.get(key)
+        if series is None:
+            series = self.series[key] = Series()
+        series.ok += 1
+        total = end - received
+        histogram = series.rows
+        histogram.counts[bisect.bisect_left(ROWS_BUCKETS, rows)] += 1
+        histogram.sum += rows
+        histogram = series.latency
+        histogram.counts[bisect.bisect_left(LATENCY_BUCKETS, total)] += 1
+        histogram.sum += total
+        self.success += 1
+        self.success_s += total
+        self.rows += rows
+        if dispatched:
+            queue = dispatched - received
+            histogram = series.queue
+            histogram.counts[bisect.bisect_left(LATENCY_BUCKETS, queue)] += 1
+            histogram.sum += queue
+            self.queue_s += queue
+            self.compute_s += (computed or end) - dispatched
+        if received > self.last:
+            self.last = received
+
     def batch_observer(self, signature: str) -> BatchObserver:
         """What the signature's batch queue tells of each batch it runs (warm-up batches included)."""
         return self.batches.setdefault(signature, Batches()).observe

@@ -52,8 +52,9 @@ class RequestMetrics:
     (`Servable.record`, serving/core/stats.py), which goes when the version unloads; a call that named no
     loaded model counts under model "" (clients choose the names: no label per name)."""
 
-    #: What an express lane tells it is enough (serving/protocols/express.py): `finished` with the slot as the call.
-    express = True
+    #: What an express lane tells it is enough (serving/protocols/express.py): `finished` with the slot as the call;
+    #: and an answered call is only its version's record (`VersionStats.answered`), which the lane may write itself.
+    express = "record"
 
     def __init__(self) -> None:
         #: The calls that reached no version, by (protocol, method): a handful of series at most.

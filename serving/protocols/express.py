@@ -137,9 +137,14 @@ class TfRestExpress:
 
 def tell(pipeline: Pipeline, call: Any, error: ServingError | None, protocol: str) -> None:
     """The observers' (the request metrics') record of an express call the batch queue is done with, with the
-    timings the pipeline's `notify` would give."""
+    timings the pipeline's `notify` would give. An answered call whose only observer is the request metrics
+    goes straight into its version's record (`VersionStats.answered`, what `RequestMetrics.finished` does)."""
     end = time.perf_counter()
     received, dispatched = call.received, call.dispatched
+    if error is None and pipeline.metrics_only:
+        call.servable.record.answered((call.signature.name, protocol, "predict"), call.rows, received, dispatched,
+                                      call.computed, end)
+        return
     if dispatched:
         timings = Timings(dispatched - received, (call.computed or end) - dispatched, end - received)
     else:
