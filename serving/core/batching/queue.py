@@ -377,9 +377,11 @@ class BatchQueue:
             outputs, cost, wall = job.result()
             self.placement.observe(cost, inline=False)
             self._ran(rows, wall)
+        # The next batch goes to the workers before this one's answers are made: an express lane encodes and writes
+        # them right here, and the workers would wait for that (the model and the answers then never overlap).
+        self._schedule()
         self._complete(batch, rows, outputs, error)
         self.placement.account(rows, False)
-        self._schedule()
         self._check_idle()
 
     def _complete(self, batch: Batch, rows: int, outputs: Outputs | None, error: BaseException | None) -> None:
