@@ -106,9 +106,11 @@ class InferenceService(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):  
     def express_ModelInfer(self, request: Any, context: Any) -> bool:  # noqa: N802 - the native transport's name
         """The native transport's express lane for the common ModelInfer (serving/protocols/express.py): the
         latest version of a model with a lane, its one input in `raw_input_contents` of the lane's datatype and a
-        shape it fits, no outputs, parameters or ModelMesh id named. True when it queued the call with `context`
-        as its future; False leaves the call to ModelInfer above, which answers every error."""
-        if not self.pipeline.express or request.model_version or request.outputs or request.parameters:
+        shape it fits, outputs named only from the signature's, no signature or ModelMesh id named (perf_analyzer
+        names every output and sends `triton_enable_empty_final_response`, which a unary call ignores, as the
+        general path does). True when it queued the call with `context` as its future; False leaves the call to
+        ModelInfer above, which answers every error."""
+        if not self.pipeline.express or request.model_version or "signature_name" in request.parameters:
             return False
         for key, _ in context.headers.metadata:
             if key in MODEL_ID_KEYS:
@@ -125,9 +127,12 @@ class InferenceService(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):  
         if lane is None or servable.observers:
             return False
         sig, want, queue = lane
+        for output in request.outputs:
+            if output.name not in sig.outputs:
+                return False
         item = request.inputs[0]
         dtype = want.dtype
-        if item.name != want.name or item.parameters or item.datatype != codec.datatype_of(dtype) or dtype == STRING:
+        if item.name != want.name or item.datatype != codec.datatype_of(dtype) or dtype == STRING:
             return False
         shape = tuple(item.shape)
         data = raw[0]
@@ -139,11 +144,12 @@ class InferenceService(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):  
                                     servable, sig, received, self.default_timeout_s)
 
     def _express_answer(self, context: Any, outputs: Outputs) -> Any:
-        """A ModelInferResponse as `fill_answer` makes it, for an express call (`context.request`: its request)."""
-        servable = context.servable
+        """A ModelInferResponse as `fill_answer` makes it, for an express call (`context.message`: its request)."""
+        servable, request = context.servable, context.message
         response = pb.ModelInferResponse(model_name=servable.model, model_version=str(servable.version),
-                                         id=context.message.id)
-        codec.encode_grpc(response, outputs, list(context.signature.outputs))
+                                         id=request.id)
+        names = [o.name for o in request.outputs] if request.outputs else list(context.signature.outputs)
+        codec.encode_grpc(response, outputs, names)
         return response
 
     def infer_call(self, request: Any, exchange: GrpcExchange) -> Call[Any]:

@@ -173,14 +173,22 @@ async def test_kserve_model_infer_takes_its_lane_and_answers_as_the_general_path
         assert (fast[0].model_name, fast[0].model_version, fast[0].id) == ("lin", "2", "req-1")
         assert np.frombuffer(fast[0].raw_output_contents[0], np.float32).tolist() == [3.0, 4.0]
         assert s.manager.get("lin").record.series[("serving_default", "kserve_grpc", "predict")].ok == 2
-        declined = [infer_request([[2.0]], model_version="1"),
-                    infer_request([[2.0]], outputs=[{"name": "predictions"}])]
+        # perf_analyzer's request: every output named, a parameter a unary call ignores. The lane takes it.
+        fast, slow, taken = await both(s, infer_request(
+            [[2.0]], outputs=[{"name": "predictions"}],
+            parameters={"triton_enable_empty_final_response": {"bool_param": True}}))
+        assert taken == ["lin"] and fast[0] == slow[0]
+        declined = [infer_request([[2.0]], model_version="1"), infer_request([[2.0]], outputs=[{"name": "nope"}]),
+                    infer_request([[2.0]], parameters={"signature_name": {"string_param": "serving_default"}})]
         contents = v2.ModelInferRequest(model_name="lin")
         contents.inputs.add(name="inputs", datatype="FP32", shape=[1, 1]).contents.fp32_contents.append(2.0)
         declined.append(contents)
-        for request in declined:
+        for request in declined[:1] + declined[2:]:
             fast, slow, taken = await both(s, request)
             assert taken == [] and fast[0] == slow[0], request
+        async with native(s, kserve=True) as (port, taken):  # an unknown output: the general path's error
+            code, details, _ = await in_thread(lambda: code_of(lambda: call(port, declined[1])))
+        assert taken == [] and code == grpc.StatusCode.INVALID_ARGUMENT and "nope" in details
         wrong = infer_request([[2.0]])
         wrong.inputs[0].datatype = "FP64"  # the general path's INVALID_ARGUMENT
         async with native(s, kserve=True) as (port, taken):
