@@ -192,11 +192,18 @@ class GrpcExpress:
         self.protocol, self.pipeline, self.servicer, self.encode = protocol, pipeline, servicer, encode
 
     def finished(self, context: Any, error: ServingError | None) -> None:
-        """The request metrics' record, and the access log's line when it selects the call (as `grpc_errors`)."""
-        call = GrpcCall(context, self.protocol)
-        tell(self.pipeline, call, error, self.protocol)
+        """The request metrics' record, and the access log's line when it selects the call (as `grpc_errors`).
+        The call's view (GrpcCall) is made only for what reads more than the record: an error, an observer, a line."""
+        pipeline = self.pipeline
+        if error is None and pipeline.metrics_only:
+            tell(pipeline, context, None, self.protocol)  # reads the context's servable, signature, rows, clocks
+            call = None
+        else:
+            call = GrpcCall(context, self.protocol)
+            tell(pipeline, call, error, self.protocol)
         access_log = getattr(self.servicer, "access_log", None)
-        if access_log is not None and access_log.selects(error is not None, time.perf_counter() - call.received):
+        if access_log is not None and access_log.selects(error is not None, time.perf_counter() - context.received):
+            call = call or GrpcCall(context, self.protocol)
             response = context.response
             access_log.grpc(context.headers.path, call.request_id, context.conn.peer_name, call,
                             error.code.name if error is not None else "OK", call.received, context.message_size,
