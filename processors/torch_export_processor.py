@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -63,6 +64,10 @@ if BFLOAT16 is not None:
 # AOTInductor's dtype words in its generated checks (`aoti_torch_dtype_float32()`), as numpy dtypes.
 AOTI_DTYPES: dict[str, np.dtype] = {str(t).removeprefix("torch."): d for t, d in NUMPY_DTYPES.items()}
 
+#: One torch.export load at a time in a process: a program's deserializer and an AOTInductor package's loader
+#: import torch's lazy submodules on first use, and two loader threads importing them at once failed one load with
+#: "No module named 'torch.utils.flop_counter'" (a partly imported package seen by the other thread).
+_LOADING = threading.Lock()
 AOTI_FILES = re.compile(r"(?:^|/)data/aotinductor/([^/]+)/")
 PROGRAM_FILES = re.compile(r"(?:^|/)models/([^/]+)\.json$")
 # One generated input check of an AOTInductor wrapper, and the facts it states about its input.
@@ -245,10 +250,11 @@ class TorchExportProcessor(Processor):
         kind, model = archive_kind(path)
         if "intra_op_threads" in options:  # process-wide in torch
             torch.set_num_threads(int(options["intra_op_threads"]))
-        if kind == "aoti":
-            outputs = self._load_aoti(path, model, device)
-        else:
-            outputs = self._load_program(path, device, bool(options.get("fp16", False)))
+        with _LOADING:
+            if kind == "aoti":
+                outputs = self._load_aoti(path, model, device)
+            else:
+                outputs = self._load_program(path, device, bool(options.get("fp16", False)))
         self.kind = kind
         inputs = {m.name: TensorSpec(m.name, m.dtype, m.shape) for m in self.inputs}
         named = {s.name: s for s in outputs}
