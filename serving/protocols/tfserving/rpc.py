@@ -36,7 +36,14 @@ from ...codecs.examples import (
     multi_inference_plan,
     multi_inference_spec,
 )
-from ...codecs.tensors import DTYPE_ENUMS, array_to_tensor, conform_all, little_endian, tensor_to_array
+from ...codecs.tensors import (
+    DTYPE_ENUMS,
+    TENSOR_FIELDS,
+    array_to_tensor,
+    conform_all,
+    little_endian,
+    tensor_to_array,
+)
 from ...core.control import LoadRoots
 from ...core.dataplane import Outputs, outputs_of
 from ...core.lazy import wait_loaded
@@ -88,6 +95,10 @@ def predict_response(servable: Servable, sig: Signature, outputs: Outputs, names
     for name in names or sig.outputs:
         array_to_tensor(outputs[name], response.outputs[name])
     return response
+
+
+#: The numeric dtypes whose typed field a lane reads (`_values` of serving/codecs/tensors.py: np.asarray as is).
+TYPED_FIELDS = {np.dtype(code): field for code, field in TENSOR_FIELDS.items() if code[0] in "fiub" and code != "f2"}
 
 
 def _express_answer(context: Any, outputs: Outputs) -> Any:
@@ -152,8 +163,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer): 
 
     def _lane_inputs(self, request: Any, model: str, carrier: Any) -> tuple[Servable, Signature, str, Any] | None:
         """(servable, signature, input name, array) of a Predict a lane takes: the latest version (or the traffic
-        split's pick) of `model` with a lane, one input in `tensor_content` of its dtype and a shape it fits, no
-        signature named; None otherwise."""
+        split's pick) of `model` with a lane, one input of its dtype and a shape it fits, in `tensor_content` or
+        its typed field holding every value, no signature named; None otherwise."""
         spec = request.model_spec
         if spec.signature_name or len(request.inputs) != 1 or spec.WhichOneof("version_choice") is not None:
             return None
@@ -171,17 +182,29 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer): 
         tensor = request.inputs.get(name)  # the one input, under the lane's name (not .items(): 3x the cost)
         if tensor is None:
             return None
-        content = tensor.tensor_content
         dtype = want.dtype
-        if not content or tensor.dtype != DTYPE_ENUMS.get(dtype) or dtype == STRING:
+        if tensor.dtype != DTYPE_ENUMS.get(dtype) or dtype == STRING:
             return None
         shape = tuple([d.size for d in tensor.tensor_shape.dim])
         if (not shape or shape[0] <= 0 or tensor.tensor_shape.unknown_rank or not want.fits(shape)
                 or min(shape) < 0):
             return None
-        if len(content) != math.prod(shape) * dtype.itemsize:
+        size = math.prod(shape)
+        content = tensor.tensor_content
+        if content:
+            if len(content) != size * dtype.itemsize:
+                return None
+            return servable, sig, name, np.frombuffer(content, dtype=little_endian(dtype)).reshape(shape)
+        field = TYPED_FIELDS.get(dtype)  # the typed values (`float_val`, ...), as a hand-built request sends them
+        if field is None:
             return None
-        return servable, sig, name, np.frombuffer(content, dtype=little_endian(dtype)).reshape(shape)
+        values = getattr(tensor, field)
+        if len(values) != size:  # one value filling the shape, or too few: the general path reads or refuses it
+            return None
+        try:
+            return servable, sig, name, np.asarray(values, dtype=dtype).reshape(shape)
+        except (OverflowError, ValueError):
+            return None
 
     @grpc_errors
     async def GetModelMetadata(self, request: Any, exchange: GrpcExchange) -> Any:  # noqa: N802

@@ -104,8 +104,13 @@ async def test_the_express_answer_is_the_general_ones_and_is_counted_as_one(repo
 @in_loop
 async def test_what_the_lane_does_not_take_goes_the_general_way_with_the_same_answer(repo: Path) -> None:
     async with serving(specs(repo)) as s:
+        typed = predict_request([[2.0], [4.0]], content=False)  # float_val, as a hand-built request sends it
+        fast, slow, taken = await both(s, typed)
+        assert taken == ["lin"] and fast[0] == slow[0]
+        filled = predict_request([[2.0], [4.0]], content=False)  # one value filling the shape: the general path
+        del filled.inputs["inputs"].float_val[1:]
         declined = [
-            (predict_request([[2.0]], content=False), {}),  # float_val, not tensor_content
+            (filled, {}),
             (predict_request([[2.0]], signature_name="serving_default"), {}),
             (predict_request([[2.0]]), {"metadata": (("mm-model-id", "lin"),)}),  # ModelMesh names the model
         ]

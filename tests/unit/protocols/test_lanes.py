@@ -130,17 +130,23 @@ def predict_request(rows: list[list[float]], *, content: bool = True, **extra: A
 
 
 @in_loop
-async def test_a_tensor_content_predict_takes_the_grpc_lane_and_answers_as_the_general_path(repo: Path) -> None:
+async def test_a_tensor_content_or_typed_predict_takes_the_grpc_lane_and_answers_as_the_general_path(
+        repo: Path) -> None:
     async with serving(specs(repo)) as s:
         general: list[str] = []
         general_only(s.pipeline, general)
         service = PredictionService(s.manager, s.pipeline, 30.0)
         lane = await service.Predict(predict_request([[2.0], [4.0]]), Context())
         assert general == []  # answered without the general step
-        typed = await service.Predict(predict_request([[2.0], [4.0]], content=False), Context())
+        typed = await service.Predict(predict_request([[2.0], [4.0]], content=False), Context())  # float_val
+        assert general == []
         named = await service.Predict(predict_request([[2.0], [4.0]], signature_name="serving_default"), Context())
+        filled = predict_request([[2.0], [4.0]], content=False)  # one value filling the shape: TensorFlow's shorthand
+        del filled.inputs["inputs"].float_val[1:]
+        one = await service.Predict(filled, Context())
         assert general == ["lin", "lin"]
         assert lane == typed == named
+        assert list(one.outputs["predictions"].float_val) == [3.0, 3.0]
         assert list(lane.outputs["predictions"].float_val) == [3.0, 4.0]
         assert lane.model_spec.version.value == 2
         # A wrong shape and a wrong dtype step aside from the lane: the general path refuses them.
@@ -155,4 +161,4 @@ async def test_a_tensor_content_predict_takes_the_grpc_lane_and_answers_as_the_g
         for _ in range(3):
             await asyncio.sleep(0)
         every = s.manager.get("lin").record.series.values()  # by signature: a tensor that did not decode has none
-        assert sum(x.ok for x in every) == 3 and sum(x.codes["INVALID_ARGUMENT"] for x in every) == 2
+        assert sum(x.ok for x in every) == 4 and sum(x.codes["INVALID_ARGUMENT"] for x in every) == 2
