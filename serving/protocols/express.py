@@ -39,7 +39,7 @@ ROUTES_MAX, ROUTE_MAX_BYTES = 1024, 256
 
 
 class Router(Protocol):
-    """What a lane reads of the router (serving/protocols/router.py `RestApi`): whether a token is checked."""
+    """What a lane reads of the router (serving/protocols/router.py `RestApi`): the token it checks, if any."""
 
     auth: Any
 
@@ -92,8 +92,14 @@ class TfRestExpress:
         if name is None:
             name = self._route(url)
         pipeline = self.pipeline
-        if not name or not pipeline.express or self.router.auth is not None:
+        if not name or not pipeline.express:
             return False
+        auth = self.router.auth
+        if auth is not None:  # the router's check (a refusal: the general path answers it 401)
+            try:
+                auth.check_http("POST", url.decode("latin-1"), conn.headers, body)
+            except ServingError:
+                return False
         received = time.perf_counter()
         try:
             servable = self.manager.get(name, None, None, conn.headers)

@@ -164,13 +164,20 @@ async def test_what_the_lane_does_not_take_goes_the_general_way_with_the_same_an
 
 
 @in_loop
-async def test_no_express_lane_with_an_observer_it_cannot_tell_or_a_token_to_check(repo: Path) -> None:
+async def test_a_token_is_checked_and_a_refusal_answered_by_the_general_path(repo: Path) -> None:
     async with serving(specs(repo), auth=TokenAuth("secret")) as s:
         taken: list[str] = []
         express_only(s, taken)
-        c = Conn(s)
-        c.send(predict("lin", {"instances": [[2.0]]}, b"Authorization: secret"))
-        assert (await c.answers())[0][0] == 200 and taken == []
+        fast, slow = await both(s, predict("lin", {"instances": [[2.0]]}, b"Authorization: secret"))
+        assert fast == slow and parse(fast)[0][0] == 200 and taken == ["/v1/models/lin:predict"]
+        for wrong in (b"Authorization: guess", b"X-Other: 1"):
+            fast, slow = await both(s, predict("lin", {"instances": [[2.0]]}, wrong))
+            assert fast == slow and parse(fast)[0][0] == 401
+        assert taken == ["/v1/models/lin:predict"]
+
+
+@in_loop
+async def test_no_express_lane_with_an_observer_it_cannot_tell(repo: Path) -> None:
     async with serving(specs(repo)) as s:
         taken = []
         express_only(s, taken)
