@@ -29,6 +29,9 @@ from ..core.repository import ModelManager
 from ..core.signature import TensorSpec
 from ..errors import ServingError
 from ..transport.http import JSON, HttpConnection, Response, _Slot
+from .kserve import codec as kserve
+from .kserve.rest import OCTET_STREAM
+from .kserve.rest import parse_model_path as kserve_path
 from .tfserving import codec
 from .tfserving.rest import Answer, error_response, parse_model_path
 
@@ -64,63 +67,25 @@ def instances(body: bytes, spec: TensorSpec) -> Any:
     return array if shape and shape[0] and spec.fits(shape) else None
 
 
-class TfRestExpress:
+class TfRestLane:
     """TF Serving's REST predict `POST /v1/models/<name>:predict` with `{"instances": [[...], ...]}` (the latest
     version, or the traffic split's pick) answered `{"predictions": ...}`."""
 
     protocol = "tfserving_rest"
 
-    def __init__(self, router: Router, manager: ModelManager, pipeline: Pipeline, timeout_s: float) -> None:
-        self.router, self.manager, self.pipeline, self.timeout_s = router, manager, pipeline, timeout_s
-        self.routes: dict[bytes, str] = {}  # URL -> the model it predicts with, "" for a URL the lane leaves
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
 
-    def _route(self, url: bytes) -> str:
-        name = ""
-        if b"?" not in url and b"%" not in url and url.startswith(b"/v1/models/"):
-            model, version, label, verb, _ = parse_model_path(url.decode("latin-1"))
-            if model is not None and version is None and label is None and verb == "predict":
-                name = model
-        if len(url) <= ROUTE_MAX_BYTES:
-            if len(self.routes) >= ROUTES_MAX:
-                self.routes.clear()
-            self.routes[url] = name
-        return name
+    @staticmethod
+    def route(path: str) -> str | None:
+        """The model a URL predicts with on this lane, None when it is not the lane's."""
+        model, version, label, verb, _ = parse_model_path(path)
+        return model if model is not None and version is None and label is None and verb == "predict" else None
 
-    def take(self, conn: HttpConnection, slot: _Slot, body: bytes) -> bool:
-        url = conn.url
-        name = self.routes.get(url)
-        if name is None:
-            name = self._route(url)
-        pipeline = self.pipeline
-        if not name or not pipeline.express:
-            return False
-        auth = self.router.auth
-        if auth is not None:  # the router's check (a refusal: the general path answers it 401)
-            try:
-                auth.check_http("POST", url.decode("latin-1"), conn.headers, body)
-            except ServingError:
-                return False
-        received = time.perf_counter()
-        try:
-            servable = self.manager.get(name, None, None, conn.headers)
-        except ServingError:
-            return False
-        lane = servable.lane
-        if lane is None or servable.observers:
-            return False
-        sig, spec, queue = lane
+    @staticmethod
+    def decode(body: bytes, headers: Any, spec: TensorSpec, sig: Any, servable: Any) -> tuple[Any, Any] | None:
         array = instances(body, spec)
-        if array is None:
-            return False
-        rows = array.shape[0]
-        slot.express, slot.open, slot.url, slot.servable, slot.signature = self, True, url, servable, sig
-        slot.rows, slot.received, slot.dispatched, slot.computed, slot.error = rows, received, 0.0, 0.0, None
-        deadline = time.monotonic() + self.timeout_s
-        if not queue.enqueue({spec.name: array}, rows, deadline, slot):  # full: the general path refuses it
-            slot.express = None
-            return False
-        conn.defer_express(slot, deadline)
-        return True
+        return None if array is None else (array, None)
 
     @staticmethod
     def encode(slot: _Slot, outputs: Any) -> Response:
@@ -139,6 +104,108 @@ class TfRestExpress:
     def finished(self, slot: _Slot, error: ServingError | None) -> None:
         """Told once the batch queue is done with the request: the request metrics' record of it."""
         tell(self.pipeline, slot, error, self.protocol)
+
+
+class V2RestLane(TfRestLane):
+    """KServe V2 REST `POST /v2/models/<name>/infer` (the latest version) with its one input as JSON `data` or as
+    binary data (`Inference-Header-Content-Length`, as perf_analyzer and tritonclient send it), decoded and
+    answered by the general path's own codec (serving/protocols/kserve/codec.py), outputs named or not."""
+
+    protocol = "kserve_rest"
+
+    @staticmethod
+    def route(path: str) -> str | None:
+        found = kserve_path(path)
+        return found[0] if found is not None and found[1] is None and found[2] == "infer" else None
+
+    @staticmethod
+    def decode(body: bytes, headers: Any, spec: TensorSpec, sig: Any, servable: Any) -> tuple[Any, Any] | None:
+        header = headers.get(kserve.HEADER_LENGTH)
+        try:
+            length = int(header) if header is not None else None
+            decoded, inputs, doc = kserve.decode_rest(body, length, servable.signature)
+            wanted = kserve.requested_outputs(doc)
+        except (ServingError, ValueError):
+            return None
+        array = inputs.get(spec.name)
+        if decoded.name != sig.name or len(inputs) != 1 or array is None:
+            return None
+        shape = array.shape
+        if not shape or not shape[0] or not spec.fits(shape):
+            return None
+        for name in wanted:
+            if name not in sig.outputs:  # the general path's unknown_output error
+                return None
+        return array, doc
+
+    @staticmethod
+    def encode(slot: _Slot, outputs: Any) -> Response:
+        servable = slot.servable
+        body, json_length = kserve.encode_rest(servable.model, servable.version, slot.state, outputs, slot.signature)
+        if json_length is None:
+            return Response(200, body, JSON, servable.version_header)
+        return Response(200, body, OCTET_STREAM,
+                        b"Inference-Header-Content-Length: %d\r\n%s" % (json_length, servable.version_header))
+
+
+class RestExpress:
+    """The connections' express lanes (`HttpConnection.express`): TF Serving REST predict and KServe V2 REST
+    infer, by URL (a cache of the URLs seen)."""
+
+    def __init__(self, router: Router, manager: ModelManager, pipeline: Pipeline, timeout_s: float) -> None:
+        self.router, self.manager, self.pipeline, self.timeout_s = router, manager, pipeline, timeout_s
+        self.tfserving, self.kserve = TfRestLane(pipeline), V2RestLane(pipeline)
+        #: URL -> (its lane, the model it names); (None, "") for a URL no lane takes.
+        self.routes: dict[bytes, tuple[TfRestLane | None, str]] = {}
+
+    def _route(self, url: bytes) -> tuple[TfRestLane | None, str]:
+        route: tuple[TfRestLane | None, str] = (None, "")
+        if b"?" not in url and b"%" not in url:
+            lane = self.tfserving if url.startswith(b"/v1/models/") else \
+                self.kserve if url.startswith(b"/v2/models/") else None
+            name = lane.route(url.decode("latin-1")) if lane is not None else None
+            if lane is not None and name:
+                route = (lane, name)
+        if len(url) <= ROUTE_MAX_BYTES:
+            if len(self.routes) >= ROUTES_MAX:
+                self.routes.clear()
+            self.routes[url] = route
+        return route
+
+    def take(self, conn: HttpConnection, slot: _Slot, body: bytes) -> bool:
+        url = conn.url
+        route = self.routes.get(url)
+        lane, name = route if route is not None else self._route(url)
+        if lane is None or not self.pipeline.express:
+            return False
+        auth = self.router.auth
+        if auth is not None:  # the router's check (a refusal: the general path answers it 401)
+            try:
+                auth.check_http("POST", url.decode("latin-1"), conn.headers, body)
+            except ServingError:
+                return False
+        received = time.perf_counter()
+        try:
+            servable = self.manager.get(name, None, None, conn.headers)
+        except ServingError:
+            return False
+        found = servable.lane
+        if found is None or servable.observers:
+            return False
+        sig, spec, queue = found
+        decoded = lane.decode(body, conn.headers, spec, sig, servable)
+        if decoded is None:
+            return False
+        array, slot.state = decoded
+        rows = array.shape[0]
+        slot.express, slot.open, slot.url, slot.servable, slot.signature = lane, True, url, servable, sig
+        slot.rows, slot.received, slot.dispatched, slot.computed, slot.error = rows, received, 0.0, 0.0, None
+        deadline = time.monotonic() + self.timeout_s
+        if not queue.enqueue({spec.name: array}, rows, deadline, slot):  # full: the general path refuses it
+            slot.express = None
+            return False
+        conn.defer_express(slot, deadline)
+        return True
 
 
 def tell(pipeline: Pipeline, call: Any, error: ServingError | None, protocol: str) -> None:

@@ -26,7 +26,7 @@ from ..transport.auth import TokenAuth
 from ..transport.http import Deferred, Request, Response
 from .adapters import answer_when
 from .cloud.rest import CloudRest
-from .express import TfRestExpress
+from .express import RestExpress
 from .kserve.rest import KServeRest
 from .tfserving.codec import encode_connection_error, encode_error
 from .tfserving.rest import TfServingRest
@@ -89,8 +89,9 @@ class RestApi:
         self.tfserving = TfServingRest(manager, pipeline, timeout_s)
         self.kserve = KServeRest(manager, pipeline, timeout_s, statistics, control)
         self.cloud = CloudRest(manager, pipeline, keepalive_s, default_model)
-        #: The connections take the common predict of TF Serving's REST API from here (serving/protocols/express.py).
-        self.express = TfRestExpress(self, manager, pipeline, timeout_s)
+        #: The connections take the common predict of TF Serving's REST API and KServe V2's REST infer from here
+        #: (serving/protocols/express.py).
+        self.express = RestExpress(self, manager, pipeline, timeout_s)
         self.pages = pages  # the status page (serving/tools/ui `StatusApi.route`)
         #: Set by the server on SIGTERM: readiness answers not ready while requests are still served.
         self.draining = False

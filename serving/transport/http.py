@@ -266,15 +266,19 @@ def _parse_target(url: bytes) -> tuple[str, str] | None:
 
 
 class Express(Protocol):
-    """A protocol's express lane (serving/protocols/express.py): the common inference request of a route taken
-    from the connection straight to a batch queue, the slot itself standing for the future, the timing and the
-    call (`_Slot`'s second half). Anything it does not take goes the general way, which answers every error."""
-
-    protocol: str
+    """The express lanes of a handler (serving/protocols/express.py): the common inference request of a route
+    taken from the connection straight to a batch queue, the slot itself standing for the future, the timing and
+    the call (`_Slot`'s second half). Anything they do not take goes the general way, which answers every error."""
 
     def take(self, conn: HttpConnection, slot: _Slot, body: bytes) -> bool:
-        """Queue the request of `slot` (its URL is `conn.url`, its headers `conn.headers`) and return True, or
-        return False and leave everything as it was."""
+        """Queue the request of `slot` (its URL is `conn.url`, its headers `conn.headers`), its lane in
+        `slot.express`, and return True; or return False and leave everything as it was."""
+
+
+class ExpressLane(Protocol):
+    """What a slot taken by an express lane asks of its protocol's lane."""
+
+    protocol: str
 
     def encode(self, slot: _Slot, outputs: Any) -> Response: ...
 
@@ -293,7 +297,7 @@ class _Slot:
 
     __slots__ = ("conn", "data", "close", "deferred", "wheel_key", "request_id", "request", "started", "bytes_in",
                  "head", "coding", "express", "open", "url", "servable", "signature", "rows", "received",
-                 "dispatched", "computed", "error")
+                 "dispatched", "computed", "error", "state")
     # Set by an express lane when it takes the request (the rest of the time they are not read):
     open: bool  # waiting for its outputs; False once answered, expired or dropped (`done()`)
     url: bytes
@@ -304,6 +308,7 @@ class _Slot:
     dispatched: float  # when its batch was assembled (the batch queue sets it), 0.0 before
     computed: float  # when its batch's outputs came back
     error: ServingError | None  # what it ended in, None: answered
+    state: Any  # the lane's own state of the request (KServe V2: its JSON document)
 
     def __init__(self, conn: HttpConnection, request_id: str, close: bool = False, started: float = 0.0,
                  bytes_in: int = 0) -> None:
@@ -312,7 +317,7 @@ class _Slot:
         self.head = False  # a HEAD request: its answer has no body (RFC 9110 9.3.2), or the next one's framing breaks
         self.coding: bytes | None = None  # what the answer may be compressed in (answer_coding); None: as is
         self.deferred: Deferred | None = None
-        self.express: Express | None = None  # set by the express lane that took it
+        self.express: ExpressLane | None = None  # set by the express lane that took it
         self.wheel_key = 0
         # Set only while the access log is on:
         self.request: Request | None = None
@@ -370,7 +375,7 @@ class _Slot:
         self.open = False
         conn = self.conn
         conn.wheel.discard(self, self.wheel_key)
-        express: Express = self.express  # type: ignore[assignment]
+        express: ExpressLane = self.express  # type: ignore[assignment]
         try:
             response = express.encode(self, outputs)
         except Exception as e:  # noqa: BLE001 - an encoder's refusal (or bug) answers an error, the server goes on
@@ -388,7 +393,7 @@ class _Slot:
         conn._released()
 
     def _express_failure(self, error: BaseException) -> Response:
-        express: Express = self.express  # type: ignore[assignment]
+        express: ExpressLane = self.express  # type: ignore[assignment]
         if not isinstance(error, ServingError):
             log.error("%s request failed: %s", express.protocol, error, exc_info=error,
                       extra={"request_id": self.request_id})

@@ -101,6 +101,22 @@ def predict_response(servable: Servable, sig: Signature, outputs: Outputs, names
 TYPED_FIELDS = {np.dtype(code): field for code, field in TENSOR_FIELDS.items() if code[0] in "fiub" and code != "f2"}
 
 
+def typed_values(tensor: Any, dtype: np.dtype, shape: tuple[int, ...], size: int) -> np.ndarray | None:
+    """The typed values (`float_val`, ...) of a tensor as a lane takes them, as a hand-built request sends them;
+    None for one value filling the shape, too few, or a value out of range: the general path reads or refuses
+    those."""
+    field = TYPED_FIELDS.get(dtype)
+    if field is None:
+        return None
+    values = getattr(tensor, field)
+    if len(values) != size:
+        return None
+    try:
+        return np.asarray(values, dtype=dtype).reshape(shape)
+    except (OverflowError, ValueError):
+        return None
+
+
 def _express_answer(context: Any, outputs: Outputs) -> Any:
     """The PredictResponse of an express Predict (serving/protocols/express.py)."""
     return predict_response(context.servable, context.signature, outputs)
@@ -195,16 +211,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer): 
             if len(content) != size * dtype.itemsize:
                 return None
             return servable, sig, name, np.frombuffer(content, dtype=little_endian(dtype)).reshape(shape)
-        field = TYPED_FIELDS.get(dtype)  # the typed values (`float_val`, ...), as a hand-built request sends them
-        if field is None:
-            return None
-        values = getattr(tensor, field)
-        if len(values) != size:  # one value filling the shape, or too few: the general path reads or refuses it
-            return None
-        try:
-            return servable, sig, name, np.asarray(values, dtype=dtype).reshape(shape)
-        except (OverflowError, ValueError):
-            return None
+        array = typed_values(tensor, dtype, shape, size)
+        return None if array is None else (servable, sig, name, array)
 
     @grpc_errors
     async def GetModelMetadata(self, request: Any, exchange: GrpcExchange) -> Any:  # noqa: N802

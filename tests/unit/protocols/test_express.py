@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from serving.core.batching import BatchingOptions
@@ -286,3 +287,64 @@ async def test_the_access_log_writes_an_express_request_with_its_route_model_and
             "request_id": "rid-1", "protocol": "tfserving_rest", "route": "POST /v1/models/lin:predict",
             "model": "lin", "version": 2, "signature": "serving_default", "status": 200, "rows": 2}
         assert line["queue_ms"] is not None and line["compute_ms"] is not None
+
+
+def infer(model: str, doc: Any, *headers: bytes, binary: bytes = b"", path: bytes = b"") -> bytes:
+    """A KServe V2 REST infer: JSON, or JSON then `binary` (Inference-Header-Content-Length)."""
+    body = json.dumps(doc).encode()
+    extra = (b"Inference-Header-Content-Length: %d" % len(body),) if binary else ()
+    return post(path or b"/v2/models/%s/infer" % model.encode(), body + binary, b"X-Request-Id: rid-1", *extra,
+                *headers)
+
+
+def v2_input(rows: list[list[float]], **extra: Any) -> dict[str, Any]:
+    return {"name": "inputs", "datatype": "FP32", "shape": [len(rows), len(rows[0])], **extra}
+
+
+@in_loop
+async def test_kserve_v2_rest_infer_takes_its_lane_json_and_binary_byte_for_byte(repo: Path) -> None:
+    async with serving(specs(repo)) as s:
+        taken: list[str] = []
+        express_only(s, taken)
+        rows = [[2.0], [4.0]]
+        raw = np.asarray(rows, np.float32).tobytes()
+        requests = [
+            infer("lin", {"inputs": [v2_input(rows, data=rows)]}),
+            infer("lin", {"id": "a-1", "inputs": [v2_input(rows, data=[2.0, 4.0])],
+                          "outputs": [{"name": "predictions"}]}),
+            # perf_analyzer's and tritonclient's binary form both ways
+            infer("lin", {"inputs": [v2_input(rows, parameters={"binary_data_size": len(raw)})],
+                          "parameters": {"binary_data_output": True}}, binary=raw),
+        ]
+        for request in requests:
+            fast, slow = await both(s, request)
+            assert fast == slow, request
+            [(status, headers, _)] = parse(fast)
+            assert status == 200 and headers[b"x-model-version"] == b"2"
+        assert taken == ["/v2/models/lin/infer"] * 3
+        assert json.loads(parse(fast)[0][2][:int(parse(fast)[0][1][b"inference-header-content-length"])])[
+            "outputs"][0]["parameters"] == {"binary_data_size": 8}
+        series = s.manager.get("lin").record.series[("serving_default", "kserve_rest", "predict")]
+        assert series.ok == 6 and series.rows.sum == 12  # three requests each way, two rows each
+
+
+@in_loop
+async def test_what_the_v2_lane_does_not_take_goes_the_general_way_with_the_same_answer(repo: Path) -> None:
+    async with serving(specs(repo)) as s:
+        taken: list[str] = []
+        express_only(s, taken)
+        rows = [[2.0]]
+        declined = [
+            infer("lin", {"inputs": [v2_input(rows, data=rows)]}, path=b"/v2/models/lin/versions/1/infer"),
+            infer("lin", {"inputs": [v2_input(rows, data=rows)], "outputs": [{"name": "nope"}]}),  # 400
+            infer("lin", {"inputs": [v2_input(rows, data=rows)], "parameters": {"signature_name": "nope"}}),
+            infer("lin", {"inputs": [{**v2_input(rows, data=rows), "datatype": "FP64"}]}),  # 400
+            infer("lin", {"inputs": [v2_input([[1.0, 2.0]], data=[1.0, 2.0])]}),  # a wrong width: 400
+            infer("lin", {"inputs": [v2_input(rows, data=[1.0, 2.0])]}),  # too many values: 400
+            infer("lin", {"inputs": "x"}),  # 400
+        ]
+        for request in declined:
+            fast, slow = await both(s, request)
+            assert fast == slow, request
+            assert parse(fast)[0][0] in (200, 400, 404), request
+        assert taken == []
