@@ -267,6 +267,16 @@ class ModelManager:
 
     # ---- look-ups (hot path: plain dict reads, no awaits) ----
 
+    def laned(self, name: str, carrier: Any = None) -> Servable | None:
+        """The servable a request of `name` that names no version goes to, when it has a lane (the protocols'
+        lanes take only those: serving/protocols/express.py); None otherwise, errors included: the general
+        path answers them."""
+        try:
+            servable = self.get(name, None, None, carrier)
+        except ServingError:
+            return None
+        return servable if servable.lane is not None else None
+
     def get(self, name: str, version: int | None = None, label: str | None = None, carrier: Any = None) -> Servable:
         """The AVAILABLE servable a request names (one that names no version: by the model's traffic split,
         with `carrier`'s sticky header when set, else the latest); NOT_FOUND / INVALID_ARGUMENT /

@@ -21,9 +21,6 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-import orjson
-
-from ..codecs.arrays import convert
 from ..core.pipeline import Pipeline, Timings
 from ..core.repository import ModelManager
 from ..core.signature import TensorSpec
@@ -33,7 +30,7 @@ from .kserve import codec as kserve
 from .kserve.rest import OCTET_STREAM
 from .kserve.rest import parse_model_path as kserve_path
 from .tfserving import codec
-from .tfserving.rest import Answer, error_response, parse_model_path
+from .tfserving.rest import Answer, error_response, instances, parse_model_path
 
 log = logging.getLogger(__name__)
 
@@ -45,26 +42,6 @@ class Router(Protocol):
     """What a lane reads of the router (serving/protocols/router.py `RestApi`): the token it checks, if any."""
 
     auth: Any
-
-
-def instances(body: bytes, spec: TensorSpec) -> Any:
-    """The array of `{"instances": [[...], ...]}` as `spec` takes it; None for any other body (the general path
-    answers it, errors included)."""
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    if doc.__class__ is not dict or len(doc) != 1:
-        return None
-    rows = doc.get("instances")
-    if rows.__class__ is not list or not rows or rows[0].__class__ is not list:
-        return None
-    try:
-        array = convert(rows, spec.dtype, spec.name)
-    except ServingError:
-        return None
-    shape = array.shape
-    return array if shape and shape[0] and spec.fits(shape) else None
 
 
 class TfRestLane:
@@ -185,14 +162,10 @@ class RestExpress:
             except ServingError:
                 return False
         received = time.perf_counter()
-        try:
-            servable = self.manager.get(name, None, None, conn.headers)
-        except ServingError:
+        servable = self.manager.laned(name, conn.headers)
+        if servable is None or servable.observers:
             return False
-        found = servable.lane
-        if found is None or servable.observers:
-            return False
-        sig, spec, queue = found
+        sig, spec, queue = servable.lane  # type: ignore[misc]
         decoded = lane.decode(body, conn.headers, spec, sig, servable)
         if decoded is None:
             return False

@@ -370,26 +370,28 @@ class _Slot:
         return not self.open
 
     def set_result(self, outputs: Any) -> None:
-        if not self.open:
-            return
-        self.open = False
-        conn = self.conn
-        conn.wheel.discard(self, self.wheel_key)
-        express: ExpressLane = self.express  # type: ignore[assignment]
-        try:
-            response = express.encode(self, outputs)
-        except Exception as e:  # noqa: BLE001 - an encoder's refusal (or bug) answers an error, the server goes on
-            response = self._express_failure(e)
-        conn._complete(self, response)
-        conn._released()
+        if self.open:
+            try:
+                response = self.express.encode(self, outputs)  # type: ignore[union-attr]
+            except Exception as e:  # noqa: BLE001 - an encoder's refusal (or bug) answers an error, the server goes on
+                response = self._express_failure(e)
+            self._express_answer(response)
 
     def set_exception(self, error: BaseException) -> None:
-        if not self.open:
-            return
+        if self.open:
+            self._express_answer(self._express_failure(error))
+
+    def _express_expire(self) -> None:
+        if self.open:
+            self.error = DEADLINE
+            self._express_answer(self.express.on_timeout())  # type: ignore[union-attr]
+            # (the queue drops it uncomputed when it looks: done() is True)
+
+    def _express_answer(self, response: Response) -> None:
         self.open = False
         conn = self.conn
         conn.wheel.discard(self, self.wheel_key)
-        conn._complete(self, self._express_failure(error))
+        conn._complete(self, response)
         conn._released()
 
     def _express_failure(self, error: BaseException) -> Response:
@@ -400,15 +402,6 @@ class _Slot:
             error = ServingError(Code.INTERNAL, f"{type(error).__name__}: {error}")
         self.error = error
         return express.error(self, error)
-
-    def _express_expire(self) -> None:
-        if not self.open:
-            return
-        self.open = False
-        self.error = DEADLINE
-        conn = self.conn
-        conn._complete(self, self.express.on_timeout())  # type: ignore[union-attr]
-        conn._released()  # the queue drops it uncomputed when it looks (done() is True)
 
     def finished(self, _: Any) -> None:
         self.express.finished(self, self.error)  # type: ignore[union-attr]

@@ -119,14 +119,10 @@ class InferenceService(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):  
         if len(raw) != 1 or len(request.inputs) != 1:
             return False
         received = time.perf_counter()
-        try:
-            servable = self.manager.get(request.model_name, None, None, context)
-        except ServingError:
+        servable = self.manager.laned(request.model_name, context)
+        if servable is None or servable.observers:
             return False
-        lane = servable.lane
-        if lane is None or servable.observers:
-            return False
-        sig, want, queue = lane
+        sig, want, queue = servable.lane  # type: ignore[misc]
         for output in request.outputs:
             if output.name not in sig.outputs:
                 return False

@@ -21,7 +21,7 @@ from ...core.model_config import version_number
 from ...core.pipeline import Call, Inputs, Pipeline
 from ...core.repository import ModelManager
 from ...core.servable import Servable
-from ...core.signature import Signature
+from ...core.signature import Signature, TensorSpec
 from ...errors import HTTP_STATUS, Code, ServingError, invalid_argument
 from ...redact import redact
 from ...transport.http import Deferred, Request, Response
@@ -128,6 +128,26 @@ def _decode_examples(call: Call[TfRestState], servable: Servable) -> tuple[Signa
     return sig, {name: examples.examples_from_json(doc, call.method)}
 
 
+def instances(body: bytes, spec: TensorSpec) -> Any:
+    """The array of `{"instances": [[...], ...]}` as `spec` takes it; None for any other body (the general path
+    answers it, errors included)."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if doc.__class__ is not dict or len(doc) != 1:
+        return None
+    rows = doc.get("instances")
+    if rows.__class__ is not list or not rows or rows[0].__class__ is not list:
+        return None
+    try:
+        array = convert(rows, spec.dtype, spec.name)
+    except ServingError:
+        return None
+    shape = array.shape
+    return array if shape and shape[0] and spec.fits(shape) else None
+
+
 class TfServingRest:
     """Routes /v1/... requests."""
 
@@ -169,30 +189,14 @@ class TfServingRest:
         (one plain input, batched; serving/core/servable.py). Anything else, and every error, is None: the
         general path answers it (and counts it), as it would have without the lane."""
         received = time.perf_counter()
-        try:
-            servable = self.manager.get(name, None, None, request.headers)
-        except ServingError:
+        servable = self.manager.laned(name, request.headers)
+        if servable is None:
             return None
-        lane = servable.lane
-        if lane is None:
-            return None
-        try:
-            doc = orjson.loads(request.body)
-        except orjson.JSONDecodeError:
-            return None
-        if doc.__class__ is not dict or len(doc) != 1:
-            return None
-        instances = doc.get("instances")
-        if instances.__class__ is not list or not instances or instances[0].__class__ is not list:
-            return None
-        sig, spec, _ = lane
-        try:
-            array = convert(instances, spec.dtype, spec.name)
-        except ServingError:
+        sig, spec, _ = servable.lane  # type: ignore[misc]
+        array = instances(request.body, spec)
+        if array is None:
             return None
         shape = array.shape
-        if not shape or not shape[0] or not spec.fits(shape):
-            return None
         request.call = call = Call("tfserving_rest", name, None, None, _decode_predict, deadline,
                                    request_id=request.request_id, carrier=request.headers,
                                    context=TfRestState(request.body, True))
