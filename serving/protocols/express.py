@@ -21,11 +21,17 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from ..codecs.jsonutil import loads
 from ..core.pipeline import Pipeline, Timings
 from ..core.repository import ModelManager
 from ..core.signature import TensorSpec
 from ..errors import ServingError
 from ..transport.http import JSON, HttpConnection, Response, _Slot
+from .cloud import codec as cloud_codec
+from .cloud import proto as cloud_proto
+from .cloud.rest import PREDICT_PATH as CLOUD_PATH
+from .cloud.rest import _Answer as CloudAnswer
+from .cloud.rest import error_response as cloud_error
 from .kserve import codec as kserve
 from .kserve.rest import OCTET_STREAM
 from .kserve.rest import parse_model_path as kserve_path
@@ -39,9 +45,11 @@ ROUTES_MAX, ROUTE_MAX_BYTES = 1024, 256
 
 
 class Router(Protocol):
-    """What a lane reads of the router (serving/protocols/router.py `RestApi`): the token it checks, if any."""
+    """What a lane reads of the router (serving/protocols/router.py `RestApi`): the token it checks, if any, and
+    an asynchronous service's queues."""
 
     auth: Any
+    queues: Any
 
 
 class TfRestLane:
@@ -125,13 +133,77 @@ class V2RestLane(TfRestLane):
                         b"Inference-Header-Content-Length: %d\r\n%s" % (json_length, servable.version_header))
 
 
+CLOUD_TIMEOUT = CloudAnswer.TIMEOUT
+
+
+class CloudLane(TfRestLane):
+    """The cloud processor protocol's `POST /api/predict/<model>` with a JSON body (rows, or a TF Serving style
+    object) or a `tf_predict.proto` / `pytorch_predict.proto` body, decoded and answered by the general path's own
+    codecs (serving/protocols/cloud/), with its keepalive deadline and its status codes."""
+
+    protocol = "cloud"
+
+    @staticmethod
+    def route(path: str) -> str | None:
+        found = CLOUD_PATH.match(path)
+        return found["name"] if found is not None else None
+
+    @staticmethod
+    def decode(body: bytes, headers: Any, spec: TensorSpec, sig: Any, servable: Any) -> tuple[Any, Any] | None:
+        try:
+            if cloud_proto.looks_like_json(body):
+                decoded, state = servable.signature(None), None
+                inputs = cloud_codec.decode_json(loads(body), decoded)
+            elif servable.processor.positional_inputs:
+                decoded = servable.signature(None)
+                inputs, names = cloud_proto.decode_pytorch(body, decoded)
+                state = (cloud_proto.encode_pytorch, names)
+            else:
+                decoded, inputs, names = cloud_proto.decode_tf(body, servable.signature)
+                state = (cloud_proto.encode_tf, names)
+        except (ServingError, ValueError):
+            return None
+        array = inputs.get(spec.name)
+        if decoded.name != sig.name or len(inputs) != 1 or array is None or array.dtype != spec.dtype:
+            return None
+        shape = array.shape
+        if not shape or not shape[0] or not spec.fits(shape):
+            return None
+        if state is not None:
+            for name in state[1]:
+                if name not in sig.outputs:  # the encoder's KeyError on the general path: its own answer
+                    return None
+        return array, state
+
+    @staticmethod
+    def encode(slot: _Slot, outputs: Any) -> Response:
+        state, servable = slot.state, slot.servable
+        if state is None:
+            return Response(200, cloud_codec.encode_json(outputs, slot.signature.records), JSON,
+                            servable.version_header)
+        encode, names = state
+        return Response(200, encode(outputs, names), OCTET_STREAM, servable.version_header)
+
+    @staticmethod
+    def error(slot: _Slot, error: ServingError) -> Response:
+        response = cloud_error(error)
+        response.headers += slot.servable.version_header
+        return response
+
+    @staticmethod
+    def on_timeout() -> Response:
+        return cloud_error(CLOUD_TIMEOUT)
+
+
 class RestExpress:
     """The connections' express lanes (`HttpConnection.express`): TF Serving REST predict and KServe V2 REST
     infer, by URL (a cache of the URLs seen)."""
 
-    def __init__(self, router: Router, manager: ModelManager, pipeline: Pipeline, timeout_s: float) -> None:
+    def __init__(self, router: Router, manager: ModelManager, pipeline: Pipeline, timeout_s: float,
+                 keepalive_s: float) -> None:
         self.router, self.manager, self.pipeline, self.timeout_s = router, manager, pipeline, timeout_s
-        self.tfserving, self.kserve = TfRestLane(pipeline), V2RestLane(pipeline)
+        self.keepalive_s = keepalive_s  # the cloud processor protocol's deadline
+        self.tfserving, self.kserve, self.cloud = TfRestLane(pipeline), V2RestLane(pipeline), CloudLane(pipeline)
         #: URL -> (its lane, the model it names); (None, "") for a URL no lane takes.
         self.routes: dict[bytes, tuple[TfRestLane | None, str]] = {}
 
@@ -139,7 +211,8 @@ class RestExpress:
         route: tuple[TfRestLane | None, str] = (None, "")
         if b"?" not in url and b"%" not in url:
             lane = self.tfserving if url.startswith(b"/v1/models/") else \
-                self.kserve if url.startswith(b"/v2/models/") else None
+                self.kserve if url.startswith(b"/v2/models/") else \
+                self.cloud if url.startswith(b"/api/predict/") else None
             name = lane.route(url.decode("latin-1")) if lane is not None else None
             if lane is not None and name:
                 route = (lane, name)
@@ -153,8 +226,8 @@ class RestExpress:
         url = conn.url
         route = self.routes.get(url)
         lane, name = route if route is not None else self._route(url)
-        if lane is None or not self.pipeline.express:
-            return False
+        if lane is None or not self.pipeline.express or lane is self.cloud and self.router.queues is not None:
+            return False  # (an asynchronous service's queues answer some /api/predict/ paths: the router's)
         auth = self.router.auth
         if auth is not None:  # the router's check (a refusal: the general path answers it 401)
             try:
@@ -173,7 +246,7 @@ class RestExpress:
         rows = array.shape[0]
         slot.express, slot.open, slot.url, slot.servable, slot.signature = lane, True, url, servable, sig
         slot.rows, slot.received, slot.dispatched, slot.computed, slot.error = rows, received, 0.0, 0.0, None
-        deadline = time.monotonic() + self.timeout_s
+        deadline = time.monotonic() + (self.keepalive_s if lane is self.cloud else self.timeout_s)
         if not queue.enqueue({spec.name: array}, rows, deadline, slot):  # full: the general path refuses it
             slot.express = None
             return False

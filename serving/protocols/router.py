@@ -89,9 +89,9 @@ class RestApi:
         self.tfserving = TfServingRest(manager, pipeline, timeout_s)
         self.kserve = KServeRest(manager, pipeline, timeout_s, statistics, control)
         self.cloud = CloudRest(manager, pipeline, keepalive_s, default_model)
-        #: The connections take the common predict of TF Serving's REST API and KServe V2's REST infer from here
-        #: (serving/protocols/express.py).
-        self.express = RestExpress(self, manager, pipeline, timeout_s)
+        #: The connections take the common predict of TF Serving's REST API, KServe V2's REST infer and the cloud
+        #: processor protocol from here (serving/protocols/express.py).
+        self.express = RestExpress(self, manager, pipeline, timeout_s, keepalive_s)
         self.pages = pages  # the status page (serving/tools/ui `StatusApi.route`)
         #: Set by the server on SIGTERM: readiness answers not ready while requests are still served.
         self.draining = False

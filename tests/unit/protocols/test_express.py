@@ -17,6 +17,7 @@ from serving.core.batching import BatchingOptions
 from serving.ops.accesslog import AccessLog
 from serving.transport.auth import TokenAuth
 from serving.transport.http import DeadlineWheel, HttpConnection, HttpLimits
+from tests.e2e.test_cloud_protocol import tf_request
 from tests.helpers import in_loop, make_linear
 from tests.unit.ops.test_access_log import Sink
 from tests.unit.protocols.test_lanes import general_only
@@ -348,3 +349,37 @@ async def test_what_the_v2_lane_does_not_take_goes_the_general_way_with_the_same
             assert fast == slow, request
             assert parse(fast)[0][0] in (200, 400, 404), request
         assert taken == []
+
+
+@in_loop
+async def test_the_cloud_protocol_takes_its_lane_json_and_tf_predict_byte_for_byte(repo: Path) -> None:
+    async with serving(specs(repo)) as s:
+        taken: list[str] = []
+        express_only(s, taken)
+        url = b"/api/predict/lin"
+        for body in (b"[[2.0], [4.0]]", b'{"instances": [[2.0]]}', tf_request([2.0, 4.0])):
+            fast, slow = await both(s, post(url, body, b"X-Request-Id: rid-1"))
+            assert fast == slow, body
+            assert parse(fast)[0][0] == 200
+        assert taken == ["/api/predict/lin"] * 3
+        series = s.manager.get("lin").record.series[("serving_default", "cloud", "predict")]
+        assert series.ok == 6
+        declined = [b"[[1.0, 2.0]]", b"[]", b"{not json", tf_request([1.0], output_filter=("nope",)),
+                    tf_request([1.0], signature_name="x")]
+        for body in declined:
+            fast, slow = await both(s, post(url, body, b"X-Request-Id: rid-1"))
+            assert fast == slow and parse(fast)[0][0] == 400, body
+        s.api.queues = lambda request: None  # type: ignore[assignment] # an async service: its queues' paths first
+        fast, slow = await both(s, post(url, b"[[2.0]]", b"X-Request-Id: rid-1"))
+        assert fast == slow and taken == ["/api/predict/lin"] * 3
+
+
+@in_loop
+async def test_a_cloud_request_past_its_keepalive_is_answered_408(repo: Path) -> None:
+    async with serving(specs(repo), keepalive_s=0.05) as s:
+        c = Conn(s)
+        c.send(post(b"/api/predict/slow", b"[[2.0]]", b"X-Request-Id: rid-1"))
+        [(status, _, body)] = await c.answers()
+        assert status == 408 and json.loads(body) == {"error": "request timed out"}
+        series = await counted(s, "slow", 1)
+        assert series.codes == {"DEADLINE_EXCEEDED": 1}
