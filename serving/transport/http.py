@@ -26,6 +26,7 @@ from urllib.parse import unquote
 
 import httptools
 
+from ..core.batching.outbox import OUTBOX
 from ..errors import Code, ServingError, encodable
 from ..ops.accesslog import MAX_ID_LENGTH, new_request_id, request_id_of
 from ..settings import Settings, default
@@ -710,6 +711,10 @@ class HttpConnection(asyncio.Protocol):
                 request = Request("POST", slot.url.decode("latin-1"), "", {}, b"", slot.request_id, slot)
                 access_log.http_line(request, slot.request_id, self.peer, response.status, slot.received,
                                      slot.bytes_in, len(data))
+        held = OUTBOX.held
+        if held is not None:  # a batch's answers are being made: written together at its end
+            held.append(self._flush)
+            return
         self._flush()
 
     def _flush(self) -> None:
