@@ -283,6 +283,12 @@ class ExpressLane(Protocol):
 
     def encode(self, slot: _Slot, outputs: Any) -> Response: ...
 
+    @property
+    def bodies(self) -> Any:
+        """(outputs, rows) -> the answer bodies of a batch of one-row requests, each what `encode` makes of its row,
+        in one go, or None when the lane has no such shortcut for these outputs (each is then encoded alone); or
+        None: the lane has none."""
+
     def error(self, slot: _Slot, error: Any) -> Response: ...
 
     def on_timeout(self) -> Response: ...
@@ -381,6 +387,31 @@ class _Slot:
     def set_exception(self, error: BaseException) -> None:
         if self.open:
             self._express_answer(self._express_failure(error))
+
+    def answer_batch(self, batch: list[tuple[Any, int, int]], outputs: Any, rows: int) -> bool:
+        """The batch queue's whole-batch answer (serving/core/batching/queue.py `BatchAnswer`): when every request of
+        the batch is one row of this slot's lane, the lane encodes all their bodies at once; False (nothing
+        answered) otherwise."""
+        lane = self.express
+        bodies_of = lane.bodies if lane is not None else None
+        if bodies_of is None or rows != len(batch):
+            return False
+        for request, _, _ in batch:
+            slot = request.future
+            if slot.__class__ is not _Slot or slot.express is not lane or request.rows != 1:
+                return False
+        try:
+            bodies = bodies_of(outputs, rows)
+        except Exception:  # noqa: BLE001 - one by one, each request's own encode then answers its error
+            return False
+        if bodies is None or len(bodies) != rows:
+            return False
+        for (request, _, _), body in zip(batch, bodies):  # noqa: B905 - lengths checked above
+            slot = request.future
+            if slot.open:
+                slot._express_answer(Response(200, body, JSON, slot.servable.version_header))
+            request.settle()
+        return True
 
     def _express_expire(self) -> None:
         if self.open:

@@ -77,6 +77,14 @@ class Waiter(Timing, Protocol):
     def set_exception(self, error: BaseException) -> None: ...
 
 
+class BatchAnswer(Protocol):
+    """What a waiter may also offer (`answer_batch`): answer every request of a batch, given as (request, first
+    row, end row) with the batch's outputs and rows, and settle each (`_Request.settle`) -- or answer none and
+    say False, and the queue delivers them one by one."""
+
+    def __call__(self, batch: list[tuple[_Request, int, int]], outputs: Outputs, rows: int) -> bool: ...
+
+
 class _Request:
     """One queued request; `taken` rows of it are in batches already."""
 
@@ -412,10 +420,13 @@ class BatchQueue:
         if outbox.held is None:  # an express lane's answers are written together once all are made (.outbox)
             outbox.held = held = []
         try:
-            for request, start, end in batch:
-                n = end - start
-                request.deliver(start, slice_outputs(outputs, offset, offset + n, rows), n)
-                offset += n
+            # A waiter that can answer the whole batch at once (an express lane's: one encode for all) is let.
+            whole = getattr(batch[0][0].future, "answer_batch", None)
+            if whole is None or self.options.allowed_batch_sizes or not whole(batch, outputs, rows):
+                for request, start, end in batch:
+                    n = end - start
+                    request.deliver(start, slice_outputs(outputs, offset, offset + n, rows), n)
+                    offset += n
         finally:
             if held is not None:
                 outbox.release(held)

@@ -383,3 +383,52 @@ async def test_a_cloud_request_past_its_keepalive_is_answered_408(repo: Path) ->
         assert status == 408 and json.loads(body) == {"error": "request timed out"}
         series = await counted(s, "slow", 1)
         assert series.codes == {"DEADLINE_EXCEEDED": 1}
+
+
+async def batched(s: Served, model: str, rows: list[list[list[float]]], express: bool) -> list[bytes]:
+    """Each request of `rows` sent on its own connection in one turn of the loop (so the queue batches them: the
+    first alone, the rest together behind it); the bytes each connection got."""
+    conns = [Conn(s, express=express) for _ in rows]
+    for i, (c, instances) in enumerate(zip(conns, rows, strict=True)):
+        c.send(predict(model, {"instances": instances}, rid=b"rid-%d" % i))
+    for c in conns:
+        await c.answers()
+    return [bytes(c.transport.written) for c in conns]
+
+
+@in_loop
+async def test_a_batch_of_one_row_requests_is_encoded_at_once_with_the_bytes_of_one_by_one(repo: Path) -> None:
+    make_linear(repo / "nan", 1, bias=float("nan"))  # NaN answers: JSON's NaN token, as one by one
+    async with serving(specs(repo, "lin", "two", "nan")) as s:
+        from serving.protocols import express as lanes
+
+        made: list[int | None] = []
+        bodies = lanes.TfRestLane.bodies
+
+        def counted(outputs: Any, rows: int) -> list[bytes] | None:
+            out = bodies(outputs, rows)
+            made.append(None if out is None else len(out))
+            return out
+
+        lanes.TfRestLane.bodies = staticmethod(counted)  # type: ignore[method-assign,assignment]
+        try:
+            cases = [
+                ("lin", [[[float(i)]] for i in range(6)], [5]),  # 1-D output: cut at the commas
+                ("two", [[[float(i), 1.5 * i]] for i in range(5)], [4]),  # [n, 2]: cut at "],["
+                ("nan", [[[float(i)]] for i in range(4)], [None]),  # NaN in the dump: one by one
+                ("lin", [[[1.0]], [[2.0]], [[3.0], [4.0]], [[5.0]]], []),  # a request of two rows: one by one
+            ]
+            for model, rows, calls in cases:
+                made.clear()
+                fast = await batched(s, model, rows, express=True)
+                assert made == calls, model
+                slow = await batched(s, model, rows, express=False)
+                assert fast == slow, model
+                for i, answer in enumerate(fast):
+                    [(status, headers, body)] = parse(answer)
+                    assert status == 200 and headers[b"x-request-id"] == b"rid-%d" % i
+                    if model != "nan":
+                        expected = [r[0] for r in rows[i]] if model == "lin" else rows[i]
+                        assert len(json.loads(body)["predictions"]) == len(expected)
+        finally:
+            lanes.TfRestLane.bodies = bodies  # type: ignore[method-assign]
