@@ -179,6 +179,40 @@ class VersionStats:
         if received > self.last:
             self.last = received
 
+    def answered_batch(self, key: SeriesKey, received: list[float], dispatched: float, computed: float,
+                       end: float) -> None:
+        """`answered` for one-row calls answered together from one batch (dispatched and computed at the same
+        instants, one `received` each): one call for the batch (serving/transport/http.py `answer_batch`)."""
+        series = self.series.get(key)
+        if series is None:
+            series = self.series[key] = Series()
+        n = len(received)
+        series.ok += n
+        rows_histogram, latency, queue_histogram = series.rows, series.latency, series.queue
+        rows_histogram.counts[bisect.bisect_left(ROWS_BUCKETS, 1)] += n
+        rows_histogram.sum += n
+        counts, buckets, queue_counts = latency.counts, LATENCY_BUCKETS, queue_histogram.counts
+        total_s = queue_s = 0.0
+        for start in received:
+            total = end - start
+            counts[bisect.bisect_left(buckets, total)] += 1
+            total_s += total
+            if dispatched:
+                queue = dispatched - start
+                queue_counts[bisect.bisect_left(buckets, queue)] += 1
+                queue_s += queue
+        latency.sum += total_s
+        self.success += n
+        self.success_s += total_s
+        self.rows += n
+        if dispatched:
+            queue_histogram.sum += queue_s
+            self.queue_s += queue_s
+            self.compute_s += ((computed or end) - dispatched) * n
+        last = max(received)
+        if last > self.last:
+            self.last = last
+
     def batch_observer(self, signature: str) -> BatchObserver:
         """What the signature's batch queue tells of each batch it runs (warm-up batches included)."""
         return self.batches.setdefault(signature, Batches()).observe

@@ -102,6 +102,10 @@ class TfRestLane:
     def on_timeout() -> Response:
         return error_response(Answer.TIMEOUT)
 
+    @property
+    def record_only(self) -> bool:
+        return self.pipeline.metrics_only
+
     def finished(self, slot: _Slot, error: ServingError | None) -> None:
         """Told once the batch queue is done with the request: the request metrics' record of it."""
         tell(self.pipeline, slot, error, self.protocol)

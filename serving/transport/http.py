@@ -284,6 +284,11 @@ class ExpressLane(Protocol):
     def encode(self, slot: _Slot, outputs: Any) -> Response: ...
 
     @property
+    def record_only(self) -> bool:
+        """Whether the request metrics are the one observer: an answered request is then only its version's record
+        (`VersionStats.answered`)."""
+
+    @property
     def bodies(self) -> Any:
         """(outputs, rows) -> the answer bodies of a batch of one-row requests, each what `encode` makes of its row,
         in one go, or None when the lane has no such shortcut for these outputs (each is then encoded alone); or
@@ -393,7 +398,9 @@ class _Slot:
         the batch is one row of this slot's lane, the lane encodes all their bodies at once; False (nothing
         answered) otherwise."""
         lane = self.express
-        bodies_of = lane.bodies if lane is not None else None
+        if lane is None:
+            return False
+        bodies_of = lane.bodies
         if bodies_of is None or rows != len(batch):
             return False
         for request, _, _ in batch:
@@ -406,11 +413,20 @@ class _Slot:
             return False
         if bodies is None or len(bodies) != rows:
             return False
+        record = lane.record_only  # the request metrics are the one observer: one record update for the batch
+        received: list[float] = []
         for (request, _, _), body in zip(batch, bodies):  # noqa: B905 - lengths checked above
             slot = request.future
             if slot.open:
                 slot._express_answer(Response(200, body, JSON, slot.servable.version_header))
-            request.settle()
+                if record:
+                    received.append(slot.received)
+                    request.timing = None  # settled: counted below
+                    continue
+            request.settle()  # expired or dropped while it ran, or observed by more than the metrics: counted alone
+        if received:
+            self.servable.record.answered_batch((self.signature.name, lane.protocol, "predict"), received,
+                                                self.dispatched, self.computed, time.perf_counter())
         return True
 
     def _express_expire(self) -> None:

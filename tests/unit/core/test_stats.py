@@ -44,3 +44,27 @@ def test_answered_records_what_finished_records(dispatched: float, computed: flo
                              call.dispatched, call.computed, end)
     assert state(by_answered) == state(by_finished)
     assert by_answered.success == 3 and by_answered.rows == 74
+
+
+def rounded(value: tuple) -> tuple:
+    """The record's state with its float sums to 9 digits (a batch sums its latencies before adding them)."""
+    if isinstance(value, float):
+        return round(value, 9)
+    if isinstance(value, dict):
+        return {k: rounded(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(rounded(v) for v in value)
+    return value
+
+
+@pytest.mark.parametrize("dispatched, computed", [(10.002, 10.0031), (0.0, 0.0), (10.002, 0.0)])
+def test_answered_batch_records_what_answered_records_one_by_one(dispatched: float, computed: float) -> None:
+    key = ("serving_default", "tfserving_rest", "predict")
+    received = [10.0 + i * 3e-4 for i in range(7)]
+    end = 10.004
+    one_by_one, batch = VersionStats(), VersionStats()
+    for start in received:
+        one_by_one.answered(key, 1, start, dispatched, computed, end)
+    batch.answered_batch(key, received, dispatched, computed, end)
+    assert rounded(state(batch)) == rounded(state(one_by_one))
+    assert batch.series[key].ok == 7 and sum(batch.series[key].latency.counts) == 7

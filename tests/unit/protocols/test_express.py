@@ -405,12 +405,12 @@ async def test_a_batch_of_one_row_requests_is_encoded_at_once_with_the_bytes_of_
         made: list[int | None] = []
         bodies = lanes.TfRestLane.bodies
 
-        def counted(outputs: Any, rows: int) -> list[bytes] | None:
+        def dumped(outputs: Any, rows: int) -> list[bytes] | None:
             out = bodies(outputs, rows)
             made.append(None if out is None else len(out))
             return out
 
-        lanes.TfRestLane.bodies = staticmethod(counted)  # type: ignore[method-assign,assignment]
+        lanes.TfRestLane.bodies = staticmethod(dumped)  # type: ignore[method-assign,assignment]
         try:
             cases = [
                 ("lin", [[[float(i)]] for i in range(6)], [5]),  # 1-D output: cut at the commas
@@ -430,5 +430,8 @@ async def test_a_batch_of_one_row_requests_is_encoded_at_once_with_the_bytes_of_
                     if model != "nan":
                         expected = [r[0] for r in rows[i]] if model == "lin" else rows[i]
                         assert len(json.loads(body)["predictions"]) == len(expected)
+            # Counted as the general path counts: "two" answered 5 requests each way, every one from a batch.
+            series = await counted(s, "two", 10)
+            assert series.ok == 10 and series.rows.sum == 10 and sum(series.queue.counts) == 10
         finally:
             lanes.TfRestLane.bodies = bodies  # type: ignore[method-assign]
