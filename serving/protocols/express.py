@@ -329,8 +329,12 @@ class GrpcExpress:
     Context (serving/transport/rpc/native.py) as its future; `encode(context, outputs)` makes the answer."""
 
     def __init__(self, protocol: str, pipeline: Pipeline, servicer: Any,
-                 encode: Callable[[Any, Any], Any]) -> None:
+                 encode: Callable[[Any, Any], Any],
+                 bodies: Callable[[Any, Any, int], list[bytes] | None] | None = None) -> None:
         self.protocol, self.pipeline, self.servicer, self.encode = protocol, pipeline, servicer, encode
+        #: (a call of the batch, the batch's outputs, rows) -> the serialized answers of a batch of one-row calls,
+        #: each what `encode` makes of its row, or None (each is then encoded alone); None: no such shortcut.
+        self.bodies = bodies
 
     def finished(self, context: Any, error: ServingError | None) -> None:
         """The request metrics' record, and the access log's line when it selects the call (as `grpc_errors`).
@@ -348,4 +352,5 @@ class GrpcExpress:
             response = context.response
             access_log.grpc(context.headers.path, call.request_id, context.conn.peer_name, call,
                             error.code.name if error is not None else "OK", call.received, context.message_size,
-                            response.ByteSize() if response is not None else 0)
+                            0 if response is None else len(response) if response.__class__ is bytes
+                            else response.ByteSize())

@@ -505,10 +505,43 @@ class Context:
     def finished(self, _: Any) -> None:
         self.express.finished(self, self.error)
 
+    def answer_batch(self, batch: list[tuple[Any, int, int]], outputs: Any, rows: int) -> bool:
+        """The batch queue's whole-batch answer (serving/core/batching/queue.py `BatchAnswer`): when every request of
+        the batch is a one-row call of this call's lane, the lane makes all their messages at once (`bodies`, the
+        serialized responses); False (nothing answered) otherwise."""
+        express = self.express
+        bodies_of = getattr(express, "bodies", None)
+        if bodies_of is None or rows != len(batch):
+            return False
+        for request, _, _ in batch:
+            context = request.future
+            if context.__class__ is not Context or context.express is not express or request.rows != 1:
+                return False
+        try:
+            bodies = bodies_of(self, outputs, rows)
+        except Exception:  # noqa: BLE001 - one by one, each call's own encode then answers its error
+            log.exception("encoding a batch of answers failed")
+            return False
+        if bodies is None or len(bodies) != rows:
+            return False
+        for (request, _, _), body in zip(batch, bodies):  # noqa: B905 - lengths checked above
+            context = request.future
+            if not context.answered:
+                if context.headers.request_id is not None:  # as set_result
+                    context.trailing = (("x-request-id", context.request_id),)
+                context.response = body
+                context._answer_data(body)
+                context._stop()
+            request.settle()
+        return True
+
     # ---- answers ----
 
     def _framed(self, message: Any) -> bytes:
-        data = self.method.encode(message)  # type: ignore[union-attr]
+        return self._frame(self.method.encode(message))  # type: ignore[union-attr]
+
+    def _frame(self, data: bytes) -> bytes:
+        """A serialized message as gRPC frames it: compressed when that is smaller and the client takes it."""
         if len(data) > self.server.max_message_bytes:
             raise AbortError(RESOURCE_EXHAUSTED, f"response larger than max ({self.server.max_message_bytes})", b"")
         coding = self.coding
@@ -530,6 +563,18 @@ class Context:
         except AbortError as e:
             self._error(e.code, e.details, e.metadata)
             return
+        self._respond(data)
+
+    def _answer_data(self, message: bytes) -> None:
+        """`_answer` of a message already serialized."""
+        try:
+            data = self._frame(message)
+        except AbortError as e:
+            self._error(e.code, e.details, e.metadata)
+            return
+        self._respond(data)
+
+    def _respond(self, data: bytes) -> None:
         self.answered = True
         trailers = TRAILERS_OK + metadata_block(self.trailing) if self.trailing else TRAILERS_OK
         self.conn.respond(self.stream, RESPONSE_HEADERS[self.coding], data, trailers)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -199,3 +200,75 @@ async def test_kserve_model_infer_takes_its_lane_and_answers_as_the_general_path
         async with native(s, kserve=True) as (port, taken):
             code, details, _ = await in_thread(lambda: code_of(lambda: call(port, wrong)))
         assert taken == [] and code == grpc.StatusCode.INVALID_ARGUMENT and "FP64" in details
+
+
+async def held_batch(s: Served, requests: list[Any], *, express: bool) -> list[tuple[Any, dict[str, str]]]:
+    """`requests` sent at once (a client thread each) while lin's queue dispatches nothing, then let go as one
+    batch: each call's (response, trailing metadata)."""
+    queue = s.manager.get("lin").lane[2]  # type: ignore[index]
+    queue.placement.inline = False
+    queue.in_flight = queue.options.max_in_flight  # nothing dispatches: the calls wait in the queue
+    async with native(s, express=express) as (port, _):
+        loop = asyncio.get_running_loop()
+        with ThreadPoolExecutor(len(requests)) as pool:
+            answers = [loop.run_in_executor(pool, call, port, r) for r in requests]
+            while queue.waiting < len(requests):
+                await asyncio.sleep(0.005)
+            queue.in_flight = 0
+            queue._schedule()  # all of them in one batch
+            return list(await asyncio.gather(*answers))
+
+
+@in_loop
+async def test_a_batch_of_one_row_predicts_is_answered_at_once_with_the_bytes_of_one_by_one(repo: Path) -> None:
+    async with serving(specs(repo)) as s:
+        from serving.protocols.tfserving import rpc
+
+        made: list[int | None] = []
+        bodies = rpc._express_bodies
+
+        def counted_bodies(context: Any, outputs: Any, rows: int) -> Any:
+            out = bodies(context, outputs, rows)
+            made.append(None if out is None else len(out))
+            return out
+
+        rpc._express_bodies = counted_bodies  # type: ignore[assignment]
+        try:
+            requests = [predict_request([[float(i) + 0.25]]) for i in range(5)]
+            fast = await held_batch(s, requests, express=True)
+            assert made == [5]
+            slow = await held_batch(s, requests, express=False)
+        finally:
+            rpc._express_bodies = bodies  # type: ignore[assignment]
+        for (f, _), (g, _) in zip(fast, slow, strict=True):
+            assert f.SerializeToString(deterministic=True) == g.SerializeToString(deterministic=True)
+        values = [list(f.outputs["predictions"].float_val) for f, _ in fast]
+        assert values == [[0.5 * (i + 0.25) + 2.0] for i in range(5)]  # lin version 2: 0.5 x + 2, in order
+        series = await counted(s, "lin", 10)
+        assert series.ok == 10 and sum(series.queue.counts) == 10
+
+
+def test_the_response_template_writes_what_the_message_serializes_to_or_declines() -> None:
+    from serving.core.signature import Signature, TensorSpec
+    from serving.protocols.tfserving.rpc import _express_bodies, predict_response
+
+    class Servable:
+        model, version = "m", 3
+
+    class Call:
+        servable = Servable()
+        signature = Signature("serving_default", {"x": TensorSpec("x", np.dtype(np.float32), (-1, 2))},
+                              {"y": TensorSpec("y", np.dtype(np.float32), (-1, 3))})
+
+    rng = np.random.default_rng(3)
+    for dtype, shape in ((np.float32, (4, 3)), (np.float64, (4,)), (np.float32, (2, 2, 2)), (np.float32, (3, 1))):
+        outputs = {"y": rng.standard_normal(shape).astype(dtype)}
+        outputs["y"].ravel()[1] = np.nan  # NaN is bytes like any other value here
+        got = _express_bodies(Call(), outputs, shape[0])
+        expected = [predict_response(Call.servable, Call.signature, {"y": outputs["y"][i:i + 1]}).SerializeToString()
+                    for i in range(shape[0])]
+        assert got == expected, (dtype, shape)
+    # Not laid out as their bytes (int varints, half precision), or not one output: each encoded alone.
+    assert _express_bodies(Call(), {"y": np.arange(4, dtype=np.int32).reshape(4, 1)}, 4) is None
+    assert _express_bodies(Call(), {"y": np.ones((4, 1), dtype=np.float16)}, 4) is None
+    assert _express_bodies(Call(), {"y": np.ones((4, 1), np.float32), "z": np.ones(4, np.float32)}, 4) is None
