@@ -348,9 +348,30 @@ class GrpcExpress:
             tell(pipeline, call, error, self.protocol)
         access_log = getattr(self.servicer, "access_log", None)
         if access_log is not None and access_log.selects(error is not None, time.perf_counter() - context.received):
-            call = call or GrpcCall(context, self.protocol)
-            response = context.response
-            access_log.grpc(context.headers.path, call.request_id, context.conn.peer_name, call,
-                            error.code.name if error is not None else "OK", call.received, context.message_size,
-                            0 if response is None else len(response) if response.__class__ is bytes
-                            else response.ByteSize())
+            self._line(access_log, context, call or GrpcCall(context, self.protocol), error)
+
+    def answered(self, contexts: list[Any]) -> bool:
+        """`finished` of the one-row calls of one batch, all answered OK, when the request metrics are the one
+        observer: one record update for them all, and each call's access log line when the log selects it. False,
+        with nothing counted, when other observers are told (each call then goes through `finished`)."""
+        if not self.pipeline.metrics_only:
+            return False
+        first = contexts[0]
+        first.servable.record.answered_batch((first.signature.name, self.protocol, "predict"),
+                                             [c.received for c in contexts], first.dispatched, first.computed,
+                                             time.perf_counter())
+        access_log = getattr(self.servicer, "access_log", None)
+        if access_log is not None:
+            now = time.perf_counter()
+            for context in contexts:
+                if access_log.selects(False, now - context.received):
+                    self._line(access_log, context, GrpcCall(context, self.protocol), None)
+        return True
+
+    @staticmethod
+    def _line(access_log: Any, context: Any, call: GrpcCall, error: ServingError | None) -> None:
+        response = context.response
+        access_log.grpc(context.headers.path, call.request_id, context.conn.peer_name, call,
+                        error.code.name if error is not None else "OK", call.received, context.message_size,
+                        0 if response is None else len(response) if response.__class__ is bytes
+                        else response.ByteSize())

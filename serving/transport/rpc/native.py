@@ -524,6 +524,8 @@ class Context:
             return False
         if bodies is None or len(bodies) != rows:
             return False
+        answered: list[Context] = []
+        settled: list[Any] = []
         for (request, _, _), body in zip(batch, bodies):  # noqa: B905 - lengths checked above
             context = request.future
             if not context.answered:
@@ -532,7 +534,17 @@ class Context:
                 context.response = body
                 context._answer_data(body)
                 context._stop()
-            request.settle()
+                if context.error is None and not context.code:  # answered OK (not refused as too large)
+                    answered.append(context)
+                    settled.append(request)
+                    continue
+            request.settle()  # expired or cancelled while it ran, or refused: counted alone
+        if answered and express.answered(answered):  # one record update for the batch
+            for request in settled:
+                request.timing = None
+        else:
+            for request in settled:
+                request.settle()
         return True
 
     # ---- answers ----

@@ -202,13 +202,14 @@ async def test_kserve_model_infer_takes_its_lane_and_answers_as_the_general_path
         assert taken == [] and code == grpc.StatusCode.INVALID_ARGUMENT and "FP64" in details
 
 
-async def held_batch(s: Served, requests: list[Any], *, express: bool) -> list[tuple[Any, dict[str, str]]]:
+async def held_batch(s: Served, requests: list[Any], *, express: bool,
+                     log: Any = None) -> list[tuple[Any, dict[str, str]]]:
     """`requests` sent at once (a client thread each) while lin's queue dispatches nothing, then let go as one
     batch: each call's (response, trailing metadata)."""
     queue = s.manager.get("lin").lane[2]  # type: ignore[index]
     queue.placement.inline = False
     queue.in_flight = queue.options.max_in_flight  # nothing dispatches: the calls wait in the queue
-    async with native(s, express=express) as (port, _):
+    async with native(s, express=express, log=log) as (port, _):
         loop = asyncio.get_running_loop()
         with ThreadPoolExecutor(len(requests)) as pool:
             answers = [loop.run_in_executor(pool, call, port, r) for r in requests]
@@ -235,8 +236,11 @@ async def test_a_batch_of_one_row_predicts_is_answered_at_once_with_the_bytes_of
         rpc._express_bodies = counted_bodies  # type: ignore[assignment]
         try:
             requests = [predict_request([[float(i) + 0.25]]) for i in range(5)]
-            fast = await held_batch(s, requests, express=True)
+            log = Log()
+            fast = await held_batch(s, requests, express=True, log=log)
             assert made == [5]
+            assert sorted((line[3].rows, line[4], line[7]) for line in log.lines) == [
+                (1, "OK", f.ByteSize()) for f, _ in fast]  # each call's line, its answer's size
             slow = await held_batch(s, requests, express=False)
         finally:
             rpc._express_bodies = bodies  # type: ignore[assignment]
