@@ -36,6 +36,7 @@ from ...codecs.examples import (
     multi_inference_plan,
     multi_inference_spec,
 )
+from ...codecs.predict_wire import read_predict
 from ...codecs.tensors import (
     DTYPE_ENUMS,
     TENSOR_FIELDS,
@@ -228,6 +229,36 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer): 
         if servable.observers:
             return False
         return context.take_express(self.express, servable.lane[2], {name: array}, array.shape[0],  # type: ignore[no-any-return,index]
+                                    servable, sig, received, self.default_timeout_s)
+
+    def express_raw_Predict(self, data: bytes, context: Any) -> bool:  # noqa: N802 - the native transport's name
+        """`express_Predict` for the common Predict read from its bytes (serving/codecs/predict_wire.py): a model
+        name, one input in `tensor_content`, nothing else. False for anything else: protobuf then decodes the
+        message and `express_Predict` or the handler takes it, as they would have."""
+        if not self.pipeline.express:
+            return False
+        found = read_predict(data)
+        if found is None:
+            return False
+        for key, _ in context.headers.metadata:
+            if key in MODEL_ID_KEYS:  # ModelMesh names the model: the general path reads it
+                return False
+        received = time.perf_counter()
+        model, name, enum, shape, content = found
+        servable = self.manager.laned(model, context)
+        if servable is None or servable.observers:
+            return False
+        sig, want, queue = servable.lane  # type: ignore[misc]
+        if name != want.name:
+            return False
+        wire = _WIRE.get(id(want))
+        if wire is None or wire[3] is not want:
+            wire = _wire(want)
+        if (enum != wire[0] or not shape or shape[0] <= 0 or not want.fits(shape)
+                or len(content) != math.prod(shape) * wire[2]):
+            return False
+        array = np.frombuffer(content, dtype=wire[1]).reshape(shape)
+        return context.take_express(self.express, queue, {name: array}, shape[0],  # type: ignore[no-any-return]
                                     servable, sig, received, self.default_timeout_s)
 
     def _lane(self, call: Call[Any], request: Any) -> asyncio.Future[Outputs] | None:

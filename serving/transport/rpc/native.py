@@ -83,6 +83,9 @@ class Method:
     #: The servicer's express lane of a unary method (`express_<Method>(request, context) -> bool`: it took the
     #: call, queued with the context as its future; serving/protocols/express.py); None: none.
     express: Callable[[Any, Any], bool] | None = None
+    #: The same for the message's bytes, before protobuf decodes them (`express_raw_<Method>(data, context) ->
+    #: bool`): the common message read by hand (serving/codecs/predict_wire.py); False: decoded, and on as above.
+    express_raw: Callable[[bytes, Any], bool] | None = None
 
 
 @dataclass
@@ -138,7 +141,8 @@ def _methods(servicer: Any, service: ServiceDescriptor, auth: TokenAuth | None,
         response = message_factory.GetMessageClass(m.output_type)
         methods[path] = Method(path, behavior, _tolerant_decoder(request), response.SerializeToString,
                                m.client_streaming, m.server_streaming, token,
-                               getattr(servicer, f"express_{m.name}", None))
+                               getattr(servicer, f"express_{m.name}", None),
+                               getattr(servicer, f"express_raw_{m.name}", None))
     return methods
 
 
@@ -309,11 +313,18 @@ class Context:
         if len(body) != 5 + length:
             self._error(INTERNAL, "a unary call must send exactly one message")
             return
+        method: Method = self.method  # type: ignore[assignment]
         try:
-            request = self.method.decode(self._message(body))  # type: ignore[union-attr]
+            data = self._message(body)
         except AbortError as e:
             self._error(e.code, e.details, e.metadata)
             return
+        raw = method.express_raw
+        if raw is not None:  # the lane reads the common message from its bytes, or leaves it to protobuf
+            self.message, self.message_size = None, length
+            if raw(data, self):
+                return
+        request = method.decode(data)
         if request.__class__ is Undecodable:
             log.debug("%s: %s", self.conn.peer_name, request.reason)
             self._error(INVALID_ARGUMENT, request.reason)

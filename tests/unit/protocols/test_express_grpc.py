@@ -18,7 +18,7 @@ import pytest
 
 from serving._proto.inference import grpc_predict_v2_pb2 as v2
 from serving._proto.inference import grpc_predict_v2_pb2_grpc as v2_grpc
-from serving._proto.tensorflow_serving.apis import prediction_service_pb2_grpc
+from serving._proto.tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from serving.protocols.kserve.rpc import InferenceService
 from serving.protocols.tfserving.rpc import PredictionService
 from serving.transport.rpc.native import new_native_server
@@ -56,8 +56,20 @@ async def native(s: Served, *, express: bool = True, log: Any = None, timeout_s:
             return bool(took)
 
         setattr(service, name, counted_take)
+        if not kserve:  # the common Predict, read from its bytes first
+            take_raw = service.express_raw_Predict
+
+            def counted_raw(data: bytes, context: Any) -> bool:
+                took = take_raw(data, context)
+                if took:
+                    taken.append(predict_pb2.PredictRequest.FromString(data).model_spec.name)
+                return bool(took)
+
+            service.express_raw_Predict = counted_raw
     else:
         setattr(service, name, None)
+        if not kserve:
+            service.express_raw_Predict = None
     server = new_native_server([service], access_log=log)
     await server.start("127.0.0.1", 0)
     try:

@@ -1,0 +1,94 @@
+"""serving/codecs/predict_wire.py reads the common PredictRequest exactly as protobuf does, and nothing else: for
+any bytes it answers either None or what protobuf's own parse of the same bytes holds."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from serving._proto.tensorflow_serving.apis import predict_pb2
+from serving.codecs.predict_wire import read_predict
+
+
+def common(model: str = "xgb", name: str = "inputs", shape: tuple[int, ...] = (1, 4), dtype: int = 1) -> bytes:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    tensor = request.inputs[name]
+    tensor.dtype = dtype
+    for size in shape:
+        tensor.tensor_shape.dim.add().size = size
+    tensor.tensor_content = np.arange(int(np.prod(shape)), dtype=np.float32).tobytes()
+    return request.SerializeToString()
+
+
+def as_protobuf_reads(data: bytes) -> tuple[str, str, int, tuple[int, ...], bytes]:
+    request = predict_pb2.PredictRequest.FromString(data)
+    [(name, tensor)] = request.inputs.items()
+    return (request.model_spec.name, name, tensor.dtype, tuple(d.size for d in tensor.tensor_shape.dim),
+            tensor.tensor_content)
+
+
+@pytest.mark.parametrize("shape", [(1, 4), (3, 2), (2, 2, 3), (5,), (1, 300)])
+def test_the_common_request_reads_as_protobuf_reads_it(shape: tuple[int, ...]) -> None:
+    data = common(model="mödel", shape=shape)
+    assert read_predict(data) == as_protobuf_reads(data)
+
+
+def test_a_long_model_name_and_large_dims_take_multi_byte_varints() -> None:
+    data = common(model="m" * 300, shape=(70000, 1))
+    assert read_predict(data) == as_protobuf_reads(data)
+
+
+def declined(edit) -> bytes:  # type: ignore[no-untyped-def]
+    request = predict_pb2.PredictRequest.FromString(common())
+    edit(request)
+    return request.SerializeToString()
+
+
+@pytest.mark.parametrize("edit", [
+    lambda r: r.model_spec.version.__setattr__("value", 2),
+    lambda r: r.model_spec.__setattr__("version_label", "stable"),
+    lambda r: r.model_spec.__setattr__("signature_name", "serving_default"),
+    lambda r: r.output_filter.append("predictions"),
+    lambda r: r.inputs["other"].CopyFrom(r.inputs["inputs"]),  # two inputs
+    lambda r: r.inputs["inputs"].float_val.append(1.0),  # typed values: protobuf's to read
+    lambda r: r.inputs["inputs"].tensor_shape.__setattr__("unknown_rank", True),
+    lambda r: r.inputs["inputs"].tensor_shape.dim[0].__setattr__("name", "batch"),
+    lambda r: r.inputs["inputs"].tensor_shape.dim[0].__setattr__("size", -1),
+    lambda r: r.inputs["inputs"].__setattr__("version_number", 1),
+    lambda r: r.model_spec.__setattr__("name", ""),
+], ids=["version", "label", "signature", "output_filter", "two_inputs", "typed", "unknown_rank", "dim_name",
+        "negative_dim", "version_number", "no_model"])
+def test_anything_but_the_common_request_is_left_to_protobuf(edit) -> None:  # type: ignore[no-untyped-def]
+    assert read_predict(declined(edit)) is None
+
+
+def test_a_field_sent_twice_is_left_to_protobuf_which_merges_it() -> None:
+    data = common()
+    twice = data + data[: data.index(b"\x12")]  # the model_spec again (protobuf merges: the last name wins)
+    assert read_predict(twice) is None
+
+
+def test_random_damage_never_raises_and_never_reads_what_protobuf_would_not() -> None:
+    rng = random.Random(11)
+    base = common(shape=(2, 3))
+    read = 0
+    for _ in range(20000):
+        data = bytearray(base)
+        for _ in range(rng.randint(1, 3)):
+            kind = rng.random()
+            if kind < 0.5 and data:
+                data[rng.randrange(len(data))] = rng.randrange(256)
+            elif kind < 0.75:
+                del data[rng.randrange(len(data) + 1):]
+            else:
+                data.insert(rng.randrange(len(data) + 1), rng.randrange(256))
+        raw = bytes(data)
+        found = read_predict(raw)
+        if found is None:
+            continue
+        read += 1
+        assert found == as_protobuf_reads(raw), raw  # protobuf parses it, to the same fields
+    assert read > 0  # some damage (inside the content, the name) still leaves a common request
