@@ -27,6 +27,7 @@ from urllib.parse import unquote
 import httptools
 
 from ..core.batching.outbox import OUTBOX
+from ..core.batching.queue import one_row_each
 from ..errors import Code, ServingError, encodable
 from ..ops.accesslog import MAX_ID_LENGTH, new_request_id, request_id_of
 from ..settings import Settings, default
@@ -401,12 +402,8 @@ class _Slot:
         if lane is None:
             return False
         bodies_of = lane.bodies
-        if bodies_of is None or rows != len(batch):
+        if bodies_of is None or not one_row_each(batch, rows, _Slot, lane):
             return False
-        for request, _, _ in batch:
-            slot = request.future
-            if slot.__class__ is not _Slot or slot.express is not lane or request.rows != 1:
-                return False
         try:
             bodies = bodies_of(outputs, rows)
         except Exception:  # noqa: BLE001 - one by one, each request's own encode then answers its error

@@ -85,6 +85,18 @@ class BatchAnswer(Protocol):
     def __call__(self, batch: list[tuple[_Request, int, int]], outputs: Outputs, rows: int) -> bool: ...
 
 
+def one_row_each(batch: list[tuple[_Request, int, int]], rows: int, waiter_class: type, lane: object) -> bool:
+    """Whether every request of `batch` is one row whose waiter is a `waiter_class` taken by `lane` (its `express`):
+    what a `BatchAnswer` checks before it answers the batch at once."""
+    if rows != len(batch):
+        return False
+    for request, _, _ in batch:
+        waiter = request.future
+        if waiter.__class__ is not waiter_class or waiter.express is not lane or request.rows != 1:  # type: ignore[attr-defined]
+            return False
+    return True
+
+
 class _Request:
     """One queued request; `taken` rows of it are in batches already."""
 

@@ -36,6 +36,7 @@ import grpc
 from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 
+from ...core.batching.queue import one_row_each
 from ...errors import Code, ServingError
 from ...ops.accesslog import AccessLog, request_id_of
 from ..auth import TokenAuth
@@ -522,12 +523,8 @@ class Context:
         serialized responses); False (nothing answered) otherwise."""
         express = self.express
         bodies_of = getattr(express, "bodies", None)
-        if bodies_of is None or rows != len(batch):
+        if bodies_of is None or not one_row_each(batch, rows, Context, express):
             return False
-        for request, _, _ in batch:
-            context = request.future
-            if context.__class__ is not Context or context.express is not express or request.rows != 1:
-                return False
         try:
             bodies = bodies_of(self, outputs, rows)
         except Exception:  # noqa: BLE001 - one by one, each call's own encode then answers its error
@@ -581,12 +578,7 @@ class Context:
         if response is None or self.code:
             self._error(self.code or UNKNOWN, self.details or "the method answered no message")
             return
-        try:
-            data = self._framed(response)
-        except AbortError as e:
-            self._error(e.code, e.details, e.metadata)
-            return
-        self._respond(data)
+        self._answer_data(self.method.encode(response))  # type: ignore[union-attr]
 
     def _answer_data(self, message: bytes) -> None:
         """`_answer` of a message already serialized."""
