@@ -102,13 +102,15 @@ class TfRestLane:
     def on_timeout() -> Response:
         return error_response(Answer.TIMEOUT)
 
-    @property
-    def record_only(self) -> bool:
-        return self.pipeline.metrics_only
-
     def finished(self, slot: _Slot, error: ServingError | None) -> None:
         """Told once the batch queue is done with the request: the request metrics' record of it."""
         tell(self.pipeline, slot, error, self.protocol)
+
+    def answered(self, slots: list[_Slot]) -> bool:
+        """`finished` of the one-row requests of one batch, all answered OK, when the request metrics are the one
+        observer: one record update for them all (their access log lines were drawn as they were written). False,
+        with nothing counted, when other observers are told (each then goes through `finished`)."""
+        return answered_batch(self.pipeline, slots, self.protocol)
 
 
 class V2RestLane(TfRestLane):
@@ -297,6 +299,17 @@ def tell(pipeline: Pipeline, call: Any, error: ServingError | None, protocol: st
         log.exception("an observer of a %s call failed", protocol)
 
 
+def answered_batch(pipeline: Pipeline, calls: list[Any], protocol: str) -> bool:
+    """The version's record of the one-row calls of one batch answered OK, in one update, when the request metrics
+    are the pipeline's one observer (False, nothing counted, otherwise): what `tell` does for each."""
+    if not pipeline.metrics_only:
+        return False
+    first = calls[0]
+    first.servable.record.answered_batch((first.signature.name, protocol, "predict"), [c.received for c in calls],
+                                         first.dispatched, first.computed, time.perf_counter())
+    return True
+
+
 class GrpcCall:
     """What the metrics and the access log read of an express gRPC call as a call (the native transport's
     Context, serving/transport/rpc/native.py, names its own `method`)."""
@@ -354,12 +367,8 @@ class GrpcExpress:
         """`finished` of the one-row calls of one batch, all answered OK, when the request metrics are the one
         observer: one record update for them all, and each call's access log line when the log selects it. False,
         with nothing counted, when other observers are told (each call then goes through `finished`)."""
-        if not self.pipeline.metrics_only:
+        if not answered_batch(self.pipeline, contexts, self.protocol):
             return False
-        first = contexts[0]
-        first.servable.record.answered_batch((first.signature.name, self.protocol, "predict"),
-                                             [c.received for c in contexts], first.dispatched, first.computed,
-                                             time.perf_counter())
         access_log = getattr(self.servicer, "access_log", None)
         if access_log is not None:
             now = time.perf_counter()

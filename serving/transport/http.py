@@ -27,7 +27,7 @@ from urllib.parse import unquote
 import httptools
 
 from ..core.batching.outbox import OUTBOX
-from ..core.batching.queue import one_row_each
+from ..core.batching.queue import one_row_each, settle_answered
 from ..errors import Code, ServingError, encodable
 from ..ops.accesslog import MAX_ID_LENGTH, new_request_id, request_id_of
 from ..settings import Settings, default
@@ -285,11 +285,6 @@ class ExpressLane(Protocol):
     def encode(self, slot: _Slot, outputs: Any) -> Response: ...
 
     @property
-    def record_only(self) -> bool:
-        """Whether the request metrics are the one observer: an answered request is then only its version's record
-        (`VersionStats.answered`)."""
-
-    @property
     def bodies(self) -> Any:
         """(outputs, rows) -> the answer bodies of a batch of one-row requests, each what `encode` makes of its row,
         in one go, or None when the lane has no such shortcut for these outputs (each is then encoded alone); or
@@ -301,6 +296,9 @@ class ExpressLane(Protocol):
 
     def finished(self, slot: _Slot, error: Any) -> None:
         """The batch queue is done with the slot's request (answered, expired or dropped): count it."""
+
+    def answered(self, slots: list[_Slot]) -> bool:
+        """`finished` of a batch's one-row requests, all answered OK, in one go; False: nothing counted."""
 
 
 class _Slot:
@@ -410,20 +408,17 @@ class _Slot:
             return False
         if bodies is None or len(bodies) != rows:
             return False
-        record = lane.record_only  # the request metrics are the one observer: one record update for the batch
-        received: list[float] = []
+        answered: list[_Slot] = []
+        settled: list[Any] = []
         for (request, _, _), body in zip(batch, bodies):  # noqa: B905 - lengths checked above
             slot = request.future
             if slot.open:
                 slot._express_answer(Response(200, body, JSON, slot.servable.version_header))
-                if record:
-                    received.append(slot.received)
-                    request.timing = None  # settled: counted below
-                    continue
-            request.settle()  # expired or dropped while it ran, or observed by more than the metrics: counted alone
-        if received:
-            self.servable.record.answered_batch((self.signature.name, lane.protocol, "predict"), received,
-                                                self.dispatched, self.computed, time.perf_counter())
+                answered.append(slot)
+                settled.append(request)
+            else:
+                request.settle()  # expired or dropped while it ran: counted alone
+        settle_answered(settled, bool(answered) and lane.answered(answered))
         return True
 
     def _express_expire(self) -> None:

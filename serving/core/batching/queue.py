@@ -97,6 +97,16 @@ def one_row_each(batch: list[tuple[_Request, int, int]], rows: int, waiter_class
     return True
 
 
+def settle_answered(requests: list[_Request], counted: bool) -> None:
+    """After a `BatchAnswer` answered `requests`: settled already when their lane `counted` them all in one update
+    (their timing let go), else each settles (and is counted) alone."""
+    for request in requests:
+        if counted:
+            request.timing = None
+        else:
+            request.settle()
+
+
 class _Request:
     """One queued request; `taken` rows of it are in batches already."""
 

@@ -36,7 +36,7 @@ import grpc
 from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 
-from ...core.batching.queue import one_row_each
+from ...core.batching.queue import one_row_each, settle_answered
 from ...errors import Code, ServingError
 from ...ops.accesslog import AccessLog, request_id_of
 from ..auth import TokenAuth
@@ -547,12 +547,7 @@ class Context:
                     settled.append(request)
                     continue
             request.settle()  # expired or cancelled while it ran, or refused: counted alone
-        if answered and express.answered(answered):  # one record update for the batch
-            for request in settled:
-                request.timing = None
-        else:
-            for request in settled:
-                request.settle()
+        settle_answered(settled, bool(answered) and express.answered(answered))
         return True
 
     # ---- answers ----
