@@ -3,10 +3,16 @@
 What the lane takes (serving/protocols/tfserving/rpc.py `express_raw_Predict`) is one shape of message: a
 `model_spec` with only its `name`, one `inputs` entry whose TensorProto has only `dtype`, a `tensor_shape` of dims
 with only their `size`, and `tensor_content`, as tensorflow's `make_tensor_proto` and the TF Serving clients
-write it. Read with upb, that message costs ~6 µs of attribute access a call here (each nested message and map
-entry a new Python object); read here, a few varints and slices. Anything else in the bytes (another field, a
+write it. Parsed by upb and its fields read as the lane reads them, that message costs ~2.4 µs a call here (each
+nested message and map entry a new Python object); read whole here, ~3 µs of varints and slices, and ~0.2 µs
+when its layout was seen before (below). Anything else in the bytes (another field, a
 field twice, a version, a signature, typed values, an output filter, a malformed varint) is None: the caller then
 decodes the message with protobuf and goes on as before, so nothing is refused or read differently here.
+
+A client sends the same layout call after call: only the tensor's bytes change. So a message read whole whose
+`tensor_content` is its last bytes (the model_spec first, as every client writes it) leaves its layout: its
+length and the bytes before the content. A later message of that length starting with those bytes parses the same
+way up to the content, and the content is the rest: read with one comparison (`_LAYOUTS`).
 """
 
 from __future__ import annotations
@@ -43,12 +49,29 @@ def _length_delimited(data: bytes, at: int) -> tuple[bytes, int]:
     return data[at:end], end
 
 
+#: A message's length -> (the bytes before its tensor_content, model, input name, DataType enum, shape) of the last
+#: common request of that length read whole. Emptied when full.
+_LAYOUTS: dict[int, tuple[bytes, str, str, int, tuple[int, ...]]] = {}
+LAYOUTS_MAX = 64
+
+
 def read_predict(data: bytes) -> Predict | None:
     """The fields of `data` when it is the common PredictRequest (above), else None."""
+    size = len(data)
+    layout = _LAYOUTS.get(size)
+    if layout is not None and data.startswith(layout[0]):
+        head = layout[0]
+        return layout[1], layout[2], layout[3], layout[4], data[len(head):]
     try:
-        return _read(data)
+        found = _read(data)
     except (IndexError, ValueError, UnicodeDecodeError):
         return None
+    if found is not None and data[0] == 0x0A:  # model_spec first: the input's entry, and its content, end it
+        if len(_LAYOUTS) >= LAYOUTS_MAX:
+            _LAYOUTS.clear()
+        model, name, enum, shape, content = found
+        _LAYOUTS[size] = (data[:size - len(content)], model, name, enum, shape)
+    return found
 
 
 def _read(data: bytes) -> Predict | None:

@@ -92,3 +92,30 @@ def test_random_damage_never_raises_and_never_reads_what_protobuf_would_not() ->
         read += 1
         assert found == as_protobuf_reads(raw), raw  # protobuf parses it, to the same fields
     assert read > 0  # some damage (inside the content, the name) still leaves a common request
+
+
+def test_a_message_of_a_layout_seen_before_reads_as_protobuf_reads_it() -> None:
+    first = common(shape=(1, 4))
+    assert read_predict(first) == as_protobuf_reads(first)
+    request = predict_pb2.PredictRequest.FromString(first)
+    request.inputs["inputs"].tensor_content = np.arange(4, 8, dtype=np.float32).tobytes()
+    later = request.SerializeToString()
+    assert len(later) == len(first) and later != first
+    assert read_predict(later) == as_protobuf_reads(later)
+    for same_length in (common(model="xgc"), common(name="inputz"), common(dtype=2), common(shape=(4, 1))):
+        assert len(same_length) == len(first)  # another layout of the same length: read whole
+        assert read_predict(same_length) == as_protobuf_reads(same_length)
+
+
+def test_a_layout_is_kept_only_when_the_content_ends_the_message() -> None:
+    data = common()
+    cut = data.index(b"\x12")
+    swapped = data[cut:] + data[:cut]  # the input first, then the model_spec: its last bytes are the name
+    assert read_predict(swapped) == as_protobuf_reads(swapped)
+    other = predict_pb2.PredictRequest.FromString(swapped)
+    other.model_spec.name = "xgc"  # the same length and the same bytes up to the name
+    changed = other.SerializeToString()
+    changed = changed[changed.index(b"\x12"):] + changed[:changed.index(b"\x12")]
+    assert len(changed) == len(swapped) and changed.startswith(swapped[:-3])
+    assert read_predict(changed) == as_protobuf_reads(changed)
+    assert read_predict(changed)[0] == "xgc"  # type: ignore[index]
