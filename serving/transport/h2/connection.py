@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 import hpack
 
+from ...core.batching.outbox import OUTBOX
 from . import frames as f
 from .headers import CallHeaders, HeaderDecoder, Malformed, table_size_update
 
@@ -747,10 +748,15 @@ class H2Connection(asyncio.Protocol):
         self.out += parts
 
     def _write_soon(self) -> None:
-        """Output made outside data_received (an answer computed later): one write at the end of this turn."""
+        """Output made outside data_received (an answer computed later): one write at the end of this turn, or
+        at the end of the batch whose answers are being made (serving/core/batching/outbox.py: written together)."""
         if not self.reading and not self.flush_scheduled and self.out:
             self.flush_scheduled = True
-            self.loop.call_soon(self._flush)
+            held = OUTBOX.held
+            if held is not None:
+                held.append(self._flush)
+            else:
+                self.loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self.flush_scheduled = False

@@ -264,6 +264,44 @@ async def test_a_batch_of_one_row_predicts_is_answered_at_once_with_the_bytes_of
         assert series.ok == 10 and sum(series.queue.counts) == 10
 
 
+@in_loop
+async def test_a_batch_s_answers_are_written_back_to_back_as_the_batch_ends(repo: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """As over HTTP (serving/core/batching/outbox.py): the connections' writes of a batch's answers wait until
+    all are made, and go out as the batch's completion ends, not one loop turn each later."""
+    from serving.core.batching.queue import BatchQueue
+    from serving.transport.h2.connection import H2Connection
+    from serving.transport.rpc.native import Context
+
+    events: list[str] = []
+    respond, flush, complete = Context._respond, H2Connection._flush, BatchQueue._complete
+
+    def made(self: Any, data: bytes) -> None:
+        events.append("made")
+        respond(self, data)
+
+    def written(self: Any) -> None:
+        if self.out:
+            events.append("written")
+        flush(self)
+
+    def completed(self: Any, *args: Any) -> None:
+        complete(self, *args)
+        events.append("batch completed")
+
+    monkeypatch.setattr(Context, "_respond", made)
+    monkeypatch.setattr(H2Connection, "_flush", written)
+    monkeypatch.setattr(BatchQueue, "_complete", completed)
+    async with serving(specs(repo)) as s:
+        requests = [predict_request([[float(i)]]) for i in range(4)]
+        answers = await held_batch(s, requests, express=True)
+    assert [list(a.outputs["predictions"].float_val) for a, _ in answers] == [[0.5 * i + 2.0] for i in range(4)]
+    batch = events[events.index("made"):]  # before it: the connections' SETTINGS and their ACKs
+    batch = batch[:batch.index("batch completed")]
+    # grpcio's channels in one process may share a connection: one write for each connection
+    assert batch[:4] == ["made"] * 4 and batch[4:] and set(batch[4:]) == {"written"}, events
+
+
 def test_the_response_template_writes_what_the_message_serializes_to_or_declines() -> None:
     from serving.core.signature import Signature, TensorSpec
     from serving.protocols.tfserving.rpc import _express_bodies, predict_response
