@@ -343,10 +343,11 @@ class GrpcExpress:
 
     def __init__(self, protocol: str, pipeline: Pipeline, servicer: Any,
                  encode: Callable[[Any, Any], Any],
-                 bodies: Callable[[Any, Any, int], list[bytes] | None] | None = None) -> None:
+                 bodies: Callable[[list[Any], Any, int], list[bytes] | None] | None = None) -> None:
         self.protocol, self.pipeline, self.servicer, self.encode = protocol, pipeline, servicer, encode
-        #: (a call of the batch, the batch's outputs, rows) -> the serialized answers of a batch of one-row calls,
-        #: each what `encode` makes of its row, or None (each is then encoded alone); None: no such shortcut.
+        #: (the calls of the batch, in its order; the batch's outputs; rows) -> the serialized answers of a batch of
+        #: one-row calls, each what `encode` makes of its row, or None (each is then encoded alone); None: no such
+        #: shortcut.
         self.bodies = bodies
 
     def finished(self, context: Any, error: ServingError | None) -> None:

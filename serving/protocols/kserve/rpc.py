@@ -48,7 +48,7 @@ class InferenceService(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):  
         self.statistics = statistics  # None: the statistics extension is not served
         self.control = control  # None: the model repository extension is not served
         self.extensions = extensions(statistics)
-        self.express = GrpcExpress("kserve_grpc", pipeline, self, self._express_answer)
+        self.express = GrpcExpress("kserve_grpc", pipeline, self, _express_answer, _express_bodies)
 
     async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         return pb.ServerLiveResponse(live=True)
@@ -139,15 +139,6 @@ class InferenceService(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):  
         return context.take_express(self.express, queue, {want.name: array}, shape[0],  # type: ignore[no-any-return]
                                     servable, sig, received, self.default_timeout_s)
 
-    def _express_answer(self, context: Any, outputs: Outputs) -> Any:
-        """A ModelInferResponse as `fill_answer` makes it, for an express call (`context.message`: its request)."""
-        servable, request = context.servable, context.message
-        response = pb.ModelInferResponse(model_name=servable.model, model_version=str(servable.version),
-                                         id=request.id)
-        names = [o.name for o in request.outputs] if request.outputs else list(context.signature.outputs)
-        codec.encode_grpc(response, outputs, names)
-        return response
-
     def infer_call(self, request: Any, exchange: GrpcExchange) -> Call[Any]:
         """The Call of a ModelInferRequest, unary or one message of a stream. Its state is the request: the
         body's id is echoed in the answer (the request id is x-request-id's)."""
@@ -182,6 +173,99 @@ class InferenceService(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):  
         if self.control is None:
             raise ServingError(Code.UNIMPLEMENTED, "the model repository extension is not served")
         return self.control
+
+
+def _express_answer(context: Any, outputs: Outputs) -> Any:
+    """A ModelInferResponse as `fill_answer` makes it, for an express call (`context.message`: its request)."""
+    servable, request = context.servable, context.message
+    response = pb.ModelInferResponse(model_name=servable.model, model_version=str(servable.version), id=request.id)
+    names = [o.name for o in request.outputs] if request.outputs else list(context.signature.outputs)
+    codec.encode_grpc(response, outputs, names)
+    return response
+
+
+#: (model, version, output, dtype, row shape) -> the (head, tail) of a one-row ModelInferResponse: the bytes before
+#: its `id` and those after it, up to its row's raw bytes, which end it; None where it is not laid out so. Emptied
+#: when full.
+_TEMPLATES: dict[tuple[Any, ...], tuple[bytes, bytes] | None] = {}
+TEMPLATES_MAX = 256
+
+
+def _express_bodies(contexts: list[Any], outputs: Outputs, rows: int) -> list[bytes] | None:
+    """The serialized ModelInferResponses of a batch of one-row express ModelInfers, each the bytes
+    `_express_answer`'s message serializes to. With one output, a response is its model name and version, the
+    call's `id`, the output's name, datatype and shape, then the row's raw bytes last (raw_output_contents): so
+    each answer is a head, the call's id field, a tail and its row's bytes (made once per model version and
+    output shape, and checked against real serializations, with and without an id). None for anything else:
+    each is then encoded alone."""
+    first = contexts[0]
+    servable, sig = first.servable, first.signature  # one lane's calls: one servable, one signature
+    if len(outputs) != 1 or len(sig.outputs) != 1:
+        return None
+    ((name, array),) = outputs.items()
+    if (name not in sig.outputs or array.__class__ is not np.ndarray or array.dtype.kind not in "fiub"
+            or not array.dtype.isnative or not array.ndim or array.shape[0] != rows):
+        return None
+    for context in contexts:
+        if len(context.message.outputs) > 1:  # the one output named twice: answered twice, alone
+            return None
+    key = (servable.model, servable.version, name, array.dtype.str, array.shape[1:])
+    if key in _TEMPLATES:
+        template = _TEMPLATES[key]
+    else:
+        if len(_TEMPLATES) >= TEMPLATES_MAX:
+            _TEMPLATES.clear()
+        template = _TEMPLATES[key] = _template(servable, sig, name, np.ascontiguousarray(array[:1]))
+    if template is None:
+        return None
+    head, tail = template
+    data = np.ascontiguousarray(array).tobytes()
+    width = len(data) // rows
+    if not width:
+        return None
+    bodies = []
+    at = 0
+    for context in contexts:
+        rid = context.message.id
+        bodies.append(head + _id_field(rid) + tail + data[at:at + width] if rid else
+                      head + tail + data[at:at + width])
+        at += width
+    return bodies
+
+
+def _id_field(rid: str) -> bytes:
+    """ModelInferResponse's `id` (field 3) as protobuf writes it: its tag, its length as a varint, its UTF-8."""
+    data = rid.encode()
+    size, length = len(data), b""
+    while size >= 0x80:
+        length += bytes([size & 0x7F | 0x80])
+        size >>= 7
+    return b"\x1a" + length + bytes([size]) + data
+
+
+def _template(servable: Servable, sig: Signature, name: str, row: np.ndarray) -> tuple[bytes, bytes] | None:
+    """`_express_bodies`' (head, tail) for one row shaped as `row`, or None when the response is not laid out so
+    (checked on a zero row, a counting row and `row` itself, with no id, a short one and a long one)."""
+    class Probe:  # what _express_answer reads of a call
+        def __init__(self, rid: str) -> None:
+            self.servable, self.signature, self.message = servable, sig, pb.ModelInferRequest(id=rid)
+
+    def body(values: np.ndarray, rid: str = "") -> bytes:
+        return _express_answer(Probe(rid), {name: values}).SerializeToString()  # type: ignore[no-any-return]
+
+    probe = np.arange(1, row.size + 1).astype(row.dtype).reshape(row.shape)
+    counting, raw = body(probe), probe.tobytes()
+    if not counting.endswith(raw):
+        return None
+    head = pb.ModelInferResponse(model_name=servable.model, model_version=str(servable.version)).SerializeToString()
+    if not counting.startswith(head):
+        return None
+    tail = counting[len(head):len(counting) - len(raw)]
+    for values in (np.zeros_like(row), row):
+        for rid in ("", "r-1", "\u00e9" * 200):
+            if body(values, rid) != head + (_id_field(rid) if rid else b"") + tail + values.tobytes():
+                return None
+    return head, tail
 
 
 def _parameter(value: Any) -> Any:

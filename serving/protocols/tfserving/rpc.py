@@ -147,12 +147,12 @@ _TEMPLATES: dict[tuple[Any, ...], tuple[bytes, bytes] | None] = {}
 TEMPLATES_MAX = 256
 
 
-def _express_bodies(context: Any, outputs: Outputs, rows: int) -> list[bytes] | None:
+def _express_bodies(contexts: list[Any], outputs: Outputs, rows: int) -> list[bytes] | None:
     """The serialized PredictResponses of a batch of one-row express Predicts, each the bytes `_express_answer`'s
     message serializes to: a float output's packed values are their little-endian bytes, so each answer is the
     one-row response's bytes before and after them around its row's bytes (made once per model version and output
     shape, and checked against a real serialization). None for anything else: each is then encoded alone."""
-    servable, sig = context.servable, context.signature
+    servable, sig = contexts[0].servable, contexts[0].signature  # one lane's calls: one servable, one signature
     if len(outputs) != 1 or len(sig.outputs) != 1:
         return None
     ((name, array),) = outputs.items()

@@ -526,7 +526,7 @@ class Context:
         if bodies_of is None or not one_row_each(batch, rows, Context, express):
             return False
         try:
-            bodies = bodies_of(self, outputs, rows)
+            bodies = bodies_of([request.future for request, _, _ in batch], outputs, rows)
         except Exception:  # noqa: BLE001 - one by one, each call's own encode then answers its error
             log.exception("encoding a batch of answers failed")
             return False

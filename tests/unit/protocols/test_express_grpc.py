@@ -177,7 +177,7 @@ async def test_the_access_log_has_the_express_calls_line(repo: Path) -> None:
 
 def infer_request(rows: list[list[float]], **fields: Any) -> Any:
     array = np.asarray(rows, np.float32)
-    request = v2.ModelInferRequest(model_name="lin", id="req-1", **fields)
+    request = v2.ModelInferRequest(model_name="lin", **{"id": "req-1", **fields})
     request.inputs.add(name="inputs", datatype="FP32", shape=list(array.shape))
     request.raw_input_contents.append(array.tobytes())
     return request
@@ -215,13 +215,13 @@ async def test_kserve_model_infer_takes_its_lane_and_answers_as_the_general_path
 
 
 async def held_batch(s: Served, requests: list[Any], *, express: bool,
-                     log: Any = None) -> list[tuple[Any, dict[str, str]]]:
+                     log: Any = None, kserve: bool = False) -> list[tuple[Any, dict[str, str]]]:
     """`requests` sent at once (a client thread each) while lin's queue dispatches nothing, then let go as one
     batch: each call's (response, trailing metadata)."""
     queue = s.manager.get("lin").lane[2]  # type: ignore[index]
     queue.placement.inline = False
     queue.in_flight = queue.options.max_in_flight  # nothing dispatches: the calls wait in the queue
-    async with native(s, express=express, log=log) as (port, _):
+    async with native(s, express=express, log=log, kserve=kserve) as (port, _):
         loop = asyncio.get_running_loop()
         with ThreadPoolExecutor(len(requests)) as pool:
             answers = [loop.run_in_executor(pool, call, port, r) for r in requests]
@@ -240,8 +240,8 @@ async def test_a_batch_of_one_row_predicts_is_answered_at_once_with_the_bytes_of
         made: list[int | None] = []
         bodies = rpc._express_bodies
 
-        def counted_bodies(context: Any, outputs: Any, rows: int) -> Any:
-            out = bodies(context, outputs, rows)
+        def counted_bodies(contexts: Any, outputs: Any, rows: int) -> Any:
+            out = bodies(contexts, outputs, rows)
             made.append(None if out is None else len(out))
             return out
 
@@ -302,6 +302,74 @@ async def test_a_batch_s_answers_are_written_back_to_back_as_the_batch_ends(repo
     assert batch[:4] == ["made"] * 4 and batch[4:] and set(batch[4:]) == {"written"}, events
 
 
+@in_loop
+async def test_a_batch_of_one_row_model_infers_is_answered_at_once_with_the_bytes_of_one_by_one(repo: Path) -> None:
+    async with serving(specs(repo)) as s:
+        from serving.protocols.kserve import rpc
+
+        made: list[int | None] = []
+        bodies = rpc._express_bodies
+
+        def counted_bodies(contexts: Any, outputs: Any, rows: int) -> Any:
+            out = bodies(contexts, outputs, rows)
+            made.append(None if out is None else len(out))
+            return out
+
+        rpc._express_bodies = counted_bodies  # type: ignore[assignment]
+        try:
+            # ids of every kind (none, short, a length of two varint bytes, not ASCII), outputs named or not
+            requests = [infer_request([[float(i) + 0.25]], id=rid) for i, rid in enumerate(["", "a", "é" * 90, "q-3"])]
+            requests.append(infer_request([[7.0]], outputs=[{"name": "predictions"}]))
+            fast = await held_batch(s, requests, express=True, kserve=True)
+            assert made == [5]
+            slow = await held_batch(s, requests, express=False, kserve=True)
+        finally:
+            rpc._express_bodies = bodies  # type: ignore[assignment]
+        for (f, _), (g, _) in zip(fast, slow, strict=True):
+            assert f.SerializeToString(deterministic=True) == g.SerializeToString(deterministic=True)
+        assert [f.id for f, _ in fast] == ["", "a", "é" * 90, "q-3", "req-1"]
+        values = [np.frombuffer(f.raw_output_contents[0], np.float32).tolist() for f, _ in fast]
+        assert values == [[0.5 * (i + 0.25) + 2.0] for i in range(4)] + [[5.5]]  # lin version 2: 0.5 x + 2
+        series = await counted(s, "lin", 10)
+        assert series.ok == 10
+
+
+def test_the_model_infer_template_writes_what_the_message_serializes_to_or_declines() -> None:
+    from serving.core.signature import Signature, TensorSpec
+    from serving.protocols.kserve.rpc import _express_answer, _express_bodies
+
+    class Servable:
+        model, version = "m", 3
+
+    def calls(ids: list[str], dtype: Any, outputs: tuple[str, ...] = ()) -> list[Any]:
+        class Call:
+            servable = Servable()
+            signature = Signature("serving_default", {"x": TensorSpec("x", np.dtype(np.float32), (-1, 2))},
+                                  {"y": TensorSpec("y", np.dtype(dtype), None)})
+
+            def __init__(self, rid: str) -> None:
+                self.message = v2.ModelInferRequest(id=rid, outputs=[{"name": n} for n in outputs])
+
+        return [Call(rid) for rid in ids]
+
+    rng = np.random.default_rng(5)
+    ids = ["", "x", "y" * 127, "z" * 128, "ü" * 5000]
+    for dtype, shape in ((np.float32, (5, 3)), (np.float64, (5,)), (np.int64, (5, 2, 2)), (np.int8, (5, 1)),
+                         (np.bool_, (5, 2)), (np.uint16, (5, 4))):
+        outputs = {"y": (rng.standard_normal(shape) * 100).astype(dtype)}
+        for named in ((), ("y",)):
+            batch = calls(ids, dtype, named)
+            got = _express_bodies(batch, outputs, shape[0])
+            expected = [_express_answer(c, {"y": outputs["y"][i:i + 1]}).SerializeToString()
+                        for i, c in enumerate(batch)]
+            assert got == expected, (dtype, shape, named)
+    # Strings, byte-swapped values, two outputs, or an output named twice: each encoded alone.
+    assert _express_bodies(calls(["a"], object), {"y": np.array([b"s"], dtype=object)}, 1) is None
+    assert _express_bodies(calls(["a"], ">f4"), {"y": np.ones((2, 1), dtype=">f4")}, 2) is None
+    assert _express_bodies(calls(["a", "b"], np.float32), {"y": np.ones(2, np.float32), "z": np.ones(2)}, 2) is None
+    assert _express_bodies(calls(["a"], np.float32, ("y", "y")), {"y": np.ones(1, np.float32)}, 1) is None
+
+
 def test_the_response_template_writes_what_the_message_serializes_to_or_declines() -> None:
     from serving.core.signature import Signature, TensorSpec
     from serving.protocols.tfserving.rpc import _express_bodies, predict_response
@@ -318,11 +386,11 @@ def test_the_response_template_writes_what_the_message_serializes_to_or_declines
     for dtype, shape in ((np.float32, (4, 3)), (np.float64, (4,)), (np.float32, (2, 2, 2)), (np.float32, (3, 1))):
         outputs = {"y": rng.standard_normal(shape).astype(dtype)}
         outputs["y"].ravel()[1] = np.nan  # NaN is bytes like any other value here
-        got = _express_bodies(Call(), outputs, shape[0])
+        got = _express_bodies([Call()], outputs, shape[0])
         expected = [predict_response(Call.servable, Call.signature, {"y": outputs["y"][i:i + 1]}).SerializeToString()
                     for i in range(shape[0])]
         assert got == expected, (dtype, shape)
     # Not laid out as their bytes (int varints, half precision), or not one output: each encoded alone.
-    assert _express_bodies(Call(), {"y": np.arange(4, dtype=np.int32).reshape(4, 1)}, 4) is None
-    assert _express_bodies(Call(), {"y": np.ones((4, 1), dtype=np.float16)}, 4) is None
-    assert _express_bodies(Call(), {"y": np.ones((4, 1), np.float32), "z": np.ones(4, np.float32)}, 4) is None
+    assert _express_bodies([Call()], {"y": np.arange(4, dtype=np.int32).reshape(4, 1)}, 4) is None
+    assert _express_bodies([Call()], {"y": np.ones((4, 1), dtype=np.float16)}, 4) is None
+    assert _express_bodies([Call()], {"y": np.ones((4, 1), np.float32), "z": np.ones(4, np.float32)}, 4) is None
