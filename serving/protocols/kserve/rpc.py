@@ -12,10 +12,12 @@ from typing import Any
 import grpc
 import numpy as np
 from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 
 from ... import __version__
 from ..._proto.inference import grpc_predict_v2_pb2 as pb
 from ..._proto.inference import grpc_predict_v2_pb2_grpc
+from ...codecs.infer_wire import Layouts
 from ...codecs.tensors import little_endian
 from ...core.control import ModelControl
 from ...core.dataplane import Outputs, outputs_of
@@ -103,39 +105,55 @@ class InferenceService(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):  
         """Triton's streaming inference: each message a ModelInfer, answered on the stream (stream.py)."""
         await InferStream(self, context).serve(requests)
 
-    def express_ModelInfer(self, request: Any, context: Any) -> bool:  # noqa: N802 - the native transport's name
-        """The native transport's express lane for the common ModelInfer (serving/protocols/express.py): the
-        latest version of a model with a lane, its one input in `raw_input_contents` of the lane's datatype and a
-        shape it fits, outputs named only from the signature's, no signature or ModelMesh id named (perf_analyzer
-        names every output and sends `triton_enable_empty_final_response`, which a unary call ignores, as the
-        general path does). True when it queued the call with `context` as its future; False leaves the call to
-        ModelInfer above, which answers every error."""
-        if not self.pipeline.express or request.model_version or "signature_name" in request.parameters:
+    def express_raw_ModelInfer(self, data: bytes, context: Any) -> bool:  # noqa: N802 - the native transport's name
+        """The native transport's express lane for the common ModelInfer (serving/protocols/express.py), from the
+        message's bytes: the latest version of a model with a lane, its one input in `raw_input_contents` of the
+        lane's datatype and a shape it fits, outputs named only from the signature's, no signature or ModelMesh id
+        named (perf_analyzer names every output and sends `triton_enable_empty_final_response`, which a unary call
+        ignores, as the general path does). A message of a layout taken before is read from its bytes
+        (serving/codecs/infer_wire.py); any other is decoded here and, when the lane takes it, its layout kept.
+        True when it queued the call with `context` as its future; False leaves the call to ModelInfer above (the
+        transport decodes the message again), which answers every error."""
+        if not self.pipeline.express:
             return False
+        found = _LAYOUTS.find(data)
+        if found is not None:
+            read, raw = found
+            return self._take(read, raw, context)
+        try:
+            request = pb.ModelInferRequest.FromString(data)
+        except DecodeError:
+            return False  # the transport's decode answers it
+        read = _lane_read(request)
+        if read is None:
+            return False
+        contents = request.raw_input_contents[0]
+        if not self._take(read, contents, context):
+            return False
+        _LAYOUTS.keep(data, len(contents), read)
+        return True
+
+    def _take(self, read: LaneRead, data: bytes, context: Any) -> bool:
+        """Queue the call `read` (its raw contents `data`) in its model's lane, with `context` as its future; False
+        when the lane does not take it."""
         for key, _ in context.headers.metadata:
             if key in MODEL_ID_KEYS:
                 return False
-        raw = request.raw_input_contents
-        if len(raw) != 1 or len(request.inputs) != 1:
-            return False
         received = time.perf_counter()
-        servable = self.manager.laned(request.model_name, context)
+        model, name, datatype, shape, output_names, echo = read
+        servable = self.manager.laned(model, context)
         if servable is None or servable.observers:
             return False
         sig, want, queue = servable.lane  # type: ignore[misc]
-        for output in request.outputs:
-            if output.name not in sig.outputs:
+        for output in output_names:
+            if output not in sig.outputs:
                 return False
-        item = request.inputs[0]
-        dtype = want.dtype
-        if item.name != want.name or item.datatype != codec.datatype_of(dtype) or dtype == STRING:
+        wire = _wire(want)
+        if (name != want.name or not wire[0] or datatype != wire[0] or not want.fits(shape)
+                or len(data) != math.prod(shape) * wire[2]):
             return False
-        shape = tuple(item.shape)
-        data = raw[0]
-        if (not shape or shape[0] <= 0 or min(shape) < 0 or not want.fits(shape)
-                or len(data) != math.prod(shape) * dtype.itemsize):
-            return False
-        array = np.frombuffer(data, dtype=little_endian(dtype)).reshape(shape)
+        context.message = echo
+        array = np.frombuffer(data, dtype=wire[1]).reshape(shape)
         return context.take_express(self.express, queue, {want.name: array}, shape[0],  # type: ignore[no-any-return]
                                     servable, sig, received, self.default_timeout_s)
 
@@ -173,6 +191,48 @@ class InferenceService(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):  
         if self.control is None:
             raise ServingError(Code.UNIMPLEMENTED, "the model repository extension is not served")
         return self.control
+
+
+#: What the lane reads of a ModelInferRequest: model name, input name, datatype, shape, the outputs named, and the
+#: request as the answer reads it (its `id` and outputs: `_express_answer`), its raw contents left out.
+LaneRead = tuple[str, str, str, tuple[int, ...], tuple[str, ...], Any]
+
+#: The layouts of the requests the lane took (serving/codecs/infer_wire.py).
+_LAYOUTS = Layouts()
+
+
+def _lane_read(request: Any) -> LaneRead | None:
+    """What the lane reads of `request` when it is a lane's kind of ModelInfer (the latest version, no signature
+    named, one input in its one raw contents, a shape of positive rows), else None."""
+    if request.model_version or "signature_name" in request.parameters:
+        return None
+    raw = request.raw_input_contents
+    if len(raw) != 1 or len(request.inputs) != 1:
+        return None
+    item = request.inputs[0]
+    shape = tuple(item.shape)
+    if not shape or shape[0] <= 0 or min(shape) < 0:
+        return None
+    echo = pb.ModelInferRequest(id=request.id, outputs=request.outputs)
+    return request.model_name, item.name, item.datatype, shape, tuple([o.name for o in request.outputs]), echo
+
+
+#: id of a lane input's spec -> (its V2 datatype, "" for strings (no lane), its raw contents' dtype, its item size,
+#: the spec itself: an entry is used only for that very spec, so a reused id finds none).
+_WIRE: dict[int, tuple[str, np.dtype, int, Any]] = {}
+
+
+def _wire(spec: Any) -> tuple[str, np.dtype, int, Any]:
+    """`spec`'s wire view, made once per spec."""
+    found = _WIRE.get(id(spec))
+    if found is not None and found[3] is spec:
+        return found
+    dtype = spec.dtype
+    if len(_WIRE) >= TEMPLATES_MAX:
+        _WIRE.clear()
+    found = _WIRE[id(spec)] = ("" if dtype == STRING else codec.datatype_of(dtype), little_endian(dtype),
+                               dtype.itemsize, spec)
+    return found
 
 
 def _express_answer(context: Any, outputs: Outputs) -> Any:

@@ -44,32 +44,33 @@ async def native(s: Served, *, express: bool = True, log: Any = None, timeout_s:
     the calls its lane took (by model)."""
     service: Any = (InferenceService(s.manager, s.pipeline, timeout_s) if kserve
                     else PredictionService(s.manager, s.pipeline, timeout_s))
-    name = "express_ModelInfer" if kserve else "express_Predict"
     taken: list[str] = []
     if express:
-        take = getattr(service, name)
+        if not kserve:  # the decoded Predict's lane (after the bytes' one below declined)
+            take = service.express_Predict
 
-        def counted_take(request: Any, context: Any) -> bool:
-            took = take(request, context)
+            def counted_take(request: Any, context: Any) -> bool:
+                took = take(request, context)
+                if took:
+                    taken.append(request.model_spec.name)
+                return bool(took)
+
+            service.express_Predict = counted_take
+        message = v2.ModelInferRequest if kserve else predict_pb2.PredictRequest
+        take_raw = service.express_raw_ModelInfer if kserve else service.express_raw_Predict
+
+        def counted_raw(data: bytes, context: Any) -> bool:
+            took = take_raw(data, context)
             if took:
+                request = message.FromString(data)
                 taken.append(request.model_name if kserve else request.model_spec.name)
             return bool(took)
 
-        setattr(service, name, counted_take)
-        if not kserve:  # the common Predict, read from its bytes first
-            take_raw = service.express_raw_Predict
-
-            def counted_raw(data: bytes, context: Any) -> bool:
-                took = take_raw(data, context)
-                if took:
-                    taken.append(predict_pb2.PredictRequest.FromString(data).model_spec.name)
-                return bool(took)
-
-            service.express_raw_Predict = counted_raw
+        setattr(service, "express_raw_ModelInfer" if kserve else "express_raw_Predict", counted_raw)
     else:
-        setattr(service, name, None)
         if not kserve:
-            service.express_raw_Predict = None
+            service.express_Predict = None
+        setattr(service, "express_raw_ModelInfer" if kserve else "express_raw_Predict", None)
     server = new_native_server([service], access_log=log)
     await server.start("127.0.0.1", 0)
     try:
@@ -212,6 +213,31 @@ async def test_kserve_model_infer_takes_its_lane_and_answers_as_the_general_path
         async with native(s, kserve=True) as (port, taken):
             code, details, _ = await in_thread(lambda: code_of(lambda: call(port, wrong)))
         assert taken == [] and code == grpc.StatusCode.INVALID_ARGUMENT and "FP64" in details
+
+
+@in_loop
+async def test_model_infers_of_one_layout_are_read_from_their_bytes_each_with_its_own_values(repo: Path) -> None:
+    from serving.protocols.kserve import rpc
+
+    async with serving(specs(repo)) as s, native(s, kserve=True) as (port, taken):
+        rpc._LAYOUTS.kept.clear()
+        found: list[bool] = []
+        find = rpc._LAYOUTS.find
+
+        def counted_find(data: bytes) -> Any:
+            out = find(data)
+            found.append(out is not None)
+            return out
+
+        rpc._LAYOUTS.find = counted_find  # type: ignore[method-assign]
+        try:
+            answers = [await in_thread(lambda v=v: call(port, infer_request([[v]]))) for v in (1.0, 3.0, 5.0, 7.0)]
+        finally:
+            del rpc._LAYOUTS.find
+    assert taken == ["lin"] * 4 and found == [False, True, True, True]  # decoded once, then read by its layout
+    assert [np.frombuffer(a.raw_output_contents[0], np.float32).tolist() for a, _ in answers] == [
+        [0.5 * v + 2.0] for v in (1.0, 3.0, 5.0, 7.0)]
+    assert {a.id for a, _ in answers} == {"req-1"}
 
 
 async def held_batch(s: Served, requests: list[Any], *, express: bool,
