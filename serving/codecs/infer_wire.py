@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .predict_wire import varint
+
 #: raw_input_contents (7), length-delimited: its tag byte.
 RAW_TAG = 7 << 3 | 2
 
@@ -54,19 +56,6 @@ class Layouts:
         self.kept[len(data)] = (data[:len(data) - raw_size], read, data)
 
 
-def _varint(data: bytes, at: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[at]  # IndexError past the end
-        at += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, at
-        shift += 7
-        if shift > 63:
-            raise ValueError("varint too long")
-
-
 def last_field_start(data: bytes, tag: int) -> int | None:
     """Where the value of the field of one-byte `tag` (length-delimited) starts, when it is the message's last
     top-level field, its only one with that tag, and ends with the message; None otherwise (or for bytes that do
@@ -74,16 +63,16 @@ def last_field_start(data: bytes, tag: int) -> int | None:
     at, end, start = 0, len(data), None
     try:
         while at < end:
-            key, at = _varint(data, at)
+            key, at = varint(data, at)
             kind = key & 7
             if kind == 0:
-                _, at = _varint(data, at)
+                _, at = varint(data, at)
             elif kind == 1:
                 at += 8
             elif kind == 5:
                 at += 4
             elif kind == 2:
-                size, at = _varint(data, at)
+                size, at = varint(data, at)
                 if key == tag:
                     if start is not None:
                         return None  # twice

@@ -23,7 +23,7 @@ Predict = tuple[str, str, int, tuple[int, ...], bytes]
 _NEGATIVE = 1 << 63  # an int64 varint at or past this is negative (ten bytes, two's complement)
 
 
-def _varint(data: bytes, at: int) -> tuple[int, int]:
+def varint(data: bytes, at: int) -> tuple[int, int]:
     """The varint at `at` and where it ends; IndexError past the end, ValueError past ten bytes."""
     byte = data[at]
     if byte < 0x80:
@@ -42,7 +42,7 @@ def _varint(data: bytes, at: int) -> tuple[int, int]:
 
 
 def _length_delimited(data: bytes, at: int) -> tuple[bytes, int]:
-    size, at = _varint(data, at)
+    size, at = varint(data, at)
     end = at + size
     if end > len(data):
         raise IndexError("field past the message")
@@ -120,7 +120,7 @@ def _tensor(tensor: bytes) -> tuple[int, tuple[int, ...], bytes] | None:
     """A TensorProto of dtype (1), tensor_shape (2) and tensor_content (4), each once, in that order."""
     if not tensor or tensor[0] != 0x08:
         return None
-    dtype, at = _varint(tensor, 1)
+    dtype, at = varint(tensor, 1)
     if at >= len(tensor) or tensor[at] != 0x12:
         return None
     shape_bytes, at = _length_delimited(tensor, at + 1)
@@ -146,7 +146,7 @@ def _shape(shape: bytes) -> tuple[int, ...] | None:
             continue
         if dim[0] != 0x08:
             return None
-        size, used = _varint(dim, 1)
+        size, used = varint(dim, 1)
         if used != len(dim) or size >= _NEGATIVE:
             return None
         dims.append(size)
