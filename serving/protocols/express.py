@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+import numpy as np
+
 from ..codecs.jsonutil import dumps, loads
 from ..core.pipeline import Pipeline, Timings
 from ..core.repository import ModelManager
@@ -308,6 +310,69 @@ def answered_batch(pipeline: Pipeline, calls: list[Any], protocol: str) -> bool:
     first.servable.record.answered_batch((first.signature.name, protocol, "predict"), [c.received for c in calls],
                                          first.dispatched, first.computed, time.perf_counter())
     return True
+
+
+#: How many response templates and wire views a gRPC lane keeps (each cache emptied when full).
+TEMPLATES_MAX = 256
+
+
+class Made:
+    """A cache of what a lane makes once per key (a response template, None where there is none), emptied when
+    full."""
+
+    def __init__(self, limit: int = TEMPLATES_MAX) -> None:
+        self.limit = limit
+        self.made: dict[Any, Any] = {}
+
+    def get(self, key: Any, make: Callable[[], Any]) -> Any:
+        made = self.made
+        if key in made:
+            return made[key]
+        if len(made) >= self.limit:
+            made.clear()
+        value = made[key] = make()
+        return value
+
+
+class SpecViews:
+    """What a gRPC lane reads of a lane input's spec (its wire datatype, dtype, item size: `make`), made once per
+    spec: kept under the spec's id with the spec itself, so an entry serves only that very spec (a reused id finds
+    none). Emptied when full."""
+
+    def __init__(self, make: Callable[[TensorSpec], tuple[Any, ...]], limit: int = TEMPLATES_MAX) -> None:
+        self.make, self.limit = make, limit
+        self.views: dict[int, tuple[tuple[Any, ...], TensorSpec]] = {}
+
+    def __call__(self, spec: TensorSpec) -> tuple[Any, ...]:
+        found = self.views.get(id(spec))
+        if found is not None and found[1] is spec:
+            return found[0]
+        if len(self.views) >= self.limit:
+            self.views.clear()
+        view = self.make(spec)
+        self.views[id(spec)] = (view, spec)
+        return view
+
+
+def one_output(contexts: list[Any], outputs: Any, rows: int) -> tuple[Any, Any, str, np.ndarray] | None:
+    """(servable, signature, name, array) of a batch of one-row express calls answering the signature's one output
+    as an array of `rows` rows: what a gRPC lane's response template serves; None otherwise."""
+    servable, sig = contexts[0].servable, contexts[0].signature  # one lane's calls: one servable, one signature
+    if len(outputs) != 1 or len(sig.outputs) != 1:
+        return None
+    ((name, array),) = outputs.items()
+    if name not in sig.outputs or array.__class__ is not np.ndarray or not array.ndim or array.shape[0] != rows:
+        return None
+    return servable, sig, name, array
+
+
+def row_bytes(array: np.ndarray, rows: int) -> list[bytes] | None:
+    """Each row's bytes, in C order (None for rows of no bytes)."""
+    data = np.ascontiguousarray(array).tobytes()
+    width = len(data) // rows
+    if not width:
+        return None
+    return [data[at:at + width] for at in range(0, len(data), width)]
 
 
 class GrpcCall:

@@ -29,7 +29,7 @@ from ...core.signature import STRING, Signature
 from ...errors import Code, ServingError
 from ...ops.statistics import Statistics, extensions
 from ..adapters import MODEL_ID_KEYS, GrpcExchange, grpc_call, grpc_errors
-from ..express import GrpcExpress
+from ..express import GrpcExpress, Made, SpecViews, one_output, row_bytes
 from . import codec
 from .stream import InferStream
 
@@ -217,22 +217,9 @@ def _lane_read(request: Any) -> LaneRead | None:
     return request.model_name, item.name, item.datatype, shape, tuple([o.name for o in request.outputs]), echo
 
 
-#: id of a lane input's spec -> (its V2 datatype, "" for strings (no lane), its raw contents' dtype, its item size,
-#: the spec itself: an entry is used only for that very spec, so a reused id finds none).
-_WIRE: dict[int, tuple[str, np.dtype, int, Any]] = {}
-
-
-def _wire(spec: Any) -> tuple[str, np.dtype, int, Any]:
-    """`spec`'s wire view, made once per spec."""
-    found = _WIRE.get(id(spec))
-    if found is not None and found[3] is spec:
-        return found
-    dtype = spec.dtype
-    if len(_WIRE) >= TEMPLATES_MAX:
-        _WIRE.clear()
-    found = _WIRE[id(spec)] = ("" if dtype == STRING else codec.datatype_of(dtype), little_endian(dtype),
-                               dtype.itemsize, spec)
-    return found
+#: A lane input spec's (V2 datatype, "" for strings (no lane); its raw contents' dtype; its item size).
+_wire = SpecViews(lambda spec: ("" if spec.dtype == STRING else codec.datatype_of(spec.dtype),
+                                little_endian(spec.dtype), spec.dtype.itemsize))
 
 
 def _express_answer(context: Any, outputs: Outputs) -> Any:
@@ -245,10 +232,8 @@ def _express_answer(context: Any, outputs: Outputs) -> Any:
 
 
 #: (model, version, output, dtype, row shape) -> the (head, tail) of a one-row ModelInferResponse: the bytes before
-#: its `id` and those after it, up to its row's raw bytes, which end it; None where it is not laid out so. Emptied
-#: when full.
-_TEMPLATES: dict[tuple[Any, ...], tuple[bytes, bytes] | None] = {}
-TEMPLATES_MAX = 256
+#: its `id` and those after it, up to its row's raw bytes, which end it; None where it is not laid out so.
+_TEMPLATES = Made()
 
 
 def _express_bodies(contexts: list[Any], outputs: Outputs, rows: int) -> list[bytes] | None:
@@ -258,38 +243,25 @@ def _express_bodies(contexts: list[Any], outputs: Outputs, rows: int) -> list[by
     each answer is a head, the call's id field, a tail and its row's bytes (made once per model version and
     output shape, and checked against real serializations, with and without an id). None for anything else:
     each is then encoded alone."""
-    first = contexts[0]
-    servable, sig = first.servable, first.signature  # one lane's calls: one servable, one signature
-    if len(outputs) != 1 or len(sig.outputs) != 1:
+    found = one_output(contexts, outputs, rows)
+    if found is None:
         return None
-    ((name, array),) = outputs.items()
-    if (name not in sig.outputs or array.__class__ is not np.ndarray or array.dtype.kind not in "fiub"
-            or not array.dtype.isnative or not array.ndim or array.shape[0] != rows):
+    servable, sig, name, array = found
+    if array.dtype.kind not in "fiub" or not array.dtype.isnative:
         return None
     for context in contexts:
         if len(context.message.outputs) > 1:  # the one output named twice: answered twice, alone
             return None
-    key = (servable.model, servable.version, name, array.dtype.str, array.shape[1:])
-    if key in _TEMPLATES:
-        template = _TEMPLATES[key]
-    else:
-        if len(_TEMPLATES) >= TEMPLATES_MAX:
-            _TEMPLATES.clear()
-        template = _TEMPLATES[key] = _template(servable, sig, name, np.ascontiguousarray(array[:1]))
-    if template is None:
+    template = _TEMPLATES.get((servable.model, servable.version, name, array.dtype.str, array.shape[1:]),
+                              lambda: _template(servable, sig, name, np.ascontiguousarray(array[:1])))
+    values = None if template is None else row_bytes(array, rows)
+    if values is None:
         return None
     head, tail = template
-    data = np.ascontiguousarray(array).tobytes()
-    width = len(data) // rows
-    if not width:
-        return None
     bodies = []
-    at = 0
-    for context in contexts:
+    for context, row in zip(contexts, values):  # noqa: B905 - one row each (one_row_each)
         rid = context.message.id
-        bodies.append(head + _id_field(rid) + tail + data[at:at + width] if rid else
-                      head + tail + data[at:at + width])
-        at += width
+        bodies.append(head + _id_field(rid) + tail + row if rid else head + tail + row)
     return bodies
 
 

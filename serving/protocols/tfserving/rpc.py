@@ -52,10 +52,10 @@ from ...core.model_config import ConfigError, ModelSpec, missing_base_paths, spe
 from ...core.pipeline import Call, Decode, Inputs, Pipeline, S, TaskGroup
 from ...core.repository import ModelManager
 from ...core.servable import Servable
-from ...core.signature import STRING, Signature, TensorSpec
+from ...core.signature import STRING, Signature
 from ...errors import Code, ServingError, invalid_argument
 from ..adapters import MODEL_ID_KEYS, GrpcExchange, grpc_call, grpc_errors, spec_version
-from ..express import GrpcExpress
+from ..express import GrpcExpress, Made, SpecViews, one_output, row_bytes
 
 log = logging.getLogger(__name__)
 
@@ -118,22 +118,9 @@ def typed_values(tensor: Any, dtype: np.dtype, shape: tuple[int, ...], size: int
         return None
 
 
-#: id of a lane input's spec -> (its DataType enum, -1 for strings (no lane), its tensor_content dtype, its item
-#: size, the spec itself: an entry is used only for that very spec, so a reused id finds none).
-_WIRE: dict[int, tuple[int, np.dtype, int, TensorSpec]] = {}
-
-
-def _wire(spec: TensorSpec) -> tuple[int, np.dtype, int, TensorSpec]:
-    """`spec`'s wire view, made once per spec."""
-    found = _WIRE.get(id(spec))
-    if found is not None and found[3] is spec:
-        return found
-    dtype = spec.dtype
-    enum = -1 if dtype == STRING else DTYPE_ENUMS.get(dtype, -1)
-    if len(_WIRE) >= TEMPLATES_MAX:
-        _WIRE.clear()
-    found = _WIRE[id(spec)] = (enum, little_endian(dtype), dtype.itemsize, spec)
-    return found
+#: A lane input spec's (DataType enum, -1 for strings (no lane); its tensor_content dtype; its item size).
+_wire = SpecViews(lambda spec: (-1 if spec.dtype == STRING else DTYPE_ENUMS.get(spec.dtype, -1),
+                                little_endian(spec.dtype), spec.dtype.itemsize))
 
 
 def _express_answer(context: Any, outputs: Outputs) -> Any:
@@ -142,9 +129,8 @@ def _express_answer(context: Any, outputs: Outputs) -> Any:
 
 
 #: (model, version, signature, output, dtype, row shape) -> the (prefix, suffix) of a one-row PredictResponse
-#: around its values' bytes, or None where its values are not laid out as their bytes. Emptied when full.
-_TEMPLATES: dict[tuple[Any, ...], tuple[bytes, bytes] | None] = {}
-TEMPLATES_MAX = 256
+#: around its values' bytes, or None where its values are not laid out as their bytes.
+_TEMPLATES = Made()
 
 
 def _express_bodies(contexts: list[Any], outputs: Outputs, rows: int) -> list[bytes] | None:
@@ -152,28 +138,19 @@ def _express_bodies(contexts: list[Any], outputs: Outputs, rows: int) -> list[by
     message serializes to: a float output's packed values are their little-endian bytes, so each answer is the
     one-row response's bytes before and after them around its row's bytes (made once per model version and output
     shape, and checked against a real serialization). None for anything else: each is then encoded alone."""
-    servable, sig = contexts[0].servable, contexts[0].signature  # one lane's calls: one servable, one signature
-    if len(outputs) != 1 or len(sig.outputs) != 1:
+    found = one_output(contexts, outputs, rows)
+    if found is None:
         return None
-    ((name, array),) = outputs.items()
-    if (name not in sig.outputs or array.__class__ is not np.ndarray or array.dtype.kind != "f" or not array.ndim
-            or array.shape[0] != rows or array.dtype.itemsize < 4):
+    servable, sig, name, array = found
+    if array.dtype.kind != "f" or array.dtype.itemsize < 4:
         return None
-    key = (servable.model, servable.version, sig.name, name, array.dtype.str, array.shape[1:])
-    if key in _TEMPLATES:
-        template = _TEMPLATES[key]
-    else:
-        if len(_TEMPLATES) >= TEMPLATES_MAX:
-            _TEMPLATES.clear()
-        template = _TEMPLATES[key] = _template(servable, sig, name, np.ascontiguousarray(array[:1]))
-    if template is None:
+    template = _TEMPLATES.get((servable.model, servable.version, sig.name, name, array.dtype.str, array.shape[1:]),
+                              lambda: _template(servable, sig, name, np.ascontiguousarray(array[:1])))
+    values = None if template is None else row_bytes(array, rows)
+    if values is None:
         return None
     prefix, suffix = template
-    data = np.ascontiguousarray(array).tobytes()
-    width = len(data) // rows
-    if not width:
-        return None
-    return [prefix + data[at:at + width] + suffix for at in range(0, len(data), width)]
+    return [prefix + row + suffix for row in values]
 
 
 def _template(servable: Servable, sig: Signature, name: str, row: np.ndarray) -> tuple[bytes, bytes] | None:

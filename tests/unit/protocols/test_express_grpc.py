@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -258,21 +258,31 @@ async def held_batch(s: Served, requests: list[Any], *, express: bool,
             return list(await asyncio.gather(*answers))
 
 
+@contextlib.contextmanager
+def counted_bodies(module: Any) -> Iterator[list[int | None]]:
+    """The batches whose answers `module`'s `_express_bodies` made (their count; None where it declined), while the
+    servicers made inside the block use it."""
+    made: list[int | None] = []
+    bodies = module._express_bodies
+
+    def counted(contexts: Any, outputs: Any, rows: int) -> Any:
+        out = bodies(contexts, outputs, rows)
+        made.append(None if out is None else len(out))
+        return out
+
+    module._express_bodies = counted
+    try:
+        yield made
+    finally:
+        module._express_bodies = bodies
+
+
 @in_loop
 async def test_a_batch_of_one_row_predicts_is_answered_at_once_with_the_bytes_of_one_by_one(repo: Path) -> None:
+    from serving.protocols.tfserving import rpc
+
     async with serving(specs(repo)) as s:
-        from serving.protocols.tfserving import rpc
-
-        made: list[int | None] = []
-        bodies = rpc._express_bodies
-
-        def counted_bodies(contexts: Any, outputs: Any, rows: int) -> Any:
-            out = bodies(contexts, outputs, rows)
-            made.append(None if out is None else len(out))
-            return out
-
-        rpc._express_bodies = counted_bodies  # type: ignore[assignment]
-        try:
+        with counted_bodies(rpc) as made:
             requests = [predict_request([[float(i) + 0.25]]) for i in range(5)]
             log = Log()
             fast = await held_batch(s, requests, express=True, log=log)
@@ -280,8 +290,6 @@ async def test_a_batch_of_one_row_predicts_is_answered_at_once_with_the_bytes_of
             assert sorted((line[3].rows, line[4], line[7]) for line in log.lines) == [
                 (1, "OK", f.ByteSize()) for f, _ in fast]  # each call's line, its answer's size
             slow = await held_batch(s, requests, express=False)
-        finally:
-            rpc._express_bodies = bodies  # type: ignore[assignment]
         for (f, _), (g, _) in zip(fast, slow, strict=True):
             assert f.SerializeToString(deterministic=True) == g.SerializeToString(deterministic=True)
         values = [list(f.outputs["predictions"].float_val) for f, _ in fast]
@@ -330,27 +338,16 @@ async def test_a_batch_s_answers_are_written_back_to_back_as_the_batch_ends(repo
 
 @in_loop
 async def test_a_batch_of_one_row_model_infers_is_answered_at_once_with_the_bytes_of_one_by_one(repo: Path) -> None:
+    from serving.protocols.kserve import rpc
+
     async with serving(specs(repo)) as s:
-        from serving.protocols.kserve import rpc
-
-        made: list[int | None] = []
-        bodies = rpc._express_bodies
-
-        def counted_bodies(contexts: Any, outputs: Any, rows: int) -> Any:
-            out = bodies(contexts, outputs, rows)
-            made.append(None if out is None else len(out))
-            return out
-
-        rpc._express_bodies = counted_bodies  # type: ignore[assignment]
-        try:
+        with counted_bodies(rpc) as made:
             # ids of every kind (none, short, a length of two varint bytes, not ASCII), outputs named or not
             requests = [infer_request([[float(i) + 0.25]], id=rid) for i, rid in enumerate(["", "a", "é" * 90, "q-3"])]
             requests.append(infer_request([[7.0]], outputs=[{"name": "predictions"}]))
             fast = await held_batch(s, requests, express=True, kserve=True)
             assert made == [5]
             slow = await held_batch(s, requests, express=False, kserve=True)
-        finally:
-            rpc._express_bodies = bodies  # type: ignore[assignment]
         for (f, _), (g, _) in zip(fast, slow, strict=True):
             assert f.SerializeToString(deterministic=True) == g.SerializeToString(deterministic=True)
         assert [f.id for f, _ in fast] == ["", "a", "é" * 90, "q-3", "req-1"]
