@@ -404,6 +404,7 @@ async def test_a_batch_of_one_row_requests_is_encoded_at_once_with_the_bytes_of_
 
         made: list[int | None] = []
         bodies = lanes.TfRestLane.bodies
+        original = lanes.TfRestLane.__dict__["bodies"]  # the staticmethod itself, to put back as it was
 
         def dumped(outputs: Any, rows: int) -> list[bytes] | None:
             out = bodies(outputs, rows)
@@ -434,4 +435,4 @@ async def test_a_batch_of_one_row_requests_is_encoded_at_once_with_the_bytes_of_
             series = await counted(s, "two", 10)
             assert series.ok == 10 and series.rows.sum == 10 and sum(series.queue.counts) == 10
         finally:
-            lanes.TfRestLane.bodies = bodies  # type: ignore[method-assign]
+            lanes.TfRestLane.bodies = original  # type: ignore[method-assign]

@@ -22,5 +22,5 @@ def test_each_stage_of_each_path_is_on_the_path_the_request_takes(path: str, tmp
 
     cpu, spent, bench = asyncio.run(go())
     stages = {name: stage_of(spent, bench, by_path[path]) for name, by_path in STAGES if path in by_path}
-    assert stages and all(us > 0 for us in stages.values()), stages
+    assert stages and not [name for name, us in stages.items() if us <= 0], stages
     assert sum(stages.values()) < cpu * 1.5  # self times: nothing counted twice
