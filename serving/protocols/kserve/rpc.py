@@ -110,7 +110,8 @@ class InferenceService(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):  
         message's bytes: the latest version of a model with a lane, its one input in `raw_input_contents` of the
         lane's datatype and a shape it fits, outputs named only from the signature's, no signature or ModelMesh id
         named (perf_analyzer names every output and sends `triton_enable_empty_final_response`, which a unary call
-        ignores, as the general path does). A message of a layout taken before is read from its bytes
+        ignores, as the general path does); or its values in the input's typed field (`fp32_contents`, ...), as
+        KServe's SDK sends them. A message of a layout taken before is read from its bytes
         (serving/codecs/infer_wire.py); any other is decoded here and, when the lane takes it, its layout kept.
         True when it queued the call with `context` as its future; False leaves the call to ModelInfer above (the
         transport decodes the message again), which answers every error."""
@@ -127,15 +128,17 @@ class InferenceService(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):  
         read = _lane_read(request)
         if read is None:
             return False
+        if not request.raw_input_contents:  # the values in the input's typed field (KServe's SDK): read each time
+            return self._take(read, None, context, getattr(request.inputs[0].contents, codec.CONTENTS[read[2]]))
         contents = request.raw_input_contents[0]
         if not self._take(read, contents, context):
             return False
         _LAYOUTS.keep(data, len(contents), read)
         return True
 
-    def _take(self, read: LaneRead, data: bytes, context: Any) -> bool:
-        """Queue the call `read` (its raw contents `data`) in its model's lane, with `context` as its future; False
-        when the lane does not take it."""
+    def _take(self, read: LaneRead, data: bytes | None, context: Any, values: Any = None) -> bool:
+        """Queue the call `read` (its raw contents `data`, or else the typed field's `values`) in its model's lane,
+        with `context` as its future; False when the lane does not take it."""
         for key, _ in context.headers.metadata:
             if key in MODEL_ID_KEYS:
                 return False
@@ -149,11 +152,20 @@ class InferenceService(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):  
             if output not in sig.outputs:
                 return False
         wire = _wire(want)
-        if (name != want.name or not wire[0] or datatype != wire[0] or not want.fits(shape)
-                or len(data) != math.prod(shape) * wire[2]):
+        if name != want.name or not wire[0] or datatype != wire[0] or not want.fits(shape):
             return False
+        if data is not None:
+            if len(data) != math.prod(shape) * wire[2]:
+                return False
+            array = np.frombuffer(data, dtype=wire[1]).reshape(shape)
+        else:
+            if len(values) != math.prod(shape):
+                return False
+            try:  # as decode_grpc reads them; a value out of the dtype's range: the general path answers it
+                array = np.asarray(values, dtype=want.dtype).reshape(shape)
+            except (OverflowError, ValueError):
+                return False
         context.message = echo
-        array = np.frombuffer(data, dtype=wire[1]).reshape(shape)
         return context.take_express(self.express, queue, {want.name: array}, shape[0],  # type: ignore[no-any-return]
                                     servable, sig, received, self.default_timeout_s)
 
@@ -203,13 +215,15 @@ _LAYOUTS = Layouts()
 
 def _lane_read(request: Any) -> LaneRead | None:
     """What the lane reads of `request` when it is a lane's kind of ModelInfer (the latest version, no signature
-    named, one input in its one raw contents, a shape of positive rows), else None."""
+    named, one input in its one raw contents or in its datatype's typed field, a shape of positive rows), else
+    None."""
     if request.model_version or "signature_name" in request.parameters:
         return None
-    raw = request.raw_input_contents
-    if len(raw) != 1 or len(request.inputs) != 1:
+    if len(request.raw_input_contents) > 1 or len(request.inputs) != 1:
         return None
     item = request.inputs[0]
+    if not request.raw_input_contents and codec.CONTENTS.get(item.datatype, "bytes_contents") == "bytes_contents":
+        return None  # strings (no lane), or a datatype with no typed field (the general path answers it)
     shape = tuple(item.shape)
     if not shape or shape[0] <= 0 or min(shape) < 0:
         return None

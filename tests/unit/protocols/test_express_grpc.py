@@ -197,11 +197,19 @@ async def test_kserve_model_infer_takes_its_lane_and_answers_as_the_general_path
             [[2.0]], outputs=[{"name": "predictions"}],
             parameters={"triton_enable_empty_final_response": {"bool_param": True}}))
         assert taken == ["lin"] and fast[0] == slow[0]
+        # The values in the input's typed field, as KServe's SDK sends them: taken too, read each time.
+        contents = v2.ModelInferRequest(model_name="lin", id="sdk")
+        contents.inputs.add(name="inputs", datatype="FP32", shape=[2, 1]).contents.fp32_contents.extend([2.0, 6.0])
+        fast, slow, taken = await both(s, contents)
+        assert taken == ["lin"] and fast[0] == slow[0] and fast[0].id == "sdk"
+        assert np.frombuffer(fast[0].raw_output_contents[0], np.float32).tolist() == [3.0, 5.0]
         declined = [infer_request([[2.0]], model_version="1"), infer_request([[2.0]], outputs=[{"name": "nope"}]),
                     infer_request([[2.0]], parameters={"signature_name": {"string_param": "serving_default"}})]
-        contents = v2.ModelInferRequest(model_name="lin")
-        contents.inputs.add(name="inputs", datatype="FP32", shape=[1, 1]).contents.fp32_contents.append(2.0)
-        declined.append(contents)
+        short = v2.ModelInferRequest(model_name="lin")  # fewer values than its shape: the general path's error
+        short.inputs.add(name="inputs", datatype="FP32", shape=[2, 1]).contents.fp32_contents.append(2.0)
+        async with native(s, kserve=True) as (port, taken):
+            code, details, _ = await in_thread(lambda: code_of(lambda: call(port, short)))
+        assert taken == [] and code == grpc.StatusCode.INVALID_ARGUMENT and "needs 2" in details
         for request in declined[:1] + declined[2:]:
             fast, slow, taken = await both(s, request)
             assert taken == [] and fast[0] == slow[0], request
