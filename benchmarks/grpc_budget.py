@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import functools
 import gc
 import os
@@ -38,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # noqa: E402 - a script run from a checkout
 
 from benchmarks.hot_path import FakeTransport, closed_loop  # noqa: E402
+from benchmarks.report import write_text  # noqa: E402
 from benchmarks.xgb_http import prepare_model  # noqa: E402
 from serving._proto.inference import grpc_predict_v2_pb2 as pb  # noqa: E402
 from serving._proto.tensorflow_serving.apis import predict_pb2  # noqa: E402
@@ -274,14 +274,10 @@ async def main(args: argparse.Namespace) -> None:
     lines += [f"| {name} | {us:.2f} |" for name, us in stages(args, row)]
     text = "\n".join(lines)
     print(text)
-    if args.out is not None:
-        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d-%H%M")
-        path = args.out / f"grpc_budget-{stamp}.md"
-        path.write_text(f"# A gRPC call beside an HTTP request, in process, {stamp} UTC\n\nCommand: `python "
-                        f"benchmarks/grpc_budget.py --calls {args.calls} --repeats {args.repeats}` (OMP_NUM_THREADS="
-                        f"{os.environ.get('OMP_NUM_THREADS', '')}, {os.cpu_count()} cores; xgb 100 trees x 32 features,"
-                        " batch-1 calls, metrics observer and the default access log on, as served).\n\n" + text + "\n")
-        print(f"wrote {path}")
+    write_text(args.out, "grpc_budget", "A gRPC call beside an HTTP request, in process",
+               f"`python benchmarks/grpc_budget.py --calls {args.calls} --repeats {args.repeats}` (OMP_NUM_THREADS="
+               f"{os.environ.get('OMP_NUM_THREADS', '')}, {os.cpu_count()} cores; xgb 100 trees x 32 features, batch-1 "
+               "calls, metrics observer and the default access log on, as served).", text)
 
 
 if __name__ == "__main__":

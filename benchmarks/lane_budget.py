@@ -27,7 +27,6 @@ if __name__ == "__main__":  # read by OpenMP when xgboost loads, below (not set 
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import collections  # noqa: E402
-import datetime  # noqa: E402
 import functools  # noqa: E402
 import gc  # noqa: E402
 import importlib.util  # noqa: E402
@@ -47,6 +46,7 @@ sys.path.insert(0, str(ROOT))  # a script run from a checkout
 
 from benchmarks.grpc_budget import H2Transport, build, h2_loop, infer_request, predict_request  # noqa: E402
 from benchmarks.hot_path import FakeTransport, closed_loop  # noqa: E402
+from benchmarks.report import write_text  # noqa: E402
 from benchmarks.xgb_http import PEERS, prepare_model  # noqa: E402
 from processors.xgboost_processor import XGBoostProcessor  # noqa: E402
 from serving.codecs import infer_wire  # noqa: E402
@@ -330,15 +330,11 @@ async def main(args: argparse.Namespace) -> None:
               "µs a request: " + "; ".join(f"{TITLES[p]} " + ", ".join(f"{v:.1f}" for v in served[p]) for p in PATHS))
     text = "\n".join(lines) + "\n" + ratios
     print(text)
-    if args.out is not None:
-        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d-%H%M")
-        path = args.out / f"lane_budget-{stamp}.md"
-        path.write_text(f"# The request path as served, stage by stage, {stamp} UTC\n\nCommand: `python "
-                        f"benchmarks/lane_budget.py --requests {args.requests} --repeats {args.repeats}` "
-                        f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')}, {os.cpu_count()} cores). xgb "
-                        "(100 trees x 32 features), batch-1 requests, 64 in flight on fake transports, in process; "
-                        "µs a request. How the stages are clocked: the script's docstring.\n\n" + text + "\n")
-        print(f"wrote {path}")
+    write_text(args.out, "lane_budget", "The request path as served, stage by stage",
+               f"`python benchmarks/lane_budget.py --requests {args.requests} --repeats {args.repeats}` "
+               f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')}, {os.cpu_count()} cores). xgb (100 trees x "
+               "32 features), batch-1 requests, 64 in flight on fake transports, in process; µs a request. How the "
+               "stages are clocked: the script's docstring.", text)
 
 
 if __name__ == "__main__":

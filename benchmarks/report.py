@@ -30,3 +30,17 @@ def write_report(out: Path, name: str, title: str, intro: Sequence[str], rows: S
     path.write_text("\n".join(lines) + "\n")
     print(f"wrote {path}")
     return path
+
+
+def write_text(out: Path | None, name: str, title: str, command: str, text: str) -> Path | None:
+    """`text` under its title and the command that made it, as `<out>/<name>-<time>.md` (nothing when `out` is
+    None)."""
+    if out is None:
+        return None
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d-%H%M")
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}-{stamp}.md"
+    path.write_text(f"# {title}, {stamp} UTC\n\nCommand: {command}\n\n{text}\n")
+    print(f"wrote {path}")
+    return path
+
