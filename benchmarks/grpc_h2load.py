@@ -1,9 +1,13 @@
-"""Server CPU per gRPC call with a C++ client: h2load (Debian's nghttp2-client) sends pre-framed KServe V2
-ModelInfer messages (batch-1 xgb, the model of xgb_http.py) over one connection with `--streams` in flight;
-the server's CPU (utime + stime of its process tree) per call is the figure, as a Python client saturates
-first on 2 cores. Give a checkout to time another tree (a `git worktree` of the commit before) with this venv.
+"""Server CPU per gRPC call with a C client: h2load (Debian's nghttp2-client) sends pre-framed KServe V2
+ModelInfer or TF Serving Predict messages (batch-1 xgb, the model of xgb_http.py) with `--streams` in flight on
+each of `--connections`; the server's CPU (utime + stime of its process tree) per call is the figure, as a
+Python client saturates first on 2 cores. p50/p99 come from h2load's per-request log. `--both` alternates the
+gRPC run with the same API's HTTP/1.1 JSON route (h2load --h1, one request in flight per connection), `--repeats`
+times, against one server, and writes the rows to benchmarks/results/. Give a checkout to time another tree (a
+`git worktree` of the commit before) with this venv.
 
-    python benchmarks/grpc_h2load.py [--checkout DIR] [--calls 40000] [--streams 64]
+    python benchmarks/grpc_h2load.py [--api v2|tf] [--calls 40000] [--connections 1] [--streams 64] [--http]
+    python benchmarks/grpc_h2load.py --api tf --both --concurrency 1 64 --repeats 3
 """
 
 from __future__ import annotations
@@ -19,13 +23,16 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # noqa: E402 - a script run from a checkout
 
 import grpc  # noqa: E402
+import numpy as np  # noqa: E402
 
 from benchmarks.grpc_budget import predict_request  # noqa: E402
+from benchmarks.report import write_report  # noqa: E402
 from benchmarks.xgb_http import free_port, prepare_model, tree_cpu  # noqa: E402
 from serving._proto.inference import grpc_predict_v2_pb2 as v2  # noqa: E402
 from serving._proto.inference import grpc_predict_v2_pb2_grpc as v2_grpc  # noqa: E402
@@ -40,6 +47,17 @@ def answered_ok(http_port: int) -> float:
                if line.startswith("serving_requests_total{") and 'code="OK"' in line)
 
 
+def latencies(log: str) -> tuple[float, float, int]:
+    """(p50, p99 in ms, failed streams) of an h2load --log-file: tab-separated start (µs since the epoch),
+    status (-1 for a failed stream), µs to the end of the response."""
+    rows = [line.split("\t") for line in log.splitlines() if line.strip()]
+    ok = np.array([float(r[2]) for r in rows if r[1] != "-1"])
+    if ok.size == 0:
+        return 0.0, 0.0, len(rows)
+    p50, p99 = np.percentile(ok, [50, 99]) / 1000
+    return float(p50), float(p99), len(rows) - ok.size
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkout", type=Path, default=ROOT, help="the tree whose server runs")
@@ -49,6 +67,12 @@ def main() -> None:
     ap.add_argument("--api", choices=["v2", "tf"], default="v2", help="KServe V2 ModelInfer or TF Serving Predict")
     ap.add_argument("--http", action="store_true",
                     help="the same API's HTTP/1.1 JSON route instead (h2load --h1), the baseline of the same client")
+    ap.add_argument("--both", action="store_true",
+                    help="gRPC and HTTP/1.1 alternated, at each --concurrency (that many connections, one call "
+                         "in flight on each), and a report written")
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 64], help="with --both")
+    ap.add_argument("--repeats", type=int, default=1, help="with --both: the pairs at each concurrency")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args()
     if shutil.which("h2load") is None:
         raise SystemExit("h2load is needed: apt-get install nghttp2-client")
@@ -57,49 +81,80 @@ def main() -> None:
     request = v2.ModelInferRequest(model_name="xgb")
     tensor = request.inputs.add(name="inputs", datatype="FP32", shape=[1, len(row)])
     tensor.contents.fp32_contents.extend(row)
-    target, body, headers = target_of(args, row, request)
-    (work / "body").write_bytes(body)
     http, port = free_port(), free_port()
     server = subprocess.Popen([sys.executable, "-m", "serving", "--host", "127.0.0.1", f"--rest_api_port={http}",
                                f"--port={port}", f"--model_base_path={repo}", "--model_name=xgb", "--access_log=off",
                                "--max_batch_size=64", "--worker_threads=1"], cwd=args.checkout,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rows: list[dict[str, Any]] = []
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = v2_grpc.GRPCInferenceServiceStub(channel)
-            deadline = time.monotonic() + 60
-            while True:  # ready and answering: the figure must count answered calls
-                try:
-                    stub.ModelInfer(request, timeout=5)
-                    break
-                except grpc.RpcError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.2)
-        h2load = ["h2load", "-c", str(args.connections), "-m", str(args.streams), "-d", str(work / "body"),
-                  *headers, f"http://127.0.0.1:{http if args.http else port}{target}"]
-        subprocess.run([*h2load, "-n", "2000"], capture_output=True, check=True)  # warm
-        ok0, cpu0 = answered_ok(http), tree_cpu(server.pid)
-        out = subprocess.run([*h2load, "-n", str(args.calls)], capture_output=True, text=True, check=True).stdout
-        cpu, ok = tree_cpu(server.pid) - cpu0, answered_ok(http) - ok0
+        wait_answering(port, request)
+
+        def one(over_http: bool, connections: int, streams: int) -> dict[str, Any]:
+            target, body, headers = target_of(args.api, over_http, row, request)
+            (work / "body").write_bytes(body)
+            h2load = ["h2load", "-c", str(connections), "-m", str(streams), "-d", str(work / "body"), *headers,
+                      f"http://127.0.0.1:{http if over_http else port}{target}"]
+            subprocess.run([*h2load, "-n", "2000"], capture_output=True, check=True)  # warm
+            log = work / "h2load.log"
+            ok0, cpu0 = answered_ok(http), tree_cpu(server.pid)
+            out = subprocess.run([*h2load, "-n", str(args.calls), f"--log-file={log}"], capture_output=True,
+                                 text=True, check=True).stdout
+            cpu, ok = tree_cpu(server.pid) - cpu0, answered_ok(http) - ok0
+            rate = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
+            p50, p99, failed = latencies(log.read_text())
+            return {"server": f"{args.api} {'HTTP/1.1' if over_http else 'gRPC'}", "conc": connections * streams,
+                    "rps": float(rate[1]) if rate else 0.0, "p50": p50, "p99": p99,
+                    "cpu_us": cpu / args.calls * 1e6, "errors": args.calls - ok + failed}
+
+        if not args.both:
+            r = one(args.http, args.connections, args.streams)
+            print(f"{args.checkout} ({r['server']}, {args.connections} connection(s) x {args.streams}): "
+                  f"{r['rps']:,.0f} calls/s, {r['cpu_us']:.1f} µs server CPU per call, p50 {r['p50']:.3f} ms, "
+                  f"p99 {r['p99']:.3f} ms, {args.calls - r['errors']:.0f} of {args.calls} answered OK")
+            return
+        for conc in args.concurrency:
+            for _ in range(args.repeats):
+                for over_http in (False, True):
+                    rows.append(one(over_http, conc, 1))
+                    print(rows[-1], flush=True)
     finally:
         server.terminate()
         server.wait(30)
-    rate = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
-    what = f"{args.api} {'HTTP/1.1' if args.http else 'gRPC'}, {args.connections} connection(s) x {args.streams}"
-    print(f"{args.checkout} ({what}): {float(rate[1]) if rate else 0:,.0f} calls/s, {cpu / args.calls * 1e6:.1f} "
-          f"µs server CPU per call, {ok:.0f} of {args.calls} answered OK")
+    write_report(args.out, "grpc_h2load", f"{'TF Serving Predict' if args.api == 'tf' else 'KServe V2 ModelInfer'} "
+                 "over gRPC against its HTTP/1.1 JSON route, batch-1 xgb, h2load", [
+                     f"Command: `python benchmarks/grpc_h2load.py --api {args.api} --both --concurrency "
+                     f"{' '.join(map(str, args.concurrency))} --repeats {args.repeats} --calls {args.calls}`",
+                     "(h2load from Debian's nghttp2-client, one client thread, `conc` connections with one call in "
+                     "flight on each, gRPC and HTTP/1.1 alternated against one server; p50/p99 from h2load's "
+                     "per-request log; server CPU per call over the measured run).",
+                 ], rows, [])
 
 
-def target_of(args: argparse.Namespace, row: list[float],
+def wait_answering(port: int, request: v2.ModelInferRequest) -> None:
+    """Ready and answering: the figures must count answered calls."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = v2_grpc.GRPCInferenceServiceStub(channel)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                stub.ModelInfer(request, timeout=5)
+                return
+            except grpc.RpcError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+
+def target_of(api: str, over_http: bool, row: list[float],
               request: v2.ModelInferRequest) -> tuple[str, bytes, list[str]]:
-    """(path, body, h2load header options) of one call of args.api, over gRPC or (args.http) its JSON route."""
-    if args.http:
-        doc = ({"instances": [row]} if args.api == "tf" else
+    """(path, body, h2load header options) of one call of `api`, over gRPC or its JSON route."""
+    if over_http:
+        doc = ({"instances": [row]} if api == "tf" else
                {"inputs": [{"name": "inputs", "datatype": "FP32", "shape": [1, len(row)], "data": row}]})
-        path = "/v1/models/xgb:predict" if args.api == "tf" else "/v2/models/xgb/infer"
+        path = "/v1/models/xgb:predict" if api == "tf" else "/v2/models/xgb/infer"
         return path, json.dumps(doc).encode(), ["--h1", "-H", "content-type: application/json"]
-    if args.api == "tf":
+    if api == "tf":
         message, path = predict_request(row), "/tensorflow.serving.PredictionService/Predict"
     else:
         message, path = request.SerializeToString(), METHOD

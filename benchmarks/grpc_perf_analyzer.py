@@ -1,7 +1,8 @@
 """Batch-1 XGBoost, KServe V2 ModelInfer, driven by Triton's own C++ client (perf_analyzer) over gRPC and
 HTTP: serving-engine on its native HTTP/2 transport and on grpc.aio, beside PyTriton, in one run.
 
-    python benchmarks/grpc_perf_analyzer.py [--duration 10] [--concurrency 1 64] [--streaming]
+    python benchmarks/grpc_perf_analyzer.py [--duration 10] [--concurrency 1 64] [--streaming] [--async]
+        [--rate 12000]
 
 perf_analyzer comes from `../shared/peers/setup.sh` (/tmp/anchors/pa/perf_analyzer.sh; $PERF_ANALYZER
 overrides it), PyTriton from the same setup (skipped when absent). Each row: perf_analyzer's own
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import resource
 import subprocess
 import sys
 import sysconfig
@@ -34,42 +36,62 @@ PERF_ANALYZER = os.environ.get("PERF_ANALYZER", "/tmp/anchors/pa/perf_analyzer.s
 
 
 def perf_analyzer(url: str, protocol: str, conc: int, args: argparse.Namespace, work: Path,
-                  streaming: bool = False) -> dict[str, float]:
-    """One perf_analyzer run at `conc` against `url` (`grpc` or `http`): its figures and its wall time."""
+                  mode: str = "") -> dict[str, float]:
+    """One perf_analyzer run at `conc` against `url` (`grpc` or `http`): its figures, its wall time and its own
+    CPU per request. `mode`: "" (its default: `conc` threads, one blocking call each), "stream" (`--streaming`),
+    "async" (`--async`: a few threads, `conc` calls in flight) or "rate" (`--request-rate-range args.rate`, with
+    up to `conc` threads: p99 at the same offered load whatever a protocol's throughput)."""
     out = work / f"pa-{protocol}-{conc}-{time.monotonic_ns()}.csv"
-    cmd = [PERF_ANALYZER, "-m", "xgb", "-u", url, "-i", protocol, "-b", "1", "--concurrency-range", str(conc),
-           *(["--measurement-mode", "count_windows", "--measurement-request-count", str(args.requests)]
-             if args.requests else ["--measurement-interval", str(args.duration * 1000)]), "--max-trials", "6",
+    # Count windows of at most 2,000 requests per call in flight: a slow server's windows at concurrency 1 would
+    # otherwise take minutes (PyTriton's, 40,000 requests, ran past the timeout).
+    window = min(args.requests, 2000 * conc)
+    if mode == "rate":
+        if conc * 1000 < args.rate:  # a thread offers about one call a millisecond here: the rate is not reached
+            raise RuntimeError(f"{conc} thread(s) cannot offer {args.rate}/s")
+        load = ["--request-rate-range", str(args.rate), "--max-threads", str(conc)]
+    else:
+        load = ["--concurrency-range", str(conc)]
+    cmd = [PERF_ANALYZER, "-m", "xgb", "-u", url, "-i", protocol, "-b", "1", *load,
+           *(["--measurement-mode", "count_windows", "--measurement-request-count", str(window)]
+             if window else ["--measurement-interval", str(args.duration * 1000)]), "--max-trials", "6",
            # A shared 2-core machine: windows within 30% of each other count as stable (perf_analyzer's 10%
            # fails whole runs here).
            "--stability-percentage", "30", "-f", str(out)]
-    if streaming:
-        cmd.append("--streaming")
-    started = time.monotonic()
+    cmd += {"stream": ["--streaming"], "async": ["--async"]}.get(mode, [])
+    started, before = time.monotonic(), resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.duration * 8 + 120)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=8 * max(args.duration, window / 300) + 120)
     except subprocess.TimeoutExpired as e:  # its row is left out; the other rows go on
         raise RuntimeError(f"perf_analyzer did not finish in {e.timeout:.0f} s") from None
-    wall = time.monotonic() - started
+    wall, after = time.monotonic() - started, resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0 or not out.exists():
         raise RuntimeError(f"perf_analyzer failed: {done.stdout[-800:]} {done.stderr[-800:]}")
     with out.open() as f:
         row = next(csv.DictReader(f))
     rps = float(row["Inferences/Second"])
+    client = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     return {"rps": rps, "requests": rps * wall, "p50": float(row["p50 latency"]) / 1000,
-            "p99": float(row["p99 latency"]) / 1000, "errors": 0.0}
+            "p99": float(row["p99 latency"]) / 1000, "errors": 0.0, "client_us": client / max(rps * wall, 1) * 1e6}
 
 
-def measure(name: str, cmd: list[str], ready: str, loads: list[tuple[str, str, str, bool]], env: dict[str, str],
+def measure(name: str, cmd: list[str], ready: str, loads: list[tuple[str, str, str, str]], env: dict[str, str],
             args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
-    """Start a server, run each (row name, protocol, url, streaming) at every concurrency, stop it (xgb_http's
+    """Start a server, run each (row name, protocol, url, mode) at every concurrency, stop it (xgb_http's
     `serve`; perf_analyzer warms up by itself)."""
 
-    def load(protocol: str, url: str, streaming: bool) -> Load:
-        return lambda conc, _: perf_analyzer(url, protocol, conc, args, work, streaming)
+    def load(protocol: str, url: str, mode: str) -> Load:
+        return lambda conc, _: perf_analyzer(url, protocol, conc, args, work, mode)
 
-    return serve(cmd, ready, env, [(f"{name} {row}", load(protocol, url, streaming))
-                                   for row, protocol, url, streaming in loads], args, warm=False)
+    return serve(cmd, ready, env, [(f"{name} {row}", load(protocol, url, mode))
+                                   for row, protocol, url, mode in loads], args, warm=False)
+
+
+def modes(loads: list[tuple[str, str, str, str]], args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
+    """Each load, then its --async and --rate rows when asked for (a streaming row has neither; the native
+    transport's server only: the others do not reach the rate)."""
+    more = [("async", "async")] * args.async_rows + [(f"rate {args.rate}/s", "rate")] * bool(args.rate)
+    return loads + [(f"{row} {label}", protocol, url, mode) for label, mode in more
+                    for row, protocol, url, plain in loads if not plain]
 
 
 def ours(transport: str, repo: Path, args: argparse.Namespace, env: dict[str, str], work: Path) -> list[dict[str, Any]]:
@@ -77,11 +99,11 @@ def ours(transport: str, repo: Path, args: argparse.Namespace, env: dict[str, st
     cmd = [sys.executable, "-m", "serving", f"--model_base_path={repo}", "--model_name=xgb", "--host=127.0.0.1",
            f"--rest_api_port={http}", f"--port={grpc_port}", "--log_level=WARNING", f"--grpc_transport={transport}",
            *args.server_args.split()]
-    loads = [("grpc", "grpc", f"127.0.0.1:{grpc_port}", False)]
+    loads = [("grpc", "grpc", f"127.0.0.1:{grpc_port}", "")]
     if args.streaming:
-        loads.append(("grpc stream", "grpc", f"127.0.0.1:{grpc_port}", True))
+        loads.append(("grpc stream", "grpc", f"127.0.0.1:{grpc_port}", "stream"))
     if transport == "native":  # the HTTP baseline once, from the same server
-        loads.append(("http", "http", f"127.0.0.1:{http}", False))
+        loads = modes([*loads, ("http", "http", f"127.0.0.1:{http}", "")], args)
     return measure(f"serving-engine {transport}", cmd, f"http://127.0.0.1:{http}/readyz", loads, env, args, work)
 
 
@@ -89,10 +111,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--duration", type=int, default=10, help="seconds of each perf_analyzer window")
     ap.add_argument("--requests", type=int, default=0,
-                    help="windows of this many requests (perf_analyzer's count_windows) in place of --duration's "
-                         "time windows: its time windows stall here at ~20k req/s over HTTP (2 cores)")
+                    help="windows of this many requests (perf_analyzer's count_windows; at most 2,000 per call in "
+                         "flight) in place of --duration's time windows: its time windows stall here at ~20k req/s "
+                         "over HTTP (2 cores)")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
     ap.add_argument("--streaming", action="store_true", help="also ModelStreamInfer (perf_analyzer --streaming)")
+    ap.add_argument("--async", dest="async_rows", action="store_true",
+                    help="also perf_analyzer --async rows (a few threads keep `conc` calls in flight)")
+    ap.add_argument("--rate", type=int, default=0,
+                    help="also rows at this offered request rate (perf_analyzer --request-rate-range, up to `conc` "
+                         "threads): p99 at the same load over gRPC and HTTP")
     ap.add_argument("--server-args", default="--max_batch_size=64 --worker_threads=1")
     ap.add_argument("--skip", nargs="*", default=[], choices=["grpcio", "pytriton"])
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
@@ -106,7 +134,7 @@ def main() -> None:
     if "grpcio" not in args.skip:
         rows += ours("grpcio", repo, args, env, work)
     if PYTRITON_PY.exists() and (PEERS / "serve_pytriton.py").exists() and "pytriton" not in args.skip:
-        loads = [("grpc", "grpc", "127.0.0.1:18091", False), ("http", "http", "127.0.0.1:18090", False)]
+        loads = [("grpc", "grpc", "127.0.0.1:18091", ""), ("http", "http", "127.0.0.1:18090", "")]
         rows += measure("pytriton", [str(PYTRITON_PY), str(PEERS / "serve_pytriton.py"), "--model", "xgb",
                                      "--batching", "on"], "http://127.0.0.1:18090/v2/models/xgb/ready", loads,
                         {**env, "LD_LIBRARY_PATH": sysconfig.get_config_var("LIBDIR")}, args, work)
@@ -114,13 +142,16 @@ def main() -> None:
                  "perf_analyzer", [
                      f"Command: `python benchmarks/grpc_perf_analyzer.py --duration {args.duration}"
                      f"{f' --requests {args.requests}' if args.requests else ''} --concurrency "
-                     f"{' '.join(map(str, args.concurrency))}{' --streaming' if args.streaming else ''} "
+                     f"{' '.join(map(str, args.concurrency))}{' --streaming' if args.streaming else ''}"
+                     f"{' --async' if args.async_rows else ''}{f' --rate {args.rate}' if args.rate else ''}"
+                     f"{f' --skip {chr(32).join(args.skip)}' if args.skip else ''} "
                      f"--server-args '{args.server_args}'`",
                      f"(perf_analyzer 2.45 from ../shared/peers/setup.sh, one client process, loopback, "
-                     f"{os.cpu_count()} cores, every server in the same run; CPU per call over the whole "
-                     "perf_analyzer run, warm-up included).",
+                     f"{os.cpu_count()} cores, every server in the same run; server and client CPU per call over "
+                     "the whole perf_analyzer run, warm-up included).",
                  ], rows, [("serving-engine native grpc", "pytriton grpc"),
                            ("serving-engine native grpc", "serving-engine native http"),
+                           ("serving-engine native grpc async", "serving-engine native http async"),
                            ("serving-engine native grpc", "serving-engine grpcio grpc")])
 
 

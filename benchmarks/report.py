@@ -10,15 +10,19 @@ from typing import Any
 
 def write_report(out: Path, name: str, title: str, intro: Sequence[str], rows: Sequence[dict[str, Any]],
                  comparisons: Sequence[tuple[str, str]]) -> Path:
-    """Rows carry server, conc, rps, p50, p99 (ms), cpu_us, errors; each comparison (ours, theirs) adds a
-    line of req/s ratios per concurrency."""
+    """Rows carry server, conc, rps, p50, p99 (ms), cpu_us, errors, and may carry client_us (the load
+    generator's CPU per request: a column then); each comparison (ours, theirs) adds a line of req/s ratios per
+    concurrency."""
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d-%H%M")
+    client = any("client_us" in r for r in rows)
     lines = [f"# {title}, {stamp} UTC", "", *intro, "",
-             "| server | conc | req/s | p50 ms | p99 ms | server CPU µs/req | errors |",
-             "|---|---|---|---|---|---|---|"]
+             "| server | conc | req/s | p50 ms | p99 ms | server CPU µs/req |"
+             f"{' client CPU µs/req |' if client else ''} errors |",
+             f"|---|---|---|---|---|---|{'---|' if client else ''}---|"]
     for r in rows:
+        mine = (f" {r['client_us']:.0f} |" if "client_us" in r else " — |") if client else ""
         lines.append(f"| {r['server']} | {r['conc']} | {r['rps']:,.0f} | {r['p50']:.3f} | {r['p99']:.3f} | "
-                     f"{r['cpu_us']:.0f} | {r['errors']:.0f} |")
+                     f"{r['cpu_us']:.0f} |{mine} {r['errors']:.0f} |")
     for ours_name, theirs_name in comparisons:
         ours = {r["conc"]: r["rps"] for r in rows if r["server"] == ours_name}
         theirs = {r["conc"]: r["rps"] for r in rows if r["server"] == theirs_name}
