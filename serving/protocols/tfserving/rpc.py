@@ -214,7 +214,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer): 
 
     def express_raw_Predict(self, data: bytes, context: Any) -> bool:  # noqa: N802 - the native transport's name
         """`express_Predict` for the common Predict read from its bytes (serving/codecs/predict_wire.py): a model
-        name, one input in `tensor_content`, nothing else. False for anything else: protobuf then decodes the
+        name (and perhaps the lane's signature), one input in `tensor_content` or packed `float_val` /
+        `double_val`, nothing else. False for anything else: protobuf then decodes the
         message and `express_Predict` or the handler takes it, as they would have."""
         if not self.pipeline.express:
             return False
@@ -225,12 +226,12 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer): 
             if key in MODEL_ID_KEYS:  # ModelMesh names the model: the general path reads it
                 return False
         received = time.perf_counter()
-        model, name, enum, shape, content = found
+        model, signature, name, enum, shape, content = found
         servable = self.manager.laned(model, context)
         if servable is None or servable.observers:
             return False
         sig, want, queue = servable.lane  # type: ignore[misc]
-        if name != want.name:
+        if name != want.name or (signature and signature != sig.name):
             return False
         wire = _wire(want)
         if (enum != wire[0] or not shape or shape[0] <= 0 or not want.fits(shape)
@@ -243,8 +244,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer): 
     def _lane(self, call: Call[Any], request: Any) -> asyncio.Future[Outputs] | None:
         """The common Predict in one step: the latest version of a model whose servable has a lane (one plain
         input, batched; serving/core/servable.py), its one input in `tensor_content` of the signature's dtype and
-        shape, no signature named, no output filter. Anything else, and every error, is None: the general path
-        answers it (and counts it), as it would have without the lane."""
+        shape, no signature named but the lane's own, no output filter. Anything else, and every error, is None:
+        the general path answers it (and counts it), as it would have without the lane."""
         received = time.perf_counter()
         if call.version is not None or call.label is not None or call.outputs:
             return None
@@ -258,9 +259,10 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer): 
     def _lane_inputs(self, request: Any, model: str, carrier: Any) -> tuple[Servable, Signature, str, Any] | None:
         """(servable, signature, input name, array) of a Predict a lane takes: the latest version (or the traffic
         split's pick) of `model` with a lane, one input of its dtype and a shape it fits, in `tensor_content` or
-        its typed field holding every value, no signature named; None otherwise."""
+        its typed field holding every value, no signature named but the lane's (its servable's only one, which
+        the general path would pick by that name too); None otherwise."""
         spec = request.model_spec
-        if spec.signature_name or len(request.inputs) != 1 or spec.WhichOneof("version_choice") is not None:
+        if len(request.inputs) != 1 or spec.WhichOneof("version_choice") is not None:
             return None
         if request.output_filter:
             return None
@@ -268,6 +270,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer): 
         if servable is None:
             return None
         sig, want, _ = servable.lane  # type: ignore[misc]
+        if spec.signature_name and spec.signature_name != sig.name:
+            return None
         name = want.name
         tensor = request.inputs.get(name)  # the one input, under the lane's name (not .items(): 3x the cost)
         if tensor is None:

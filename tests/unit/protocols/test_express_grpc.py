@@ -125,7 +125,6 @@ async def test_what_the_lane_does_not_take_goes_the_general_way_with_the_same_an
         del filled.inputs["inputs"].float_val[1:]
         declined = [
             (filled, {}),
-            (predict_request([[2.0]], signature_name="serving_default"), {}),
             (predict_request([[2.0]]), {"metadata": (("mm-model-id", "lin"),)}),  # ModelMesh names the model
         ]
         versioned = predict_request([[2.0]])
@@ -140,6 +139,36 @@ async def test_what_the_lane_does_not_take_goes_the_general_way_with_the_same_an
         async with native(s) as (port, taken):
             code, details, trailing = await in_thread(lambda: code_of(lambda: call(port, wrong)))
         assert taken == [] and code == grpc.StatusCode.INVALID_ARGUMENT and trailing["x-request-id"]
+        other = predict_request([[2.0]], signature_name="other")  # not the lane's signature: the general path's error
+        async with native(s) as (port, taken):
+            code, details, _ = await in_thread(lambda: code_of(lambda: call(port, other)))
+        assert taken == [] and code == grpc.StatusCode.FAILED_PRECONDITION and '"other" not found' in details
+
+
+@in_loop
+async def test_perf_analyzers_predict_is_read_from_its_bytes(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """perf_analyzer's TF Serving Predict, the signature named and the values in `float_val`, and each of those
+    alone: read from the bytes, answered as the general path answers it."""
+    from serving.protocols.tfserving import rpc
+
+    read: list[str] = []
+
+    def spied(data: bytes) -> Any:
+        found = rpc_read(data)
+        if found is not None:
+            read.append(found[1])
+        return found
+
+    rpc_read = rpc.read_predict
+    monkeypatch.setattr(rpc, "read_predict", spied)
+    async with serving(specs(repo)) as s:
+        for request in (predict_request([[2.0], [4.0]], content=False, signature_name="serving_default"),
+                        predict_request([[2.0]], content=False),
+                        predict_request([[2.0]], signature_name="serving_default")):
+            read.clear()
+            fast, slow, taken = await both(s, request)
+            assert taken == ["lin"] and read == [request.model_spec.signature_name]
+            assert fast[0].SerializeToString(deterministic=True) == slow[0].SerializeToString(deterministic=True)
 
 
 @in_loop

@@ -140,11 +140,13 @@ async def test_a_tensor_content_or_typed_predict_takes_the_grpc_lane_and_answers
         assert general == []  # answered without the general step
         typed = await service.Predict(predict_request([[2.0], [4.0]], content=False), Context())  # float_val
         assert general == []
+        # The lane's own signature named (perf_analyzer names it): the one the general path would pick by name.
         named = await service.Predict(predict_request([[2.0], [4.0]], signature_name="serving_default"), Context())
+        assert general == []
         filled = predict_request([[2.0], [4.0]], content=False)  # one value filling the shape: TensorFlow's shorthand
         del filled.inputs["inputs"].float_val[1:]
         one = await service.Predict(filled, Context())
-        assert general == ["lin", "lin"]
+        assert general == ["lin"]
         assert lane == typed == named
         assert list(one.outputs["predictions"].float_val) == [3.0, 3.0]
         assert list(lane.outputs["predictions"].float_val) == [3.0, 4.0]
@@ -157,6 +159,10 @@ async def test_a_tensor_content_or_typed_predict_takes_the_grpc_lane_and_answers
             with pytest.raises(AbortedError) as e:
                 await service.Predict(request, Context())
             assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert general == ["lin", "lin", "lin"]
+        with pytest.raises(AbortedError) as e:  # another signature: the general path's FAILED_PRECONDITION
+            await service.Predict(predict_request([[2.0]], signature_name="other"), Context())
+        assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION and "other" in str(e.value.details)
         assert general == ["lin", "lin", "lin", "lin"]
         for _ in range(3):
             await asyncio.sleep(0)
