@@ -1,8 +1,9 @@
 """Batch-1 XGBoost, KServe V2 ModelInfer, driven by Triton's own C++ client (perf_analyzer) over gRPC and
-HTTP: serving-engine on its native HTTP/2 transport and on grpc.aio, beside PyTriton, in one run.
+HTTP: serving-engine on its native HTTP/2 transport and on grpc.aio, beside PyTriton, in one run (and TF Serving's
+Predict over gRPC, ours only, with --tfserving).
 
-    python benchmarks/grpc_perf_analyzer.py [--duration 10] [--concurrency 1 64] [--streaming] [--async]
-        [--rate 12000]
+    python benchmarks/grpc_perf_analyzer.py [--duration 10] [--concurrency 1 64] [--streaming] [--tfserving]
+        [--async] [--rate 12000]
 
 perf_analyzer comes from `../shared/peers/setup.sh` (/tmp/anchors/pa/perf_analyzer.sh; $PERF_ANALYZER
 overrides it), PyTriton from the same setup (skipped when absent). Each row: perf_analyzer's own
@@ -39,8 +40,9 @@ def perf_analyzer(url: str, protocol: str, conc: int, args: argparse.Namespace, 
                   mode: str = "") -> dict[str, float]:
     """One perf_analyzer run at `conc` against `url` (`grpc` or `http`): its figures, its wall time and its own
     CPU per request. `mode`: "" (its default: `conc` threads, one blocking call each), "stream" (`--streaming`),
-    "async" (`--async`: a few threads, `conc` calls in flight) or "rate" (`--request-rate-range args.rate`, with
-    up to `conc` threads: p99 at the same offered load whatever a protocol's throughput)."""
+    "tfserving" (TF Serving's Predict: `--service-kind tfserving`), "async" (`--async`: a few threads, `conc` calls
+    in flight) or "rate" (`--request-rate-range args.rate`, with up to `conc` threads: p99 at the same offered load
+    whatever a protocol's throughput)."""
     out = work / f"pa-{protocol}-{conc}-{time.monotonic_ns()}.csv"
     # Count windows of at most 2,000 requests per call in flight: a slow server's windows at concurrency 1 would
     # otherwise take minutes (PyTriton's, 40,000 requests, ran past the timeout).
@@ -57,7 +59,7 @@ def perf_analyzer(url: str, protocol: str, conc: int, args: argparse.Namespace, 
            # A shared 2-core machine: windows within 30% of each other count as stable (perf_analyzer's 10%
            # fails whole runs here).
            "--stability-percentage", "30", "-f", str(out)]
-    cmd += {"stream": ["--streaming"], "async": ["--async"]}.get(mode, [])
+    cmd += {"stream": ["--streaming"], "async": ["--async"], "tfserving": ["--service-kind", "tfserving"]}.get(mode, [])
     started, before = time.monotonic(), resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=8 * max(args.duration, window / 300) + 120)
@@ -102,6 +104,8 @@ def ours(transport: str, repo: Path, args: argparse.Namespace, env: dict[str, st
     loads = [("grpc", "grpc", f"127.0.0.1:{grpc_port}", "")]
     if args.streaming:
         loads.append(("grpc stream", "grpc", f"127.0.0.1:{grpc_port}", "stream"))
+    if args.tfserving:
+        loads.append(("grpc tfserving", "grpc", f"127.0.0.1:{grpc_port}", "tfserving"))
     if transport == "native":  # the HTTP baseline once, from the same server
         loads = modes([*loads, ("http", "http", f"127.0.0.1:{http}", "")], args)
     return measure(f"serving-engine {transport}", cmd, f"http://127.0.0.1:{http}/readyz", loads, env, args, work)
@@ -116,6 +120,8 @@ def main() -> None:
                          "over HTTP (2 cores)")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
     ap.add_argument("--streaming", action="store_true", help="also ModelStreamInfer (perf_analyzer --streaming)")
+    ap.add_argument("--tfserving", action="store_true",
+                    help="also TF Serving's Predict over gRPC (perf_analyzer --service-kind tfserving): ours only")
     ap.add_argument("--async", dest="async_rows", action="store_true",
                     help="also perf_analyzer --async rows (a few threads keep `conc` calls in flight)")
     ap.add_argument("--rate", type=int, default=0,
@@ -143,6 +149,7 @@ def main() -> None:
                      f"Command: `python benchmarks/grpc_perf_analyzer.py --duration {args.duration}"
                      f"{f' --requests {args.requests}' if args.requests else ''} --concurrency "
                      f"{' '.join(map(str, args.concurrency))}{' --streaming' if args.streaming else ''}"
+                     f"{' --tfserving' if args.tfserving else ''}"
                      f"{' --async' if args.async_rows else ''}{f' --rate {args.rate}' if args.rate else ''}"
                      f"{f' --skip {chr(32).join(args.skip)}' if args.skip else ''} "
                      f"--server-args '{args.server_args}'`",
