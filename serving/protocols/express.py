@@ -55,8 +55,8 @@ class Router(Protocol):
 
 
 class TfRestLane:
-    """TF Serving's REST predict `POST /v1/models/<name>:predict` with `{"instances": [[...], ...]}` (the latest
-    version, or the traffic split's pick) answered `{"predictions": ...}`."""
+    """TF Serving's REST predict `POST /v1/models/<name>:predict` with `{"instances": [[...], ...]}` (perhaps naming
+    the lane's signature; the latest version, or the traffic split's pick) answered `{"predictions": ...}`."""
 
     protocol = "tfserving_rest"
 
@@ -71,7 +71,7 @@ class TfRestLane:
 
     @staticmethod
     def decode(body: bytes, headers: Any, spec: TensorSpec, sig: Any, servable: Any) -> tuple[Any, Any] | None:
-        array = instances(body, spec)
+        array = instances(body, spec, sig.name)
         return None if array is None else (array, None)
 
     @staticmethod

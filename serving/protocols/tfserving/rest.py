@@ -128,14 +128,17 @@ def _decode_examples(call: Call[TfRestState], servable: Servable) -> tuple[Signa
     return sig, {name: examples.examples_from_json(doc, call.method)}
 
 
-def instances(body: bytes, spec: TensorSpec) -> Any:
-    """The array of `{"instances": [[...], ...]}` as `spec` takes it; None for any other body (the general path
-    answers it, errors included)."""
+def instances(body: bytes, spec: TensorSpec, signature: str) -> Any:
+    """The array of `{"instances": [[...], ...]}` (and perhaps `"signature_name"`, '' or `signature`: the
+    lane's, which the general path would pick by that name too) as `spec` takes it; None for any other body (the
+    general path answers it, errors included)."""
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
         return None
-    if doc.__class__ is not dict or len(doc) != 1:
+    if doc.__class__ is not dict:
+        return None
+    if len(doc) != 1 and (len(doc) != 2 or doc.get("signature_name") not in ("", signature)):
         return None
     rows = doc.get("instances")
     if rows.__class__ is not list or not rows or rows[0].__class__ is not list:
@@ -193,7 +196,7 @@ class TfServingRest:
         if servable is None:
             return None
         sig, spec, _ = servable.lane  # type: ignore[misc]
-        array = instances(request.body, spec)
+        array = instances(request.body, spec, sig.name)
         if array is None:
             return None
         shape = array.shape

@@ -147,7 +147,7 @@ async def test_what_the_lane_does_not_take_goes_the_general_way_with_the_same_an
         taken: list[str] = []
         express_only(s, taken)
         declined = [
-            predict("lin", {"instances": [[2.0]], "signature_name": "serving_default"}),  # a signature named
+            predict("lin", {"instances": [[2.0]], "signature_name": "other"}),  # another signature: 400
             predict("lin", {"inputs": [[2.0]]}),  # the columnar format
             predict("lin", {"instances": [[1.0, 2.0]]}),  # a wrong width: 400
             predict("lin", {"instances": [["a"]]}),  # a wrong type: 400
@@ -161,6 +161,9 @@ async def test_what_the_lane_does_not_take_goes_the_general_way_with_the_same_an
             fast, slow = await both(s, request)
             assert fast == slow, request
         assert taken == []
+        fast, slow = await both(s, predict("lin", {"instances": [[2.0]], "signature_name": "serving_default"}))
+        assert fast == slow and parse(fast)[0][0] == 200 and taken == ["/v1/models/lin:predict"]  # its own: taken
+        taken.clear()
         fast, slow = await both(s, predict("nope", {"instances": [[2.0]]}))  # an unknown model: 404 either way
         assert fast == slow and parse(fast)[0][0] == 404
 

@@ -48,9 +48,18 @@ async def test_the_row_format_predict_takes_the_lane_and_answers_as_the_general_
         assert s.manager.get("lin").lane is not None
         lane = await s.post("/v1/models/lin:predict", {"instances": [[2.0], [4.0]]})
         assert general == []  # answered without the general step
-        # Naming the signature is not the lane's request: the general path answers it, the same way.
-        assert await s.post("/v1/models/lin:predict", {"instances": [[2.0], [4.0]], "signature_name": ""}) == lane
+        # Naming the lane's signature (or '', the default) is the lane's request too: the same answer.
+        for named in ("", "serving_default"):
+            assert await s.post("/v1/models/lin:predict", {"instances": [[2.0], [4.0]], "signature_name": named}) \
+                == lane
+        assert general == []
+        # Another signature, or another key beside it, is the general path's: its 400, or its answer.
+        other = await s.post("/v1/models/lin:predict", {"instances": [[2.0]], "signature_name": "other"})
+        assert other[0] == 400 and "other" in other[1]["error"]
         assert general == ["lin"]
+        assert await s.post("/v1/models/lin:predict", {"instances": [[2.0], [4.0]], "signature_name": "serving_default",
+                                                       "x": 1}) == lane
+        assert general == ["lin", "lin"]
         assert lane == (200, {"predictions": [3.0, 4.0]})
 
 
