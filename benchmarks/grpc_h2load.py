@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import resource
 import shutil
 import struct
 import subprocess
@@ -97,20 +98,25 @@ def main() -> None:
                       f"http://127.0.0.1:{http if over_http else port}{target}"]
             subprocess.run([*h2load, "-n", "2000"], capture_output=True, check=True)  # warm
             log = work / "h2load.log"
-            ok0, cpu0 = answered_ok(http), tree_cpu(server.pid)
+            log.unlink(missing_ok=True)  # h2load appends to its log
+            ok0, cpu0, mine0 = answered_ok(http), tree_cpu(server.pid), resource.getrusage(resource.RUSAGE_CHILDREN)
             out = subprocess.run([*h2load, "-n", str(args.calls), f"--log-file={log}"], capture_output=True,
                                  text=True, check=True).stdout
+            mine = resource.getrusage(resource.RUSAGE_CHILDREN)
             cpu, ok = tree_cpu(server.pid) - cpu0, answered_ok(http) - ok0
+            client = mine.ru_utime + mine.ru_stime - mine0.ru_utime - mine0.ru_stime
             rate = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
             p50, p99, failed = latencies(log.read_text())
             return {"server": f"{args.api} {'HTTP/1.1' if over_http else 'gRPC'}", "conc": connections * streams,
                     "rps": float(rate[1]) if rate else 0.0, "p50": p50, "p99": p99,
-                    "cpu_us": cpu / args.calls * 1e6, "errors": args.calls - ok + failed}
+                    "cpu_us": cpu / args.calls * 1e6, "client_us": client / args.calls * 1e6,
+                    "errors": args.calls - ok + failed}
 
         if not args.both:
             r = one(args.http, args.connections, args.streams)
             print(f"{args.checkout} ({r['server']}, {args.connections} connection(s) x {args.streams}): "
-                  f"{r['rps']:,.0f} calls/s, {r['cpu_us']:.1f} µs server CPU per call, p50 {r['p50']:.3f} ms, "
+                  f"{r['rps']:,.0f} calls/s, {r['cpu_us']:.1f} µs server CPU per call ({r['client_us']:.1f} "
+                  f"h2load's), p50 {r['p50']:.3f} ms, "
                   f"p99 {r['p99']:.3f} ms, {args.calls - r['errors']:.0f} of {args.calls} answered OK")
             return
         for conc in args.concurrency:
@@ -127,7 +133,7 @@ def main() -> None:
                      f"{' '.join(map(str, args.concurrency))} --repeats {args.repeats} --calls {args.calls}`",
                      "(h2load from Debian's nghttp2-client, one client thread, `conc` connections with one call in "
                      "flight on each, gRPC and HTTP/1.1 alternated against one server; p50/p99 from h2load's "
-                     "per-request log; server CPU per call over the measured run).",
+                     "per-request log; server and h2load CPU per call over the measured run).",
                  ], rows, [])
 
 
