@@ -8,9 +8,15 @@ container a new Python object). So once a message has been decoded and taken by 
 length and its bytes before the raw contents, with what the lane read of it. A later message of that length that
 starts with those bytes is the same message up to the contents, and the contents are the rest: one comparison.
 
-A layout is used only once a scan of the message's top-level fields has found the raw contents' one field last
-and running to the end, so a message whose last bytes merely look like it (another field holding them) is never
-read this way.
+The values may also be in the input's typed field, as KServe's SDK sends them: a FP32 input's packed
+`fp32_contents` (a FP64 one's `fp64_contents`) are the same little-endian bytes as raw contents, and with no
+outputs named they end the message: `inputs` (5) its last field, `contents` (5) the input's last, the typed field
+the contents' last. Such a layout is kept with that path of fields (its values read as their bytes: a NaN keeps
+the payload it was sent with, which protobuf's Python floats would quiet).
+
+A layout is used only once a scan of the message's fields (top-level, then down the path) has found the values'
+one field last and running to the end, so a message whose last bytes merely look like it (another field holding
+them) is never read this way.
 """
 
 from __future__ import annotations
@@ -19,41 +25,59 @@ from typing import Any
 
 from .predict_wire import varint
 
-#: raw_input_contents (7), length-delimited: its tag byte.
+#: raw_input_contents (7), length-delimited: its tag byte; the path of fields down to it.
 RAW_TAG = 7 << 3 | 2
+RAW_PATH = (RAW_TAG,)
+
+#: A datatype whose packed typed field holds its values as their little-endian bytes -> the path of fields (tag
+#: bytes) down to that field: inputs (5), the input's contents (5), fp32_contents (6) / fp64_contents (7).
+TYPED_PATHS = {"FP32": (5 << 3 | 2, 5 << 3 | 2, 6 << 3 | 2), "FP64": (5 << 3 | 2, 5 << 3 | 2, 7 << 3 | 2)}
 
 
 class Layouts:
-    """Message length -> (the bytes before its raw contents, what was read of that message, and the message itself
-    until its layout is checked). Emptied when full.
+    """Message length -> (the bytes before its values, what was read of that message, and the message itself and
+    the path of fields down to its values until its layout is checked). Emptied when full.
 
     The check (a scan of the top-level fields) is made when a second message of the same length and start comes,
     not when the first is kept: a client whose every message differs (a new id each call) never pays for it."""
 
     def __init__(self, limit: int = 64) -> None:
         self.limit = limit
-        self.kept: dict[int, tuple[bytes, Any, bytes | None]] = {}
+        self.kept: dict[int, tuple[bytes, Any, tuple[bytes, tuple[int, ...]] | None]] = {}
 
     def find(self, data: bytes) -> tuple[Any, bytes] | None:
-        """(what was read, the raw contents) of a message of a kept layout, else None."""
+        """(what was read, the values' bytes) of a message of a kept layout, else None."""
         size = len(data)
         kept = self.kept.get(size)
         if kept is None or not data.startswith(kept[0]):
             return None
         head, read, unchecked = kept
         if unchecked is not None:
-            if last_field_start(unchecked, RAW_TAG) != len(head):
+            if nested_start(*unchecked) != len(head):
                 del self.kept[size]
                 return None
             self.kept[size] = (head, read, None)
         return read, data[len(head):]
 
-    def keep(self, data: bytes, raw_size: int, read: Any) -> None:
-        """Keep the layout of `data`, whose raw contents of `raw_size` bytes are taken to end it (checked when it
-        is next found), with `read`."""
+    def keep(self, data: bytes, raw_size: int, read: Any, path: tuple[int, ...] = RAW_PATH) -> None:
+        """Keep the layout of `data`, whose values of `raw_size` bytes, in the field `path` leads to, are taken to
+        end it (checked when it is next found), with `read`."""
         if len(self.kept) >= self.limit:
             self.kept.clear()
-        self.kept[len(data)] = (data[:len(data) - raw_size], read, data)
+        self.kept[len(data)] = (data[:len(data) - raw_size], read, (data, path))
+
+
+def nested_start(data: bytes, path: tuple[int, ...]) -> int | None:
+    """Where the value of the field `path` leads to starts: each tag's field the last of its message (the one
+    before's value), its only one with that tag, running to the end; None otherwise."""
+    offset = 0
+    for tag in path:
+        start = last_field_start(data, tag)
+        if start is None:
+            return None
+        offset += start
+        data = data[start:]
+    return offset
 
 
 def last_field_start(data: bytes, tag: int) -> int | None:

@@ -17,7 +17,7 @@ from google.protobuf.message import DecodeError
 from ... import __version__
 from ..._proto.inference import grpc_predict_v2_pb2 as pb
 from ..._proto.inference import grpc_predict_v2_pb2_grpc
-from ...codecs.infer_wire import Layouts
+from ...codecs.infer_wire import RAW_PATH, TYPED_PATHS, Layouts
 from ...codecs.tensors import little_endian
 from ...core.control import ModelControl
 from ...core.dataplane import Outputs, outputs_of
@@ -112,7 +112,8 @@ class InferenceService(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):  
         named (perf_analyzer names every output and sends `triton_enable_empty_final_response`, which a unary call
         ignores, as the general path does); or its values in the input's typed field (`fp32_contents`, ...), as
         KServe's SDK sends them. A message of a layout taken before is read from its bytes
-        (serving/codecs/infer_wire.py); any other is decoded here and, when the lane takes it, its layout kept.
+        (serving/codecs/infer_wire.py; FP32 and FP64 typed values too, when they end the message); any other is
+        decoded here and, when the lane takes it, its layout kept.
         True when it queued the call with `context` as its future; False leaves the call to ModelInfer above (the
         transport decodes the message again), which answers every error."""
         if not self.pipeline.express:
@@ -128,12 +129,19 @@ class InferenceService(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):  
         read = _lane_read(request)
         if read is None:
             return False
-        if not request.raw_input_contents:  # the values in the input's typed field (KServe's SDK): read each time
-            return self._take(read, None, context, getattr(request.inputs[0].contents, codec.CONTENTS[read[2]]))
-        contents = request.raw_input_contents[0]
+        if not request.raw_input_contents:  # the values in the input's typed field (KServe's SDK)
+            values = getattr(request.inputs[0].contents, codec.CONTENTS[read[2]])
+            path: tuple[int, ...] | None = TYPED_PATHS.get(read[2])
+            if path is None or not values:
+                return self._take(read, None, context, values)
+            contents = np.asarray(values, dtype="<f4" if read[2] == "FP32" else "<f8").tobytes()
+            if not data.endswith(contents):  # outputs named after the input, or values not of their bytes (a NaN)
+                return self._take(read, None, context, values)
+        else:
+            contents, path = request.raw_input_contents[0], RAW_PATH
         if not self._take(read, contents, context):
             return False
-        _LAYOUTS.keep(data, len(contents), read)
+        _LAYOUTS.keep(data, len(contents), read, path)
         return True
 
     def _take(self, read: LaneRead, data: bytes | None, context: Any, values: Any = None) -> bool:

@@ -8,7 +8,7 @@ import random
 import numpy as np
 
 from serving._proto.inference import grpc_predict_v2_pb2 as pb
-from serving.codecs.infer_wire import RAW_TAG, Layouts, last_field_start
+from serving.codecs.infer_wire import RAW_PATH, RAW_TAG, TYPED_PATHS, Layouts, last_field_start, nested_start
 
 
 def perf_analyzer_request(values: np.ndarray, rid: str = "") -> bytes:
@@ -98,3 +98,75 @@ def test_random_damage_after_a_layout_was_kept_reads_as_protobuf_or_not_at_all()
         hits += 1
         assert found == (read_of(bytes(data)), bytes(data[-24:]))
     assert hits > 0  # damage inside the contents alone still reads
+
+
+def sdk_request(values: np.ndarray, datatype: str = "FP32", outputs: tuple[str, ...] = (), rid: str = "") -> bytes:
+    """A ModelInferRequest as KServe's SDK writes it: the values in the input's typed field."""
+    request = pb.ModelInferRequest(model_name="xgb", id=rid)
+    tensor = request.inputs.add(name="inputs", datatype=datatype, shape=list(values.shape))
+    field = tensor.contents.fp32_contents if datatype == "FP32" else tensor.contents.fp64_contents
+    field.extend(values.ravel().tolist())
+    for name in outputs:
+        request.outputs.add(name=name)
+    return request.SerializeToString()
+
+
+def typed_bytes(data: bytes, datatype: str = "FP32") -> bytes:
+    """The values of a typed request's input as protobuf reads them, as little-endian bytes."""
+    contents = pb.ModelInferRequest.FromString(data).inputs[0].contents
+    if datatype == "FP32":
+        return np.asarray(contents.fp32_contents, "<f4").tobytes()
+    return np.asarray(contents.fp64_contents, "<f8").tobytes()
+
+
+def test_typed_values_are_found_down_their_path_of_fields_when_they_end_the_message() -> None:
+    for datatype, dtype in (("FP32", np.float32), ("FP64", np.float64)):
+        for shape in ((1, 32), (3, 2), (40, 1)):
+            values = np.arange(int(np.prod(shape)), dtype=dtype).reshape(shape) * 0.5 - 3
+            data = sdk_request(values, datatype, rid="id-9")
+            start = nested_start(data, TYPED_PATHS[datatype])
+            assert start is not None and data[start:] == values.astype(dtype).tobytes() == typed_bytes(data, datatype)
+            assert nested_start(data, TYPED_PATHS["FP64" if datatype == "FP32" else "FP32"]) is None  # the other
+            assert nested_start(data, RAW_PATH) is None
+    named = sdk_request(np.ones((1, 4)), outputs=("predictions",))  # the outputs after the input: not last
+    assert nested_start(named, TYPED_PATHS["FP32"]) is None
+    two = pb.ModelInferRequest.FromString(sdk_request(np.ones((1, 4))))
+    two.inputs.add(name="other", datatype="FP32", shape=[1]).contents.fp32_contents.append(1.0)  # two inputs
+    assert nested_start(two.SerializeToString(), TYPED_PATHS["FP32"]) is None
+
+
+def test_a_kept_typed_layout_reads_later_messages_as_protobuf_does() -> None:
+    layouts = Layouts()
+    first = sdk_request(np.zeros((2, 3)))
+    layouts.keep(first, 24, read_of(first), TYPED_PATHS["FP32"])
+    for seed in range(5):
+        values = np.random.default_rng(seed).standard_normal((2, 3)).astype(np.float32)
+        data = sdk_request(values)
+        assert typed_bytes(data) == values.tobytes()
+        assert layouts.find(data) == (read_of(data), values.tobytes())
+    # Kept as raw contents, the same bytes are not a layout: the check follows the path it was kept with.
+    wrong = Layouts()
+    wrong.keep(first, 24, read_of(first))
+    assert wrong.find(sdk_request(np.ones((2, 3)))) is None and not wrong.kept
+
+
+def test_random_damage_after_a_typed_layout_was_kept_reads_as_protobuf_or_not_at_all() -> None:
+    layouts = Layouts()
+    base = sdk_request(np.ones((2, 3)), rid="r")
+    layouts.keep(base, 24, read_of(base), TYPED_PATHS["FP32"])
+    rng = random.Random(5)
+    hits = 0
+    for _ in range(20000):
+        data = bytearray(base)
+        for _ in range(rng.randint(1, 3)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        found = layouts.find(bytes(data))
+        if found is None:
+            continue
+        hits += 1
+        read, values = found
+        assert read == read_of(bytes(data))
+        # The same values; a NaN's payload as sent (protobuf's Python floats quiet a signalling NaN).
+        assert np.array_equal(np.frombuffer(values, "<f4"), np.frombuffer(typed_bytes(bytes(data)), "<f4"),
+                              equal_nan=True)
+    assert hits > 0  # damage inside the values alone still reads

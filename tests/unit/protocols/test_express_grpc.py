@@ -226,7 +226,7 @@ async def test_kserve_model_infer_takes_its_lane_and_answers_as_the_general_path
             [[2.0]], outputs=[{"name": "predictions"}],
             parameters={"triton_enable_empty_final_response": {"bool_param": True}}))
         assert taken == ["lin"] and fast[0] == slow[0]
-        # The values in the input's typed field, as KServe's SDK sends them: taken too, read each time.
+        # The values in the input's typed field, as KServe's SDK sends them: taken too.
         contents = v2.ModelInferRequest(model_name="lin", id="sdk")
         contents.inputs.add(name="inputs", datatype="FP32", shape=[2, 1]).contents.fp32_contents.extend([2.0, 6.0])
         fast, slow, taken = await both(s, contents)
@@ -275,6 +275,49 @@ async def test_model_infers_of_one_layout_are_read_from_their_bytes_each_with_it
     assert [np.frombuffer(a.raw_output_contents[0], np.float32).tolist() for a, _ in answers] == [
         [0.5 * v + 2.0] for v in (1.0, 3.0, 5.0, 7.0)]
     assert {a.id for a, _ in answers} == {"req-1"}
+
+
+def sdk_request(rows: list[list[float]], **fields: Any) -> Any:
+    """A ModelInferRequest as KServe's SDK writes it: the values in the input's `fp32_contents`."""
+    array = np.asarray(rows, np.float32)
+    request = v2.ModelInferRequest(model_name="lin", **{"id": "sdk-1", **fields})
+    request.inputs.add(name="inputs", datatype="FP32", shape=list(array.shape)).contents.fp32_contents.extend(
+        array.ravel().tolist())
+    return request
+
+
+@in_loop
+async def test_typed_model_infers_of_one_layout_are_read_from_their_bytes_as_the_general_path_reads_them(
+        repo: Path) -> None:
+    from serving.protocols.kserve import rpc
+
+    async with serving(specs(repo)) as s:
+        rpc._LAYOUTS.kept.clear()
+        found: list[bool] = []
+        find = rpc._LAYOUTS.find
+
+        def counted_find(data: bytes) -> Any:
+            out = find(data)
+            found.append(out is not None)
+            return out
+
+        rpc._LAYOUTS.find = counted_find  # type: ignore[method-assign]
+        try:
+            async with native(s, kserve=True) as (port, taken):
+                answers = [await in_thread(lambda v=v: call(port, sdk_request([[v], [v + 1]])))
+                           for v in (1.0, 3.0, 5.0)]
+                # An output named after the input: its values do not end the message, decoded each time.
+                named = [await in_thread(lambda v=v: call(port, sdk_request([[v]], outputs=[{"name": "predictions"}])))
+                         for v in (2.0, 4.0)]
+        finally:
+            del rpc._LAYOUTS.find
+        assert taken == ["lin"] * 5 and found == [False, True, True, False, False]
+        assert [np.frombuffer(a.raw_output_contents[0], np.float32).tolist() for a, _ in answers] == [
+            [0.5 * v + 2.0, 0.5 * v + 2.5] for v in (1.0, 3.0, 5.0)]
+        assert [np.frombuffer(a.raw_output_contents[0], np.float32).tolist() for a, _ in named] == [[3.0], [4.0]]
+        for request in (sdk_request([[7.0], [8.0]]), sdk_request([[9.0]], outputs=[{"name": "predictions"}])):
+            fast, slow, taken = await both(s, request)  # the same bytes as the general path's answer
+            assert taken == ["lin"] and fast[0] == slow[0] and fast[0].id == "sdk-1"
 
 
 async def held_batch(s: Served, requests: list[Any], *, express: bool,
