@@ -252,25 +252,32 @@ async def test_kserve_model_infer_takes_its_lane_and_answers_as_the_general_path
         assert taken == [] and code == grpc.StatusCode.INVALID_ARGUMENT and "FP64" in details
 
 
-@in_loop
-async def test_model_infers_of_one_layout_are_read_from_their_bytes_each_with_its_own_values(repo: Path) -> None:
+@contextlib.contextmanager
+def layout_finds() -> Iterator[list[bool]]:
+    """The V2 lane's layouts emptied, and whether each message it looked up was read by a kept layout."""
     from serving.protocols.kserve import rpc
 
+    rpc._LAYOUTS.kept.clear()
+    found: list[bool] = []
+    find = rpc._LAYOUTS.find
+
+    def counted_find(data: bytes) -> Any:
+        out = find(data)
+        found.append(out is not None)
+        return out
+
+    rpc._LAYOUTS.find = counted_find  # type: ignore[method-assign]
+    try:
+        yield found
+    finally:
+        del rpc._LAYOUTS.find
+
+
+@in_loop
+async def test_model_infers_of_one_layout_are_read_from_their_bytes_each_with_its_own_values(repo: Path) -> None:
     async with serving(specs(repo)) as s, native(s, kserve=True) as (port, taken):
-        rpc._LAYOUTS.kept.clear()
-        found: list[bool] = []
-        find = rpc._LAYOUTS.find
-
-        def counted_find(data: bytes) -> Any:
-            out = find(data)
-            found.append(out is not None)
-            return out
-
-        rpc._LAYOUTS.find = counted_find  # type: ignore[method-assign]
-        try:
+        with layout_finds() as found:
             answers = [await in_thread(lambda v=v: call(port, infer_request([[v]]))) for v in (1.0, 3.0, 5.0, 7.0)]
-        finally:
-            del rpc._LAYOUTS.find
     assert taken == ["lin"] * 4 and found == [False, True, True, True]  # decoded once, then read by its layout
     assert [np.frombuffer(a.raw_output_contents[0], np.float32).tolist() for a, _ in answers] == [
         [0.5 * v + 2.0] for v in (1.0, 3.0, 5.0, 7.0)]
@@ -289,28 +296,14 @@ def sdk_request(rows: list[list[float]], **fields: Any) -> Any:
 @in_loop
 async def test_typed_model_infers_of_one_layout_are_read_from_their_bytes_as_the_general_path_reads_them(
         repo: Path) -> None:
-    from serving.protocols.kserve import rpc
-
     async with serving(specs(repo)) as s:
-        rpc._LAYOUTS.kept.clear()
-        found: list[bool] = []
-        find = rpc._LAYOUTS.find
-
-        def counted_find(data: bytes) -> Any:
-            out = find(data)
-            found.append(out is not None)
-            return out
-
-        rpc._LAYOUTS.find = counted_find  # type: ignore[method-assign]
-        try:
+        with layout_finds() as found:
             async with native(s, kserve=True) as (port, taken):
                 answers = [await in_thread(lambda v=v: call(port, sdk_request([[v], [v + 1]])))
                            for v in (1.0, 3.0, 5.0)]
                 # An output named after the input: its values do not end the message, decoded each time.
                 named = [await in_thread(lambda v=v: call(port, sdk_request([[v]], outputs=[{"name": "predictions"}])))
                          for v in (2.0, 4.0)]
-        finally:
-            del rpc._LAYOUTS.find
         assert taken == ["lin"] * 5 and found == [False, True, True, False, False]
         assert [np.frombuffer(a.raw_output_contents[0], np.float32).tolist() for a, _ in answers] == [
             [0.5 * v + 2.0, 0.5 * v + 2.5] for v in (1.0, 3.0, 5.0)]
