@@ -38,7 +38,7 @@ class Layouts:
     """Message length -> (the bytes before its values, what was read of that message, and the message itself and
     the path of fields down to its values until its layout is checked). Emptied when full.
 
-    The check (a scan of the top-level fields) is made when a second message of the same length and start comes,
+    The check (a scan of the fields down its path) is made when a second message of the same length and start comes,
     not when the first is kept: a client whose every message differs (a new id each call) never pays for it."""
 
     def __init__(self, limit: int = 64) -> None:
