@@ -48,6 +48,8 @@ from benchmarks.grpc_budget import H2Transport, build, h2_loop, infer_request, p
 from benchmarks.hot_path import FakeTransport, closed_loop  # noqa: E402
 from benchmarks.report import write_text  # noqa: E402
 from benchmarks.xgb_http import PEERS, prepare_model  # noqa: E402
+
+FLOOR = PEERS / "minimal_path.py"
 from processors.xgboost_processor import XGBoostProcessor  # noqa: E402
 from serving.codecs import infer_wire  # noqa: E402
 from serving.core.batching.outbox import Outbox  # noqa: E402
@@ -206,14 +208,16 @@ class Bench:
         self.floor_request = self.request.replace(b"/v1/models/xgb:predict", b"/")
         self.predict, self.infer = predict_request(row), infer_request(row)
         os.environ["ANCHOR_MODELS"] = str(work)
-        spec = importlib.util.spec_from_file_location("minimal_path", PEERS / "minimal_path.py")
-        self.mp = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-        spec.loader.exec_module(self.mp)  # type: ignore[union-attr]
-        import xgboost as xgb
+        self.mp: Any = None  # the floor's path needs ../shared/peers/minimal_path.py beside the checkout
+        if FLOOR.exists():
+            spec = importlib.util.spec_from_file_location("minimal_path", FLOOR)
+            self.mp = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+            spec.loader.exec_module(self.mp)  # type: ignore[union-attr]
+            import xgboost as xgb
 
-        booster = xgb.Booster(model_file=str(repo / "1" / "model.json"))
-        booster.set_param({"nthread": 1})  # as minimal_path's main
-        self.batcher = self.mp.Batcher(loop, booster)
+            booster = xgb.Booster(model_file=str(repo / "1" / "model.json"))
+            booster.set_param({"nthread": 1})  # as minimal_path's main
+            self.batcher = self.mp.Batcher(loop, booster)
         servable = self.manager.get("xgb")
         self.queue = servable.queues[servable.signature("").name]
 
@@ -284,6 +288,8 @@ def stage_of(spent: dict[str, float], bench: Bench, functions: list[tuple[Any, s
 
 
 async def main(args: argparse.Namespace) -> None:
+    if not FLOOR.exists():
+        raise SystemExit(f"the floor is needed: {FLOOR}")
     bench = Bench()
     await bench.build(Path(tempfile.mkdtemp(prefix="lane-budget-")))
     gc.collect()
