@@ -108,8 +108,8 @@ class InferenceService(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):  
     def express_raw_ModelInfer(self, data: bytes, context: Any) -> bool:  # noqa: N802 - the native transport's name
         """The native transport's express lane for the common ModelInfer (serving/protocols/express.py), from the
         message's bytes: the latest version of a model with a lane, its one input in `raw_input_contents` of the
-        lane's datatype and a shape it fits, outputs named only from the signature's, no signature or ModelMesh id
-        named (perf_analyzer names every output and sends `triton_enable_empty_final_response`, which a unary call
+        lane's datatype and a shape it fits, outputs named only from the signature's, no signature but the lane's
+        and no ModelMesh id named (perf_analyzer names every output and sends `triton_enable_empty_final_response`, which a unary call
         ignores, as the general path does); or its values in the input's typed field (`fp32_contents`, ...), as
         KServe's SDK sends them. A message of a layout taken before is read from its bytes
         (serving/codecs/infer_wire.py; FP32 and FP64 typed values too, when they end the message); any other is
@@ -151,11 +151,13 @@ class InferenceService(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):  
             if key in MODEL_ID_KEYS:
                 return False
         received = time.perf_counter()
-        model, name, datatype, shape, output_names, echo = read
+        model, name, datatype, shape, output_names, echo, signature = read
         servable = self.manager.laned(model, context)
         if servable is None or servable.observers:
             return False
         sig, want, queue = servable.lane  # type: ignore[misc]
+        if signature and signature != sig.name:
+            return False
         for output in output_names:
             if output not in sig.outputs:
                 return False
@@ -213,20 +215,27 @@ class InferenceService(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):  
         return self.control
 
 
-#: What the lane reads of a ModelInferRequest: model name, input name, datatype, shape, the outputs named, and the
-#: request as the answer reads it (its `id` and outputs: `_express_answer`), its raw contents left out.
-LaneRead = tuple[str, str, str, tuple[int, ...], tuple[str, ...], Any]
+#: What the lane reads of a ModelInferRequest: model name, input name, datatype, shape, the outputs named, the
+#: request as the answer reads it (its `id` and outputs: `_express_answer`), its raw contents left out, and the
+#: signature its `signature_name` parameter names ('' for none).
+LaneRead = tuple[str, str, str, tuple[int, ...], tuple[str, ...], Any, str]
 
 #: The layouts of the requests the lane took (serving/codecs/infer_wire.py).
 _LAYOUTS = Layouts()
 
 
 def _lane_read(request: Any) -> LaneRead | None:
-    """What the lane reads of `request` when it is a lane's kind of ModelInfer (the latest version, no signature
-    named, one input in its one raw contents or in its datatype's typed field, a shape of positive rows), else
-    None."""
-    if request.model_version or "signature_name" in request.parameters:
+    """What the lane reads of `request` when it is a lane's kind of ModelInfer (the latest version, a signature
+    named only as a string (the lane's, checked by `_take`), one input in its one raw contents or in its
+    datatype's typed field, a shape of positive rows), else None."""
+    if request.model_version:
         return None
+    signature = ""
+    if "signature_name" in request.parameters:
+        param = request.parameters["signature_name"]
+        if param.WhichOneof("parameter_choice") != "string_param":
+            return None  # the general path reads another kind of value as no name
+        signature = param.string_param
     if len(request.raw_input_contents) > 1 or len(request.inputs) != 1:
         return None
     item = request.inputs[0]
@@ -236,7 +245,8 @@ def _lane_read(request: Any) -> LaneRead | None:
     if not shape or shape[0] <= 0 or min(shape) < 0:
         return None
     echo = pb.ModelInferRequest(id=request.id, outputs=request.outputs)
-    return request.model_name, item.name, item.datatype, shape, tuple([o.name for o in request.outputs]), echo
+    return (request.model_name, item.name, item.datatype, shape, tuple([o.name for o in request.outputs]), echo,
+            signature)
 
 
 #: A lane input spec's (V2 datatype, "" for strings (no lane); its raw contents' dtype; its item size).

@@ -232,8 +232,16 @@ async def test_kserve_model_infer_takes_its_lane_and_answers_as_the_general_path
         fast, slow, taken = await both(s, contents)
         assert taken == ["lin"] and fast[0] == slow[0] and fast[0].id == "sdk"
         assert np.frombuffer(fast[0].raw_output_contents[0], np.float32).tolist() == [3.0, 5.0]
+        # The lane's own signature named: taken, as the general path would pick it by that name.
+        fast, slow, taken = await both(s, infer_request(
+            [[2.0]], parameters={"signature_name": {"string_param": "serving_default"}}))
+        assert taken == ["lin"] and fast[0] == slow[0]
         declined = [infer_request([[2.0]], model_version="1"), infer_request([[2.0]], outputs=[{"name": "nope"}]),
-                    infer_request([[2.0]], parameters={"signature_name": {"string_param": "serving_default"}})]
+                    infer_request([[2.0]], parameters={"signature_name": {"int64_param": 3}})]  # read as no name
+        other = infer_request([[2.0]], parameters={"signature_name": {"string_param": "other"}})
+        async with native(s, kserve=True) as (port, taken):  # another signature: the general path's error
+            code, details, _ = await in_thread(lambda: code_of(lambda: call(port, other)))
+        assert taken == [] and code == grpc.StatusCode.FAILED_PRECONDITION and '"other" not found' in details
         short = v2.ModelInferRequest(model_name="lin")  # fewer values than its shape: the general path's error
         short.inputs.add(name="inputs", datatype="FP32", shape=[2, 1]).contents.fp32_contents.append(2.0)
         async with native(s, kserve=True) as (port, taken):
