@@ -109,13 +109,13 @@ class InferenceService(grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer):  
         """The native transport's express lane for the common ModelInfer (serving/protocols/express.py), from the
         message's bytes: the latest version of a model with a lane, its one input in `raw_input_contents` of the
         lane's datatype and a shape it fits, outputs named only from the signature's, no signature but the lane's
-        and no ModelMesh id named (perf_analyzer names every output and sends `triton_enable_empty_final_response`, which a unary call
-        ignores, as the general path does); or its values in the input's typed field (`fp32_contents`, ...), as
-        KServe's SDK sends them. A message of a layout taken before is read from its bytes
-        (serving/codecs/infer_wire.py; FP32 and FP64 typed values too, when they end the message); any other is
-        decoded here and, when the lane takes it, its layout kept.
-        True when it queued the call with `context` as its future; False leaves the call to ModelInfer above (the
-        transport decodes the message again), which answers every error."""
+        and no ModelMesh id named (perf_analyzer names every output and sends
+        `triton_enable_empty_final_response`, which a unary call ignores, as the general path does); or its values
+        in the input's typed field (`fp32_contents`, ...), as KServe's SDK sends them. A message of a layout taken
+        before is read from its bytes (serving/codecs/infer_wire.py; FP32 and FP64 typed values too, when they end
+        the message); any other is decoded here and, when the lane takes it, its layout kept. True when it queued
+        the call with `context` as its future; False leaves the call to ModelInfer above (the transport decodes the
+        message again), which answers every error."""
         if not self.pipeline.express:
             return False
         found = _LAYOUTS.find(data)
