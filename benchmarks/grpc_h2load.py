@@ -21,7 +21,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -29,14 +28,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # noqa: E402 - a script run from a checkout
 
-import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks.grpc_budget import predict_request  # noqa: E402
+from benchmarks.grpc_stream import wait_answering  # noqa: E402
 from benchmarks.report import write_report  # noqa: E402
 from benchmarks.xgb_http import free_port, prepare_model, tree_cpu  # noqa: E402
 from serving._proto.inference import grpc_predict_v2_pb2 as v2  # noqa: E402
-from serving._proto.inference import grpc_predict_v2_pb2_grpc as v2_grpc  # noqa: E402
 
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
 
@@ -89,7 +87,7 @@ def main() -> None:
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rows: list[dict[str, Any]] = []
     try:
-        wait_answering(port, request)
+        wait_answering(port, request=request)
 
         def one(over_http: bool, connections: int, streams: int) -> dict[str, Any]:
             target, body, headers = target_of(args.api, over_http, row, request)
@@ -135,21 +133,6 @@ def main() -> None:
                      "flight on each, gRPC and HTTP/1.1 alternated against one server; p50/p99 from h2load's "
                      "per-request log; server and h2load CPU per call over the measured run).",
                  ], rows, [])
-
-
-def wait_answering(port: int, request: v2.ModelInferRequest) -> None:
-    """Ready and answering: the figures must count answered calls."""
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = v2_grpc.GRPCInferenceServiceStub(channel)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                stub.ModelInfer(request, timeout=5)
-                return
-            except grpc.RpcError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
 
 
 def target_of(api: str, over_http: bool, row: list[float],

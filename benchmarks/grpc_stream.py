@@ -168,13 +168,15 @@ def main() -> None:
               f"{batch:.1f} rows per batch, {sum(r['errors'] for r in results):.0f} errors, {args.in_flight} in flight")
 
 
-def wait_answering(port: int, timeout_s: float = 60) -> None:
+def wait_answering(port: int, timeout_s: float = 60, request: v2.ModelInferRequest | None = None) -> None:
+    """Until the server on `port` answers `request` (REQUEST when None) with OK: the figures must count answered
+    calls."""
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = v2_grpc.GRPCInferenceServiceStub(channel)
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                stub.ModelInfer(REQUEST, timeout=5)
+                stub.ModelInfer(REQUEST if request is None else request, timeout=5)
                 return
             except grpc.RpcError:
                 if time.monotonic() > deadline:
