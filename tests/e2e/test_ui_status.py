@@ -131,8 +131,11 @@ def test_the_series_follow_the_traffic_and_errors_are_kept_with_their_request_id
         thread = threading.Thread(target=traffic)
         thread.start()
         try:
+            # A sample with requests and a batch: the sampler may tick between a batch's end (counted then) and its
+            # requests' answers (counted by the observers on the next loop turn), leaving one interval with calls
+            # and no batch (its batch size: none, '–' on the page).
             _, v = wait_until(lambda: (r := version_doc(status(s), "m", 1)) and (r[1]["now"]["rps"] or 0) > 0
-                              and r, what="a sample with requests")
+                              and r[1]["now"]["batch_rows"] is not None and r, what="a sample with requests")
         finally:
             stop.set()
             thread.join()
