@@ -3,13 +3,16 @@ HTTP: serving-engine on its native HTTP/2 transport and on grpc.aio, beside PyTr
 Predict over gRPC, ours only, with --tfserving).
 
     python benchmarks/grpc_perf_analyzer.py [--duration 10] [--concurrency 1 64] [--streaming] [--tfserving]
-        [--async] [--rate 12000]
+        [--async] [--rate 12000] [--quiet]
 
 perf_analyzer comes from `../shared/peers/setup.sh` (/tmp/anchors/pa/perf_analyzer.sh; $PERF_ANALYZER
 overrides it), PyTriton from the same setup (skipped when absent). Each row: perf_analyzer's own
 inferences/s and p50/p99 (its last stable window), and the server's CPU per call: the growth of the
 server's process-tree CPU time over the whole perf_analyzer run, divided by its calls (inferences/s times
-the run's wall time, warm-up windows included on both sides of the division). Writes a Markdown table to
+the run's wall time, warm-up windows included on both sides of the division), and perf_analyzer's own. With
+--quiet, also the p99 of the calls sent while its main thread was quiet: after each measurement window that thread
+does the window's bookkeeping, up to a core for a second or more at 20k calls/s, and on a machine whose cores
+the server shares, the calls in flight meanwhile wait for the client (`quiet_calls`). Writes a Markdown table to
 benchmarks/results/ with the command that made it.
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import resource
 import subprocess
@@ -26,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # noqa: E402 - a script run from a checkout
 
@@ -60,20 +66,81 @@ def perf_analyzer(url: str, protocol: str, conc: int, args: argparse.Namespace, 
            # fails whole runs here).
            "--stability-percentage", "30", "-f", str(out)]
     cmd += {"stream": ["--streaming"], "async": ["--async"], "tfserving": ["--service-kind", "tfserving"]}.get(mode, [])
+    quiet = getattr(args, "quiet", False)
+    export = out.with_suffix(".json")
+    if quiet:
+        cmd += ["--profile-export-file", str(export)]
+    log = out.with_suffix(".log")
     started, before = time.monotonic(), resource.getrusage(resource.RUSAGE_CHILDREN)
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=8 * max(args.duration, window / 300) + 120)
-    except subprocess.TimeoutExpired as e:  # its row is left out; the other rows go on
-        raise RuntimeError(f"perf_analyzer did not finish in {e.timeout:.0f} s") from None
+    with log.open("w") as sink:
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT)
+        # The wrapper script execs perf_analyzer: the same pid, whose main thread keeps its id.
+        samples = main_thread_cpu(proc, deadline=started + 8 * max(args.duration, window / 300) + 120,
+                                  every=0.01 if quiet else 0.5)
     wall, after = time.monotonic() - started, resource.getrusage(resource.RUSAGE_CHILDREN)
-    if done.returncode != 0 or not out.exists():
-        raise RuntimeError(f"perf_analyzer failed: {done.stdout[-800:]} {done.stderr[-800:]}")
+    if proc.returncode is None:  # past the deadline: its row is left out; the other rows go on
+        proc.kill()
+        proc.wait()
+        raise RuntimeError(f"perf_analyzer did not finish in {wall:.0f} s")
+    if proc.returncode != 0 or not out.exists():
+        raise RuntimeError(f"perf_analyzer failed: {log.read_text()[-1600:]}")
     with out.open() as f:
         row = next(csv.DictReader(f))
     rps = float(row["Inferences/Second"])
     client = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-    return {"rps": rps, "requests": rps * wall, "p50": float(row["p50 latency"]) / 1000,
-            "p99": float(row["p99 latency"]) / 1000, "errors": 0.0, "client_us": client / max(rps * wall, 1) * 1e6}
+    figures = {"rps": rps, "requests": rps * wall, "p50": float(row["p50 latency"]) / 1000,
+               "p99": float(row["p99 latency"]) / 1000, "errors": 0.0, "client_us": client / max(rps * wall, 1) * 1e6}
+    if quiet:
+        sent, answered = read_export(export)
+        calm = quiet_calls(sent, samples)
+        export.unlink()
+        if calm.any():
+            latency = (answered[calm] - sent[calm]) / 1e6
+            figures |= {"quiet_p99": float(np.percentile(latency, 99)), "quiet_share": float(calm.mean())}
+    return figures
+
+
+def main_thread_cpu(proc: subprocess.Popen[bytes], deadline: float, every: float) -> np.ndarray:
+    """Wait for `proc` (until the monotonic `deadline`), sampling its main thread's CPU time every `every` s:
+    rows of (time.time_ns(), ns on a CPU so far, from /proc's schedstat), for `quiet_calls`."""
+    stat, samples = Path(f"/proc/{proc.pid}/task/{proc.pid}/schedstat"), []
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            samples.append((time.time_ns(), int(stat.read_text().split()[0])))
+        except (OSError, IndexError, ValueError):
+            break
+        time.sleep(every)
+    if time.monotonic() < deadline:
+        try:
+            proc.wait(max(deadline - time.monotonic(), 0))
+        except subprocess.TimeoutExpired:
+            pass
+    return np.array(samples, dtype=np.int64).reshape(-1, 2)
+
+
+def read_export(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(sent, first answer) in ns since the epoch of every call in a perf_analyzer --profile-export-file. Its
+    responses are written as raw bytes, which need not be UTF-8: they are not read."""
+    doc = json.loads(path.read_bytes().decode("utf-8", "replace"))
+    calls = [(r["timestamp"], r["response_timestamps"][0]) for e in doc["experiments"] for r in e["requests"]
+             if r.get("response_timestamps")]
+    both = np.array(calls, dtype=np.int64).reshape(-1, 2)
+    return both[:, 0], both[:, 1]
+
+
+def quiet_calls(sent: np.ndarray, samples: np.ndarray, share: float = 0.1) -> np.ndarray:
+    """Which calls were sent while perf_analyzer's main thread was quiet: in the sampling interval holding the
+    send, it ran no more than `share` of the interval (its polls for the window's count run less). Chosen by
+    the send alone, so a slow call is as likely to be chosen as a fast one; calls outside the samples are not.
+    The main thread does perf_analyzer's bookkeeping after each measurement window, up to a core for a second
+    or more at 20k calls/s; where the client has no core to spare, its worker threads wait meanwhile."""
+    if len(samples) < 2:
+        return np.zeros(len(sent), dtype=bool)
+    times = samples[:, 0]
+    busy = np.diff(samples[:, 1]) > share * np.diff(times)
+    at = np.searchsorted(times, sent, "right") - 1
+    inside = (at >= 0) & (at < len(busy))
+    return inside & ~busy[np.clip(at, 0, len(busy) - 1)]
 
 
 def measure(name: str, cmd: list[str], ready: str, loads: list[tuple[str, str, str, str]], env: dict[str, str],
@@ -127,6 +194,10 @@ def main() -> None:
     ap.add_argument("--rate", type=int, default=0,
                     help="also rows at this offered request rate (perf_analyzer --request-rate-range, up to `conc` "
                          "threads): p99 at the same load over gRPC and HTTP")
+    ap.add_argument("--quiet", action="store_true",
+                    help="also each row's p99 over the calls sent while perf_analyzer's main thread was quiet "
+                         "(its per-window bookkeeping takes up to a core here; from its --profile-export-file, "
+                         "warm-up windows included)")
     ap.add_argument("--server-args", default="--max_batch_size=64 --worker_threads=1")
     ap.add_argument("--skip", nargs="*", default=[], choices=["grpcio", "pytriton"])
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
@@ -151,6 +222,7 @@ def main() -> None:
                      f"{' '.join(map(str, args.concurrency))}{' --streaming' if args.streaming else ''}"
                      f"{' --tfserving' if args.tfserving else ''}"
                      f"{' --async' if args.async_rows else ''}{f' --rate {args.rate}' if args.rate else ''}"
+                     f"{' --quiet' if args.quiet else ''}"
                      f"{f' --skip {chr(32).join(args.skip)}' if args.skip else ''} "
                      f"--server-args '{args.server_args}'`",
                      f"(perf_analyzer 2.45 from ../shared/peers/setup.sh, one client process, loopback, "

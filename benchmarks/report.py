@@ -7,20 +7,24 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+#: Columns a row may carry, after the server's CPU: shown when some row has them ('—' where one has not).
+OPTIONAL = (("client_us", "client CPU µs/req", "{:.0f}"), ("quiet_p99", "p99 quiet ms", "{:.3f}"),
+            ("quiet_share", "quiet calls", "{:.0%}"))
+
 
 def write_report(out: Path, name: str, title: str, intro: Sequence[str], rows: Sequence[dict[str, Any]],
                  comparisons: Sequence[tuple[str, str]]) -> Path:
-    """Rows carry server, conc, rps, p50, p99 (ms), cpu_us, errors, and may carry client_us (the load
-    generator's CPU per request: a column then); each comparison (ours, theirs) adds a line of req/s ratios per
-    concurrency."""
+    """Rows carry server, conc, rps, p50, p99 (ms), cpu_us, errors, and may carry the OPTIONAL figures:
+    client_us (the load generator's CPU per request), quiet_p99 and quiet_share (grpc_perf_analyzer's --quiet);
+    each comparison (ours, theirs) adds a line of req/s ratios per concurrency."""
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d-%H%M")
-    client = any("client_us" in r for r in rows)
+    extra = [c for c in OPTIONAL if any(c[0] in r for r in rows)]
     lines = [f"# {title}, {stamp} UTC", "", *intro, "",
              "| server | conc | req/s | p50 ms | p99 ms | server CPU µs/req |"
-             f"{' client CPU µs/req |' if client else ''} errors |",
-             f"|---|---|---|---|---|---|{'---|' if client else ''}---|"]
+             + "".join(f" {head} |" for _, head, _ in extra) + " errors |",
+             "|---|---|---|---|---|---|" + "---|" * len(extra) + "---|"]
     for r in rows:
-        mine = (f" {r['client_us']:.0f} |" if "client_us" in r else " — |") if client else ""
+        mine = "".join(f" {form.format(r[key])} |" if key in r else " — |" for key, _, form in extra)
         lines.append(f"| {r['server']} | {r['conc']} | {r['rps']:,.0f} | {r['p50']:.3f} | {r['p99']:.3f} | "
                      f"{r['cpu_us']:.0f} |{mine} {r['errors']:.0f} |")
     for ours_name, theirs_name in comparisons:
