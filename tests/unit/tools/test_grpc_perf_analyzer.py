@@ -93,3 +93,12 @@ def test_the_main_threads_cpu_is_sampled_from_a_real_process_and_marks_its_busy_
     assert (np.diff(samples[:, 1]) >= 0).all()  # CPU time only grows
     sent = np.array([asleep + 300 * MS, spinning + 300 * MS], dtype=np.int64)
     assert quiet_calls(sent, samples).tolist() == [True, False]
+
+
+def test_a_client_that_grows_past_its_memory_bound_is_stopped(monkeypatch):
+    monkeypatch.setattr("benchmarks.grpc_perf_analyzer.CLIENT_MEMORY", 64 << 20)
+    child = subprocess.Popen([sys.executable, "-c", "import time; held = bytearray(256 << 20); time.sleep(60)"])
+    with child:
+        started = time.monotonic()
+        main_thread_cpu(child, deadline=started + 60, every=0.01)
+    assert child.returncode == -9 and time.monotonic() - started < 30
