@@ -34,7 +34,7 @@ def write_report(out: Path, name: str, title: str, intro: Sequence[str], rows: S
         if ratios:
             lines += ["", f"{ours_name} / {theirs_name} req/s: " + ", ".join(ratios)]
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{name}-{stamp}.md"
+    path = fresh(out, name, stamp)
     path.write_text("\n".join(lines) + "\n")
     print(f"wrote {path}")
     return path
@@ -47,8 +47,17 @@ def write_text(out: Path | None, name: str, title: str, command: str, text: str)
         return None
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d-%H%M")
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{name}-{stamp}.md"
+    path = fresh(out, name, stamp)
     path.write_text(f"# {title}, {stamp} UTC\n\nCommand: {command}\n\n{text}\n")
     print(f"wrote {path}")
     return path
 
+
+
+def fresh(out: Path, name: str, stamp: str) -> Path:
+    """`<out>/<name>-<stamp>.md`, or with -2, -3... when a run of the same minute wrote that one."""
+    path, n = out / f"{name}-{stamp}.md", 1
+    while path.exists():
+        n += 1
+        path = out / f"{name}-{stamp}-{n}.md"
+    return path

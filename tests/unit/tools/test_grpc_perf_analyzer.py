@@ -102,3 +102,14 @@ def test_a_client_that_grows_past_its_memory_bound_is_stopped(monkeypatch):
         started = time.monotonic()
         main_thread_cpu(child, deadline=started + 60, every=0.01)
     assert child.returncode == -9 and time.monotonic() - started < 30
+
+
+def test_two_reports_of_one_minute_are_both_kept(tmp_path):
+    row = {"server": "a", "conc": 64, "rps": 1000.0, "p50": 1.0, "p99": 2.0, "cpu_us": 40.0, "errors": 0.0}
+    first = write_report(tmp_path, "t", "T", [], [row], [])
+    second = write_report(tmp_path, "t", "T", [], [{**row, "server": "b"}], [])
+    if first.name[:-3] != second.name[:-5]:  # the minute turned between the two
+        first = write_report(tmp_path, "u", "T", [], [row], [])
+        second = write_report(tmp_path, "u", "T", [], [{**row, "server": "b"}], [])
+    assert second.name == first.name[:-3] + "-2.md"
+    assert "| a |" in first.read_text() and "| b |" in second.read_text()
