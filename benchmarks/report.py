@@ -53,7 +53,6 @@ def write_text(out: Path | None, name: str, title: str, command: str, text: str)
     return path
 
 
-
 def fresh(out: Path, name: str, stamp: str) -> Path:
     """`<out>/<name>-<stamp>.md`, or with -2, -3... when a run of the same minute wrote that one."""
     path, n = out / f"{name}-{stamp}.md", 1
