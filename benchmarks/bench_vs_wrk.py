@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # noqa: E402 - a script run from a checkout
 
+from benchmarks.report import fresh  # noqa: E402
 from benchmarks.xgb_http import free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,7 +96,8 @@ def main() -> None:
     for r, w, b1, cpu1, b2, cpu2 in rows:
         lines.append(f"| {r} | {w:,.0f} | {b1:,.0f} | {b1 / w:.2f} | {cpu1:.0%} | {b2:,.0f} | {b2 / w:.2f} | "
                      f"{cpu2:.0%} |")
-    path = args.out / f"bench_vs_wrk-{stamp}.md"
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = fresh(args.out, "bench_vs_wrk", stamp)
     path.write_text("\n".join(lines) + "\n")
     print(f"wrote {path}")
 

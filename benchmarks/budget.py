@@ -53,6 +53,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # a script run from a checkout
 
 from benchmarks.hot_path import FakeTransport, closed_loop  # noqa: E402
+from benchmarks.report import fresh  # noqa: E402
 from benchmarks.xgb_http import PEERS, prepare_model  # noqa: E402
 from serving.core import pipeline as pipeline_module  # noqa: E402
 from serving.core.batching import SYSTEM_CLOCK, BatchingOptions, BatchQueue  # noqa: E402
@@ -1043,7 +1044,7 @@ async def main(args: argparse.Namespace) -> None:
             "each; about 0.3 µs a call more), beside the probes of the stages each part runs, and the part's code "
             "called whole outside the loop:", "", *split, ""]
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"budget-{stamp}.md"
+    path = fresh(args.out, "budget", stamp)
     path.write_text("\n".join(text))
     print(f"wrote {path}")
 

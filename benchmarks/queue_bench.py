@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # a script run from a checkout
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.report import fresh  # noqa: E402
 from benchmarks.xgb_http import free_port, prepare_model, tree_cpu, wait_ready  # noqa: E402
 from serving.redact import redact  # noqa: E402
 from tests.redis_server import REDIS_SERVER, RedisServer  # noqa: E402 - the tests' redis-server, fsync on every write
@@ -269,7 +270,7 @@ def write(rows: list[dict[str, Any]], args: argparse.Namespace) -> Path:
               "synchronous call's result is its answer, so its results/s is its calls/s."]
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"queue_bench-{stamp}.md"
+    path = fresh(out, "queue_bench", stamp)
     path.write_text("\n".join(lines) + "\n")
     print(f"wrote {path}")
     return path

@@ -24,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # noqa: E402 - a script run from a checkout
 
+from benchmarks.report import fresh  # noqa: E402
 from benchmarks.xgb_http import free_port, wait_ready  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,7 +122,7 @@ def main() -> None:
         lines.append(f"| {elapsed:.0f} | " + " | ".join(cells) + f" | {sum(values):.1f} | "
                      f"{100 * (sum(values) / first - 1):+.1f}% |")
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"rss_curve-w{args.workers}-{stamp}.md"
+    path = fresh(args.out, f"rss_curve-w{args.workers}", stamp)
     path.write_text("\n".join(lines) + "\n")
     print(f"wrote {path}")
 

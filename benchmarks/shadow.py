@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # a script run from a checkout
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.report import fresh  # noqa: E402
 from benchmarks.xgb_http import free_port, prepare_model  # noqa: E402
 
 
@@ -120,7 +121,7 @@ def main() -> None:
                      f"{sum(shadowed) / sum(plain):.2f} of without ({sum(plain) / len(plain):,.0f})")
     text = "\n".join(lines) + "\n"
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"shadow-{time.strftime('%Y-%m-%d-%H%M', time.gmtime())}.md"
+    path = fresh(args.out, "shadow", time.strftime("%Y-%m-%d-%H%M", time.gmtime()))
     path.write_text(text)
     print(text)
     print(f"wrote {path}")
