@@ -211,6 +211,9 @@ def main() -> None:
                     help="also each row's p99 over the calls sent while perf_analyzer's main thread was quiet "
                          "(its per-window bookkeeping takes up to a core here; from its --profile-export-file, "
                          "warm-up windows included)")
+    ap.add_argument("--one-session", action="store_true",
+                    help="start the servers in this session, not one of their own: the kernel then shares the "
+                         "cores among the client's and the server's threads, not half to each session")
     ap.add_argument("--server-args", default="--max_batch_size=64 --worker_threads=1")
     ap.add_argument("--skip", nargs="*", default=[], choices=["grpcio", "pytriton"])
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
@@ -235,7 +238,7 @@ def main() -> None:
                      f"{' '.join(map(str, args.concurrency))}{' --streaming' if args.streaming else ''}"
                      f"{' --tfserving' if args.tfserving else ''}"
                      f"{' --async' if args.async_rows else ''}{f' --rate {args.rate}' if args.rate else ''}"
-                     f"{' --quiet' if args.quiet else ''}"
+                     f"{' --quiet' if args.quiet else ''}{' --one-session' if args.one_session else ''}"
                      f"{f' --skip {chr(32).join(args.skip)}' if args.skip else ''} "
                      f"--server-args '{args.server_args}'`",
                      f"(perf_analyzer 2.45 from ../shared/peers/setup.sh, one client process, loopback, "

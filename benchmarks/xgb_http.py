@@ -173,9 +173,13 @@ def serve(cmd: list[str], ready: str, env: dict[str, str], loads: list[tuple[str
     """Start a server, run each (name, load) at each of args.concurrency for args.duration, stop it; the rows
     carry the server's CPU per request (its whole process tree). A load that raises RuntimeError at one
     concurrency (perf_analyzer finding no stable window) leaves that row out; the others run. `warm`: each
-    load first runs 2 s at 8 in flight (a load that warms up by itself, as perf_analyzer does, needs not)."""
+    load first runs 2 s at 8 in flight (a load that warms up by itself, as perf_analyzer does, needs not).
+    The server gets a session of its own, so the kernel's autogroup gives it and the load generator a core's
+    worth each of two; with `args.one_session` it stays in ours (a process group of its own, still stopped as
+    one), and the kernel shares the cores among their threads."""
+    one = getattr(args, "one_session", False)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-                            start_new_session=True)
+                            start_new_session=not one, process_group=0 if one else None)
     rows = []
     try:
         wait_ready(ready, proc)

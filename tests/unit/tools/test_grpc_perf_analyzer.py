@@ -4,16 +4,19 @@ thread sampled, the quiet calls chosen) and the report's optional columns."""
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import textwrap
 import time
+import urllib.request
 
 import numpy as np
 import pytest
 
 from benchmarks.grpc_perf_analyzer import main_thread_cpu, modes, perf_analyzer, quiet_calls, read_export
 from benchmarks.report import write_report
+from benchmarks.xgb_http import free_port, serve
 
 
 def test_async_and_rate_rows_follow_each_plain_load_but_not_the_stream():
@@ -113,3 +116,36 @@ def test_two_reports_of_one_minute_are_both_kept(tmp_path):
         second = write_report(tmp_path, "u", "T", [], [{**row, "server": "b"}], [])
     assert second.name == first.name[:-3] + "-2.md"
     assert "| a |" in first.read_text() and "| b |" in second.read_text()
+
+
+@pytest.mark.parametrize("one_session", [False, True])
+def test_the_server_gets_a_session_of_its_own_unless_one_session_and_is_stopped_with_its_group(one_session):
+    port = free_port()
+    server = textwrap.dedent(f"""
+        import http.server, os
+        class Answer(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                body = f"{{os.getsid(0)}} {{os.getpgid(0)}} {{os.getpid()}}".encode()
+                self.send_response(200)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            def log_message(self, *args):
+                pass
+        http.server.HTTPServer(("127.0.0.1", {port}), Answer).serve_forever()
+    """)
+    seen = []
+
+    def load(conc, seconds):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as answer:
+            seen.append([int(n) for n in answer.read().split()])
+        return {"rps": 1.0, "requests": 1.0, "p50": 1.0, "p99": 1.0, "errors": 0.0}
+
+    args = argparse.Namespace(concurrency=[1], duration=1, one_session=one_session)
+    rows = serve([sys.executable, "-c", server], f"http://127.0.0.1:{port}/", dict(os.environ), [("x", load)], args,
+                 warm=False)
+    (sid, pgid, pid), = seen
+    assert len(rows) == 1 and pgid == pid  # a group of its own either way: stopped as one
+    assert (sid == os.getsid(0)) is one_session and (sid == pid) is not one_session
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # stopped
