@@ -56,6 +56,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # noqa: E402 - a script run from a checkout
 
+from benchmarks.report import fresh  # noqa: E402
 from benchmarks.xgb_http import N_FEATURES, free_port, prepare_model, wait_ready  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -428,11 +429,8 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> list[str]:
 
 
 def write(out: Path, lines: list[str]) -> Path:
-    now = datetime.datetime.now(datetime.UTC)
-    stamp = now.strftime("%Y-%m-%d-%H%M")
-    path = out / f"fairness-{stamp}.md"
-    if path.exists():  # two runs in one minute (a before and an after)
-        path = out / f"fairness-{now.strftime('%Y-%m-%d-%H%M%S')}.md"
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d-%H%M")
+    path = fresh(out, "fairness", stamp)  # two runs in one minute (a before and an after) keep both
     title = f"# Fairness: 1-row requests, probes and admission beside {BIG_ROWS}-row requests, {stamp} UTC"
     out.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join([title, "", *lines]) + "\n")
